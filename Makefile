@@ -1,0 +1,35 @@
+# The two commands: `make demo` and `make test`. Both create the virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-unit test-integration bench schema clean
+
+$(STAMP): pyproject.toml setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notifier needs Python 3.11 or newer (set PYTHON=...)")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,flower]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m notifier.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not integration"
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q -m integration
+
+bench: $(STAMP)
+	$(PY) -m bench all
+
+# regenerate docs/events.schema.json from the contract in notifier/domain/events.py
+schema: $(STAMP)
+	$(PY) -c 'import json; from notifier.domain.events import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/events.schema.json
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

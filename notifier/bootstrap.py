@@ -1,0 +1,72 @@
+"""The composition root: builds store, channels, renderer and clock from Settings.
+
+Nothing here runs at import time; processes call `build()` once when they start
+(a Celery worker on its first task, the ingester and the web app at start-up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from notifier.channels.base import ChannelAdapter
+from notifier.clock import Clock, clock_from
+from notifier.domain.model import Channel
+from notifier.rendering.environment import Renderer
+from notifier.settings import Settings, load_settings
+from notifier.store.sql import Store, make_engine
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    renderer: Renderer
+    clock: Clock
+    channels: dict[Channel, ChannelAdapter] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for adapter in self.channels.values():
+            adapter.close()
+        self.store.engine.dispose()
+
+
+def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
+    from notifier.channels.email import SMTPChannel
+
+    return {
+        Channel.EMAIL: SMTPChannel(
+            host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
+            user=settings.smtp_user, password=settings.smtp_password, starttls=settings.smtp_starttls,
+            use_ssl=settings.smtp_ssl, timeout_s=settings.smtp_timeout_s,
+        ),
+    }
+
+
+def build(settings: Settings | None = None, *, channels: dict[Channel, ChannelAdapter] | None = None) -> Context:
+    settings = settings or load_settings()
+    engine = make_engine(settings.database_url)
+    return Context(
+        settings=settings,
+        store=Store(engine),
+        renderer=Renderer(settings.templates_dir),
+        clock=clock_from(settings.clock),
+        channels=channels if channels is not None else build_channels(settings),
+    )
+
+
+def kombu_url(url: str, settings: Settings) -> tuple[str, dict[str, Any]]:
+    """A broker URL for kombu/Celery; "embedded" becomes the filesystem transport under data_dir."""
+    if url != "embedded":
+        return url, {}
+    folder = settings.broker_dir
+    (folder / "queue").mkdir(parents=True, exist_ok=True)
+    for sub in ("processed", "control"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return "filesystem://", {
+        "data_folder_in": str(folder / "queue"),
+        "data_folder_out": str(folder / "queue"),
+        "processed_folder": str(folder / "processed"),
+        "control_folder": str(folder / "control"),
+        "store_processed": False,
+    }

@@ -1,0 +1,65 @@
+"""The one interface every channel adapter implements.
+
+`send` returns a `SendResult` or raises `TemporaryFailure` (retry later; honour
+`retry_after_s` when the provider said so) or `PermanentFailure` (record, never retry).
+Adapters only send; the dispatch service claims, records attempts and retries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str  # e.g. "text/calendar; method=REQUEST"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One rendered message, ready for a provider."""
+
+    message_id: int
+    idempotency_key: str  # stable per message: providers that support it dedupe on it
+    to: str  # email address or E.164 phone number
+    text: str
+    subject: str | None = None
+    html: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    provider_message_id: str
+    provider_code: str | None = None
+
+
+class ChannelError(Exception):
+    def __init__(self, reason: str, *, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class TemporaryFailure(ChannelError):
+    """Worth another try: 5xx, timeouts, throttling."""
+
+    def __init__(self, reason: str, *, code: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(reason, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentFailure(ChannelError):
+    """Will never work as it is: invalid address, unsubscribed, unauthorised."""
+
+
+class ChannelAdapter(Protocol):
+    name: str
+
+    def send(self, message: Outgoing) -> SendResult: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,99 @@
+"""Email over SMTP: plain text, HTML alternative, calendar attachments; connection reuse."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import threading
+from email.message import EmailMessage
+from email.utils import formatdate
+
+from notifier.channels.base import Outgoing, PermanentFailure, SendResult, TemporaryFailure
+
+
+class SMTPChannel:
+    name = "email"
+
+    def __init__(self, *, host: str, port: int, mail_from: str, user: str = "", password: str = "",
+                 starttls: bool = False, use_ssl: bool = False, timeout_s: float = 10.0) -> None:
+        self.host, self.port, self.mail_from = host, port, mail_from
+        self.user, self.password = user, password
+        self.starttls, self.use_ssl, self.timeout_s = starttls, use_ssl, timeout_s
+        self._local = threading.local()  # one connection per sending thread, reused
+
+    def _connection(self) -> smtplib.SMTP:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            try:
+                if conn.noop()[0] == 250:
+                    return conn
+            except smtplib.SMTPException:
+                pass
+            except OSError:
+                pass
+            self._drop()
+        if self.use_ssl:
+            conn = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout_s,
+                                    context=ssl.create_default_context())
+        else:
+            conn = smtplib.SMTP(self.host, self.port, timeout=self.timeout_s)
+            if self.starttls:
+                conn.starttls(context=ssl.create_default_context())
+        if self.user:
+            conn.login(self.user, self.password)
+        self._local.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken socket
+                pass
+
+    def build(self, message: Outgoing) -> EmailMessage:
+        mail = EmailMessage()
+        mail["From"] = self.mail_from
+        mail["To"] = message.to
+        mail["Subject"] = message.subject or ""
+        mail["Date"] = formatdate(localtime=False)
+        domain = self.mail_from.rsplit("@", 1)[-1].strip(">") or "localhost"
+        # a stable Message-ID: a receiving system can drop a resend of the same message
+        mail["Message-ID"] = f"<{message.idempotency_key.replace('/', '.')}@{domain}>"
+        for name, value in message.headers.items():
+            mail[name] = value
+        mail.set_content(message.text)
+        if message.html:
+            mail.add_alternative(message.html, subtype="html")
+        for attachment in message.attachments:
+            maintype, _, subtype = attachment.content_type.partition("/")
+            subtype = subtype.split(";")[0]
+            mail.add_attachment(attachment.data, maintype=maintype, subtype=subtype.strip(),
+                                filename=attachment.filename)
+        return mail
+
+    def send(self, message: Outgoing) -> SendResult:
+        mail = self.build(message)
+        try:
+            conn = self._connection()
+            refused = conn.send_message(mail)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reason = next(iter(exc.recipients.values()))
+            self._drop()
+            failure = PermanentFailure if 500 <= code < 600 else TemporaryFailure
+            raise failure(f"recipient refused: {code} {reason.decode(errors='replace')}", code=str(code)) from exc
+        except smtplib.SMTPResponseException as exc:
+            self._drop()
+            failure = PermanentFailure if 500 <= exc.smtp_code < 600 else TemporaryFailure
+            raise failure(f"SMTP {exc.smtp_code} {exc.smtp_error!r}", code=str(exc.smtp_code)) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise TemporaryFailure(f"SMTP connection: {exc.__class__.__name__}: {exc}") from exc
+        if refused:
+            raise PermanentFailure(f"recipient refused: {refused}")
+        return SendResult(provider_message_id=mail["Message-ID"], provider_code="250")
+
+    def close(self) -> None:
+        self._drop()

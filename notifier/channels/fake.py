@@ -1,0 +1,26 @@
+"""In-memory channel for unit tests: records what was sent, fails on request."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from notifier.channels.base import Outgoing, SendResult
+
+
+class FakeChannel:
+    def __init__(self, name: str = "email", *, behaviour: Callable[[Outgoing], None] | None = None) -> None:
+        self.name = name
+        self.sent: list[Outgoing] = []
+        self.behaviour = behaviour  # may raise TemporaryFailure / PermanentFailure
+        self._lock = threading.Lock()
+
+    def send(self, message: Outgoing) -> SendResult:
+        if self.behaviour is not None:
+            self.behaviour(message)
+        with self._lock:
+            self.sent.append(message)
+            return SendResult(provider_message_id=f"fake-{self.name}-{len(self.sent)}", provider_code="ok")
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,190 @@
+"""`notifier` command line: every process of the pipeline starts from here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from notifier.settings import load_settings
+
+
+def _ctx():
+    from notifier.bootstrap import build
+
+    return build()
+
+
+@click.group()
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default from settings).")
+def main(log_level: str | None) -> None:
+    """notifier: plans, renders and sends the messages bookings need."""
+    level = log_level or load_settings().log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema to the newest version (Alembic)."""
+    ctx = _ctx()
+    ctx.store.migrate()
+    click.echo(f"schema up to date ({ctx.store.dialect})")
+
+
+@main.command()
+def init() -> None:
+    """Migrate, then load the tenants from the tenants folder (config/tenants/*.yaml)."""
+    from notifier.services import load_tenants
+
+    ctx = _ctx()
+    ctx.store.migrate()
+    loaded = load_tenants(ctx.store, ctx.settings.tenants_dir, now=ctx.clock.now())
+    click.echo(f"schema up to date; tenants: {', '.join(loaded) or 'none'}")
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants and their resources."""
+
+
+@tenants.command("load")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def tenants_load(folder: Path) -> None:
+    """Create or update tenants from FOLDER/*.yaml."""
+    from notifier.services import load_tenants
+
+    ctx = _ctx()
+    click.echo(", ".join(load_tenants(ctx.store, folder, now=ctx.clock.now())))
+
+
+@main.command()
+@click.option("--idle-exit", type=float, default=None, help="Exit after this many seconds without events.")
+def ingest(idle_exit: float | None) -> None:
+    """Consume booking events from the broker and apply them (runs until stopped)."""
+    from notifier import ingest as ingester
+
+    ctx = _ctx()
+    source = ingester.open_source(ctx.settings)
+    click.echo(f"ingesting from {source.name}", err=True)
+    try:
+        total = ingester.run(ctx, source, stop=ingester.stop_on_signals(), idle_exit_s=idle_exit)
+    finally:
+        source.close()
+        ctx.close()
+    click.echo(json.dumps(vars(total) | {"dead_reasons": total.dead_reasons[:20]}))
+
+
+@main.command()
+@click.argument("source", type=click.File("rb"), default="-")
+@click.option("--url", default=None, help="Broker URL (default: events_url from settings).")
+def publish(source, url: str | None) -> None:
+    """Publish events from a file (JSON object, JSON array, or one JSON object per line) or stdin."""
+    from notifier.client import publish as do_publish
+
+    raw = source.read()
+    text = raw.decode("utf-8").strip()
+    if text.startswith("["):
+        events = [json.dumps(e) for e in json.loads(text)]
+    elif "\n" in text:
+        events = [line for line in text.splitlines() if line.strip()]
+    else:
+        events = [text]
+    click.echo(f"published {do_publish(events, url=url)} events")
+
+
+@main.command()
+@click.option("--queues", "-Q", default=None, help="Comma-separated queues (default: all).")
+@click.option("--concurrency", "-c", type=int, default=None)
+@click.option("--pool", "-P", default=None, help="prefork (default), threads, solo.")
+@click.option("--hostname", "-n", default=None)
+def worker(queues: str | None, concurrency: int | None, pool: str | None, hostname: str | None) -> None:
+    """Run a Celery worker (sweep and dispatch queues)."""
+    from tasks.celery_app import ALL_QUEUES, app
+
+    argv = ["worker", "-Q", queues or ",".join(ALL_QUEUES), "--without-gossip", "--without-mingle",
+            "--loglevel", "INFO"]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    if pool:
+        argv += ["-P", pool]
+    if hostname:
+        argv += ["-n", hostname]
+    app.worker_main(argv)
+
+
+@main.command()
+def beat() -> None:
+    """Run Celery beat: triggers the due sweep every sweep_interval_s."""
+    from tasks.celery_app import app
+
+    app.start(["beat", "--loglevel", "INFO"])
+
+
+@main.command()
+@click.option("--port", default=5555, type=int)
+def flower(port: int) -> None:
+    """Run Flower (queues, workers, tasks) against the project's broker."""
+    from tasks.celery_app import app
+
+    app.start(["flower", f"--port={port}"])
+
+
+@main.command()
+def sweep() -> None:
+    """Run one due sweep now, dispatching in this process (operations, debugging)."""
+    from notifier.services import dispatch_batch, sweep_due
+
+    ctx = _ctx()
+    s = ctx.settings
+    total = {"sent": 0, "failed": 0, "retried": 0, "withdrawn": 0, "skipped": 0}
+    for _channel, ids in sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
+                                   batch=s.dispatch_batch):
+        for key, value in vars(dispatch_batch(ctx, ids)).items():
+            total[key] += value
+    click.echo(json.dumps(total))
+
+
+@main.command()
+@click.argument("tenant_id")
+@click.argument("booking_id")
+def timeline(tenant_id: str, booking_id: str) -> None:
+    """Print a booking's timeline as JSON lines."""
+    from notifier.services import timeline_of
+
+    for entry in timeline_of(_ctx().store, tenant_id, booking_id):
+        click.echo(json.dumps(entry, default=str))
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter store: events that could not be applied, with the reason."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=50, type=int)
+def dlq_list(limit: int) -> None:
+    from sqlalchemy import select
+
+    from notifier.store.schema import dead_letters
+
+    with _ctx().store.engine.connect() as conn:
+        rows = conn.execute(select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit))
+        for row in rows:
+            click.echo(json.dumps({"id": row.id, "received_at": row.received_at.isoformat(), "source": row.source,
+                                   "reason": row.reason, "body": row.body[:500]}))
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the demo's data folder afterwards.")
+def demo(keep: bool) -> None:
+    """Run the whole pipeline on the embedded default (SQLite, filesystem broker) for a day."""
+    from notifier.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,61 @@
+"""Publishing events, for Python booking systems, the CLI, tests and the demo.
+
+    from notifier.client import publish
+    publish({"event_id": "...", "type": "booking.created", ...}, url="redis://localhost:6379/0")
+
+On Redis an event is one `RPUSH <queue> <json>`; on AMQP it is published to the topic
+exchange with the event type as routing key. Other languages do the same with their own
+clients (docs/events.md has PHP and redis-cli examples).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+from notifier.settings import Settings, load_settings
+
+
+def _body(event: Mapping[str, Any] | str | bytes) -> tuple[bytes, str]:
+    if isinstance(event, (str, bytes)):
+        raw = event.encode() if isinstance(event, str) else event
+        try:
+            kind = str(json.loads(raw).get("type", "unknown"))
+        except (ValueError, AttributeError):
+            kind = "unknown"  # still published: the ingester dead-letters it with the reason
+        return raw, kind
+    return json.dumps(event, separators=(",", ":"), default=str).encode(), str(event.get("type", "unknown"))
+
+
+def publish(events: Mapping[str, Any] | str | bytes | Iterable[Mapping[str, Any] | str | bytes], *,
+            url: str | None = None, settings: Settings | None = None) -> int:
+    """Publish one event or many; returns how many were published."""
+    settings = settings or load_settings()
+    url = url or settings.events_url
+    if isinstance(events, (Mapping, str, bytes)):
+        events = [events]
+    bodies = [_body(e) for e in events]
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        import redis
+
+        client = redis.Redis.from_url(url)
+        try:
+            for i in range(0, len(bodies), 1000):
+                client.rpush(settings.events_queue, *[b for b, _ in bodies[i:i + 1000]])
+        finally:
+            client.close()
+        return len(bodies)
+
+    from kombu import Connection, Exchange, Queue
+
+    from notifier.bootstrap import kombu_url
+
+    broker, options = kombu_url(url, settings)
+    exchange = Exchange(settings.events_exchange, type="topic", durable=True)
+    queue = Queue(settings.events_queue, exchange=exchange, routing_key="#", durable=True)
+    with Connection(broker, transport_options=options) as conn:
+        producer = conn.Producer()
+        for body, kind in bodies:
+            producer.publish(body, exchange=exchange, routing_key=kind, content_type="application/json",
+                             content_encoding="utf-8", delivery_mode=2, declare=[queue], retry=True)
+    return len(bodies)

@@ -1,0 +1,264 @@
+"""`make demo`: the whole pipeline on the embedded default, one simulated day and a half.
+
+Real processes, real queues: a Celery worker, Celery beat and the ingester run as
+subprocesses on SQLite and kombu's filesystem broker; email goes to an SMTP sink this
+demo starts on loopback. A simulated clock (a file every process reads) lets the day
+pass in seconds: the demo moves it to each moment something is due and waits until
+the pipeline has done its work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+
+BERLIN = ZoneInfo("Europe/Berlin")
+ROME = ZoneInfo("Europe/Rome")
+DAY = datetime(2026, 12, 1)
+
+
+def _at(day_offset: int, hour: int, minute: int, zone: ZoneInfo) -> datetime:
+    return (DAY + timedelta(days=day_offset)).replace(hour=hour, minute=minute, tzinfo=zone)
+
+
+class MailSink:
+    """An SMTP server on loopback that keeps what it receives (aiosmtpd)."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[Any] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+                with sink._lock:
+                    sink.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+                return "250 OK"
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> "MailSink":
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.controller.stop()
+
+
+def _event(kind: str, tenant: str, revision: int, at: datetime, data: dict[str, Any]) -> dict[str, Any]:
+    return {"schema_version": 1, "event_id": str(uuid.uuid4()), "type": kind, "occurred_at": at.isoformat(),
+            "tenant_id": tenant, "revision": revision, "data": data}
+
+
+def _customer(cid: str, name: str, email: str, language: str) -> dict[str, Any]:
+    return {"id": cid, "name": name, "email": email, "language": language, "consents": {"email": True},
+            "privacy_accepted": True}
+
+
+def morning_events(now: datetime) -> list[dict[str, Any]]:
+    lena = _customer("c-lena", "Lena Hoffmann", "lena.hoffmann@example.org", "de")
+    tobias = _customer("c-tobias", "Tobias Krüger", "tobias.k@example.org", "de")
+    giulia = _customer("c-giulia", "Giulia Rossi", "giulia.rossi@example.it", "it")
+    paolo = _customer("c-paolo", "Paolo Bianchi", "paolo.bianchi@example.it", "it")
+    anna = {"id": "anna", "name": "Anna Weber", "type": "specialist"}
+    jonas = {"id": "jonas", "name": "Jonas Brandt", "type": "specialist"}
+    sauna = {"id": "sauna", "name": "Sauna cabin 2", "type": "equipment"}
+    conti = {"id": "giulia", "name": "Giulia Conti", "type": "specialist"}
+    room = {"id": "room-a", "name": "Sala Massaggi A", "type": "equipment"}
+
+    def booked(tenant, bid, customer, resource, start, minutes, service=None):
+        data = {"booking_id": bid, "customer": customer, "resource": resource, "starts_at": start.isoformat(),
+                "ends_at": (start + timedelta(minutes=minutes)).isoformat()}
+        if service:
+            data["service"] = service
+        return _event("booking.created", tenant, 1, now, data)
+
+    return [
+        booked("salon-berlin", "B-1001", lena, anna, _at(0, 10, 0, BERLIN), 60, "Haarschnitt"),
+        booked("salon-berlin", "B-1002", tobias, jonas, _at(0, 17, 0, BERLIN), 45, "Bartpflege"),
+        booked("salon-berlin", "B-1003", lena, sauna, _at(1, 18, 0, BERLIN), 90),
+        booked("salon-berlin", "B-1004", tobias, anna, _at(1, 15, 30, BERLIN), 30, "Färben"),
+        booked("studio-roma", "R-2001", giulia, conti, _at(1, 9, 30, ROME), 60, "Massaggio"),
+        booked("studio-roma", "R-2002", paolo, room, _at(1, 14, 0, ROME), 50),
+        # a broken publication: reported in the dead-letter store, nothing else stops
+        {"type": "booking.created", "tenant_id": "salon-berlin", "data": "not an event"},
+    ]
+
+
+def late_morning_events(now: datetime) -> list[dict[str, Any]]:
+    return [
+        # Tobias moves today's 17:00 to tomorrow 11:00: the old reminder is withdrawn, a new one planned
+        _event("booking.rescheduled", "salon-berlin", 2, now, {
+            "booking_id": "B-1002", "starts_at": _at(1, 11, 0, BERLIN).isoformat(),
+            "ends_at": _at(1, 11, 45, BERLIN).isoformat()}),
+        # and cancels his colour appointment: nothing more is sent for it
+        _event("booking.cancelled", "salon-berlin", 2, now, {"booking_id": "B-1004", "by": "customer",
+                                                              "reason": "Termin passt nicht mehr"}),
+    ]
+
+
+class Pipeline:
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        log = (self.root / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "notifier.cli", *args], env=self.env,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.root / (name + '.log')}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_for(condition: Callable[[], bool], what: str, pipeline: Pipeline, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        pipeline.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def run_demo(keep: bool = False) -> int:
+    from notifier.bootstrap import build
+    from notifier.client import publish
+    from notifier.clock import FileClock
+    from notifier.services import load_tenants, timeline_of
+    from notifier.settings import load_settings
+    from notifier.store import schema as t
+
+    for noisy in ("mail.log", "alembic", "kombu", "celery"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root = Path(os.environ.get("NOTIFIER_DEMO_DIR", "var/demo")).resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    clock = FileClock(root / "clock")
+    now = _at(0, 7, 30, BERLIN)
+    clock.set(now)
+
+    with MailSink() as sink:
+        env = dict(os.environ,
+                   NOTIFIER_DATABASE_URL=f"sqlite:///{root / 'notifier.db'}", NOTIFIER_DATA_DIR=str(root),
+                   NOTIFIER_BROKER_URL="embedded", NOTIFIER_EVENTS_URL="embedded",
+                   NOTIFIER_SMTP_HOST="127.0.0.1", NOTIFIER_SMTP_PORT=str(sink.port),
+                   NOTIFIER_CLOCK=f"file:{clock.path}", NOTIFIER_SWEEP_INTERVAL_S="0.3",
+                   NOTIFIER_INGEST_BATCH_WAIT_S="0.05", NOTIFIER_LOG_LEVEL="WARNING")
+        os.environ.update({k: v for k, v in env.items() if k.startswith("NOTIFIER_")})
+        settings = load_settings()
+        ctx = build(settings)
+        ctx.store.migrate()
+        load_tenants(ctx.store, settings.tenants_dir, now=now)
+
+        pipeline = Pipeline(root, env)
+        published = 0
+
+        def count(table) -> int:
+            with ctx.store.engine.connect() as conn:
+                return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+        def ingested() -> bool:
+            return count(t.processed_events) + count(t.dead_letters) >= published
+
+        def settled() -> bool:
+            c = t.messages.c
+            current = clock.now()
+            with ctx.store.engine.connect() as conn:
+                busy = conn.execute(select(func.count()).select_from(t.messages).where(
+                    ((c.state == "planned") & (c.due_at <= current)) | c.state.in_(["queued", "sending"]))
+                ).scalar_one()
+            return busy == 0
+
+        try:
+            pipeline.start("worker", "worker", "-P", "threads", "-c", "4")
+            pipeline.start("beat", "beat")
+            pipeline.start("ingester", "ingest")
+            print(f"demo: pipeline up in {root} (SQLite, filesystem broker, SMTP sink on port {sink.port})")
+
+            actions = [(now, morning_events), (_at(0, 9, 0, BERLIN), late_morning_events)]
+            end = _at(2, 0, 0, BERLIN)
+            while True:
+                next_due = ctx.store.next_due_at()
+                next_action = actions[0][0] if actions else None
+                candidates = [m for m in (next_due, next_action) if m is not None and m <= end]
+                if not candidates:
+                    break
+                moment = max(min(candidates), clock.now())
+                clock.set(moment)
+                if actions and actions[0][0] <= moment:
+                    _, make = actions.pop(0)
+                    batch = make(moment)
+                    publish(batch, settings=settings)
+                    published += len(batch)
+                    print(f"  {moment.astimezone(BERLIN):%a %H:%M} published {len(batch)} events")
+                    wait_for(ingested, "the ingester", pipeline)
+                wait_for(settled, f"messages due at {moment.isoformat()}", pipeline)
+        finally:
+            pipeline.stop()
+
+        states = ctx.store.count_by_state()
+        sent = states.get("sent", 0)
+        failed = states.get("failed", 0)
+        print()
+        with ctx.store.engine.connect() as conn:
+            bookings = conn.execute(select(t.bookings.c.tenant_id, t.bookings.c.id).order_by(t.bookings.c.id)).all()
+            dead = conn.execute(select(t.dead_letters.c.reason)).scalars().all()
+        for tenant_id, booking_id in bookings:
+            zone = BERLIN if tenant_id == "salon-berlin" else ROME
+            print(f"{tenant_id} / {booking_id}")
+            for entry in timeline_of(ctx.store, tenant_id, booking_id):
+                detail = entry["detail"]
+                what = ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, "") and k != "key")
+                print(f"  {entry['at'].astimezone(zone):%a %d %H:%M}  {entry['kind']:<22} {what}")
+        for reason in dead:
+            print(f"dead letter: {reason}")
+        print()
+        with sink._lock:
+            mails = list(sink.messages)
+        for mail in mails[:3]:
+            print(f"--- mail to {mail['To']}: {mail['Subject']}")
+            print(mail.get_body(preferencelist=("plain",)).get_content().strip())
+        print()
+        ctx.close()
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+        summary = {"events": published, "messages_sent": sent, "failed": failed, "mails_received": len(mails),
+                   "dead_letters": len(dead)}
+        print(json.dumps(summary))
+        print(f"demo: {published} events, {sent} messages sent, {failed} failed")
+        return 0 if sent >= 1 and failed == 0 and len(mails) == sent else 1

@@ -1,0 +1,229 @@
+"""The ingester: consumes raw JSON events from the broker and applies them in batches.
+
+Sources (chosen by the URL in `events_url`):
+- `redis://...`: a plain Redis list (`RPUSH notifier.events '<json>'` from any language).
+  Reliable-queue pattern: events move atomically (LMOVE) to this consumer's own
+  processing list and are deleted from it only after the batch is committed. A
+  consumer that died leaves its processing list behind; live consumers notice its
+  heartbeat is gone and move the events back to the main list.
+- `amqp://...` and kombu's other transports ("embedded" = filesystem): a queue bound
+  to a topic exchange, routed by event type; the consumer acks after commit.
+
+A batch is whatever arrives within `ingest_batch_wait_s` of the first event, up to
+`ingest_batch_max`: a lone event waits at most that long. A database error leaves the
+batch unacknowledged; the loop backs off and applies the same batch again (N1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+from sqlalchemy.exc import DBAPIError
+
+from notifier.services import IngestReport, apply_events
+
+log = logging.getLogger("notifier.ingest")
+
+
+@dataclass
+class Batch:
+    bodies: list[bytes]
+    ack: Callable[[], None]
+
+
+class Source(Protocol):
+    name: str
+
+    def fetch(self, max_n: int, wait_s: float, block_s: float) -> Batch | None: ...
+
+    def close(self) -> None: ...
+
+
+class RedisListSource:
+    """Events pushed onto a Redis list by the booking system, consumed reliably."""
+
+    HEARTBEAT_S = 15
+
+    def __init__(self, url: str, queue: str, consumer: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.queue = queue
+        self.consumer = consumer
+        self.processing = f"{queue}:processing:{consumer}"
+        self.name = f"redis:{queue}"
+        self._last_beat = 0.0
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat < self.HEARTBEAT_S / 3:
+            return
+        self._last_beat = now
+        self.client.set(f"{self.queue}:alive:{self.consumer}", "1", ex=self.HEARTBEAT_S)
+        self.recover_orphans()
+
+    def recover_orphans(self) -> int:
+        """Move events held by consumers that stopped beating back to the main list."""
+        moved = 0
+        prefix = f"{self.queue}:processing:"
+        for key in self.client.scan_iter(match=f"{prefix}*", count=100):
+            owner = key.decode()[len(prefix):]
+            if owner == self.consumer or self.client.exists(f"{self.queue}:alive:{owner}"):
+                continue
+            while self.client.lmove(key, self.queue, "RIGHT", "LEFT") is not None:
+                moved += 1
+        if moved:
+            log.warning("recovered %d events from stopped consumers", moved)
+        return moved
+
+    def fetch(self, max_n: int, wait_s: float, block_s: float) -> Batch | None:
+        self._heartbeat()
+        held = self.client.lrange(self.processing, 0, -1)  # left from our own crash: apply first
+        if not held:
+            first = self.client.blmove(self.queue, self.processing, block_s, "LEFT", "RIGHT")
+            if first is None:
+                return None
+            held = [first]
+            deadline = time.monotonic() + wait_s
+            while len(held) < max_n:
+                pipe = self.client.pipeline(transaction=False)
+                for _ in range(min(max_n - len(held), 200)):
+                    pipe.lmove(self.queue, self.processing, "LEFT", "RIGHT")
+                got = [body for body in pipe.execute() if body is not None]
+                held.extend(got)
+                if len(held) >= max_n or time.monotonic() >= deadline:
+                    break
+                if not got:
+                    time.sleep(min(0.005, max(deadline - time.monotonic(), 0)))
+        return Batch(bodies=list(held), ack=lambda: self.client.delete(self.processing))
+
+    def close(self) -> None:
+        self.client.delete(f"{self.queue}:alive:{self.consumer}")
+        self.client.close()
+
+
+class KombuSource:
+    """Events on an AMQP queue (or any kombu transport), bound to the events exchange."""
+
+    def __init__(self, url: str, transport_options: dict, queue: str, exchange: str) -> None:
+        from kombu import Connection, Exchange, Queue
+
+        self.conn = Connection(url, transport_options=transport_options)
+        self.exchange = Exchange(exchange, type="topic", durable=True)
+        self.queue = Queue(queue, exchange=self.exchange, routing_key="#", durable=True)
+        self.name = f"kombu:{queue}"
+        self._pending: list = []
+        self._consumer = None
+        self._prefetch = 0
+
+    def _ensure(self, prefetch: int) -> None:
+        if self._consumer is not None:
+            return
+        self.conn.ensure_connection(max_retries=3)
+        channel = self.conn.default_channel
+        self.queue(channel).declare()
+        self._consumer = self.conn.Consumer([self.queue], on_message=self._pending.append, no_ack=False)
+        self._consumer.qos(prefetch_count=prefetch)
+        self._consumer.consume()
+
+    def fetch(self, max_n: int, wait_s: float, block_s: float) -> Batch | None:
+        self._ensure(max_n)
+        self._drain(block_s)
+        if not self._pending:
+            return None
+        deadline = time.monotonic() + wait_s
+        while len(self._pending) < max_n and time.monotonic() < deadline:
+            if not self._drain(max(deadline - time.monotonic(), 0.001)):
+                break
+        messages, self._pending[:] = list(self._pending[:max_n]), self._pending[max_n:]
+
+        def ack() -> None:
+            for message in messages:
+                message.ack()
+
+        return Batch(bodies=[m.body if isinstance(m.body, bytes) else str(m.body).encode() for m in messages],
+                     ack=ack)
+
+    def _drain(self, timeout: float) -> bool:
+        try:
+            self.conn.drain_events(timeout=timeout)
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.cancel()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        self.conn.release()
+
+
+def open_source(settings) -> Source:
+    from notifier.bootstrap import kombu_url
+
+    consumer = settings.ingest_consumer or f"{socket.gethostname()}-{os.getpid()}"
+    if settings.events_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisListSource(settings.events_url, settings.events_queue, consumer)
+    url, options = kombu_url(settings.events_url, settings)
+    return KombuSource(url, options, settings.events_queue, settings.events_exchange)
+
+
+def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_exit_s: float | None = None,
+        on_batch: Callable[[IngestReport], None] | None = None) -> IngestReport:
+    """Consume until `stop()` says so (or nothing arrived for `idle_exit_s`)."""
+    s = ctx.settings
+    total = IngestReport()
+    idle_since = time.monotonic()
+    backoff_s = 0.5
+    while not stop():
+        batch = source.fetch(s.ingest_batch_max, s.ingest_batch_wait_s, block_s=1.0)
+        if batch is None:
+            if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                break
+            continue
+        idle_since = time.monotonic()
+        while True:
+            try:
+                report = apply_events(ctx.store, batch.bodies, now=ctx.clock.now(), source=source.name)
+                break
+            except DBAPIError as exc:  # database down: keep the batch, back off, try again
+                log.warning("database unavailable, retrying batch of %d in %.1fs: %s", len(batch.bodies),
+                            backoff_s, exc.__class__.__name__)
+                if stop():
+                    return total
+                time.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 30.0)
+        backoff_s = 0.5
+        batch.ack()
+        total.merge(report)
+        if on_batch:
+            on_batch(report)
+        log.info("applied batch", extra={"applied": report.applied, "duplicates": report.duplicates,
+                                         "stale": report.stale, "dead": report.dead})
+    return total
+
+
+def stop_on_signals() -> Callable[[], bool]:
+    flag = {"stop": False}
+
+    def handler(*_: object) -> None:
+        flag["stop"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return lambda: flag["stop"]
+
+
+def iter_lines(stream) -> Iterator[str]:
+    for line in stream:
+        line = line.strip()
+        if line:
+            yield line

@@ -1,0 +1,436 @@
+"""Use cases: apply events, sweep what is due, dispatch a batch, load tenants.
+
+Each function receives its ports (store, renderer, channels, clock) as arguments through
+the `Context` built by `notifier.bootstrap`; none reads configuration or the clock itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterable
+
+import phonenumbers
+import yaml
+from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
+
+from notifier.channels.base import Outgoing, PermanentFailure, TemporaryFailure
+from notifier.domain import events as ev
+from notifier.domain import transitions as tr
+from notifier.domain.model import (
+    Booking,
+    BookingStatus,
+    Channel,
+    Customer,
+    MessageState,
+    NotificationSettings,
+    Resource,
+    Tenant,
+)
+from notifier.domain.planning import diff_plan, plan_booking, zone_of
+from notifier.domain.retry import compute_backoff_s
+from notifier.rendering.environment import TemplateMissing
+from notifier.store import schema as t
+from notifier.store.sql import MessageRow, Store, Tx
+
+log = logging.getLogger("notifier")
+
+
+# --- tenants -----------------------------------------------------------------------------
+
+def load_tenants(store: Store, folder: Path, *, now: datetime) -> list[str]:
+    """Create or update tenants and their resources from `<folder>/*.yaml`."""
+    loaded = []
+    for path in sorted(folder.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tenant = Tenant(
+            id=doc["id"], name=doc["name"], timezone=doc.get("timezone", "Europe/Berlin"),
+            home_region=doc.get("home_region", "DE"), language=doc.get("language", "en"),
+            channels=frozenset(Channel(c) for c in doc.get("channels", ["email"])),
+            company=doc.get("company", {}), settings=doc.get("settings", {}),
+        )
+        with store.transaction() as tx:
+            tx.save_tenant(tenant, now)
+            for item in doc.get("resources", []):
+                existing = tx.resource(tenant.id, item["id"])
+                tx.save_resource(Resource(
+                    id=item["id"], tenant_id=tenant.id, name=item["name"], type=item.get("type", "specialist"),
+                    timezone=item.get("timezone"),
+                    settings=item.get("settings", existing.settings if existing else {}),
+                ))
+        loaded.append(tenant.id)
+    return loaded
+
+
+# --- ingestion ---------------------------------------------------------------------------
+
+@dataclass
+class IngestReport:
+    applied: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    dead: int = 0
+    dead_reasons: list[str] = field(default_factory=list)
+
+    def merge(self, other: "IngestReport") -> None:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.stale += other.stale
+        self.dead += other.dead
+        self.dead_reasons.extend(other.dead_reasons)
+
+
+class _Rejected(Exception):
+    """The event is well-formed but cannot be applied: it goes to the dead-letter store."""
+
+
+def _text(body: bytes | str) -> str:
+    return body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+
+
+def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, source: str) -> IngestReport:
+    """Apply raw events in one transaction. Bad ones go to the dead-letter store; a database
+    error propagates so the caller keeps the batch unacknowledged and retries it (N1)."""
+    report = IngestReport()
+    with store.transaction() as tx:
+        for body in bodies:
+            try:
+                event = ev.parse_event(body)
+            except ev.InvalidEvent as exc:
+                _dead(tx, report, source, f"invalid event: {exc.reason}", body, now)
+                continue
+            savepoint = tx.conn.begin_nested()
+            try:
+                outcome = _apply_one(tx, event, now)
+            except DBAPIError:
+                savepoint.rollback()
+                raise
+            except _Rejected as exc:
+                savepoint.rollback()
+                _dead(tx, report, source, str(exc), body, now)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug on one event must not stop the others (N3)
+                savepoint.rollback()
+                log.exception("event could not be applied", extra={"event_id": event.event_id})
+                _dead(tx, report, source, f"internal error: {exc.__class__.__name__}: {exc}", body, now)
+                continue
+            savepoint.commit()
+            setattr(report, outcome, getattr(report, outcome) + 1)
+    return report
+
+
+def _dead(tx: Tx, report: IngestReport, source: str, reason: str, body: bytes | str, now: datetime) -> None:
+    tx.add_dead_letter(source, reason, _text(body), now)
+    report.dead += 1
+    report.dead_reasons.append(reason)
+
+
+def _apply_one(tx: Tx, event: ev.Event, now: datetime) -> str:
+    tenant = tx.tenant(event.tenant_id)
+    if tenant is None:
+        raise _Rejected(f"unknown tenant {event.tenant_id!r}")
+    kind, aggregate_id = ev.aggregate_of(event)
+    if not tx.claim_event(event.event_id, event.tenant_id, event.type, f"{kind}:{aggregate_id}", event.revision,
+                          "applied", now):
+        return "duplicates"
+
+    if isinstance(event, ev.CustomerUpdatedEvent):
+        existing = tx.customer(tenant.id, event.data.customer.id)
+        if existing is not None and existing.revision >= event.revision:
+            tx.set_event_outcome(event.event_id, "stale")
+            return "stale"
+        customer, phone_error = _customer(tenant, event.data.customer, event.revision)
+        tx.save_customer(customer, phone_error)
+        for booking_id in tx.bookings_of_customer(tenant.id, customer.id):
+            booking = tx.booking(tenant.id, booking_id, lock=True)
+            if booking is not None:
+                tx.add_timeline(tenant.id, booking_id, now, "customer.updated",
+                                {"consents": sorted(c.value for c in customer.consents),
+                                 "language": customer.language, "phone_valid": phone_error is None})
+                _replan(tx, tenant, booking, now)
+        return "applied"
+
+    booking = tx.booking(tenant.id, event.data.booking_id, lock=True)
+    if isinstance(event, ev.BookingCreatedEvent):
+        if booking is not None and booking.revision >= event.revision:
+            tx.set_event_outcome(event.event_id, "stale")
+            return "stale"
+        data = event.data
+        existing_customer = tx.customer(tenant.id, data.customer.id)
+        customer, phone_error = _customer(tenant, data.customer, event.revision)
+        if existing_customer is None or existing_customer.revision <= customer.revision:
+            tx.save_customer(customer, phone_error)
+        tx.save_resource(tr.resource_from(data.resource, tenant.id, tx.resource(tenant.id, data.resource.id)))
+        new, notes = tr.booking_created(event)
+        if phone_error:
+            notes.append(tr.Note("customer.phone_invalid", {"reason": phone_error}))  # R5
+        return _save(tx, tenant, new, notes, now)
+
+    if booking is None:
+        raise _Rejected(f"unknown booking {event.data.booking_id!r} for {event.type}")
+    if booking.revision >= event.revision:
+        tx.set_event_outcome(event.event_id, "stale")
+        return "stale"
+    if isinstance(event, ev.BookingRescheduledEvent):
+        if event.data.resource is not None:
+            tx.save_resource(tr.resource_from(event.data.resource, tenant.id,
+                                              tx.resource(tenant.id, event.data.resource.id)))
+        new, notes = tr.booking_rescheduled(booking, event)
+    elif isinstance(event, ev.BookingCancelledEvent):
+        new, notes = tr.booking_cancelled(booking, event)
+    elif isinstance(event, ev.BookingStatusChangedEvent):
+        status = event.data.status
+        new, notes = tr.booking_touched(booking, event, tr.Note("booking.status_changed", {
+            "status": status.name, "kind": status.kind, "reason": event.data.reason}))
+    elif isinstance(event, ev.VisitMarkedEvent):
+        new, notes = tr.booking_touched(booking, event, tr.Note("booking.visit_marked",
+                                                                {"outcome": event.data.outcome}))
+    else:  # pragma: no cover - the union is exhaustive
+        raise _Rejected(f"unhandled event type {event.type}")
+    return _save(tx, tenant, new, notes, now)
+
+
+def _save(tx: Tx, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> str:
+    tx.save_booking(booking)
+    for note in notes:
+        tx.add_timeline(tenant.id, booking.id, now, note.kind, note.detail)
+    _replan(tx, tenant, booking, now)
+    return "applied"
+
+
+def _customer(tenant: Tenant, data: ev.CustomerData, revision: int) -> tuple[Customer, str | None]:
+    phone, error = normalize_phone(data.phone, tenant.home_region)
+    return tr.customer_from(data, tenant.id, revision, phone), error
+
+
+def normalize_phone(raw: str | None, region: str) -> tuple[str | None, str | None]:
+    """E.164 for a number; home-country numbers may omit the prefix (R5). (number, error)."""
+    if not raw or not raw.strip():
+        return None, None
+    try:
+        parsed = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as exc:
+        return None, f"not a phone number: {exc}"
+    if not phonenumbers.is_valid_number(parsed):
+        return None, f"not a valid number for {phonenumbers.region_code_for_number(parsed) or region}"
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None
+
+
+def settings_for(tenant: Tenant, resource: Resource) -> NotificationSettings:
+    return NotificationSettings.from_layers(tenant.settings, resource.settings)
+
+
+def _replan(tx: Tx, tenant: Tenant, booking: Booking, now: datetime) -> None:
+    customer = tx.customer(tenant.id, booking.customer_id)
+    resource = tx.resource(tenant.id, booking.resource_id)
+    if customer is None or resource is None:  # pragma: no cover - created with the booking
+        return
+    planned = plan_booking(booking, customer, resource, tenant, settings_for(tenant, resource), now=now)
+    diff = diff_plan(tx.existing_messages(tenant.id, booking.id), planned)
+    if diff.empty:
+        return
+    tx.add_messages(tenant.id, booking.id, diff.add, now)
+    tx.replan_messages(tenant.id, booking.id, diff.update, now)
+    tx.withdraw_messages(tenant.id, booking.id, diff.withdraw, now)
+    for message in diff.add + diff.update:
+        tx.add_timeline(tenant.id, booking.id, now, "message.planned", {
+            "key": message.key, "kind": message.kind.value, "channel": message.channel.value,
+            "due_at": message.due_at.isoformat()})
+    for key in diff.withdraw:
+        tx.add_timeline(tenant.id, booking.id, now, "message.withdrawn", {"key": key, "reason": "no longer applies"})
+
+
+# --- sweep -------------------------------------------------------------------------------
+
+def sweep_due(store: Store, *, now: datetime, lease_s: int, limit: int, batch: int) -> list[tuple[Channel, list[int]]]:
+    """Claim what is due and cut it into per-channel batches for dispatch tasks."""
+    by_channel: dict[Channel, list[int]] = defaultdict(list)
+    for message_id, channel in store.claim_due(now, lease_s=lease_s, limit=limit):
+        by_channel[channel].append(message_id)
+    return [(channel, ids[i:i + batch]) for channel, ids in sorted(by_channel.items())
+            for i in range(0, len(ids), batch)]
+
+
+# --- dispatch ----------------------------------------------------------------------------
+
+@dataclass
+class DispatchReport:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    withdrawn: int = 0
+    skipped: int = 0
+
+
+def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
+    """Send a batch concurrently (bounded), each message at most once (claim before the call)."""
+    report = DispatchReport()
+    workers = max(1, min(ctx.settings.dispatch_concurrency, len(message_ids)))
+    if workers == 1:
+        outcomes = [send_one(ctx, message_id) for message_id in message_ids]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
+            outcomes = list(pool.map(lambda mid: send_one(ctx, mid), message_ids))
+    for outcome in outcomes:
+        setattr(report, outcome, getattr(report, outcome) + 1)
+    return report
+
+
+def _why_not_send(message: MessageRow, booking: Booking, customer: Customer, tenant: Tenant,
+                  now: datetime) -> str | None:
+    """Checked again at send time: things change between planning and sending (R3)."""
+    if booking.status is BookingStatus.CANCELLED:
+        return "booking cancelled"
+    if message.recipient == "customer":
+        if now >= booking.starts_at:
+            return "visit already started"
+        if message.channel not in customer.consents:
+            return f"no consent for {message.channel.value}"
+        if message.channel.to_customer and message.channel is not Channel.EMAIL and \
+                message.channel not in tenant.channels:
+            return f"{message.channel.value} switched off for the tenant"
+    return None
+
+
+def _address(message: MessageRow, customer: Customer) -> str | None:
+    if message.channel is Channel.EMAIL:
+        return customer.email
+    if message.channel in (Channel.SMS, Channel.WHATSAPP):
+        return customer.phone
+    return None
+
+
+def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking) -> dict[str, Any]:
+    """The allow-listed data templates may use (plain dicts and values, no live objects)."""
+    return {
+        "customer": {"name": customer.name, "first_name": customer.name.split(" ")[0], "language": customer.language},
+        "company": dict(tenant.company),
+        "booking": {"id": booking.id, "starts_at": booking.starts_at, "ends_at": booking.ends_at,
+                    "service": booking.service or "", "duration_min": int((booking.ends_at - booking.starts_at)
+                                                                           .total_seconds() // 60)},
+        "resource": {"name": resource.name, "type": resource.type},
+    }
+
+
+def send_one(ctx: Any, message_id: int) -> str:
+    store: Store = ctx.store
+    settings = ctx.settings
+    now = ctx.clock.now()
+    message = store.claim_for_send(message_id, now, lease_s=settings.lease_s)
+    if message is None:
+        return "skipped"  # sent, withdrawn, or another worker has it
+    with store.transaction() as tx:
+        tenant = tx.tenant(message.tenant_id)
+        booking = tx.booking(message.tenant_id, message.booking_id)
+        customer = tx.customer(message.tenant_id, booking.customer_id) if booking else None
+        resource = tx.resource(message.tenant_id, booking.resource_id) if booking else None
+    if tenant is None or booking is None or customer is None or resource is None:
+        _finish(store, message, now, MessageState.FAILED, "booking data missing", None, 0, "permanent", None)
+        return "failed"
+    reason = _why_not_send(message, booking, customer, tenant, now)
+    if reason:
+        _finish(store, message, now, MessageState.WITHDRAWN, reason, None, 0, None, None)
+        return "withdrawn"
+    address = _address(message, customer)
+    if not address:
+        _finish(store, message, now, MessageState.FAILED, f"no {message.channel.value} address", None, 0,
+                "permanent", None)
+        return "failed"
+    languages = tuple(dict.fromkeys((customer.language, tenant.language, settings.default_language, "en")))
+    try:
+        rendered = ctx.renderer.render(
+            message.kind, message.channel.value, resource.type, languages,
+            template_context(tenant, resource, customer, booking),
+            timezone=str(zone_of(tenant, resource)), locale=customer.language,
+        )
+    except TemplateMissing as exc:
+        _finish(store, message, now, MessageState.FAILED, f"template: {exc}", None, 0, "permanent", None)
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - a broken template fails its message, nothing else (N3)
+        _finish(store, message, now, MessageState.FAILED, f"template error: {exc.__class__.__name__}: {exc}",
+                None, 0, "permanent", None)
+        return "failed"
+    adapter = ctx.channels.get(message.channel)
+    if adapter is None:
+        _finish(store, message, now, MessageState.FAILED, f"no adapter for {message.channel.value}", None, 0,
+                "permanent", None)
+        return "failed"
+    outgoing = Outgoing(message_id=message.id, idempotency_key=f"{message.tenant_id}/{message.booking_id}/"
+                        f"{message.key}", to=address, text=rendered.text, subject=rendered.subject,
+                        html=rendered.html)
+    started = time.monotonic()
+    try:
+        result = adapter.send(outgoing)
+    except TemporaryFailure as exc:
+        duration_ms = int((time.monotonic() - started) * 1000)
+        if message.attempts >= settings.max_attempts:
+            _finish(store, message, now, MessageState.FAILED, f"gave up after {message.attempts} attempts: "
+                    f"{exc.reason}", None, duration_ms, "temporary", exc.code)
+            return "failed"
+        wait_s = compute_backoff_s(attempt=message.attempts, base_s=settings.retry_base_s,
+                                   max_s=settings.retry_max_s, jitter=random.random(),
+                                   retry_after_s=exc.retry_after_s)
+        _retry_later(store, message, now, now + timedelta(seconds=wait_s), exc.reason, duration_ms, exc.code)
+        return "retried"
+    except PermanentFailure as exc:
+        _finish(store, message, now, MessageState.FAILED, exc.reason, None, int((time.monotonic() - started) * 1000),
+                "permanent", exc.code)
+        return "failed"
+    duration_ms = int((time.monotonic() - started) * 1000)
+    _finish(store, message, ctx.clock.now(), MessageState.SENT, None, result.provider_message_id, duration_ms,
+            "sent", result.provider_code, template=rendered.template)
+    return "sent"
+
+
+def _finish(store: Store, message: MessageRow, now: datetime, state: MessageState, error: str | None,
+            provider_message_id: str | None, duration_ms: int, outcome: str | None, code: str | None,
+            template: str | None = None) -> None:
+    """Record the end of a send: attempt row, message state and timeline entry, atomically."""
+    c = t.messages.c
+    with store.transaction() as tx:
+        if outcome is not None:
+            tx.add_attempt(message.id, now, duration_ms, outcome, code, error)
+        values: dict[str, Any] = {"state": state.value, "lease_until": None, "updated_at": now, "error": error}
+        if state is MessageState.SENT:
+            values.update(sent_at=now, provider_message_id=provider_message_id, template_version=template)
+        tx.conn.execute(update(t.messages).where(c.id == message.id, c.state == MessageState.SENDING.value)
+                        .values(**values))
+        detail: dict[str, Any] = {"kind": message.kind, "channel": message.channel.value}
+        if error:
+            detail["reason"] = error
+        if provider_message_id:
+            detail["provider_message_id"] = provider_message_id
+        tx.add_timeline(message.tenant_id, message.booking_id, now, f"message.{state.value}", detail,
+                        message_id=message.id, dedup_key=f"message:{message.id}:{state.value}")
+
+
+def _retry_later(store: Store, message: MessageRow, now: datetime, due_at: datetime, reason: str,
+                 duration_ms: int, code: str | None) -> None:
+    c = t.messages.c
+    with store.transaction() as tx:
+        tx.add_attempt(message.id, now, duration_ms, "temporary", code, reason)
+        tx.conn.execute(update(t.messages).where(c.id == message.id, c.state == MessageState.SENDING.value)
+                        .values(state=MessageState.PLANNED.value, due_at=due_at, lease_until=None,
+                                updated_at=now, error=reason))
+        tx.add_timeline(message.tenant_id, message.booking_id, now, "message.retry", {
+            "kind": message.kind, "channel": message.channel.value, "reason": reason, "attempt": message.attempts,
+            "next_at": due_at.isoformat()}, message_id=message.id,
+            dedup_key=f"message:{message.id}:retry:{message.attempts}")
+
+
+def timeline_of(store: Store, tenant_id: str, booking_id: str) -> list[dict[str, Any]]:
+    with store.transaction() as tx:
+        return tx.timeline(tenant_id, booking_id)
+
+
+__all__ = [
+    "IngestReport", "DispatchReport", "apply_events", "sweep_due", "dispatch_batch", "send_one", "load_tenants",
+    "normalize_phone", "timeline_of", "replace",
+]

@@ -1,0 +1,200 @@
+"""Tables (SQLAlchemy 2.0 Core). Times are stored in UTC; the Alembic migrations create them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in and out, UTC in storage, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# BIGINT ids on PostgreSQL, INTEGER (rowid alias, autoincrement) on SQLite
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("home_region", String(2), nullable=False),
+    Column("language", String(8), nullable=False),
+    Column("channels", JSON, nullable=False),  # enabled channels (R2)
+    Column("company", JSON, nullable=False),  # name, address, phone... for templates (R42)
+    Column("settings", JSON, nullable=False),  # notification defaults (R26, R43)
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("id", String(128), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("timezone", String(64)),
+    Column("settings", JSON, nullable=False),  # per-resource overrides
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("id", String(128), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("phone", String(32)),  # E.164 (R5)
+    Column("phone_error", String(200)),  # why the given number is not sendable
+    Column("email", String(254)),
+    Column("language", String(8), nullable=False),
+    Column("consents", JSON, nullable=False),
+    Column("privacy_accepted", Boolean, nullable=False),
+    Column("created_via_online_booking", Boolean, nullable=False),
+    Column("revision", Integer, nullable=False),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
+)
+
+bookings = Table(
+    "bookings",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("id", String(128), primary_key=True),
+    Column("customer_id", String(128), nullable=False),
+    Column("resource_id", String(128), nullable=False),
+    Column("starts_at", UTCDateTime, nullable=False),
+    Column("ends_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("scheduled_at", UTCDateTime, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("service", String(200)),
+    Column("status", String(16), nullable=False),
+    Column("revision", Integer, nullable=False),
+    ForeignKeyConstraint(["tenant_id", "customer_id"], ["customers.tenant_id", "customers.id"]),
+    ForeignKeyConstraint(["tenant_id", "resource_id"], ["resources.tenant_id", "resources.id"]),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("booking_id", String(128), nullable=False),
+    Column("key", String(200), nullable=False),  # planning key, unique per booking
+    Column("dedup_key", String(500), nullable=False, unique=True),  # tenant/booking/key
+    Column("kind", String(32), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("recipient", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),  # a claim (queued / sending) expires at this time
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("provider_message_id", String(200)),
+    Column("sent_at", UTCDateTime),
+    Column("error", Text),
+    Column("template_version", String(64)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    ForeignKeyConstraint(["tenant_id", "booking_id"], ["bookings.tenant_id", "bookings.id"]),
+)
+# the sweep's two questions, each answered from an index that holds only the rows it asks about
+Index("ix_messages_due", messages.c.due_at, postgresql_where=messages.c.state == "planned",
+      sqlite_where=messages.c.state == "planned")
+Index("ix_messages_lease", messages.c.lease_until,
+      postgresql_where=messages.c.state.in_(["queued", "sending"]),
+      sqlite_where=messages.c.state.in_(["queued", "sending"]))
+Index("ix_messages_booking", messages.c.tenant_id, messages.c.booking_id)
+
+send_attempts = Table(
+    "send_attempts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("message_id", BigId, nullable=False, index=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # sent | temporary | permanent | unknown
+    Column("provider_code", String(64)),
+    Column("error", Text),
+    ForeignKeyConstraint(["message_id"], ["messages.id"]),
+)
+
+timeline = Table(
+    "timeline",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("booking_id", String(128), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("message_id", BigId),
+    Column("detail", JSON, nullable=False),
+    Column("dedup_key", String(300), unique=True),  # set where a retry could record it twice
+)
+Index("ix_timeline_booking", timeline.c.tenant_id, timeline.c.booking_id, timeline.c.at)
+
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("aggregate", String(200), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # applied | stale
+    Column("processed_at", UTCDateTime, nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("replayed_at", UTCDateTime),
+)

@@ -1,0 +1,342 @@
+"""Queries: the store behind the services. SQLite (embedded) and PostgreSQL (production).
+
+A `Store` owns an engine. Work that must be atomic runs in `store.transaction()`,
+which yields a `Tx` with the reads and writes the services need. The claims (`claim_due`,
+`claim_for_send`) are single statements that are safe with many workers at once:
+`FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite, writers are serialised anyway.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from notifier.domain.model import (
+    Booking,
+    BookingStatus,
+    Channel,
+    Customer,
+    MessageState,
+    Resource,
+    Tenant,
+)
+from notifier.domain.planning import ExistingMessage, PlannedMessage
+from notifier.store import schema as t
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with what each backend needs. SQLite: WAL, a busy timeout, and BEGIN IMMEDIATE
+    so concurrent writers queue at the start of a transaction instead of failing half-way."""
+    if not url.startswith("sqlite"):
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, **kwargs)
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):  # SQLAlchemy's documented pysqlite recipe
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: int
+    tenant_id: str
+    booking_id: str
+    key: str
+    kind: str
+    channel: Channel
+    recipient: str
+    state: MessageState
+    due_at: datetime
+    attempts: int
+    provider_message_id: str | None
+    sent_at: datetime | None
+    error: str | None
+
+
+def _message(row: Any) -> MessageRow:
+    return MessageRow(
+        id=row.id, tenant_id=row.tenant_id, booking_id=row.booking_id, key=row.key, kind=row.kind,
+        channel=Channel(row.channel), recipient=row.recipient, state=MessageState(row.state),
+        due_at=row.due_at, attempts=row.attempts, provider_message_id=row.provider_message_id,
+        sent_at=row.sent_at, error=row.error,
+    )
+
+
+def _upsert(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(**values)
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={k: v for k, v in values.items() if k not in keys})
+    conn.execute(stmt)
+
+
+def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any] | list[dict[str, Any]], keys: list[str]):
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=keys))
+
+
+class Tx:
+    """Reads and writes inside one transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect.name
+
+    # --- events -------------------------------------------------------------------------
+    def claim_event(self, event_id: str, tenant_id: str, type_: str, aggregate: str, revision: int,
+                    outcome: str, now: datetime) -> bool:
+        """Record an event as processed; False if it had been (dedup by event_id, N2)."""
+        result = _insert_ignore(self.conn, t.processed_events, {
+            "event_id": event_id, "tenant_id": tenant_id, "type": type_, "aggregate": aggregate,
+            "revision": revision, "outcome": outcome, "processed_at": now,
+        }, ["event_id"])
+        return result.rowcount == 1
+
+    def set_event_outcome(self, event_id: str, outcome: str) -> None:
+        self.conn.execute(update(t.processed_events).where(t.processed_events.c.event_id == event_id)
+                          .values(outcome=outcome))
+
+    def add_dead_letter(self, source: str, reason: str, body: str, now: datetime) -> int:
+        result = self.conn.execute(t.dead_letters.insert().values(received_at=now, source=source, reason=reason,
+                                                                  body=body).returning(t.dead_letters.c.id))
+        return int(result.scalar_one())
+
+    # --- tenants, resources, customers, bookings ----------------------------------------
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        row = self.conn.execute(select(t.tenants).where(t.tenants.c.id == tenant_id)).first()
+        if row is None:
+            return None
+        return Tenant(id=row.id, name=row.name, timezone=row.timezone, home_region=row.home_region,
+                      language=row.language, channels=frozenset(Channel(c) for c in row.channels),
+                      company=row.company, settings=row.settings)
+
+    def save_tenant(self, tenant: Tenant, now: datetime) -> None:
+        _upsert(self.conn, t.tenants, {
+            "id": tenant.id, "name": tenant.name, "timezone": tenant.timezone, "home_region": tenant.home_region,
+            "language": tenant.language, "channels": sorted(c.value for c in tenant.channels),
+            "company": dict(tenant.company), "settings": dict(tenant.settings), "updated_at": now,
+        }, ["id"])
+
+    def resource(self, tenant_id: str, resource_id: str) -> Resource | None:
+        c = t.resources.c
+        row = self.conn.execute(select(t.resources).where(c.tenant_id == tenant_id, c.id == resource_id)).first()
+        if row is None:
+            return None
+        return Resource(id=row.id, tenant_id=row.tenant_id, name=row.name, type=row.type, timezone=row.timezone,
+                        settings=row.settings)
+
+    def save_resource(self, resource: Resource) -> None:
+        _upsert(self.conn, t.resources, {
+            "tenant_id": resource.tenant_id, "id": resource.id, "name": resource.name, "type": resource.type,
+            "timezone": resource.timezone, "settings": dict(resource.settings),
+        }, ["tenant_id", "id"])
+
+    def customer(self, tenant_id: str, customer_id: str) -> Customer | None:
+        c = t.customers.c
+        row = self.conn.execute(select(t.customers).where(c.tenant_id == tenant_id, c.id == customer_id)).first()
+        if row is None:
+            return None
+        return Customer(id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
+                        language=row.language, consents=frozenset(Channel(x) for x in row.consents),
+                        privacy_accepted=row.privacy_accepted,
+                        created_via_online_booking=row.created_via_online_booking, revision=row.revision)
+
+    def save_customer(self, customer: Customer, phone_error: str | None = None) -> None:
+        _upsert(self.conn, t.customers, {
+            "tenant_id": customer.tenant_id, "id": customer.id, "name": customer.name, "phone": customer.phone,
+            "phone_error": phone_error, "email": customer.email, "language": customer.language,
+            "consents": sorted(x.value for x in customer.consents), "privacy_accepted": customer.privacy_accepted,
+            "created_via_online_booking": customer.created_via_online_booking, "revision": customer.revision,
+        }, ["tenant_id", "id"])
+
+    def booking(self, tenant_id: str, booking_id: str, *, lock: bool = False) -> Booking | None:
+        c = t.bookings.c
+        query = select(t.bookings).where(c.tenant_id == tenant_id, c.id == booking_id)
+        if lock and self.dialect == "postgresql":
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        if row is None:
+            return None
+        return Booking(id=row.id, tenant_id=row.tenant_id, customer_id=row.customer_id,
+                       resource_id=row.resource_id, starts_at=row.starts_at, ends_at=row.ends_at,
+                       created_at=row.created_at, scheduled_at=row.scheduled_at, source=row.source,
+                       service=row.service, status=BookingStatus(row.status), revision=row.revision)
+
+    def save_booking(self, booking: Booking) -> None:
+        _upsert(self.conn, t.bookings, {
+            "tenant_id": booking.tenant_id, "id": booking.id, "customer_id": booking.customer_id,
+            "resource_id": booking.resource_id, "starts_at": booking.starts_at, "ends_at": booking.ends_at,
+            "created_at": booking.created_at, "scheduled_at": booking.scheduled_at, "source": booking.source,
+            "service": booking.service, "status": booking.status.value, "revision": booking.revision,
+        }, ["tenant_id", "id"])
+
+    def bookings_of_customer(self, tenant_id: str, customer_id: str) -> list[str]:
+        c = t.bookings.c
+        rows = self.conn.execute(select(c.id).where(c.tenant_id == tenant_id, c.customer_id == customer_id,
+                                                    c.status == BookingStatus.ACTIVE.value))
+        return [r.id for r in rows]
+
+    # --- messages ------------------------------------------------------------------------
+    def existing_messages(self, tenant_id: str, booking_id: str) -> list[ExistingMessage]:
+        c = t.messages.c
+        rows = self.conn.execute(select(c.key, c.state, c.due_at, c.channel)
+                                 .where(c.tenant_id == tenant_id, c.booking_id == booking_id))
+        return [ExistingMessage(key=r.key, state=MessageState(r.state), due_at=r.due_at, channel=Channel(r.channel))
+                for r in rows]
+
+    def add_messages(self, tenant_id: str, booking_id: str, planned: Iterable[PlannedMessage], now: datetime) -> None:
+        rows = [{
+            "tenant_id": tenant_id, "booking_id": booking_id, "key": m.key,
+            "dedup_key": f"{tenant_id}/{booking_id}/{m.key}", "kind": m.kind.value, "channel": m.channel.value,
+            "recipient": m.recipient, "state": MessageState.PLANNED.value, "due_at": m.due_at, "attempts": 0,
+            "created_at": now, "updated_at": now,
+        } for m in planned]
+        if rows:
+            _insert_ignore(self.conn, t.messages, rows, ["dedup_key"])
+
+    def replan_messages(self, tenant_id: str, booking_id: str, planned: Iterable[PlannedMessage],
+                        now: datetime) -> None:
+        c = t.messages.c
+        for m in planned:
+            self.conn.execute(update(t.messages).where(
+                c.dedup_key == f"{tenant_id}/{booking_id}/{m.key}",
+                c.state.in_([MessageState.PLANNED.value, MessageState.WITHDRAWN.value]),
+            ).values(state=MessageState.PLANNED.value, due_at=m.due_at, channel=m.channel.value, updated_at=now,
+                     lease_until=None))
+
+    def withdraw_messages(self, tenant_id: str, booking_id: str, keys: Iterable[str], now: datetime) -> list[int]:
+        """Withdraw unsent messages; returns the ids actually withdrawn (a worker may have won)."""
+        c = t.messages.c
+        keys = list(keys)
+        if not keys:
+            return []
+        result = self.conn.execute(update(t.messages).where(
+            c.tenant_id == tenant_id, c.booking_id == booking_id, c.key.in_(keys),
+            c.state.in_([MessageState.PLANNED.value, MessageState.QUEUED.value]),
+        ).values(state=MessageState.WITHDRAWN.value, lease_until=None, updated_at=now).returning(c.id, c.key))
+        return [r.id for r in result]
+
+    def message(self, message_id: int) -> MessageRow | None:
+        row = self.conn.execute(select(t.messages).where(t.messages.c.id == message_id)).first()
+        return _message(row) if row else None
+
+    def messages_of(self, tenant_id: str, booking_id: str) -> list[MessageRow]:
+        c = t.messages.c
+        rows = self.conn.execute(select(t.messages).where(c.tenant_id == tenant_id, c.booking_id == booking_id)
+                                 .order_by(c.due_at, c.id))
+        return [_message(r) for r in rows]
+
+    # --- timeline ------------------------------------------------------------------------
+    def add_timeline(self, tenant_id: str, booking_id: str, at: datetime, kind: str, detail: dict[str, Any],
+                     message_id: int | None = None, dedup_key: str | None = None) -> None:
+        values = {"tenant_id": tenant_id, "booking_id": booking_id, "at": at, "kind": kind, "detail": detail,
+                  "message_id": message_id, "dedup_key": dedup_key}
+        if dedup_key is None:
+            self.conn.execute(t.timeline.insert().values(**values))
+        else:
+            _insert_ignore(self.conn, t.timeline, values, ["dedup_key"])
+
+    def timeline(self, tenant_id: str, booking_id: str) -> list[dict[str, Any]]:
+        c = t.timeline.c
+        rows = self.conn.execute(select(t.timeline).where(c.tenant_id == tenant_id, c.booking_id == booking_id)
+                                 .order_by(c.at, c.id))
+        return [{"at": r.at, "kind": r.kind, "detail": r.detail, "message_id": r.message_id} for r in rows]
+
+    # --- attempts ------------------------------------------------------------------------
+    def add_attempt(self, message_id: int, started_at: datetime, duration_ms: int, outcome: str,
+                    provider_code: str | None, error: str | None) -> None:
+        self.conn.execute(t.send_attempts.insert().values(
+            message_id=message_id, started_at=started_at, duration_ms=duration_ms, outcome=outcome,
+            provider_code=provider_code, error=error))
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self.engine.begin() as conn:
+            yield Tx(conn)
+
+    def migrate(self) -> None:
+        from notifier.store.migrate import upgrade
+
+        upgrade(self.engine)
+
+    # --- claims (single statements, safe under concurrency) ------------------------------
+    def claim_due(self, now: datetime, *, lease_s: int, limit: int) -> list[tuple[int, Channel]]:
+        """Claim due messages for dispatch: planned rows whose time has come, and claims whose
+        lease ran out (a lost task, a crashed worker). They become `queued` under a new lease."""
+        c = t.messages.c
+        lease_until = now + timedelta(seconds=lease_s)
+        in_flight = [MessageState.QUEUED.value, MessageState.SENDING.value]
+        # each question has its own partial index (ix_messages_due, ix_messages_lease)
+        questions = [
+            select(c.id).where(c.state == MessageState.PLANNED.value, c.due_at <= now).order_by(c.due_at),
+            select(c.id).where(c.state.in_(in_flight), c.lease_until < now).order_by(c.lease_until),
+        ]
+        claimed: list[tuple[int, Channel]] = []
+        with self.engine.begin() as conn:
+            for question in questions:
+                room = limit - len(claimed)
+                if room <= 0:
+                    break
+                ids = question.limit(room)
+                if conn.dialect.name == "postgresql":
+                    ids = ids.with_for_update(skip_locked=True)
+                result = conn.execute(
+                    update(t.messages).where(c.id.in_(ids.scalar_subquery()))
+                    .values(state=MessageState.QUEUED.value, lease_until=lease_until, updated_at=now)
+                    .returning(c.id, c.channel)
+                )
+                claimed.extend((r.id, Channel(r.channel)) for r in result)
+        return sorted(claimed)
+
+    def claim_for_send(self, message_id: int, now: datetime, *, lease_s: int) -> MessageRow | None:
+        """Take one queued message for the provider call; None if someone else has it or it was
+        withdrawn. This single UPDATE is what makes a redelivered task harmless (N2)."""
+        c = t.messages.c
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                update(t.messages)
+                .where(c.id == message_id, c.state == MessageState.QUEUED.value)
+                .values(state=MessageState.SENDING.value, lease_until=now + timedelta(seconds=lease_s),
+                        attempts=c.attempts + 1, updated_at=now)
+                .returning(*t.messages.c)
+            ).first()
+            return _message(row) if row else None
+
+    def count_by_state(self) -> dict[str, int]:
+        c = t.messages.c
+        with self.engine.connect() as conn:
+            return {r.state: r.n for r in conn.execute(select(c.state, func.count().label("n")).group_by(c.state))}
+
+    def next_due_at(self) -> datetime | None:
+        c = t.messages.c
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.min(c.due_at)).where(c.state == MessageState.PLANNED.value)).scalar()

@@ -1,0 +1,1 @@
+"""Celery app and thin task wrappers; all work happens in `notifier.services`."""

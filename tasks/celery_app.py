@@ -1,0 +1,72 @@
+"""The Celery app: queues (one per channel), routes and the beat schedule.
+
+Configuration is read lazily (`add_defaults`) the first time Celery needs it, so
+importing this module opens nothing and reads no file.
+
+Queues:  sweep (beat's scans), email, sms, whatsapp, staff, activity (dispatch per channel)
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_shutdown
+from kombu import Queue
+
+from notifier.domain.model import Channel
+
+SWEEP_QUEUE = "sweep"
+CHANNEL_QUEUES = {channel: channel.value for channel in Channel}  # kind to channel queue: one visible table
+ALL_QUEUES = (SWEEP_QUEUE, *CHANNEL_QUEUES.values())
+
+app = Celery("notifier", include=["tasks.sweep", "tasks.dispatch"])
+
+
+def celery_config() -> dict[str, Any]:
+    from notifier.bootstrap import kombu_url
+    from notifier.settings import load_settings
+
+    settings = load_settings()
+    broker, transport_options = kombu_url(settings.broker_url, settings)
+    return {
+        "broker_url": broker,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_queues": [Queue(name, routing_key=name) for name in ALL_QUEUES],
+        "task_default_queue": SWEEP_QUEUE,
+        "task_routes": {"notifier.sweep_due": {"queue": SWEEP_QUEUE}},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        # ack after the task ran: a worker killed mid-batch gets its batch redelivered; the
+        # database claims make the redelivery harmless (N1, N2)
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            "sweep-due": {"task": "notifier.sweep_due", "schedule": settings.sweep_interval_s,
+                          "options": {"queue": SWEEP_QUEUE, "expires": max(settings.sweep_interval_s * 5, 10)}},
+        },
+        "beat_schedule_filename": str(settings.broker_dir.parent / "celerybeat-schedule"),
+        "timezone": "UTC",
+    }
+
+
+app.add_defaults(celery_config)
+
+
+@cache
+def context():
+    """The worker process's Context, built on first use (after the pool forked)."""
+    from notifier.bootstrap import build
+
+    return build()
+
+
+@worker_process_shutdown.connect
+def _close(**_: Any) -> None:
+    if context.cache_info().currsize:
+        context().close()

@@ -1,0 +1,18 @@
+"""Beat's sweep: claim what is due in the database and hand it to the channel queues."""
+
+from __future__ import annotations
+
+from notifier.services import sweep_due
+from tasks.celery_app import CHANNEL_QUEUES, app, context
+from tasks.dispatch import dispatch_batch
+
+
+@app.task(name="notifier.sweep_due")
+def sweep_due_task() -> int:
+    ctx = context()
+    s = ctx.settings
+    batches = sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
+                        batch=s.dispatch_batch)
+    for channel, ids in batches:
+        dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel])
+    return sum(len(ids) for _, ids in batches)
