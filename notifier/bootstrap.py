@@ -58,6 +58,8 @@ def build(settings: Settings | None = None, *, channels: dict[Channel, ChannelAd
 def kombu_url(url: str, settings: Settings) -> tuple[str, dict[str, Any]]:
     """A broker URL for kombu/Celery; "embedded" becomes the filesystem transport under data_dir."""
     if url != "embedded":
+        if url.startswith(("redis://", "rediss://")) and settings.broker_key_prefix:
+            return url, {"global_keyprefix": settings.broker_key_prefix}
         return url, {}
     folder = settings.broker_dir
     (folder / "queue").mkdir(parents=True, exist_ok=True)

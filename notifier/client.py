@@ -11,7 +11,8 @@ clients (docs/events.md has PHP and redis-cli examples).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from notifier.settings import Settings, load_settings
 

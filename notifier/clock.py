@@ -7,7 +7,7 @@ reads the clock sees that instant. It lets a whole day run in seconds, honestly.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +18,7 @@ class Clock(Protocol):
 
 class SystemClock:
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
 
 class FileClock:
@@ -30,11 +30,11 @@ class FileClock:
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is None:
             raise ValueError(f"{self.path}: the simulated clock needs an aware time, got {text!r}")
-        return moment.astimezone(timezone.utc)
+        return moment.astimezone(UTC)
 
     def set(self, moment: datetime) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(moment.astimezone(timezone.utc).isoformat())
+        tmp.write_text(moment.astimezone(UTC).isoformat())
         tmp.replace(self.path)  # atomic: readers never see half a timestamp
 
 

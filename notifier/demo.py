@@ -13,17 +13,10 @@ import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 import uuid
-from datetime import datetime, timedelta, timezone
-from email import message_from_bytes, policy
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -35,35 +28,6 @@ DAY = datetime(2026, 12, 1)
 
 def _at(day_offset: int, hour: int, minute: int, zone: ZoneInfo) -> datetime:
     return (DAY + timedelta(days=day_offset)).replace(hour=hour, minute=minute, tzinfo=zone)
-
-
-class MailSink:
-    """An SMTP server on loopback that keeps what it receives (aiosmtpd)."""
-
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        self.messages: list[Any] = []
-        self._lock = threading.Lock()
-        sink = self
-
-        class Handler:
-            async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
-                with sink._lock:
-                    sink.messages.append(message_from_bytes(envelope.content, policy=policy.default))
-                return "250 OK"
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
-
-    def __enter__(self) -> "MailSink":
-        self.controller.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.controller.stop()
 
 
 def _event(kind: str, tenant: str, revision: int, at: datetime, data: dict[str, Any]) -> dict[str, Any]:
@@ -118,47 +82,11 @@ def late_morning_events(now: datetime) -> list[dict[str, Any]]:
     ]
 
 
-class Pipeline:
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        self.root, self.env = root, env
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        log = (self.root / f"{name}.log").open("wb")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "notifier.cli", *args], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def check(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.root / (name + '.log')}")
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def wait_for(condition: Callable[[], bool], what: str, pipeline: Pipeline, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        pipeline.check()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
-        time.sleep(0.05)
-
-
 def run_demo(keep: bool = False) -> int:
     from notifier.bootstrap import build
     from notifier.client import publish
     from notifier.clock import FileClock
+    from notifier.devtools import MailSink, ProcessGroup, wait_for
     from notifier.services import load_tenants, timeline_of
     from notifier.settings import load_settings
     from notifier.store import schema as t
@@ -185,7 +113,7 @@ def run_demo(keep: bool = False) -> int:
         ctx.store.migrate()
         load_tenants(ctx.store, settings.tenants_dir, now=now)
 
-        pipeline = Pipeline(root, env)
+        pipeline = ProcessGroup(root, env)
         published = 0
 
         def count(table) -> int:

@@ -21,8 +21,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 from sqlalchemy.exc import DBAPIError
 
@@ -154,7 +155,7 @@ class KombuSource:
         try:
             self.conn.drain_events(timeout=timeout)
             return True
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
 
     def close(self) -> None:

@@ -10,11 +10,12 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import phonenumbers
 import yaml
@@ -429,8 +430,3 @@ def timeline_of(store: Store, tenant_id: str, booking_id: str) -> list[dict[str,
     with store.transaction() as tx:
         return tx.timeline(tenant_id, booking_id)
 
-
-__all__ = [
-    "IngestReport", "DispatchReport", "apply_events", "sweep_due", "dispatch_batch", "send_one", "load_tenants",
-    "normalize_phone", "timeline_of", "replace",
-]

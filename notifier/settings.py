@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 def shipped_path(name: str) -> Path:
@@ -32,6 +33,7 @@ class Settings:
     data_dir: str = "var"
     # Celery broker; "embedded" is kombu's filesystem transport under data_dir/broker
     broker_url: str = "embedded"
+    broker_key_prefix: str = ""  # Redis brokers: prefix every key (several deployments on one Redis)
     # where booking systems publish events: redis://... (a list), amqp://... (a queue), or embedded
     events_url: str = "embedded"
     events_queue: str = "notifier.events"

@@ -15,8 +15,8 @@ Pure: pydantic and the standard library only.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal, Union
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -155,14 +155,7 @@ class CustomerUpdatedEvent(_Envelope):
 
 
 Event = Annotated[
-    Union[
-        BookingCreatedEvent,
-        BookingRescheduledEvent,
-        BookingCancelledEvent,
-        BookingStatusChangedEvent,
-        VisitMarkedEvent,
-        CustomerUpdatedEvent,
-    ],
+    BookingCreatedEvent | BookingRescheduledEvent | BookingCancelledEvent | BookingStatusChangedEvent | VisitMarkedEvent | CustomerUpdatedEvent,
     Field(discriminator="type"),
 ]
 
@@ -219,6 +212,5 @@ def json_schema() -> dict:
 
 def utc(moment: datetime) -> datetime:
     """Normalise an aware datetime to UTC (storage and comparison)."""
-    from datetime import timezone
 
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)

@@ -6,10 +6,11 @@ Times are aware datetimes in UTC; zones are IANA names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 
 class Channel(StrEnum):

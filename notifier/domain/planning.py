@@ -8,9 +8,9 @@ against what the store already holds, never a second send.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from notifier.domain.model import (
@@ -92,10 +92,10 @@ def local_time_on_day(starts_at: datetime, at: "datetime.time", zone: ZoneInfo) 
 def _localize(wall: datetime, zone: ZoneInfo) -> datetime:
     """Wall time to UTC; a time skipped by DST moves forward, an ambiguous one takes the first."""
     aware = wall.replace(tzinfo=zone, fold=0)
-    roundtrip = aware.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None)
+    roundtrip = aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
     if roundtrip != wall:  # in the spring gap: the first valid instant after it
         aware = wall.replace(tzinfo=zone, fold=1)
-    return aware.astimezone(timezone.utc)
+    return aware.astimezone(UTC)
 
 
 def _pick(channels: Iterable[Channel], reachable: frozenset[Channel], policy: str) -> list[tuple[str, Channel]]:
@@ -171,4 +171,4 @@ def diff_plan(existing: Iterable[ExistingMessage], planned: Iterable[PlannedMess
 
 
 def _stamp(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%MZ")
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%MZ")

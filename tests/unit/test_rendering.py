@@ -1,0 +1,76 @@
+"""Rendering: babel dates in the customer's language and the tenant's zone; a sandbox (N6)."""
+
+from datetime import UTC, datetime
+
+import pytest
+from jinja2 import UndefinedError
+from jinja2.exceptions import SecurityError
+
+from notifier.rendering.environment import Renderer, TemplateMissing
+from notifier.settings import shipped_path
+
+CONTEXT = {
+    "customer": {"name": "Erika Mustermann", "first_name": "Erika", "language": "de"},
+    "company": {"name": "Salon", "address": "Hauptstr. 1", "phone": "+49 30 1"},
+    "booking": {"id": "b1", "starts_at": datetime(2026, 3, 29, 7, 30, tzinfo=UTC),
+                "ends_at": datetime(2026, 3, 29, 8, 30, tzinfo=UTC), "service": "", "duration_min": 60},
+    "resource": {"name": "Anna Weber", "type": "specialist"},
+}
+
+
+@pytest.fixture
+def shipped():
+    return Renderer(shipped_path("templates"))
+
+
+@pytest.mark.parametrize("language, date_text, time_text", [
+    ("de", "Sonntag, 29. März 2026", "09:30"),  # 07:30 UTC is 09:30 in Berlin after the spring change
+    ("it", "domenica 29 marzo 2026", "09:30"),
+    ("en", "Sunday, March 29, 2026", "9:30"),
+    ("ru", "воскресенье, 29 марта 2026", "09:30"),
+])
+def test_dates_in_the_customers_language_and_the_tenants_zone(shipped, language, date_text, time_text):
+    out = shipped.render("info", "email", "specialist", (language,), CONTEXT, timezone="Europe/Berlin",
+                         locale=language)
+    assert date_text in out.text and time_text in out.text
+    assert out.subject and out.html and out.template == f"specialist/{language}/info.email.j2"
+
+
+def test_language_falls_back_in_order(shipped):
+    out = shipped.render("info", "email", "equipment", ("xx", "it"), CONTEXT, timezone="Europe/Rome", locale="it")
+    assert out.template == "equipment/it/info.email.j2"
+    with pytest.raises(TemplateMissing):
+        shipped.render("nonexistent", "email", "specialist", ("de",), CONTEXT, timezone="Europe/Berlin",
+                       locale="de")
+
+
+def test_html_escapes_customer_data(shipped):
+    evil = dict(CONTEXT, customer={"name": "<script>x</script>", "first_name": "<script>x</script>",
+                                   "language": "de"})
+    out = shipped.render("info", "email", "specialist", ("de",), evil, timezone="Europe/Berlin", locale="de")
+    assert "<script>" not in out.html and "&lt;script&gt;" in out.html
+
+
+def write(tmp_path, body):
+    folder = tmp_path / "specialist" / "de"
+    folder.mkdir(parents=True)
+    (folder / "info.email.j2").write_text(body)
+    return Renderer(tmp_path)
+
+
+def test_an_unknown_variable_is_an_error_not_an_empty_string(tmp_path):
+    renderer = write(tmp_path, "{% block text %}Hallo {{ customer.nickname }}{% endblock %}")
+    with pytest.raises(UndefinedError):
+        renderer.render("info", "email", "specialist", ("de",), CONTEXT, timezone="Europe/Berlin", locale="de")
+
+
+@pytest.mark.parametrize("payload", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ customer.__class__.__init__.__globals__ }}",
+    "{{ cycler.__init__.__globals__.os }}",
+    "{{ ''|attr('__class__') }}",
+])
+def test_N6_template_injection_cannot_reach_python_internals(tmp_path, payload):
+    renderer = write(tmp_path, "{% block text %}" + payload + "{% endblock %}")
+    with pytest.raises((SecurityError, UndefinedError)):
+        renderer.render("info", "email", "specialist", ("de",), CONTEXT, timezone="Europe/Berlin", locale="de")

@@ -1,0 +1,176 @@
+"""Use cases on the embedded store (SQLite) with a fake email channel: apply, sweep, dispatch."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from notifier.channels.base import PermanentFailure, TemporaryFailure
+from notifier.services import apply_events, dispatch_batch, normalize_phone, sweep_due, timeline_of
+from notifier.store import schema as t
+from tests.conftest import START, created, customer, event
+
+
+def apply(ctx, *events):
+    return apply_events(ctx.store, [json.dumps(e) for e in events], now=ctx.clock.now(), source="test")
+
+
+def messages(ctx):
+    with ctx.store.engine.connect() as conn:
+        return conn.execute(select(t.messages).order_by(t.messages.c.due_at)).all()
+
+
+def run_due(ctx):
+    total = {"sent": 0, "failed": 0, "retried": 0, "withdrawn": 0, "skipped": 0}
+    for _channel, ids in sweep_due(ctx.store, now=ctx.clock.now(), lease_s=60, limit=1000, batch=50):
+        for key, value in vars(dispatch_batch(ctx, ids)).items():
+            total[key] += value
+    return total
+
+
+def kinds(ctx, booking="b1"):
+    return [e["kind"] for e in timeline_of(ctx.store, "salon-berlin", booking)]
+
+
+def test_R10_R15_a_new_booking_plans_info_now_and_the_morning_reminder(ctx):
+    report = apply(ctx, created(starts_at=START + timedelta(days=2, hours=6)))
+    assert report.applied == 1
+    rows = messages(ctx)
+    assert [(r.kind, r.channel, r.state) for r in rows] == [("info", "email", "planned"),
+                                                            ("reminder", "email", "planned")]
+    assert rows[0].due_at == START
+    assert rows[1].due_at == START + timedelta(days=2, hours=1)  # 08:00 Berlin = 07:00 UTC on the visit day
+
+
+def test_a_due_message_is_rendered_sent_and_on_the_timeline(ctx, email):
+    apply(ctx, created(starts_at=START + timedelta(days=2, hours=6)))
+    assert run_due(ctx)["sent"] == 1
+    [mail] = email.sent
+    assert mail.to == "kunde@example.org"
+    assert "Donnerstag, 3. Dezember 2026" in mail.text and "13:00" in mail.text  # tenant's zone, German
+    assert mail.html and "<p>" in mail.html
+    assert "message.sent" in kinds(ctx)
+    sent = [r for r in messages(ctx) if r.state == "sent"]
+    assert sent[0].provider_message_id and sent[0].sent_at == START
+
+
+def test_N2_the_same_event_twice_is_applied_once(ctx):
+    e = created()
+    apply(ctx, e)
+    report = apply(ctx, e)
+    assert report.duplicates == 1 and report.applied == 0
+    assert len(messages(ctx)) == 2  # info and today's reminder, once each
+    assert kinds(ctx).count("booking.created") == 1
+
+
+def test_a_stale_revision_is_recorded_and_ignored(ctx):
+    apply(ctx, created(), event("booking.cancelled", {"booking_id": "b1", "by": "staff"}, revision=3))
+    report = apply(ctx, event("booking.rescheduled", {"booking_id": "b1", "starts_at": (START + timedelta(days=3))
+                                                      .isoformat(), "ends_at": (START + timedelta(days=3, hours=1))
+                                                      .isoformat()}, revision=2))
+    assert report.stale == 1
+    with ctx.store.engine.connect() as conn:
+        assert conn.execute(select(t.bookings.c.status)).scalar_one() == "cancelled"
+
+
+def test_N3_bad_events_go_to_the_dead_letter_store_and_the_rest_is_applied(ctx):
+    bodies = [b"{oops", json.dumps(created("b1")), json.dumps(created("b2", tenant="nobody")),
+              json.dumps(event("booking.cancelled", {"booking_id": "missing", "by": "staff"})),
+              json.dumps(created("b3"))]
+    report = apply_events(ctx.store, bodies, now=START, source="test")
+    assert report.applied == 2 and report.dead == 3
+    with ctx.store.engine.connect() as conn:
+        dead = conn.execute(select(t.dead_letters.c.reason, t.dead_letters.c.body)).all()
+    reasons = " | ".join(d.reason for d in dead)
+    assert "invalid event" in reasons and "unknown tenant 'nobody'" in reasons and "unknown booking" in reasons
+    assert any(d.body == "{oops" for d in dead)  # the original body is kept for replay
+
+
+def test_cancelling_withdraws_what_was_planned(ctx, email):
+    apply(ctx, created(starts_at=START + timedelta(days=2, hours=6)))
+    apply(ctx, event("booking.cancelled", {"booking_id": "b1", "by": "customer"}, revision=2))
+    assert {r.state for r in messages(ctx)} == {"withdrawn"}
+    assert run_due(ctx)["sent"] == 0 and not email.sent
+    assert kinds(ctx).count("message.withdrawn") == 2
+
+
+def test_N2_a_redelivered_dispatch_sends_nothing_twice(ctx, email):
+    apply(ctx, created("b1"), created("b2"), created("b3"))
+    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=60, limit=100, batch=100)
+    first = dispatch_batch(ctx, ids)
+    second = dispatch_batch(ctx, ids)  # the broker delivered the task again
+    assert first.sent == 3 and second.sent == 0 and second.skipped == 3
+    assert len(email.sent) == 3
+
+
+def test_N1_an_expired_claim_comes_back_to_the_sweep(ctx, email):
+    apply(ctx, created())
+    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=60, limit=100, batch=100)
+    # the dispatch task was lost; before the lease ends nothing is claimed again
+    assert sweep_due(ctx.store, now=START + timedelta(seconds=30), lease_s=60, limit=100, batch=100) == []
+    [(_, again)] = sweep_due(ctx.store, now=START + timedelta(seconds=61), lease_s=60, limit=100, batch=100)
+    assert again == ids
+
+
+def test_temporary_failure_is_retried_later_with_an_attempt_row(ctx, email):
+    calls = []
+
+    def flaky(message):
+        calls.append(message)
+        if len(calls) < 3:
+            raise TemporaryFailure("503 from provider", code="503")
+
+    email.behaviour = flaky
+    apply(ctx, created(starts_at=START + timedelta(days=2, hours=6)))
+    assert run_due(ctx)["retried"] == 1
+    [row] = [r for r in messages(ctx) if r.kind == "info"]
+    assert row.state == "planned" and row.due_at > START
+    ctx.clock.set(row.due_at)
+    assert run_due(ctx)["retried"] == 1
+    ctx.clock.set([r for r in messages(ctx) if r.kind == "info"][0].due_at)
+    assert run_due(ctx)["sent"] == 1
+    with ctx.store.engine.connect() as conn:
+        outcomes = conn.execute(select(t.send_attempts.c.outcome).order_by(t.send_attempts.c.id)).scalars().all()
+    assert outcomes == ["temporary", "temporary", "sent"]
+    assert len(email.sent) == 1
+
+
+def test_permanent_failure_fails_once_with_the_reason_on_the_timeline(ctx, email):
+    def refuse(message):
+        raise PermanentFailure("recipient refused: 550 no such user", code="550")
+
+    email.behaviour = refuse
+    apply(ctx, created())
+    assert run_due(ctx)["failed"] == 1
+    [entry] = [e for e in timeline_of(ctx.store, "salon-berlin", "b1") if e["kind"] == "message.failed"]
+    assert "550 no such user" in entry["detail"]["reason"]
+    assert run_due(ctx)["failed"] == 0  # never retried
+
+
+def test_R3_consent_withdrawn_after_planning_is_honoured_at_send_time(ctx, email):
+    apply(ctx, created())
+    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=60, limit=100, batch=100)
+    # consent is withdrawn between the sweep and the send: the replan withdraws the queued message
+    apply(ctx, event("customer.updated", {"customer": customer(consents={"email": False})}, revision=2))
+    assert dispatch_batch(ctx, ids).sent == 0
+    assert not email.sent
+
+
+def test_R5_phone_numbers_of_the_home_country_need_no_prefix():
+    assert normalize_phone("0151 23456789", "DE") == ("+4915123456789", None)
+    assert normalize_phone("+39 06 6982 1234", "DE")[0] == "+390669821234"
+    assert normalize_phone("0039 06 6982 1234", "DE")[0] == "+390669821234"  # the 00 prefix from Germany
+    assert normalize_phone("06 6982 1234", "IT")[0] == "+390669821234"  # home country of an Italian tenant
+    number, error = normalize_phone("12", "DE")
+    assert number is None and error
+
+
+def test_R5_an_invalid_number_is_recorded_on_the_timeline(ctx):
+    apply(ctx, created(cust=customer(phone="0000", consents={"email": True, "sms": True})))
+    [entry] = [e for e in timeline_of(ctx.store, "salon-berlin", "b1") if e["kind"] == "customer.phone_invalid"]
+    assert "not a valid number" in entry["detail"]["reason"]
+    with ctx.store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.customers).where(t.customers.c.phone.is_(None))) \
+            .scalar_one() == 1
