@@ -107,11 +107,12 @@ class Tx:
     def claim_event(self, event_id: str, tenant_id: str, type_: str, aggregate: str, revision: int,
                     outcome: str, now: datetime) -> bool:
         """Record an event as processed; False if it had been (dedup by event_id, N2)."""
-        result = _insert_ignore(self.conn, t.processed_events, {
-            "event_id": event_id, "tenant_id": tenant_id, "type": type_, "aggregate": aggregate,
-            "revision": revision, "outcome": outcome, "processed_at": now,
-        }, ["event_id"])
-        return result.rowcount == 1
+        dialect = postgresql if self.dialect == "postgresql" else sqlite
+        inserted = self.conn.execute(dialect.insert(t.processed_events).values(
+            event_id=event_id, tenant_id=tenant_id, type=type_, aggregate=aggregate, revision=revision,
+            outcome=outcome, processed_at=now,
+        ).on_conflict_do_nothing(index_elements=["event_id"]).returning(t.processed_events.c.event_id)).first()
+        return inserted is not None
 
     def set_event_outcome(self, event_id: str, outcome: str) -> None:
         self.conn.execute(update(t.processed_events).where(t.processed_events.c.event_id == event_id)
