@@ -56,19 +56,14 @@ def build(settings: Settings | None = None, *, channels: dict[Channel, ChannelAd
 
 
 def kombu_url(url: str, settings: Settings) -> tuple[str, dict[str, Any]]:
-    """A broker URL for kombu/Celery; "embedded" becomes the filesystem transport under data_dir."""
+    """A broker URL for kombu/Celery; "embedded" becomes an SQLite-backed broker under data_dir."""
     if url != "embedded":
         if url.startswith(("redis://", "rediss://")) and settings.broker_key_prefix:
             return url, {"global_keyprefix": settings.broker_key_prefix}
         return url, {}
+    from notifier import embedded_broker
+
+    embedded_broker.register()
     folder = settings.broker_dir
-    (folder / "queue").mkdir(parents=True, exist_ok=True)
-    for sub in ("processed", "control"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    return "filesystem://", {
-        "data_folder_in": str(folder / "queue"),
-        "data_folder_out": str(folder / "queue"),
-        "processed_folder": str(folder / "processed"),
-        "control_folder": str(folder / "control"),
-        "store_processed": False,
-    }
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"{embedded_broker.ALIAS}+sqlite:///{(folder / 'broker.db').resolve()}", {}

@@ -180,7 +180,7 @@ def dlq_list(limit: int) -> None:
 @main.command()
 @click.option("--keep", is_flag=True, help="Keep the demo's data folder afterwards.")
 def demo(keep: bool) -> None:
-    """Run the whole pipeline on the embedded default (SQLite, filesystem broker) for a day."""
+    """Run the whole pipeline on the embedded default (SQLite, embedded broker) for a day."""
     from notifier.demo import run_demo
 
     sys.exit(run_demo(keep=keep))

@@ -1,7 +1,7 @@
 """`make demo`: the whole pipeline on the embedded default, one simulated day and a half.
 
 Real processes, real queues: a Celery worker, Celery beat and the ingester run as
-subprocesses on SQLite and kombu's filesystem broker; email goes to an SMTP sink this
+subprocesses on SQLite and kombu's SQLAlchemy broker (on SQLite too); email goes to an SMTP sink this
 demo starts on loopback. A simulated clock (a file every process reads) lets the day
 pass in seconds: the demo moves it to each moment something is due and waits until
 the pipeline has done its work.
@@ -136,7 +136,7 @@ def run_demo(keep: bool = False) -> int:
             pipeline.start("worker", "worker", "-P", "threads", "-c", "4")
             pipeline.start("beat", "beat")
             pipeline.start("ingester", "ingest")
-            print(f"demo: pipeline up in {root} (SQLite, filesystem broker, SMTP sink on port {sink.port})")
+            print(f"demo: pipeline up in {root} (SQLite, embedded broker, SMTP sink on port {sink.port})")
 
             actions = [(now, morning_events), (_at(0, 9, 0, BERLIN), late_morning_events)]
             end = _at(2, 0, 0, BERLIN)

@@ -6,7 +6,7 @@ Sources (chosen by the URL in `events_url`):
   processing list and are deleted from it only after the batch is committed. A
   consumer that died leaves its processing list behind; live consumers notice its
   heartbeat is gone and move the events back to the main list.
-- `amqp://...` and kombu's other transports ("embedded" = filesystem): a queue bound
+- `amqp://...` and kombu's other transports ("embedded" = SQLite): a queue bound
   to a topic exchange, routed by event type; the consumer acks after commit.
 
 A batch is whatever arrives within `ingest_batch_wait_s` of the first event, up to

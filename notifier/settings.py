@@ -31,7 +31,7 @@ class Settings:
     # where state lives
     database_url: str = "sqlite:///var/notifier.db"
     data_dir: str = "var"
-    # Celery broker; "embedded" is kombu's filesystem transport under data_dir/broker
+    # Celery broker; "embedded" is kombu's SQLAlchemy transport on SQLite under data_dir/broker
     broker_url: str = "embedded"
     broker_key_prefix: str = ""  # Redis brokers: prefix every key (several deployments on one Redis)
     # where booking systems publish events: redis://... (a list), amqp://... (a queue), or embedded
