@@ -27,7 +27,7 @@ from typing import Protocol
 
 from sqlalchemy.exc import DBAPIError
 
-from notifier.services import IngestReport, apply_events
+from notifier.services import IngestReport, apply_events, release_expired_holds
 
 log = logging.getLogger("notifier.ingest")
 
@@ -184,7 +184,14 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
     total = IngestReport()
     idle_since = time.monotonic()
     backoff_s = 0.5
+    next_hold_check = 0.0
     while not stop():
+        if time.monotonic() >= next_hold_check:
+            next_hold_check = time.monotonic() + 5.0
+            try:
+                total.merge(release_expired_holds(ctx.store, now=ctx.clock.now(), hold_s=s.hold_s))
+            except DBAPIError as exc:
+                log.warning("could not release held events: %s", exc.__class__.__name__)
         batch = source.fetch(s.ingest_batch_max, s.ingest_batch_wait_s, block_s=1.0)
         if batch is None:
             if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
@@ -208,7 +215,7 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
         if on_batch:
             on_batch(report)
         log.info("applied batch", extra={"applied": report.applied, "duplicates": report.duplicates,
-                                         "stale": report.stale, "dead": report.dead})
+                                         "stale": report.stale, "held": report.held, "dead": report.dead})
     return total
 
 

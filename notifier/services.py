@@ -77,14 +77,13 @@ class IngestReport:
     applied: int = 0
     duplicates: int = 0
     stale: int = 0
+    held: int = 0
     dead: int = 0
     dead_reasons: list[str] = field(default_factory=list)
 
     def merge(self, other: "IngestReport") -> None:
-        self.applied += other.applied
-        self.duplicates += other.duplicates
-        self.stale += other.stale
-        self.dead += other.dead
+        for name in ("applied", "duplicates", "stale", "held", "dead"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dead_reasons.extend(other.dead_reasons)
 
 
@@ -98,29 +97,34 @@ def _text(body: bytes | str) -> str:
 
 def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, source: str) -> IngestReport:
     """Apply raw events in one transaction. Bad ones go to the dead-letter store; a database
-    error propagates so the caller keeps the batch unacknowledged and retries it (N1)."""
+    error propagates so the caller keeps the batch unacknowledged and retries it (N1).
+
+    Within a batch, events are applied in revision order per aggregate, so a batch that holds
+    a booking's whole history needs no holding."""
     report = IngestReport()
+    parsed: list[tuple[ev.Event, str]] = []
     with store.transaction() as tx:
         for body in bodies:
             try:
-                event = ev.parse_event(body)
+                parsed.append((ev.parse_event(body), _text(body)))
             except ev.InvalidEvent as exc:
                 _dead(tx, report, source, f"invalid event: {exc.reason}", body, now)
-                continue
+        parsed.sort(key=lambda item: (item[0].tenant_id, ev.aggregate_of(item[0]), item[0].revision))
+        for event, text in parsed:
             savepoint = tx.conn.begin_nested()
             try:
-                outcome = _apply_one(tx, event, now)
+                outcome = _apply_one(tx, event, text, now)
             except DBAPIError:
                 savepoint.rollback()
                 raise
             except _Rejected as exc:
                 savepoint.rollback()
-                _dead(tx, report, source, str(exc), body, now)
+                _dead(tx, report, source, str(exc), text, now)
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug on one event must not stop the others (N3)
                 savepoint.rollback()
                 log.exception("event could not be applied", extra={"event_id": event.event_id})
-                _dead(tx, report, source, f"internal error: {exc.__class__.__name__}: {exc}", body, now)
+                _dead(tx, report, source, f"internal error: {exc.__class__.__name__}: {exc}", text, now)
                 continue
             savepoint.commit()
             setattr(report, outcome, getattr(report, outcome) + 1)
@@ -133,82 +137,161 @@ def _dead(tx: Tx, report: IngestReport, source: str, reason: str, body: bytes | 
     report.dead_reasons.append(reason)
 
 
-def _apply_one(tx: Tx, event: ev.Event, now: datetime) -> str:
+def _apply_one(tx: Tx, event: ev.Event, body: str, now: datetime) -> str:
     tenant = tx.tenant(event.tenant_id)
     if tenant is None:
         raise _Rejected(f"unknown tenant {event.tenant_id!r}")
     kind, aggregate_id = ev.aggregate_of(event)
-    if not tx.claim_event(event.event_id, event.tenant_id, event.type, f"{kind}:{aggregate_id}", event.revision,
-                          "applied", now):
+    aggregate = f"{kind}:{aggregate_id}"
+    if not tx.claim_event(event.event_id, event.tenant_id, event.type, aggregate, event.revision, "applied", now):
         return "duplicates"
 
     if isinstance(event, ev.CustomerUpdatedEvent):
-        existing = tx.customer(tenant.id, event.data.customer.id)
-        if existing is not None and existing.revision >= event.revision:
-            tx.set_event_outcome(event.event_id, "stale")
-            return "stale"
-        customer, phone_error = _customer(tenant, event.data.customer, event.revision)
+        customer, phone_error = _customer(tenant, event.data.customer, event.revision, event.occurred_at)
+        if not customer.newer_than(tx.customer(tenant.id, customer.id)):
+            return _stale(tx, event)
         tx.save_customer(customer, phone_error)
-        for booking_id in tx.bookings_of_customer(tenant.id, customer.id):
-            booking = tx.booking(tenant.id, booking_id, lock=True)
-            if booking is not None:
-                tx.add_timeline(tenant.id, booking_id, now, "customer.updated",
-                                {"consents": sorted(c.value for c in customer.consents),
-                                 "language": customer.language, "phone_valid": phone_error is None})
-                _replan(tx, tenant, booking, now)
+        detail = {"consents": sorted(c.value for c in customer.consents), "language": customer.language,
+                  "phone_valid": phone_error is None}
+        _replan_many(tx, tenant, tx.active_bookings(tenant.id, customer_id=customer.id), now,
+                     tr.Note("customer.updated", detail))
         return "applied"
 
-    booking = tx.booking(tenant.id, event.data.booking_id, lock=True)
+    if isinstance(event, ev.ResourceUpdatedEvent):
+        existing = tx.resource(tenant.id, event.data.resource.id)
+        if existing is not None and existing.revision >= event.revision:
+            return _stale(tx, event)
+        resource = tr.resource_updated(event)
+        tx.save_resource(resource)
+        _replan_many(tx, tenant, tx.active_bookings(tenant.id, resource_id=resource.id), now,
+                     tr.Note("resource.updated", {"resource_id": resource.id}))
+        return "applied"
+
+    if isinstance(event, ev.TenantSettingsUpdatedEvent):
+        if tenant.revision >= event.revision:
+            return _stale(tx, event)
+        tenant = tr.tenant_updated(tenant, event)
+        tx.save_tenant(tenant, now)
+        _replan_many(tx, tenant, tx.active_bookings(tenant.id), now, tr.Note("tenant.settings_updated", {}))
+        return "applied"
+
+    booking = tx.booking(tenant.id, aggregate_id, lock=True)
     if isinstance(event, ev.BookingCreatedEvent):
-        if booking is not None and booking.revision >= event.revision:
-            tx.set_event_outcome(event.event_id, "stale")
-            return "stale"
+        if booking is not None:
+            return _stale(tx, event)
         data = event.data
-        existing_customer = tx.customer(tenant.id, data.customer.id)
-        customer, phone_error = _customer(tenant, data.customer, event.revision)
-        if existing_customer is None or existing_customer.revision <= customer.revision:
+        customer, phone_error = _customer(tenant, data.customer, 0, event.occurred_at)
+        if customer.newer_than(tx.customer(tenant.id, customer.id)):
             tx.save_customer(customer, phone_error)
-        tx.save_resource(tr.resource_from(data.resource, tenant.id, tx.resource(tenant.id, data.resource.id)))
-        new, notes = tr.booking_created(event)
+        if tx.resource(tenant.id, data.resource.id) is None:
+            tx.save_resource(tr.resource_from(data.resource, tenant.id))
+        booking, notes = tr.booking_created(event)
         if phone_error:
             notes.append(tr.Note("customer.phone_invalid", {"reason": phone_error}))  # R5
-        return _save(tx, tenant, new, notes, now)
-
-    if booking is None:
-        raise _Rejected(f"unknown booking {event.data.booking_id!r} for {event.type}")
-    if booking.revision >= event.revision:
-        tx.set_event_outcome(event.event_id, "stale")
-        return "stale"
-    if isinstance(event, ev.BookingRescheduledEvent):
-        if event.data.resource is not None:
-            tx.save_resource(tr.resource_from(event.data.resource, tenant.id,
-                                              tx.resource(tenant.id, event.data.resource.id)))
-        new, notes = tr.booking_rescheduled(booking, event)
-    elif isinstance(event, ev.BookingCancelledEvent):
-        new, notes = tr.booking_cancelled(booking, event)
-    elif isinstance(event, ev.BookingStatusChangedEvent):
-        status = event.data.status
-        new, notes = tr.booking_touched(booking, event, tr.Note("booking.status_changed", {
-            "status": status.name, "kind": status.kind, "reason": event.data.reason}))
-    elif isinstance(event, ev.VisitMarkedEvent):
-        new, notes = tr.booking_touched(booking, event, tr.Note("booking.visit_marked",
-                                                                {"outcome": event.data.outcome}))
-    else:  # pragma: no cover - the union is exhaustive
-        raise _Rejected(f"unhandled event type {event.type}")
-    return _save(tx, tenant, new, notes, now)
+        _save(tx, tenant, booking, notes, now)
+    else:
+        if booking is None:
+            return _hold(tx, event, aggregate, body, "waiting for booking.created", now)
+        if event.revision <= booking.revision:
+            return _stale(tx, event)
+        if event.revision > booking.revision + 1:
+            return _hold(tx, event, aggregate, body, f"waiting for revision {booking.revision + 1}", now)
+        booking = _apply_to_booking(tx, tenant, booking, event, now)
+    _release_held(tx, tenant, booking, aggregate, now)
+    return "applied"
 
 
-def _save(tx: Tx, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> str:
+def _apply_to_booking(tx: Tx, tenant: Tenant, booking: Booking, event: ev.Event, now: datetime) -> Booking:
+    if isinstance(event, ev.BookingRescheduledEvent) and event.data.resource is not None:
+        if tx.resource(tenant.id, event.data.resource.id) is None:
+            tx.save_resource(tr.resource_from(event.data.resource, tenant.id))
+    booking, notes = tr.apply_to_booking(booking, event)
+    _save(tx, tenant, booking, notes, now)
+    return booking
+
+
+def _stale(tx: Tx, event: ev.Event) -> str:
+    tx.set_event_outcome(event.event_id, "stale")
+    return "stale"
+
+
+def _hold(tx: Tx, event: ev.Event, aggregate: str, body: str, reason: str, now: datetime) -> str:
+    """Keep an event that arrived before what it follows; it is applied when the gap closes."""
+    tx.set_event_outcome(event.event_id, "held")
+    tx.hold_event(event.event_id, event.tenant_id, aggregate, event.revision, body, reason, now)
+    return "held"
+
+
+def _release_held(tx: Tx, tenant: Tenant, booking: Booking, aggregate: str, now: datetime) -> None:
+    """Apply held events that now follow the booking's revision, in order."""
+    while True:
+        waiting = tx.next_held(tenant.id, aggregate, booking.revision + 1)
+        if not waiting:
+            return
+        event_id, body = waiting[0]
+        for other_id, _ in waiting[1:]:  # two different events claiming the same revision: keep the first
+            tx.release_held(other_id)
+            tx.set_event_outcome(other_id, "stale")
+        tx.release_held(event_id)
+        tx.set_event_outcome(event_id, "applied")
+        booking = _apply_to_booking(tx, tenant, booking, ev.parse_event(body), now)
+
+
+def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold") -> IngestReport:
+    """Held too long: a gap in revisions is skipped (recorded), a booking that never came is a
+    dead letter. Run by the ingester every few seconds."""
+    report = IngestReport()
+    with store.transaction() as tx:
+        seen: set[tuple[str, str]] = set()
+        for _event_id, tenant_id, _revision, aggregate, _body in tx.held_since(now - timedelta(seconds=hold_s)):
+            if (tenant_id, aggregate) in seen:
+                continue
+            seen.add((tenant_id, aggregate))
+            tenant = tx.tenant(tenant_id)
+            booking = tx.booking(tenant_id, aggregate.split(":", 1)[1], lock=True) if tenant else None
+            if tenant is None or booking is None:
+                while (lowest := tx.lowest_held(tenant_id, aggregate)) is not None:
+                    tx.release_held(lowest[0])
+                    tx.set_event_outcome(lowest[0], "dead")
+                    _dead(tx, report, source, f"{aggregate} never arrived (held {hold_s:.0f} s)", lowest[1], now)
+                continue
+            lowest = tx.lowest_held(tenant_id, aggregate)
+            if lowest is None:
+                continue
+            held_id, held_body, held_revision = lowest
+            tx.release_held(held_id)
+            if held_revision <= booking.revision:
+                tx.set_event_outcome(held_id, "stale")
+                report.stale += 1
+                continue
+            tx.set_event_outcome(held_id, "applied")
+            tx.add_timeline(tenant_id, booking.id, now, "event.gap_skipped", {
+                "missing_revisions": f"{booking.revision + 1}-{held_revision - 1}"})
+            booking = _apply_to_booking(tx, tenant, booking, ev.parse_event(held_body), now)
+            _release_held(tx, tenant, booking, aggregate, now)
+            report.applied += 1
+    return report
+
+
+def _save(tx: Tx, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> None:
     tx.save_booking(booking)
     for note in notes:
         tx.add_timeline(tenant.id, booking.id, now, note.kind, note.detail)
     _replan(tx, tenant, booking, now)
-    return "applied"
 
 
-def _customer(tenant: Tenant, data: ev.CustomerData, revision: int) -> tuple[Customer, str | None]:
+def _replan_many(tx: Tx, tenant: Tenant, booking_ids: list[str], now: datetime, note: tr.Note) -> None:
+    for booking_id in booking_ids:
+        booking = tx.booking(tenant.id, booking_id, lock=True)
+        if booking is not None:
+            tx.add_timeline(tenant.id, booking_id, now, note.kind, note.detail)
+            _replan(tx, tenant, booking, now)
+
+
+def _customer(tenant: Tenant, data: ev.CustomerData, revision: int,
+              snapshot_at: datetime) -> tuple[Customer, str | None]:
     phone, error = normalize_phone(data.phone, tenant.home_region)
-    return tr.customer_from(data, tenant.id, revision, phone), error
+    return tr.customer_from(data, tenant.id, revision, phone, ev.utc(snapshot_at)), error
 
 
 def normalize_phone(raw: str | None, region: str) -> tuple[str | None, str | None]:

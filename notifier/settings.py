@@ -40,6 +40,7 @@ class Settings:
     events_exchange: str = "notifier.events"
     ingest_batch_max: int = 500
     ingest_batch_wait_s: float = 0.05
+    hold_s: float = 300.0  # how long an event waits for the one it follows (then: gap skipped / dead letter)
     ingest_consumer: str = ""  # stable name per ingester process; default: host name + pid
     # templates and tenants
     templates_path: str = ""

@@ -6,9 +6,11 @@ Every event is one JSON object, an envelope around a typed ``data`` payload:
      "occurred_at": "2026-11-24T09:00:00+01:00", "tenant_id": "salon-berlin",
      "revision": 1, "data": {...}}
 
-``revision`` counts per aggregate (a booking, or a customer for ``customer.updated``):
-the booking system increments it with every change it publishes, so notifier can
-tell a stale event from a new one whatever order the broker delivers them in.
+``revision`` counts per aggregate (a booking; a customer, resource or tenant for their
+own update events): the booking system increments it by one with every change it
+publishes, so notifier applies a booking's events in order whatever order the broker
+delivers them in, and recognises a stale one. Updates of customers, resources and
+tenants carry their whole state: the highest revision wins.
 
 Pure: pydantic and the standard library only.
 """
@@ -16,7 +18,7 @@ Pure: pydantic and the standard library only.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -116,6 +118,32 @@ class CustomerUpdated(_Strict):
     customer: CustomerData
 
 
+class BookingConfirmed(_Strict):
+    """The customer confirmed outside notifier's link (by phone, at the desk, in an app)."""
+
+    booking_id: Id
+    via: Literal["phone", "desk", "app", "other"] = "other"
+
+
+class ResourceUpdated(_Strict):
+    resource: ResourceData
+    timezone: str | None = Field(default=None, max_length=64)
+    # per-resource overrides of the tenant's notification settings (R26, R41); replaces the old ones
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class TenantSettingsUpdated(_Strict):
+    """New tenant defaults (R43): every field given replaces the stored one."""
+
+    name: str | None = Field(default=None, max_length=200)
+    timezone: str | None = Field(default=None, max_length=64)
+    home_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2}$")
+    channels: list[Literal["email", "sms", "whatsapp"]] | None = None
+    company: dict[str, str] | None = None
+    settings: dict[str, Any] | None = None
+
+
 class _Envelope(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: Id
@@ -154,18 +182,36 @@ class CustomerUpdatedEvent(_Envelope):
     data: CustomerUpdated
 
 
+class BookingConfirmedEvent(_Envelope):
+    type: Literal["booking.confirmed"]
+    data: BookingConfirmed
+
+
+class ResourceUpdatedEvent(_Envelope):
+    type: Literal["resource.updated"]
+    data: ResourceUpdated
+
+
+class TenantSettingsUpdatedEvent(_Envelope):
+    type: Literal["tenant.settings_updated"]
+    data: TenantSettingsUpdated
+
+
 Event = Annotated[
-    BookingCreatedEvent | BookingRescheduledEvent | BookingCancelledEvent | BookingStatusChangedEvent | VisitMarkedEvent | CustomerUpdatedEvent,
+    BookingCreatedEvent
+    | BookingRescheduledEvent
+    | BookingCancelledEvent
+    | BookingStatusChangedEvent
+    | VisitMarkedEvent
+    | BookingConfirmedEvent
+    | CustomerUpdatedEvent
+    | ResourceUpdatedEvent
+    | TenantSettingsUpdatedEvent,
     Field(discriminator="type"),
 ]
 
-EVENT_TYPES: tuple[str, ...] = (
-    "booking.created",
-    "booking.rescheduled",
-    "booking.cancelled",
-    "booking.status_changed",
-    "booking.visit_marked",
-    "customer.updated",
+EVENT_TYPES: tuple[str, ...] = tuple(
+    member.model_fields["type"].annotation.__args__[0] for member in Event.__origin__.__args__  # type: ignore
 )
 
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
@@ -196,9 +242,13 @@ def parse_event(body: bytes | str) -> Event:
 
 
 def aggregate_of(event: Event) -> tuple[str, str]:
-    """The (kind, id) whose revision the event carries: a booking or a customer."""
+    """The (kind, id) whose revision the event carries: a booking, customer, resource or tenant."""
     if isinstance(event, CustomerUpdatedEvent):
         return ("customer", event.data.customer.id)
+    if isinstance(event, ResourceUpdatedEvent):
+        return ("resource", event.data.resource.id)
+    if isinstance(event, TenantSettingsUpdatedEvent):
+        return ("tenant", event.tenant_id)
     return ("booking", event.data.booking_id)
 
 

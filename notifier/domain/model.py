@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from enum import StrEnum
 from typing import Any
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 class Channel(StrEnum):
@@ -64,6 +66,7 @@ class Tenant:
     channels: frozenset[Channel] = frozenset({Channel.EMAIL})
     company: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Resource:
     type: str = "specialist"
     timezone: str | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,16 @@ class Customer:
     consents: frozenset[Channel] = frozenset()
     privacy_accepted: bool = False
     created_via_online_booking: bool = False
-    revision: int = 0
+    revision: int = 0  # of the last customer.updated applied; 0 while only bookings told us
+    snapshot_at: datetime | None = None  # when the booking system took the data we hold
+
+    def newer_than(self, other: "Customer | None") -> bool:
+        """Whole-state updates: the higher revision wins, then the later snapshot."""
+        if other is None:
+            return True
+        mine = (self.revision, self.snapshot_at or _EPOCH)
+        theirs = (other.revision, other.snapshot_at or _EPOCH)
+        return mine > theirs
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,9 @@ class Booking:
     source: str = "staff"
     service: str | None = None
     status: BookingStatus = BookingStatus.ACTIVE
+    workflow_status: Mapping[str, str] | None = None  # {id, name, kind} (R30-R35)
+    confirmed_at: datetime | None = None
+    visit_outcome: str | None = None  # arrived | no_show
     revision: int = 0
 
     def moved(self, **changes: Any) -> "Booking":

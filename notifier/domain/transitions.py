@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from notifier.domain import events as ev
-from notifier.domain.model import Booking, BookingStatus, Channel, Customer, Resource
+from notifier.domain.model import Booking, BookingStatus, Channel, Customer, Resource, Tenant
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class Note:
     detail: dict[str, Any]
 
 
-def customer_from(data: ev.CustomerData, tenant_id: str, revision: int, phone_e164: str | None) -> Customer:
+def customer_from(data: ev.CustomerData, tenant_id: str, revision: int, phone_e164: str | None,
+                  snapshot_at: datetime | None = None) -> Customer:
     consents = frozenset(
         c for c, on in ((Channel.EMAIL, data.consents.email), (Channel.SMS, data.consents.sms),
                         (Channel.WHATSAPP, data.consents.whatsapp)) if on
@@ -37,13 +38,32 @@ def customer_from(data: ev.CustomerData, tenant_id: str, revision: int, phone_e1
         privacy_accepted=data.privacy_accepted,
         created_via_online_booking=data.created_via_online_booking,
         revision=revision,
+        snapshot_at=snapshot_at,
     )
 
 
-def resource_from(data: ev.ResourceData, tenant_id: str, existing: Resource | None) -> Resource:
-    if existing is not None:
-        return replace(existing, name=data.name, type=data.type)
+def resource_from(data: ev.ResourceData, tenant_id: str) -> Resource:
+    """A resource first met in a booking event; `resource.updated` owns it afterwards."""
     return Resource(id=data.id, tenant_id=tenant_id, name=data.name, type=data.type)
+
+
+def resource_updated(event: ev.ResourceUpdatedEvent) -> Resource:
+    data = event.data
+    return Resource(id=data.resource.id, tenant_id=event.tenant_id, name=data.resource.name,
+                    type=data.resource.type, timezone=data.timezone, settings=dict(data.settings),
+                    revision=event.revision)
+
+
+def tenant_updated(tenant: Tenant, event: ev.TenantSettingsUpdatedEvent) -> Tenant:
+    data = event.data
+    changes: dict[str, Any] = {"revision": event.revision}
+    for name in ("name", "timezone", "home_region", "language", "company", "settings"):
+        value = getattr(data, name)
+        if value is not None:
+            changes[name] = value
+    if data.channels is not None:
+        changes["channels"] = frozenset(Channel(c) for c in data.channels) | {Channel.EMAIL}
+    return replace(tenant, **changes)
 
 
 def booking_created(event: ev.BookingCreatedEvent) -> tuple[Booking, list[Note]]:
@@ -87,9 +107,37 @@ def booking_cancelled(booking: Booking, event: ev.BookingCancelledEvent) -> tupl
     return cancelled, [Note("booking.cancelled", {"by": event.data.by, "reason": event.data.reason})]
 
 
-def booking_touched(booking: Booking, event: ev.Event, note: Note) -> tuple[Booking, list[Note]]:
-    """An event this slice records on the timeline without changing the plan."""
-    return replace(booking, revision=event.revision), [note]
+def booking_status_changed(booking: Booking, event: ev.BookingStatusChangedEvent) -> tuple[Booking, list[Note]]:
+    status = event.data.status
+    changes: dict[str, Any] = {"workflow_status": {"id": status.id, "name": status.name, "kind": status.kind},
+                               "revision": event.revision}
+    if status.kind == "cancellation":  # R34: a cancellation-kind status cancels the booking
+        changes["status"] = BookingStatus.CANCELLED
+    note = Note("booking.status_changed", {"status": status.name, "kind": status.kind, "reason": event.data.reason})
+    return replace(booking, **changes), [note]
+
+
+def booking_confirmed(booking: Booking, event: ev.BookingConfirmedEvent) -> tuple[Booking, list[Note]]:
+    confirmed = replace(booking, confirmed_at=booking.confirmed_at or ev.utc(event.occurred_at),
+                        revision=event.revision)
+    return confirmed, [Note("booking.confirmed", {"via": event.data.via})]
+
+
+def visit_marked(booking: Booking, event: ev.VisitMarkedEvent) -> tuple[Booking, list[Note]]:
+    return replace(booking, visit_outcome=event.data.outcome, revision=event.revision), [
+        Note("booking.visit_marked", {"outcome": event.data.outcome})]
+
+
+def apply_to_booking(booking: Booking, event: ev.Event) -> tuple[Booking, list[Note]]:
+    """The transition for any booking event but `booking.created` (routing table by type)."""
+    transition = {
+        ev.BookingRescheduledEvent: booking_rescheduled,
+        ev.BookingCancelledEvent: booking_cancelled,
+        ev.BookingStatusChangedEvent: booking_status_changed,
+        ev.BookingConfirmedEvent: booking_confirmed,
+        ev.VisitMarkedEvent: visit_marked,
+    }[type(event)]
+    return transition(booking, event)
 
 
 def noted_at(note: Note, at: datetime) -> dict[str, Any]:

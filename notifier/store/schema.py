@@ -66,6 +66,7 @@ tenants = Table(
     Column("channels", JSON, nullable=False),  # enabled channels (R2)
     Column("company", JSON, nullable=False),  # name, address, phone... for templates (R42)
     Column("settings", JSON, nullable=False),  # notification defaults (R26, R43)
+    Column("revision", Integer, nullable=False, server_default="0"),  # of tenant.settings_updated
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
@@ -78,6 +79,7 @@ resources = Table(
     Column("type", String(32), nullable=False),
     Column("timezone", String(64)),
     Column("settings", JSON, nullable=False),  # per-resource overrides
+    Column("revision", Integer, nullable=False, server_default="0"),  # of resource.updated
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
 )
 
@@ -94,7 +96,8 @@ customers = Table(
     Column("consents", JSON, nullable=False),
     Column("privacy_accepted", Boolean, nullable=False),
     Column("created_via_online_booking", Boolean, nullable=False),
-    Column("revision", Integer, nullable=False),
+    Column("revision", Integer, nullable=False),  # of the last customer.updated applied (0: none yet)
+    Column("snapshot_at", UTCDateTime, nullable=False),  # occurred_at of the data held; breaks ties
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
 )
 
@@ -112,6 +115,9 @@ bookings = Table(
     Column("source", String(16), nullable=False),
     Column("service", String(200)),
     Column("status", String(16), nullable=False),
+    Column("workflow_status", JSON),  # {id, name, kind} of the tenant's workflow (R30-R35)
+    Column("confirmed_at", UTCDateTime),
+    Column("visit_outcome", String(16)),  # arrived | no_show
     Column("revision", Integer, nullable=False),
     ForeignKeyConstraint(["tenant_id", "customer_id"], ["customers.tenant_id", "customers.id"]),
     ForeignKeyConstraint(["tenant_id", "resource_id"], ["resources.tenant_id", "resources.id"]),
@@ -186,6 +192,20 @@ processed_events = Table(
     Column("outcome", String(16), nullable=False),  # applied | stale
     Column("processed_at", UTCDateTime, nullable=False),
 )
+
+held_events = Table(
+    "held_events",  # arrived before what they follow: applied when the gap closes, or after hold_s
+    metadata,
+    Column("event_id", String(128), primary_key=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("aggregate", String(200), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("held_at", UTCDateTime, nullable=False),
+    Column("reason", String(200), nullable=False),
+)
+Index("ix_held_events_aggregate", held_events.c.tenant_id, held_events.c.aggregate, held_events.c.revision)
+Index("ix_held_events_held_at", held_events.c.held_at)
 
 dead_letters = Table(
     "dead_letters",

@@ -130,13 +130,14 @@ class Tx:
             return None
         return Tenant(id=row.id, name=row.name, timezone=row.timezone, home_region=row.home_region,
                       language=row.language, channels=frozenset(Channel(c) for c in row.channels),
-                      company=row.company, settings=row.settings)
+                      company=row.company, settings=row.settings, revision=row.revision)
 
     def save_tenant(self, tenant: Tenant, now: datetime) -> None:
         _upsert(self.conn, t.tenants, {
             "id": tenant.id, "name": tenant.name, "timezone": tenant.timezone, "home_region": tenant.home_region,
             "language": tenant.language, "channels": sorted(c.value for c in tenant.channels),
-            "company": dict(tenant.company), "settings": dict(tenant.settings), "updated_at": now,
+            "company": dict(tenant.company), "settings": dict(tenant.settings), "revision": tenant.revision,
+            "updated_at": now,
         }, ["id"])
 
     def resource(self, tenant_id: str, resource_id: str) -> Resource | None:
@@ -145,12 +146,12 @@ class Tx:
         if row is None:
             return None
         return Resource(id=row.id, tenant_id=row.tenant_id, name=row.name, type=row.type, timezone=row.timezone,
-                        settings=row.settings)
+                        settings=row.settings, revision=row.revision)
 
     def save_resource(self, resource: Resource) -> None:
         _upsert(self.conn, t.resources, {
             "tenant_id": resource.tenant_id, "id": resource.id, "name": resource.name, "type": resource.type,
-            "timezone": resource.timezone, "settings": dict(resource.settings),
+            "timezone": resource.timezone, "settings": dict(resource.settings), "revision": resource.revision,
         }, ["tenant_id", "id"])
 
     def customer(self, tenant_id: str, customer_id: str) -> Customer | None:
@@ -161,7 +162,8 @@ class Tx:
         return Customer(id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
                         language=row.language, consents=frozenset(Channel(x) for x in row.consents),
                         privacy_accepted=row.privacy_accepted,
-                        created_via_online_booking=row.created_via_online_booking, revision=row.revision)
+                        created_via_online_booking=row.created_via_online_booking, revision=row.revision,
+                        snapshot_at=row.snapshot_at)
 
     def save_customer(self, customer: Customer, phone_error: str | None = None) -> None:
         _upsert(self.conn, t.customers, {
@@ -169,6 +171,7 @@ class Tx:
             "phone_error": phone_error, "email": customer.email, "language": customer.language,
             "consents": sorted(x.value for x in customer.consents), "privacy_accepted": customer.privacy_accepted,
             "created_via_online_booking": customer.created_via_online_booking, "revision": customer.revision,
+            "snapshot_at": customer.snapshot_at,
         }, ["tenant_id", "id"])
 
     def booking(self, tenant_id: str, booking_id: str, *, lock: bool = False) -> Booking | None:
@@ -182,21 +185,58 @@ class Tx:
         return Booking(id=row.id, tenant_id=row.tenant_id, customer_id=row.customer_id,
                        resource_id=row.resource_id, starts_at=row.starts_at, ends_at=row.ends_at,
                        created_at=row.created_at, scheduled_at=row.scheduled_at, source=row.source,
-                       service=row.service, status=BookingStatus(row.status), revision=row.revision)
+                       service=row.service, status=BookingStatus(row.status), workflow_status=row.workflow_status,
+                       confirmed_at=row.confirmed_at, visit_outcome=row.visit_outcome, revision=row.revision)
 
     def save_booking(self, booking: Booking) -> None:
         _upsert(self.conn, t.bookings, {
             "tenant_id": booking.tenant_id, "id": booking.id, "customer_id": booking.customer_id,
             "resource_id": booking.resource_id, "starts_at": booking.starts_at, "ends_at": booking.ends_at,
             "created_at": booking.created_at, "scheduled_at": booking.scheduled_at, "source": booking.source,
-            "service": booking.service, "status": booking.status.value, "revision": booking.revision,
+            "service": booking.service, "status": booking.status.value,
+            "workflow_status": dict(booking.workflow_status) if booking.workflow_status else None,
+            "confirmed_at": booking.confirmed_at, "visit_outcome": booking.visit_outcome, "revision": booking.revision,
         }, ["tenant_id", "id"])
 
-    def bookings_of_customer(self, tenant_id: str, customer_id: str) -> list[str]:
+    def active_bookings(self, tenant_id: str, *, customer_id: str | None = None,
+                        resource_id: str | None = None) -> list[str]:
         c = t.bookings.c
-        rows = self.conn.execute(select(c.id).where(c.tenant_id == tenant_id, c.customer_id == customer_id,
-                                                    c.status == BookingStatus.ACTIVE.value))
-        return [r.id for r in rows]
+        query = select(c.id).where(c.tenant_id == tenant_id, c.status == BookingStatus.ACTIVE.value)
+        if customer_id is not None:
+            query = query.where(c.customer_id == customer_id)
+        if resource_id is not None:
+            query = query.where(c.resource_id == resource_id)
+        return [r.id for r in self.conn.execute(query.order_by(c.id))]
+
+    # --- held events (arrived before what they follow) ------------------------------------
+    def hold_event(self, event_id: str, tenant_id: str, aggregate: str, revision: int, body: str, reason: str,
+                   now: datetime) -> None:
+        _insert_ignore(self.conn, t.held_events, {
+            "event_id": event_id, "tenant_id": tenant_id, "aggregate": aggregate, "revision": revision,
+            "body": body, "held_at": now, "reason": reason}, ["event_id"])
+
+    def next_held(self, tenant_id: str, aggregate: str, revision: int) -> list[tuple[str, str]]:
+        """Held events of the aggregate at exactly `revision`: (event_id, body)."""
+        c = t.held_events.c
+        rows = self.conn.execute(select(c.event_id, c.body).where(
+            c.tenant_id == tenant_id, c.aggregate == aggregate, c.revision == revision).order_by(c.event_id))
+        return [(r.event_id, r.body) for r in rows]
+
+    def held_since(self, before: datetime, limit: int = 100) -> list[tuple[str, str, int, str, str]]:
+        """Oldest held events held before `before`: (event_id, tenant, revision, aggregate, body)."""
+        c = t.held_events.c
+        rows = self.conn.execute(select(c.event_id, c.tenant_id, c.revision, c.aggregate, c.body)
+                                 .where(c.held_at < before).order_by(c.held_at, c.revision).limit(limit))
+        return [(r.event_id, r.tenant_id, r.revision, r.aggregate, r.body) for r in rows]
+
+    def lowest_held(self, tenant_id: str, aggregate: str) -> tuple[str, str, int] | None:
+        c = t.held_events.c
+        row = self.conn.execute(select(c.event_id, c.body, c.revision).where(
+            c.tenant_id == tenant_id, c.aggregate == aggregate).order_by(c.revision, c.event_id).limit(1)).first()
+        return (row.event_id, row.body, row.revision) if row else None
+
+    def release_held(self, event_id: str) -> None:
+        self.conn.execute(t.held_events.delete().where(t.held_events.c.event_id == event_id))
 
     # --- messages ------------------------------------------------------------------------
     def existing_messages(self, tenant_id: str, booking_id: str) -> list[ExistingMessage]:

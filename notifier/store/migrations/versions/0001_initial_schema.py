@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 07:37:41.481284
+Create Date: 2026-11-24 07:55:17.762334
 """
 import sqlalchemy as sa
 from alembic import op
@@ -25,6 +25,20 @@ def upgrade() -> None:
     sa.Column('replayed_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_dead_letters'))
     )
+    op.create_table('held_events',
+    sa.Column('event_id', sa.String(length=128), nullable=False),
+    sa.Column('tenant_id', sa.String(length=128), nullable=False),
+    sa.Column('aggregate', sa.String(length=200), nullable=False),
+    sa.Column('revision', sa.Integer(), nullable=False),
+    sa.Column('body', sa.Text(), nullable=False),
+    sa.Column('held_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('reason', sa.String(length=200), nullable=False),
+    sa.PrimaryKeyConstraint('event_id', name=op.f('pk_held_events'))
+    )
+    with op.batch_alter_table('held_events', schema=None) as batch_op:
+        batch_op.create_index('ix_held_events_aggregate', ['tenant_id', 'aggregate', 'revision'], unique=False)
+        batch_op.create_index('ix_held_events_held_at', ['held_at'], unique=False)
+
     op.create_table('processed_events',
     sa.Column('event_id', sa.String(length=128), nullable=False),
     sa.Column('tenant_id', sa.String(length=128), nullable=False),
@@ -44,6 +58,7 @@ def upgrade() -> None:
     sa.Column('channels', sa.JSON(), nullable=False),
     sa.Column('company', sa.JSON(), nullable=False),
     sa.Column('settings', sa.JSON(), nullable=False),
+    sa.Column('revision', sa.Integer(), server_default='0', nullable=False),
     sa.Column('updated_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tenants'))
     )
@@ -74,6 +89,7 @@ def upgrade() -> None:
     sa.Column('privacy_accepted', sa.Boolean(), nullable=False),
     sa.Column('created_via_online_booking', sa.Boolean(), nullable=False),
     sa.Column('revision', sa.Integer(), nullable=False),
+    sa.Column('snapshot_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_customers_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('tenant_id', 'id', name=op.f('pk_customers'))
     )
@@ -84,6 +100,7 @@ def upgrade() -> None:
     sa.Column('type', sa.String(length=32), nullable=False),
     sa.Column('timezone', sa.String(length=64), nullable=True),
     sa.Column('settings', sa.JSON(), nullable=False),
+    sa.Column('revision', sa.Integer(), server_default='0', nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_resources_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('tenant_id', 'id', name=op.f('pk_resources'))
     )
@@ -99,6 +116,9 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=16), nullable=False),
     sa.Column('service', sa.String(length=200), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('workflow_status', sa.JSON(), nullable=True),
+    sa.Column('confirmed_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('visit_outcome', sa.String(length=16), nullable=True),
     sa.Column('revision', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id', 'customer_id'], ['customers.tenant_id', 'customers.id'], name=op.f('fk_bookings_tenant_id_customers')),
     sa.ForeignKeyConstraint(['tenant_id', 'resource_id'], ['resources.tenant_id', 'resources.id'], name=op.f('fk_bookings_tenant_id_resources')),
@@ -168,4 +188,9 @@ def downgrade() -> None:
     op.drop_table('timeline')
     op.drop_table('tenants')
     op.drop_table('processed_events')
+    with op.batch_alter_table('held_events', schema=None) as batch_op:
+        batch_op.drop_index('ix_held_events_held_at')
+        batch_op.drop_index('ix_held_events_aggregate')
+
+    op.drop_table('held_events')
     op.drop_table('dead_letters')
