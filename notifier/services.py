@@ -39,7 +39,8 @@ from notifier.domain.planning import diff_plan, plan_booking, zone_of
 from notifier.domain.retry import compute_backoff_s
 from notifier.rendering.environment import TemplateMissing
 from notifier.store import schema as t
-from notifier.store.sql import MessageRow, Store, Tx
+from notifier.store.batch import BatchSession
+from notifier.store.sql import MessageRow, Store
 
 log = logging.getLogger("notifier")
 
@@ -87,10 +88,6 @@ class IngestReport:
         self.dead_reasons.extend(other.dead_reasons)
 
 
-class _Rejected(Exception):
-    """The event is well-formed but cannot be applied: it goes to the dead-letter store."""
-
-
 def _text(body: bytes | str) -> str:
     return body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
 
@@ -99,142 +96,184 @@ def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, 
     """Apply raw events in one transaction. Bad ones go to the dead-letter store; a database
     error propagates so the caller keeps the batch unacknowledged and retries it (N1).
 
-    Within a batch, events are applied in revision order per aggregate, so a batch that holds
-    a booking's whole history needs no holding."""
+    The batch is a unit of work (`BatchSession`): everything it names is loaded in a few
+    queries, changed in memory, and written back in bulk. Events are applied in revision
+    order per aggregate, so a batch that carries a booking's whole history holds nothing."""
     report = IngestReport()
     parsed: list[tuple[ev.Event, str]] = []
     with store.transaction() as tx:
+        session = BatchSession(tx.conn)
         for body in bodies:
             try:
                 parsed.append((ev.parse_event(body), _text(body)))
             except ev.InvalidEvent as exc:
-                _dead(tx, report, source, f"invalid event: {exc.reason}", body, now)
+                _dead(session, report, source, f"invalid event: {exc.reason}", _text(body), now)
         parsed.sort(key=lambda item: (item[0].tenant_id, ev.aggregate_of(item[0]), item[0].revision))
+        _preload(session, [e for e, _ in parsed])
+        fresh = _claim(session, [e for e, _ in parsed if session.tenant(e.tenant_id) is not None], now)
         for event, text in parsed:
-            savepoint = tx.conn.begin_nested()
+            if session.tenant(event.tenant_id) is None:
+                _dead(session, report, source, f"unknown tenant {event.tenant_id!r}", text, now)
+                continue
+            if event.event_id not in fresh:
+                report.duplicates += 1
+                continue
+            fresh.discard(event.event_id)  # the same event twice in one batch
+            session.begin_event()
             try:
-                outcome = _apply_one(tx, event, text, now)
+                outcome = _apply_one(session, event, text, now)
             except DBAPIError:
-                savepoint.rollback()
                 raise
-            except _Rejected as exc:
-                savepoint.rollback()
-                _dead(tx, report, source, str(exc), text, now)
-                continue
             except Exception as exc:  # noqa: BLE001 - a bug on one event must not stop the others (N3)
-                savepoint.rollback()
+                session.rollback_event()
                 log.exception("event could not be applied", extra={"event_id": event.event_id})
-                _dead(tx, report, source, f"internal error: {exc.__class__.__name__}: {exc}", text, now)
+                session.forget_claim(event.event_id)
+                _dead(session, report, source, f"internal error: {exc.__class__.__name__}: {exc}", text, now)
                 continue
-            savepoint.commit()
+            session.commit_event()
             setattr(report, outcome, getattr(report, outcome) + 1)
+        session.flush(now)
     return report
 
 
-def _dead(tx: Tx, report: IngestReport, source: str, reason: str, body: bytes | str, now: datetime) -> None:
-    tx.add_dead_letter(source, reason, _text(body), now)
+def _preload(session: BatchSession, events: list[ev.Event]) -> None:
+    bookings, customers, resources = set(), set(), set()
+    for event in events:
+        kind, aggregate_id = ev.aggregate_of(event)
+        if kind == "booking":
+            bookings.add((event.tenant_id, aggregate_id))
+        if isinstance(event, ev.BookingCreatedEvent):
+            customers.add((event.tenant_id, event.data.customer.id))
+            resources.add((event.tenant_id, event.data.resource.id))
+        elif isinstance(event, ev.CustomerUpdatedEvent):
+            customers.add((event.tenant_id, event.data.customer.id))
+    session.preload({e.tenant_id for e in events}, bookings, customers, resources)
+    # the customers and resources of the bookings the batch touches, for planning
+    known = [b for b in (session.bookings.get(k) for k in bookings) if b is not None]
+    session.preload((), (), {(b.tenant_id, b.customer_id) for b in known},
+                    {(b.tenant_id, b.resource_id) for b in known})
+
+
+def _claim(session: BatchSession, events: list[ev.Event], now: datetime) -> set[str]:
+    """Record the events as processed in one statement; returns those no one had (dedup, N2)."""
+    rows = {}
+    for event in events:
+        kind, aggregate_id = ev.aggregate_of(event)
+        rows.setdefault(event.event_id, {
+            "event_id": event.event_id, "tenant_id": event.tenant_id, "type": event.type,
+            "aggregate": f"{kind}:{aggregate_id}", "revision": event.revision, "outcome": "applied",
+            "processed_at": now})
+    fresh: set[str] = set()
+    values = list(rows.values())
+    for i in range(0, len(values), 1000):
+        stmt = session.dialect.insert(t.processed_events).values(values[i:i + 1000])
+        stmt = stmt.on_conflict_do_nothing(index_elements=["event_id"]).returning(t.processed_events.c.event_id)
+        fresh.update(session.conn.execute(stmt).scalars())
+    return fresh
+
+
+def _dead(session: BatchSession, report: IngestReport, source: str, reason: str, body: str,
+          now: datetime) -> None:
+    session.add_dead_letter(source, reason, body, now)
     report.dead += 1
     report.dead_reasons.append(reason)
 
 
-def _apply_one(tx: Tx, event: ev.Event, body: str, now: datetime) -> str:
-    tenant = tx.tenant(event.tenant_id)
-    if tenant is None:
-        raise _Rejected(f"unknown tenant {event.tenant_id!r}")
+def _apply_one(s: BatchSession, event: ev.Event, body: str, now: datetime) -> str:
+    tenant = s.tenant(event.tenant_id)
+    assert tenant is not None
     kind, aggregate_id = ev.aggregate_of(event)
     aggregate = f"{kind}:{aggregate_id}"
-    if not tx.claim_event(event.event_id, event.tenant_id, event.type, aggregate, event.revision, "applied", now):
-        return "duplicates"
 
     if isinstance(event, ev.CustomerUpdatedEvent):
         customer, phone_error = _customer(tenant, event.data.customer, event.revision, event.occurred_at)
-        if not customer.newer_than(tx.customer(tenant.id, customer.id)):
-            return _stale(tx, event)
-        tx.save_customer(customer, phone_error)
+        if not customer.newer_than(s.customer(tenant.id, customer.id)):
+            return _stale(s, event)
+        s.put_customer(customer, phone_error)
         detail = {"consents": sorted(c.value for c in customer.consents), "language": customer.language,
                   "phone_valid": phone_error is None}
-        _replan_many(tx, tenant, tx.active_bookings(tenant.id, customer_id=customer.id), now,
+        _replan_many(s, tenant, s.active_bookings(tenant.id, customer_id=customer.id), now,
                      tr.Note("customer.updated", detail))
         return "applied"
 
     if isinstance(event, ev.ResourceUpdatedEvent):
-        existing = tx.resource(tenant.id, event.data.resource.id)
+        existing = s.resource(tenant.id, event.data.resource.id)
         if existing is not None and existing.revision >= event.revision:
-            return _stale(tx, event)
+            return _stale(s, event)
         resource = tr.resource_updated(event)
-        tx.save_resource(resource)
-        _replan_many(tx, tenant, tx.active_bookings(tenant.id, resource_id=resource.id), now,
+        s.put_resource(resource)
+        _replan_many(s, tenant, s.active_bookings(tenant.id, resource_id=resource.id), now,
                      tr.Note("resource.updated", {"resource_id": resource.id}))
         return "applied"
 
     if isinstance(event, ev.TenantSettingsUpdatedEvent):
         if tenant.revision >= event.revision:
-            return _stale(tx, event)
+            return _stale(s, event)
         tenant = tr.tenant_updated(tenant, event)
-        tx.save_tenant(tenant, now)
-        _replan_many(tx, tenant, tx.active_bookings(tenant.id), now, tr.Note("tenant.settings_updated", {}))
+        s.put_tenant(tenant)
+        _replan_many(s, tenant, s.active_bookings(tenant.id), now, tr.Note("tenant.settings_updated", {}))
         return "applied"
 
-    booking = tx.booking(tenant.id, aggregate_id, lock=True)
+    booking = s.booking(tenant.id, aggregate_id)
     if isinstance(event, ev.BookingCreatedEvent):
         if booking is not None:
-            return _stale(tx, event)
+            return _stale(s, event)
         data = event.data
         customer, phone_error = _customer(tenant, data.customer, 0, event.occurred_at)
-        if customer.newer_than(tx.customer(tenant.id, customer.id)):
-            tx.save_customer(customer, phone_error)
-        if tx.resource(tenant.id, data.resource.id) is None:
-            tx.save_resource(tr.resource_from(data.resource, tenant.id))
+        if customer.newer_than(s.customer(tenant.id, customer.id)):
+            s.put_customer(customer, phone_error)
+        if s.resource(tenant.id, data.resource.id) is None:
+            s.put_resource(tr.resource_from(data.resource, tenant.id))
         booking, notes = tr.booking_created(event)
         if phone_error:
             notes.append(tr.Note("customer.phone_invalid", {"reason": phone_error}))  # R5
-        _save(tx, tenant, booking, notes, now)
+        _save(s, tenant, booking, notes, now)
     else:
         if booking is None:
-            return _hold(tx, event, aggregate, body, "waiting for booking.created", now)
+            return _hold(s, event, aggregate, body, "waiting for booking.created", now)
         if event.revision <= booking.revision:
-            return _stale(tx, event)
+            return _stale(s, event)
         if event.revision > booking.revision + 1:
-            return _hold(tx, event, aggregate, body, f"waiting for revision {booking.revision + 1}", now)
-        booking = _apply_to_booking(tx, tenant, booking, event, now)
-    _release_held(tx, tenant, booking, aggregate, now)
+            return _hold(s, event, aggregate, body, f"waiting for revision {booking.revision + 1}", now)
+        booking = _apply_to_booking(s, tenant, booking, event, now)
+    _release_held(s, tenant, booking, aggregate, now)
     return "applied"
 
 
-def _apply_to_booking(tx: Tx, tenant: Tenant, booking: Booking, event: ev.Event, now: datetime) -> Booking:
+def _apply_to_booking(s: BatchSession, tenant: Tenant, booking: Booking, event: ev.Event, now: datetime) -> Booking:
     if isinstance(event, ev.BookingRescheduledEvent) and event.data.resource is not None:
-        if tx.resource(tenant.id, event.data.resource.id) is None:
-            tx.save_resource(tr.resource_from(event.data.resource, tenant.id))
+        if s.resource(tenant.id, event.data.resource.id) is None:
+            s.put_resource(tr.resource_from(event.data.resource, tenant.id))
     booking, notes = tr.apply_to_booking(booking, event)
-    _save(tx, tenant, booking, notes, now)
+    _save(s, tenant, booking, notes, now)
     return booking
 
 
-def _stale(tx: Tx, event: ev.Event) -> str:
-    tx.set_event_outcome(event.event_id, "stale")
+def _stale(s: BatchSession, event: ev.Event) -> str:
+    s.set_outcome(event.event_id, "stale")
     return "stale"
 
 
-def _hold(tx: Tx, event: ev.Event, aggregate: str, body: str, reason: str, now: datetime) -> str:
+def _hold(s: BatchSession, event: ev.Event, aggregate: str, body: str, reason: str, now: datetime) -> str:
     """Keep an event that arrived before what it follows; it is applied when the gap closes."""
-    tx.set_event_outcome(event.event_id, "held")
-    tx.hold_event(event.event_id, event.tenant_id, aggregate, event.revision, body, reason, now)
+    s.set_outcome(event.event_id, "held")
+    s.hold(event.event_id, event.tenant_id, aggregate, event.revision, body, reason, now)
     return "held"
 
 
-def _release_held(tx: Tx, tenant: Tenant, booking: Booking, aggregate: str, now: datetime) -> None:
+def _release_held(s: BatchSession, tenant: Tenant, booking: Booking, aggregate: str, now: datetime) -> None:
     """Apply held events that now follow the booking's revision, in order."""
     while True:
-        waiting = tx.next_held(tenant.id, aggregate, booking.revision + 1)
+        waiting = s.next_held(tenant.id, aggregate, booking.revision + 1)
         if not waiting:
             return
         event_id, body = waiting[0]
         for other_id, _ in waiting[1:]:  # two different events claiming the same revision: keep the first
-            tx.release_held(other_id)
-            tx.set_event_outcome(other_id, "stale")
-        tx.release_held(event_id)
-        tx.set_event_outcome(event_id, "applied")
-        booking = _apply_to_booking(tx, tenant, booking, ev.parse_event(body), now)
+            s.release_held(tenant.id, aggregate, other_id)
+            s.set_outcome(other_id, "stale")
+        s.release_held(tenant.id, aggregate, event_id)
+        s.set_outcome(event_id, "applied")
+        booking = _apply_to_booking(s, tenant, booking, ev.parse_event(body), now)
 
 
 def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold") -> IngestReport:
@@ -242,50 +281,51 @@ def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source:
     dead letter. Run by the ingester every few seconds."""
     report = IngestReport()
     with store.transaction() as tx:
-        seen: set[tuple[str, str]] = set()
-        for _event_id, tenant_id, _revision, aggregate, _body in tx.held_since(now - timedelta(seconds=hold_s)):
-            if (tenant_id, aggregate) in seen:
-                continue
-            seen.add((tenant_id, aggregate))
-            tenant = tx.tenant(tenant_id)
-            booking = tx.booking(tenant_id, aggregate.split(":", 1)[1], lock=True) if tenant else None
+        expired = tx.held_since(now - timedelta(seconds=hold_s))
+        if not expired:
+            return report
+        s = BatchSession(tx.conn)
+        for tenant_id, aggregate in sorted({(row[1], row[3]) for row in expired}):
+            tenant = s.tenant(tenant_id)
+            booking = s.booking(tenant_id, aggregate.split(":", 1)[1]) if tenant else None
+            waiting = sorted(s.held.get((tenant_id, aggregate), {}).items(), key=lambda item: item[1])
             if tenant is None or booking is None:
-                while (lowest := tx.lowest_held(tenant_id, aggregate)) is not None:
-                    tx.release_held(lowest[0])
-                    tx.set_event_outcome(lowest[0], "dead")
-                    _dead(tx, report, source, f"{aggregate} never arrived (held {hold_s:.0f} s)", lowest[1], now)
+                for event_id, (_revision, body) in waiting:
+                    s.release_held(tenant_id, aggregate, event_id)
+                    s.set_outcome(event_id, "dead")
+                    _dead(s, report, source, f"{aggregate} never arrived (held {hold_s:.0f} s)", body, now)
                 continue
-            lowest = tx.lowest_held(tenant_id, aggregate)
-            if lowest is None:
+            if not waiting:
                 continue
-            held_id, held_body, held_revision = lowest
-            tx.release_held(held_id)
+            event_id, (held_revision, body) = waiting[0]
+            s.release_held(tenant_id, aggregate, event_id)
             if held_revision <= booking.revision:
-                tx.set_event_outcome(held_id, "stale")
+                s.set_outcome(event_id, "stale")
                 report.stale += 1
                 continue
-            tx.set_event_outcome(held_id, "applied")
-            tx.add_timeline(tenant_id, booking.id, now, "event.gap_skipped", {
-                "missing_revisions": f"{booking.revision + 1}-{held_revision - 1}"})
-            booking = _apply_to_booking(tx, tenant, booking, ev.parse_event(held_body), now)
-            _release_held(tx, tenant, booking, aggregate, now)
+            s.set_outcome(event_id, "applied")
+            s.add_timeline(tenant_id, booking.id, now, "event.gap_skipped",
+                           {"missing_revisions": f"{booking.revision + 1}-{held_revision - 1}"})
+            booking = _apply_to_booking(s, tenant, booking, ev.parse_event(body), now)
+            _release_held(s, tenant, booking, aggregate, now)
             report.applied += 1
+        s.flush(now)
     return report
 
 
-def _save(tx: Tx, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> None:
-    tx.save_booking(booking)
+def _save(s: BatchSession, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> None:
+    s.put_booking(booking)
     for note in notes:
-        tx.add_timeline(tenant.id, booking.id, now, note.kind, note.detail)
-    _replan(tx, tenant, booking, now)
+        s.add_timeline(tenant.id, booking.id, now, note.kind, note.detail)
+    _replan(s, tenant, booking, now)
 
 
-def _replan_many(tx: Tx, tenant: Tenant, booking_ids: list[str], now: datetime, note: tr.Note) -> None:
+def _replan_many(s: BatchSession, tenant: Tenant, booking_ids: list[str], now: datetime, note: tr.Note) -> None:
     for booking_id in booking_ids:
-        booking = tx.booking(tenant.id, booking_id, lock=True)
+        booking = s.booking(tenant.id, booking_id)
         if booking is not None:
-            tx.add_timeline(tenant.id, booking_id, now, note.kind, note.detail)
-            _replan(tx, tenant, booking, now)
+            s.add_timeline(tenant.id, booking_id, now, note.kind, note.detail)
+            _replan(s, tenant, booking, now)
 
 
 def _customer(tenant: Tenant, data: ev.CustomerData, revision: int,
@@ -311,24 +351,22 @@ def settings_for(tenant: Tenant, resource: Resource) -> NotificationSettings:
     return NotificationSettings.from_layers(tenant.settings, resource.settings)
 
 
-def _replan(tx: Tx, tenant: Tenant, booking: Booking, now: datetime) -> None:
-    customer = tx.customer(tenant.id, booking.customer_id)
-    resource = tx.resource(tenant.id, booking.resource_id)
+def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) -> None:
+    customer = s.customer(tenant.id, booking.customer_id)
+    resource = s.resource(tenant.id, booking.resource_id)
     if customer is None or resource is None:  # pragma: no cover - created with the booking
         return
     planned = plan_booking(booking, customer, resource, tenant, settings_for(tenant, resource), now=now)
-    diff = diff_plan(tx.existing_messages(tenant.id, booking.id), planned)
+    diff = diff_plan(s.existing_messages(tenant.id, booking.id), planned)
     if diff.empty:
         return
-    tx.add_messages(tenant.id, booking.id, diff.add, now)
-    tx.replan_messages(tenant.id, booking.id, diff.update, now)
-    tx.withdraw_messages(tenant.id, booking.id, diff.withdraw, now)
+    s.apply_diff(tenant.id, booking.id, diff)
     for message in diff.add + diff.update:
-        tx.add_timeline(tenant.id, booking.id, now, "message.planned", {
+        s.add_timeline(tenant.id, booking.id, now, "message.planned", {
             "key": message.key, "kind": message.kind.value, "channel": message.channel.value,
             "due_at": message.due_at.isoformat()})
     for key in diff.withdraw:
-        tx.add_timeline(tenant.id, booking.id, now, "message.withdrawn", {"key": key, "reason": "no longer applies"})
+        s.add_timeline(tenant.id, booking.id, now, "message.withdrawn", {"key": key, "reason": "no longer applies"})
 
 
 # --- sweep -------------------------------------------------------------------------------
