@@ -6,6 +6,7 @@ the `Context` built by `notifier.bootstrap`; none reads configuration or the clo
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from notifier.domain.retry import compute_backoff_s
 from notifier.rendering.environment import TemplateMissing
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
+from notifier.store.bulk import bulk_insert
 from notifier.store.sql import MessageRow, Store
 
 log = logging.getLogger("notifier")
@@ -147,9 +150,13 @@ def _preload(session: BatchSession, events: list[ev.Event]) -> None:
             resources.add((event.tenant_id, event.data.resource.id))
         elif isinstance(event, ev.CustomerUpdatedEvent):
             customers.add((event.tenant_id, event.data.customer.id))
+    session.lock([f"b:{t}:{b}" for t, b in bookings] + [f"c:{t}:{c}" for t, c in customers])
     session.preload({e.tenant_id for e in events}, bookings, customers, resources)
+    session.prefetch_active_of_customers({(e.tenant_id, e.data.customer.id) for e in events
+                                          if isinstance(e, ev.CustomerUpdatedEvent)})
     # the customers and resources of the bookings the batch touches, for planning
     known = [b for b in (session.bookings.get(k) for k in bookings) if b is not None]
+    session.lock(f"c:{b.tenant_id}:{b.customer_id}" for b in known)
     session.preload((), (), {(b.tenant_id, b.customer_id) for b in known},
                     {(b.tenant_id, b.resource_id) for b in known})
 
@@ -163,13 +170,8 @@ def _claim(session: BatchSession, events: list[ev.Event], now: datetime) -> set[
             "event_id": event.event_id, "tenant_id": event.tenant_id, "type": event.type,
             "aggregate": f"{kind}:{aggregate_id}", "revision": event.revision, "outcome": "applied",
             "processed_at": now})
-    fresh: set[str] = set()
-    values = list(rows.values())
-    for i in range(0, len(values), 1000):
-        stmt = session.dialect.insert(t.processed_events).values(values[i:i + 1000])
-        stmt = stmt.on_conflict_do_nothing(index_elements=["event_id"]).returning(t.processed_events.c.event_id)
-        fresh.update(session.conn.execute(stmt).scalars())
-    return fresh
+    return set(bulk_insert(session.conn, t.processed_events, list(rows.values()), keys=["event_id"],
+                           returning="event_id"))
 
 
 def _dead(session: BatchSession, report: IngestReport, source: str, reason: str, body: str,
@@ -220,8 +222,15 @@ def _apply_one(s: BatchSession, event: ev.Event, body: str, now: datetime) -> st
             return _stale(s, event)
         data = event.data
         customer, phone_error = _customer(tenant, data.customer, 0, event.occurred_at)
-        if customer.newer_than(s.customer(tenant.id, customer.id)):
+        known = s.customer(tenant.id, customer.id)
+        if customer.newer_than(known):
             s.put_customer(customer, phone_error)
+            if known is not None and _reach(known) != _reach(customer):
+                # what a booking tells about its customer holds for the customer's other bookings too
+                _replan_many(s, tenant, s.active_bookings(tenant.id, customer_id=customer.id), now,
+                             tr.Note("customer.updated", {"consents": sorted(c.value for c in customer.consents),
+                                                          "language": customer.language,
+                                                          "phone_valid": phone_error is None}))
         if s.resource(tenant.id, data.resource.id) is None:
             s.put_resource(tr.resource_from(data.resource, tenant.id))
         booking, notes = tr.booking_created(event)
@@ -238,6 +247,12 @@ def _apply_one(s: BatchSession, event: ev.Event, body: str, now: datetime) -> st
         booking = _apply_to_booking(s, tenant, booking, event, now)
     _release_held(s, tenant, booking, aggregate, now)
     return "applied"
+
+
+def _reach(customer: Customer) -> tuple:
+    """What of a customer decides their messages (planning and rendering)."""
+    return (customer.consents, customer.email, customer.phone, customer.language, customer.privacy_accepted,
+            customer.created_via_online_booking)
 
 
 def _apply_to_booking(s: BatchSession, tenant: Tenant, booking: Booking, event: ev.Event, now: datetime) -> Booking:
@@ -334,6 +349,7 @@ def _customer(tenant: Tenant, data: ev.CustomerData, revision: int,
     return tr.customer_from(data, tenant.id, revision, phone, ev.utc(snapshot_at)), error
 
 
+@lru_cache(maxsize=65_536)
 def normalize_phone(raw: str | None, region: str) -> tuple[str | None, str | None]:
     """E.164 for a number; home-country numbers may omit the prefix (R5). (number, error)."""
     if not raw or not raw.strip():
@@ -348,7 +364,15 @@ def normalize_phone(raw: str | None, region: str) -> tuple[str | None, str | Non
 
 
 def settings_for(tenant: Tenant, resource: Resource) -> NotificationSettings:
-    return NotificationSettings.from_layers(tenant.settings, resource.settings)
+    return _settings(tenant.id, tenant.revision, json.dumps(tenant.settings, sort_keys=True),
+                     resource.id, resource.revision, json.dumps(resource.settings, sort_keys=True))
+
+
+@lru_cache(maxsize=4096)
+def _settings(_tenant_id: str, _tenant_revision: int, tenant_settings: str, _resource_id: str,
+              _resource_revision: int, resource_settings: str) -> NotificationSettings:
+    """Merged settings, computed once per distinct (tenant, resource) settings pair."""
+    return NotificationSettings.from_layers(json.loads(tenant_settings), json.loads(resource_settings))
 
 
 def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) -> None:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, or_, select, tuple_, update
+from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notifier.domain.model import Booking, BookingStatus, Channel, Customer, MessageState, Resource, Tenant
 from notifier.domain.planning import ExistingMessage, PlanDiff
 from notifier.store import schema as t
+from notifier.store.bulk import bulk_insert
 from notifier.store.sql import Tx
 
 Key = tuple[str, str]  # (tenant_id, id)
@@ -39,6 +40,13 @@ class _Message:
 
 
 _MISSING = object()
+
+
+def _by_tenant(keys: Iterable[Key]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for tenant_id, item_id in sorted(keys):
+        grouped[tenant_id].append(item_id)
+    return grouped
 
 
 class BatchSession:
@@ -60,6 +68,8 @@ class BatchSession:
         self.unclaim: set[str] = set()
         self.new_holds: dict[str, dict[str, Any]] = {}
         self.released: set[str] = set()
+        self._active_of_customer: dict[Key, list[str]] = {}  # as loaded, before this batch's changes
+        self._locked: set[str] = set()
         self._journal: list[tuple[Any, Any, Any]] | None = None
         self._marks: tuple[int, int] = (0, 0)
 
@@ -112,6 +122,19 @@ class BatchSession:
             self._journal.append((container, key, True))
         container.discard(key)
 
+    # --- locks (PostgreSQL): several ingesters, one writer per booking and customer at a time ------
+    def lock(self, keys: Iterable[str]) -> None:
+        """Transaction-scoped advisory locks, taken in sorted order. A second ingester touching
+        the same booking or customer waits for this batch to commit (a rare lock-order cycle
+        is a deadlock error: the batch is retried, which is safe)."""
+        wanted = sorted(set(keys) - self._locked)
+        if not wanted or self.conn.dialect.name != "postgresql":
+            return
+        self.conn.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h "
+            "FROM unnest(%(keys)s::text[]) AS k ORDER BY k) AS ordered", {"keys": wanted})
+        self._locked.update(wanted)
+
     # --- bulk loading -----------------------------------------------------------------------
     def preload(self, tenant_ids: Iterable[str], bookings: Iterable[Key], customers: Iterable[Key],
                 resources: Iterable[Key]) -> None:
@@ -119,6 +142,12 @@ class BatchSession:
         self._load_bookings(set(bookings) - set(self.bookings))
         self._load_customers(set(customers) - set(self.customers))
         self._load_resources(set(resources) - set(self.resources))
+
+    def _in(self, column: Any, values: list[str]) -> Any:
+        """`column IN values`: one array parameter on PostgreSQL (cheap to bind, one plan)."""
+        if self.conn.dialect.name == "postgresql":
+            return column == any_(bindparam(None, values, type_=ARRAY(String)))
+        return column.in_(values)
 
     def _load_tenants(self, ids: set[str]) -> None:
         if not ids:
@@ -137,10 +166,13 @@ class BatchSession:
         c = t.bookings.c
         for key in keys:
             self.bookings[key] = None
-        query = select(t.bookings).where(tuple_(c.tenant_id, c.id).in_(sorted(keys))).order_by(c.tenant_id, c.id)
-        if self.conn.dialect.name == "postgresql":
-            query = query.with_for_update()  # one ingester at a time per booking; key order avoids deadlocks
-        for row in self.conn.execute(query):
+        rows = []
+        for tenant_id, ids in _by_tenant(keys).items():
+            query = select(t.bookings).where(c.tenant_id == tenant_id, self._in(c.id, ids)).order_by(c.id)
+            if self.conn.dialect.name == "postgresql":
+                query = query.with_for_update()  # one ingester at a time per booking; key order: no deadlock
+            rows.extend(self.conn.execute(query))
+        for row in rows:
             self.bookings[(row.tenant_id, row.id)] = Booking(
                 id=row.id, tenant_id=row.tenant_id, customer_id=row.customer_id, resource_id=row.resource_id,
                 starts_at=row.starts_at, ends_at=row.ends_at, created_at=row.created_at,
@@ -154,8 +186,11 @@ class BatchSession:
         c = t.messages.c
         for key in keys:
             self.messages.setdefault(key, {})
-        rows = self.conn.execute(select(c.tenant_id, c.booking_id, c.key, c.kind, c.channel, c.recipient, c.state,
-                                        c.due_at).where(tuple_(c.tenant_id, c.booking_id).in_(sorted(keys))))
+        rows = []
+        for tenant_id, ids in _by_tenant(keys).items():
+            rows.extend(self.conn.execute(select(c.tenant_id, c.booking_id, c.key, c.kind, c.channel, c.recipient,
+                                                 c.state, c.due_at)
+                                          .where(c.tenant_id == tenant_id, self._in(c.booking_id, ids))))
         for r in rows:
             self.messages[(r.tenant_id, r.booking_id)][r.key] = _Message(
                 key=r.key, kind=r.kind, channel=Channel(r.channel), recipient=r.recipient,
@@ -166,8 +201,10 @@ class BatchSession:
         wanted = sorted((tenant, f"booking:{bid}") for tenant, bid in keys)
         for pair in wanted:
             self.held.setdefault(pair, {})
-        rows = self.conn.execute(select(c.event_id, c.tenant_id, c.aggregate, c.revision, c.body)
-                                 .where(tuple_(c.tenant_id, c.aggregate).in_(wanted)))
+        rows = []
+        for tenant_id, aggregates in _by_tenant(wanted).items():
+            rows.extend(self.conn.execute(select(c.event_id, c.tenant_id, c.aggregate, c.revision, c.body)
+                                          .where(c.tenant_id == tenant_id, self._in(c.aggregate, aggregates))))
         for r in rows:
             self.held[(r.tenant_id, r.aggregate)][r.event_id] = (r.revision, r.body)
 
@@ -177,7 +214,10 @@ class BatchSession:
         c = t.customers.c
         for key in keys:
             self.customers[key] = None
-        for row in self.conn.execute(select(t.customers).where(tuple_(c.tenant_id, c.id).in_(sorted(keys)))):
+        rows = []
+        for tenant_id, ids in _by_tenant(keys).items():
+            rows.extend(self.conn.execute(select(t.customers).where(c.tenant_id == tenant_id, self._in(c.id, ids))))
+        for row in rows:
             self.customers[(row.tenant_id, row.id)] = Customer(
                 id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
                 language=row.language, consents=frozenset(Channel(x) for x in row.consents),
@@ -191,7 +231,10 @@ class BatchSession:
         c = t.resources.c
         for key in keys:
             self.resources[key] = None
-        for row in self.conn.execute(select(t.resources).where(tuple_(c.tenant_id, c.id).in_(sorted(keys)))):
+        rows = []
+        for tenant_id, ids in _by_tenant(keys).items():
+            rows.extend(self.conn.execute(select(t.resources).where(c.tenant_id == tenant_id, self._in(c.id, ids))))
+        for row in rows:
             self.resources[(row.tenant_id, row.id)] = Resource(
                 id=row.id, tenant_id=row.tenant_id, name=row.name, type=row.type, timezone=row.timezone,
                 settings=row.settings, revision=row.revision)
@@ -217,10 +260,27 @@ class BatchSession:
             self._load_resources({(tenant_id, resource_id)})
         return self.resources[(tenant_id, resource_id)]
 
+    def prefetch_active_of_customers(self, keys: set[Key]) -> None:
+        """Load, in one query per tenant, the active bookings of customers the batch updates."""
+        c = t.bookings.c
+        for tenant_id, ids in _by_tenant(keys).items():
+            rows = self.conn.execute(select(c.customer_id, c.id).where(
+                c.tenant_id == tenant_id, self._in(c.customer_id, ids), c.status == BookingStatus.ACTIVE.value))
+            found: dict[str, list[str]] = defaultdict(list)
+            for row in rows:
+                found[row.customer_id].append(row.id)
+            for customer_id in ids:
+                self._active_of_customer[(tenant_id, customer_id)] = found.get(customer_id, [])
+            self._load_bookings({(tenant_id, b) for bs in found.values() for b in bs} - set(self.bookings))
+
     def active_bookings(self, tenant_id: str, *, customer_id: str | None = None,
                         resource_id: str | None = None) -> list[str]:
         """Active bookings matching the filter, as the batch has left them so far."""
-        ids = set(self.tx.active_bookings(tenant_id, customer_id=customer_id, resource_id=resource_id))
+        known = self._active_of_customer.get((tenant_id, customer_id)) if resource_id is None else None
+        if known is not None:
+            ids = set(known)
+        else:
+            ids = set(self.tx.active_bookings(tenant_id, customer_id=customer_id, resource_id=resource_id))
         self._load_bookings({(tenant_id, i) for i in ids} - set(self.bookings))
         for (tid, bid), booking in self.bookings.items():
             if tid != tenant_id or booking is None:
@@ -333,8 +393,7 @@ class BatchSession:
              "confirmed_at": b.confirmed_at, "visit_outcome": b.visit_outcome, "revision": b.revision}
             for b in (self.bookings[k] for k in sorted(self.dirty["bookings"])) if b is not None])
         self._flush_messages(now)
-        if self.timeline:
-            conn.execute(t.timeline.insert(), self.timeline)
+        bulk_insert(conn, t.timeline, self.timeline)
         if self.dead:
             conn.execute(t.dead_letters.insert(), self.dead)
         if self.new_holds:
@@ -351,12 +410,7 @@ class BatchSession:
                          .values(outcome=bindparam("outcome")), outcomes)
 
     def _upsert(self, table: Any, keys: list[str], rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        stmt = self.dialect.insert(table)
-        stmt = stmt.on_conflict_do_update(index_elements=keys,
-                                          set_={c: stmt.excluded[c] for c in rows[0] if c not in keys})
-        self.conn.execute(stmt, rows)
+        bulk_insert(self.conn, table, rows, keys=keys, update=True)
 
     def _flush_messages(self, now: datetime) -> None:
         inserts, replans, withdrawals = [], [], []
@@ -373,9 +427,7 @@ class BatchSession:
             elif m.state is MessageState.WITHDRAWN:
                 withdrawals.append({"dk": dedup})
         c = t.messages.c
-        if inserts:
-            self.conn.execute(self.dialect.insert(t.messages).on_conflict_do_nothing(index_elements=["dedup_key"]),
-                              inserts)
+        bulk_insert(self.conn, t.messages, inserts, keys=["dedup_key"])
         if replans:  # only rows nobody has claimed meanwhile; a sent message is never touched
             self.conn.execute(update(t.messages).where(
                 c.dedup_key == bindparam("dk"),

@@ -123,6 +123,10 @@ bookings = Table(
     ForeignKeyConstraint(["tenant_id", "resource_id"], ["resources.tenant_id", "resources.id"]),
 )
 
+# a customer's or resource's open bookings, replanned when the customer or resource changes
+Index("ix_bookings_customer", bookings.c.tenant_id, bookings.c.customer_id)
+Index("ix_bookings_resource", bookings.c.tenant_id, bookings.c.resource_id)
+
 messages = Table(
     "messages",
     metadata,

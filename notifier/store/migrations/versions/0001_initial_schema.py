@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 07:55:17.762334
+Create Date: 2026-11-24 08:09:38.579069
 """
 import sqlalchemy as sa
 from alembic import op
@@ -124,6 +124,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['tenant_id', 'resource_id'], ['resources.tenant_id', 'resources.id'], name=op.f('fk_bookings_tenant_id_resources')),
     sa.PrimaryKeyConstraint('tenant_id', 'id', name=op.f('pk_bookings'))
     )
+    with op.batch_alter_table('bookings', schema=None) as batch_op:
+        batch_op.create_index('ix_bookings_customer', ['tenant_id', 'customer_id'], unique=False)
+        batch_op.create_index('ix_bookings_resource', ['tenant_id', 'resource_id'], unique=False)
+
     op.create_table('messages',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('tenant_id', sa.String(length=128), nullable=False),
@@ -179,6 +183,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_messages_booking')
 
     op.drop_table('messages')
+    with op.batch_alter_table('bookings', schema=None) as batch_op:
+        batch_op.drop_index('ix_bookings_resource')
+        batch_op.drop_index('ix_bookings_customer')
+
     op.drop_table('bookings')
     op.drop_table('resources')
     op.drop_table('customers')

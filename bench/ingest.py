@@ -1,0 +1,170 @@
+"""python -m bench ingest: events applied into PostgreSQL (with the messages they plan) per second.
+
+Ours: raw JSON events on a Redis list, consumed by `notifier ingest` processes that apply
+them in batches (one transaction per batch). Baseline, same run, same events, same number
+of processes: one Celery task per event (`bench.baseline`), each applying its event in its
+own transaction. Both are timed from the first publish until the last event is applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from sqlalchemy import func, select
+
+from bench.common import REDIS_URL, ROOT, record, redis_prefix, scratch_database, wait_until
+from bench.workload import START, booking_events
+from notifier.clock import FileClock
+
+
+def _prepare(url: str, warmup: list[str]):
+    """Schema, tenants, and a warm-up history applied and ANALYZEd: a live database has
+    statistics (autovacuum keeps them), a fresh one would mislead the planner."""
+    from sqlalchemy import text
+
+    from notifier.services import apply_events, load_tenants
+    from notifier.settings import shipped_path
+    from notifier.store.sql import Store, make_engine
+
+    store = Store(make_engine(url))
+    store.migrate()
+    load_tenants(store, shipped_path("config") / "tenants", now=START)
+    for i in range(0, len(warmup), 1000):
+        apply_events(store, warmup[i:i + 1000], now=START, source="warmup")
+    with store.engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    return store
+
+
+def _processed(store) -> int:
+    from notifier.store import schema as t
+
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(t.processed_events)).scalar_one()
+
+
+def _messages(store) -> int:
+    """Messages that will go out (withdrawn ones depend on arrival order, live ones must not)."""
+    from notifier.store import schema as t
+
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(t.messages)
+                            .where(t.messages.c.state != "withdrawn")).scalar_one()
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    env.update(extra, PYTHONPATH=str(ROOT), NOTIFIER_LOG_LEVEL="WARNING")
+    return env
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -> dict[str, float]:
+    with scratch_database() as url, redis_prefix() as prefix, tempfile.TemporaryDirectory() as tmp:
+        store = _prepare(url, warmup)
+        clock = FileClock(Path(tmp) / "clock")
+        clock.set(START)  # the same `now` as the baseline's
+        queue = f"{prefix}.events"
+        env = _env({"NOTIFIER_DATABASE_URL": url, "NOTIFIER_EVENTS_URL": REDIS_URL, "NOTIFIER_EVENTS_QUEUE": queue,
+                    "NOTIFIER_INGEST_BATCH_MAX": str(batch), "NOTIFIER_CLOCK": f"file:{clock.path}",
+                    "NOTIFIER_HOLD_S": "3600"})
+        procs = [subprocess.Popen([sys.executable, "-m", "notifier.cli", "ingest"], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(processes)]
+        try:
+            time.sleep(2.0)  # let the processes import and block on the empty list
+            client = redis.Redis.from_url(REDIS_URL)
+            started = time.perf_counter()
+            pipe = client.pipeline(transaction=False)
+            for i in range(0, len(events), 1000):
+                pipe.rpush(queue, *events[i:i + 1000])
+            pipe.execute()
+            wait_until(lambda: _processed(store) >= len(events) + len(warmup), timeout_s=1800, poll_s=0.1)
+            seconds = time.perf_counter() - started
+            planned = _messages(store)
+        finally:
+            _stop(procs)
+            store.engine.dispose()
+    return {"seconds": seconds, "events_per_s": len(events) / seconds, "messages_planned": planned}
+
+
+def run_baseline(events: list[str], warmup: list[str], processes: int) -> dict[str, float]:
+    with scratch_database() as url, redis_prefix() as prefix:
+        store = _prepare(url, warmup)
+        env = _env({"BENCH_DATABASE_URL": url, "BENCH_BROKER_URL": REDIS_URL, "BENCH_KEY_PREFIX": prefix})
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.baseline", "worker", "-c",
+                                   str(processes), "-Q", "baseline", "--without-gossip", "--without-mingle",
+                                   "--loglevel", "WARNING"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        os.environ.update({k: v for k, v in env.items() if k.startswith("BENCH_")})
+        from bench.baseline import app, apply_event
+
+        app.conf.broker_transport_options = {"global_keyprefix": prefix}
+        try:
+            time.sleep(3.0)
+            started = time.perf_counter()
+            with app.producer_or_acquire() as producer:
+                for body in events:
+                    apply_event.apply_async(args=(body,), producer=producer)
+            wait_until(lambda: _processed(store) >= len(events) + len(warmup), timeout_s=3600, poll_s=0.2)
+            seconds = time.perf_counter() - started
+            planned = _messages(store)
+        finally:
+            _stop([worker])
+            store.engine.dispose()
+    return {"seconds": seconds, "events_per_s": len(events) / seconds, "messages_planned": planned}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench ingest")
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--baseline-events", type=int, default=None,
+                        help="events for the baseline (default: the same as --events)")
+    parser.add_argument("--processes", type=int, default=2, help="ingester processes = baseline worker processes")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=5000, help="events applied (and ANALYZEd) before timing")
+    args = parser.parse_args(argv)
+
+    stream = booking_events(args.warmup + args.events)
+    warmup, events = stream[: args.warmup], stream[args.warmup:]
+    ours = run_ours(events, warmup, args.processes, args.batch)
+    print(f"ours: {args.events} events in {ours['seconds']:.1f} s = {ours['events_per_s']:.0f}/s "
+          f"({ours['messages_planned']} messages planned)", file=sys.stderr)
+    baseline_events = events[: args.baseline_events or args.events]
+    base = run_baseline(baseline_events, warmup, args.processes)
+    print(f"baseline: {len(baseline_events)} events in {base['seconds']:.1f} s = {base['events_per_s']:.0f}/s",
+          file=sys.stderr)
+    if len(baseline_events) == len(events) and base["messages_planned"] != ours["messages_planned"]:
+        raise SystemExit(f"the two paths planned different messages: {ours['messages_planned']} "
+                         f"!= {base['messages_planned']}")
+    figures = {
+        "events": args.events, "warmup_events": args.warmup, "processes": args.processes, "batch": args.batch,
+        "events_per_s": round(ours["events_per_s"]), "seconds": round(ours["seconds"], 2),
+        "messages_planned": ours["messages_planned"],
+        "baseline_events": len(baseline_events), "baseline_events_per_s": round(base["events_per_s"]),
+        "ratio": round(ours["events_per_s"] / base["events_per_s"], 2),
+        "goal_events_per_s": 5000,
+    }
+    command = "python -m bench ingest " + " ".join(argv)
+    record("ingest", command.strip(), figures,
+           notes="Ours: `notifier ingest` processes on a Redis list, batches of up to `batch` events per "
+                 "transaction. Baseline: one Celery task per event on Redis, each in its own transaction, as "
+                 "many worker processes. Both start from the same warm-up history (ANALYZEd) and are timed from "
+                 "the first publish until the last event is applied; both must plan the same live messages.")
+    return 0
