@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration schema clean
+.PHONY: demo test test-unit test-integration bench schema clean
 
 $(STAMP): pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notifier needs Python 3.11 or newer (set PYTHON=...)")'
@@ -23,6 +23,9 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
+
+bench: $(STAMP)
+	$(PY) -m bench all
 
 # regenerate docs/events.schema.json from the contract in notifier/domain/events.py
 schema: $(STAMP)

@@ -174,7 +174,24 @@ def dlq_list(limit: int) -> None:
         rows = conn.execute(select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit))
         for row in rows:
             click.echo(json.dumps({"id": row.id, "received_at": row.received_at.isoformat(), "source": row.source,
-                                   "reason": row.reason, "body": row.body[:500]}))
+                                   "reason": row.reason, "body": row.body[:500],
+                                   "replayed_at": row.replayed_at.isoformat() if row.replayed_at else None}))
+
+
+@dlq.command("replay")
+@click.argument("dead_letter_id", type=int)
+def dlq_replay(dead_letter_id: int) -> None:
+    """Apply dead letter ID again (after fixing its cause); it stays listed, marked replayed."""
+    from notifier.services import replay_dead_letter
+
+    ctx = _ctx()
+    try:
+        report = replay_dead_letter(ctx.store, dead_letter_id, now=ctx.clock.now())
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(vars(report)))
+    if report.dead:
+        raise SystemExit(1)
 
 
 @main.command()

@@ -21,7 +21,7 @@ from typing import Any
 
 import phonenumbers
 import yaml
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from notifier.channels.base import Outgoing, PermanentFailure, TemporaryFailure
@@ -289,6 +289,21 @@ def _release_held(s: BatchSession, tenant: Tenant, booking: Booking, aggregate: 
         s.release_held(tenant.id, aggregate, event_id)
         s.set_outcome(event_id, "applied")
         booking = _apply_to_booking(s, tenant, booking, ev.parse_event(body), now)
+
+
+def replay_dead_letter(store: Store, dead_letter_id: int, *, now: datetime) -> IngestReport:
+    """Apply a dead letter's original body again (after its cause was fixed: a tenant was
+    created, a publisher corrected). The dead letter is kept and marked replayed."""
+    with store.transaction() as tx:
+        row = tx.conn.execute(select(t.dead_letters).where(t.dead_letters.c.id == dead_letter_id)).first()
+    if row is None:
+        raise LookupError(f"no dead letter {dead_letter_id}")
+    report = apply_events(store, [row.body], now=now, source=f"replay:{dead_letter_id}")
+    if report.dead == 0:
+        with store.transaction() as tx:
+            tx.conn.execute(update(t.dead_letters).where(t.dead_letters.c.id == dead_letter_id)
+                            .values(replayed_at=now))
+    return report
 
 
 def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold") -> IngestReport:

@@ -210,3 +210,19 @@ def test_R5_an_invalid_number_is_recorded_on_the_timeline(ctx):
     with ctx.store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.customers).where(t.customers.c.phone.is_(None))) \
             .scalar_one() == 1
+
+
+def test_N3_a_dead_letter_can_be_replayed_once_its_cause_is_fixed(ctx):
+    from notifier.domain.model import Tenant
+    from notifier.services import replay_dead_letter
+
+    apply(ctx, created("b9", tenant="late-tenant"))
+    with ctx.store.engine.connect() as conn:
+        [dead_id] = conn.execute(select(t.dead_letters.c.id)).scalars().all()
+    assert replay_dead_letter(ctx.store, dead_id, now=START).dead == 1  # still unknown: stays dead
+    with ctx.store.transaction() as tx:
+        tx.save_tenant(Tenant(id="late-tenant", name="Late"), START)
+    assert replay_dead_letter(ctx.store, dead_id, now=START).applied == 1
+    with ctx.store.engine.connect() as conn:
+        assert conn.execute(select(t.dead_letters.c.replayed_at).where(t.dead_letters.c.id == dead_id)) \
+            .scalar_one() == START
