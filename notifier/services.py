@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,7 +37,7 @@ from notifier.domain.model import (
     Resource,
     Tenant,
 )
-from notifier.domain.planning import diff_plan, plan_booking, zone_of
+from notifier.domain.planning import diff_plan, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
 from notifier.rendering.environment import TemplateMissing
 from notifier.store import schema as t
@@ -95,7 +95,8 @@ def _text(body: bytes | str) -> str:
     return body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
 
 
-def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, source: str) -> IngestReport:
+def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, source: str,
+                 regions: Mapping[str, Iterable[str]] | None = None) -> IngestReport:
     """Apply raw events in one transaction. Bad ones go to the dead-letter store; a database
     error propagates so the caller keeps the batch unacknowledged and retries it (N1).
 
@@ -106,6 +107,7 @@ def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, 
     parsed: list[tuple[ev.Event, str]] = []
     with store.transaction() as tx:
         session = BatchSession(tx.conn)
+        session.regions = dict(regions or {})
         for body in bodies:
             try:
                 parsed.append((ev.parse_event(body), _text(body)))
@@ -306,7 +308,8 @@ def replay_dead_letter(store: Store, dead_letter_id: int, *, now: datetime) -> I
     return report
 
 
-def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold") -> IngestReport:
+def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold",
+                          regions: Mapping[str, Iterable[str]] | None = None) -> IngestReport:
     """Held too long: a gap in revisions is skipped (recorded), a booking that never came is a
     dead letter. Run by the ingester every few seconds."""
     report = IngestReport()
@@ -315,6 +318,7 @@ def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source:
         if not expired:
             return report
         s = BatchSession(tx.conn)
+        s.regions = dict(regions or {})
         for tenant_id, aggregate in sorted({(row[1], row[3]) for row in expired}):
             tenant = s.tenant(tenant_id)
             booking = s.booking(tenant_id, aggregate.split(":", 1)[1]) if tenant else None
@@ -378,16 +382,23 @@ def normalize_phone(raw: str | None, region: str) -> tuple[str | None, str | Non
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None
 
 
-def settings_for(tenant: Tenant, resource: Resource) -> NotificationSettings:
-    return _settings(tenant.id, tenant.revision, json.dumps(tenant.settings, sort_keys=True),
-                     resource.id, resource.revision, json.dumps(resource.settings, sort_keys=True))
+def unavailable_channels(tenant: Tenant, regions: Mapping[str, Iterable[str]]) -> frozenset[Channel]:
+    """R6: channels the platform does not offer in the tenant's region (config `[notifier.unavailable]`)."""
+    return frozenset(Channel(channel) for channel, where in regions.items()
+                     if tenant.home_region.upper() in {r.upper() for r in where})
+
+
+def settings_for(tenant: Tenant, resource: Resource,
+                 regions: Mapping[str, Iterable[str]] | None = None) -> NotificationSettings:
+    return _settings(json.dumps(tenant.settings, sort_keys=True), json.dumps(resource.settings, sort_keys=True),
+                     unavailable_channels(tenant, regions or {}))
 
 
 @lru_cache(maxsize=4096)
-def _settings(_tenant_id: str, _tenant_revision: int, tenant_settings: str, _resource_id: str,
-              _resource_revision: int, resource_settings: str) -> NotificationSettings:
+def _settings(tenant_settings: str, resource_settings: str, unavailable: frozenset[Channel]) -> NotificationSettings:
     """Merged settings, computed once per distinct (tenant, resource) settings pair."""
-    return NotificationSettings.from_layers(json.loads(tenant_settings), json.loads(resource_settings))
+    return NotificationSettings.from_layers(json.loads(tenant_settings), json.loads(resource_settings),
+                                            unavailable=unavailable)
 
 
 def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) -> None:
@@ -395,8 +406,10 @@ def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) ->
     resource = s.resource(tenant.id, booking.resource_id)
     if customer is None or resource is None:  # pragma: no cover - created with the booking
         return
-    planned = plan_booking(booking, customer, resource, tenant, settings_for(tenant, resource), now=now)
-    diff = diff_plan(s.existing_messages(tenant.id, booking.id), planned)
+    existing = s.existing_messages(tenant.id, booking.id)
+    planned = plan_booking(booking, customer, resource, tenant, settings_for(tenant, resource, s.regions), now=now,
+                           sent=sent_keys(existing))
+    diff = diff_plan(existing, planned)
     if diff.empty:
         return
     s.apply_diff(tenant.id, booking.id, diff)

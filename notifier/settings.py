@@ -72,6 +72,11 @@ class Settings:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def unavailable(self) -> dict[str, list[str]]:
+        """R6: channel -> regions (ISO country codes) where the platform does not offer it."""
+        return {str(k): [str(r) for r in v] for k, v in dict(self.extra.get("unavailable", {})).items()}
+
+    @property
     def templates_dir(self) -> Path:
         return Path(self.templates_path) if self.templates_path else shipped_path("templates")
 

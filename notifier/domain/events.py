@@ -56,6 +56,12 @@ class ResourceData(_Strict):
     type: Literal["specialist", "equipment"] = "specialist"
 
 
+class WorkflowStatus(_Strict):
+    id: Id
+    name: str = Field(max_length=100)
+    kind: Literal["start", "confirmation", "cancellation", "none"] = "none"
+
+
 class BookingCreated(_Strict):
     booking_id: Id
     customer: CustomerData
@@ -64,6 +70,10 @@ class BookingCreated(_Strict):
     ends_at: AwareDatetime
     source: Literal["staff", "online"] = "staff"
     service: str | None = Field(default=None, max_length=200)
+    # an online request the business accepts or rejects later (R23); under a status workflow
+    # (R30-R32) the booking starts in its start status: pass it here
+    needs_approval: bool = False
+    status: WorkflowStatus | None = None
 
     @model_validator(mode="after")
     def _ends_after_start(self) -> "BookingCreated":
@@ -89,12 +99,6 @@ class BookingCancelled(_Strict):
     booking_id: Id
     by: Literal["customer", "staff"]
     reason: str | None = Field(default=None, max_length=500)
-
-
-class WorkflowStatus(_Strict):
-    id: Id
-    name: str = Field(max_length=100)
-    kind: Literal["start", "confirmation", "cancellation", "none"] = "none"
 
 
 class BookingStatusChanged(_Strict):

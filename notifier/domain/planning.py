@@ -1,16 +1,21 @@
-"""Planning: which messages a booking needs, and when.
+"""Planning: which messages and staff activities a booking needs, and when.
 
-`plan_booking` is a pure function of the booking, its customer, resource, tenant,
-their settings and `now`. Each planned message carries a deterministic `key`: the
-same state always plans the same keys, so replanning is a diff (`diff_plan`)
-against what the store already holds, never a second send.
+`plan_booking` is a pure function of the booking, its customer, resource, tenant, their
+settings, `now` and the keys of what was already sent. Each planned message carries a
+deterministic `key`: the same state always plans the same keys, so replanning is a diff
+(`diff_plan`) against what the store holds, never a second send. Keys of messages about a
+particular start time carry that time, so moving a visit plans new ones and withdraws the
+old ones (R21).
+
+`booking_flags` tells the time-dependent states the planner's board shows (unconfirmed,
+red and orange counters, late, release due) and `next_flag_change` when they next change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from notifier.domain.model import (
@@ -34,7 +39,7 @@ class PlannedMessage:
     kind: Kind
     channel: Channel
     due_at: datetime  # UTC
-    recipient: str = "customer"
+    recipient: str = "customer"  # or "staff"
 
 
 @dataclass(frozen=True)
@@ -56,19 +61,13 @@ class PlanDiff:
         return not (self.add or self.update or self.withdraw)
 
 
+SENT_STATES = frozenset({MessageState.SENDING, MessageState.SENT, MessageState.DELIVERED, MessageState.READ})
+
+
+# --- time ------------------------------------------------------------------------------------
+
 def zone_of(tenant: Tenant, resource: Resource | None) -> ZoneInfo:
     return ZoneInfo((resource.timezone if resource and resource.timezone else None) or tenant.timezone)
-
-
-def reachable_channels(tenant: Tenant, customer: Customer) -> frozenset[Channel]:
-    """Customer channels we may use: switched on by the tenant (R2), consented (R3), with an address."""
-    out = set()
-    if Channel.EMAIL in customer.consents and customer.email:
-        out.add(Channel.EMAIL)  # email is always available to the tenant (R2)
-    for channel in (Channel.SMS, Channel.WHATSAPP):
-        if channel in tenant.channels and channel in customer.consents and customer.phone:
-            out.add(channel)
-    return frozenset(out)
 
 
 def local_days_before(starts_at: datetime, offset_s: int, zone: ZoneInfo) -> datetime:
@@ -83,7 +82,7 @@ def local_days_before(starts_at: datetime, offset_s: int, zone: ZoneInfo) -> dat
     return _localize(wall, zone) - timedelta(seconds=rest_s)
 
 
-def local_time_on_day(starts_at: datetime, at: "datetime.time", zone: ZoneInfo) -> datetime:  # type: ignore[name-defined]
+def local_time_on_day(starts_at: datetime, at: time, zone: ZoneInfo) -> datetime:
     """The given local wall time on the local day of `starts_at`, in UTC."""
     day = starts_at.astimezone(zone).date()
     return _localize(datetime.combine(day, at), zone)
@@ -98,6 +97,42 @@ def _localize(wall: datetime, zone: ZoneInfo) -> datetime:
     return aware.astimezone(UTC)
 
 
+def in_quiet_hours(moment: datetime, start: time, end: time, zone: ZoneInfo) -> bool:
+    local = moment.astimezone(zone).time()
+    if start <= end:
+        return start <= local < end
+    return local >= start or local < end
+
+
+def after_quiet_hours(moment: datetime, start: time, end: time, zone: ZoneInfo) -> datetime:
+    """`moment`, or the end of the quiet hours it falls in (local time, DST-safe)."""
+    if not in_quiet_hours(moment, start, end, zone):
+        return moment
+    local = moment.astimezone(zone)
+    day = local.date() if local.time() < end else local.date() + timedelta(days=1)
+    return _localize(datetime.combine(day, end), zone)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+
+
+# --- channels ----------------------------------------------------------------------------------
+
+def reachable_channels(tenant: Tenant, customer: Customer,
+                       unavailable: frozenset[Channel] = frozenset()) -> frozenset[Channel]:
+    """Customer channels we may use: switched on by the tenant (R2) and offered in its region
+    (R6), consented (R3), with an address."""
+    out = set()
+    if Channel.EMAIL in customer.consents and customer.email and Channel.EMAIL not in unavailable:
+        out.add(Channel.EMAIL)  # email is always available to the tenant (R2)
+    for channel in (Channel.SMS, Channel.WHATSAPP):
+        if (channel in tenant.channels and channel in customer.consents and customer.phone
+                and channel not in unavailable):
+            out.add(channel)
+    return frozenset(out)
+
+
 def _pick(channels: Iterable[Channel], reachable: frozenset[Channel], policy: str) -> list[tuple[str, Channel]]:
     """(slot, channel) pairs: under "first" one slot for the kind, under "all" one per channel."""
     usable = [c for c in channels if c in reachable]
@@ -108,6 +143,37 @@ def _pick(channels: Iterable[Channel], reachable: frozenset[Channel], policy: st
     return [("customer", usable[0])]
 
 
+# --- the plan ----------------------------------------------------------------------------------
+
+class _Plan:
+    def __init__(self, booking: Booking, zone: ZoneInfo, reachable: frozenset[Channel],
+                 settings: NotificationSettings, now: datetime) -> None:
+        self.booking, self.zone, self.reachable, self.settings, self.now = booking, zone, reachable, settings, now
+        self.messages: list[PlannedMessage] = []
+
+    def customer(self, kind: Kind, channels: Iterable[Channel], due_at: datetime, anchor: str = "") -> None:
+        quiet = self.settings.quiet_hours
+        if quiet.enabled and kind is not Kind.LATE:  # the late follow-up cannot wait for the morning
+            due_at = after_quiet_hours(due_at, quiet.start, quiet.end, self.zone)
+        starts = self.booking.starts_at
+        # a message about a visit is useless once the visit has begun (R16/R25 kinds excepted)
+        if not kind.after_visit_allowed and (due_at >= starts or self.now >= starts):
+            return
+        for slot, channel in _pick(channels, self.reachable, self.settings.channel_policy):
+            key = f"{kind.value}/{slot}" + (f"/{anchor}" if anchor else "")
+            self.messages.append(PlannedMessage(key=key, kind=kind, channel=channel, due_at=due_at))
+
+    def staff(self, kind: Kind, due_at: datetime, anchor: str = "") -> None:
+        staff = self.settings.staff
+        channels = (Channel.ACTIVITY,) if kind.value.startswith("activity_") else staff.channels
+        if not staff.enabled:
+            return
+        for channel in channels:
+            key = f"{kind.value}/{channel.value}" + (f"/{anchor}" if anchor else "")
+            self.messages.append(PlannedMessage(key=key, kind=kind, channel=channel, due_at=due_at,
+                                                recipient="staff"))
+
+
 def plan_booking(
     booking: Booking,
     customer: Customer,
@@ -116,39 +182,100 @@ def plan_booking(
     settings: NotificationSettings,
     *,
     now: datetime,
+    sent: frozenset[str] = frozenset(),
 ) -> tuple[PlannedMessage, ...]:
-    """Every message this booking needs from `now` on, in due order."""
-    if booking.status is BookingStatus.CANCELLED:
-        return ()
+    """Every message and staff activity this booking needs, in due order.
+
+    `sent`: keys of messages already handed to a provider (for R21)."""
     zone = zone_of(tenant, resource)
-    reachable = reachable_channels(tenant, customer)
-    planned: list[PlannedMessage] = []
+    plan = _Plan(booking, zone, reachable_channels(tenant, customer, settings.unavailable), settings, now)
+    if booking.status is BookingStatus.CANCELLED:
+        _plan_cancellation(plan, booking, settings)
+    elif booking.needs_approval and booking.approved_at is None:
+        _plan_request(plan, booking, settings)  # R23, R32: nothing else until it is accepted
+    else:
+        _plan_active(plan, booking, customer, settings, zone, sent)
+    return tuple(sorted(plan.messages, key=lambda m: (m.due_at, m.key)))
 
-    def add(kind: Kind, channels: Iterable[Channel], due_at: datetime, anchor: str = "") -> None:
-        # a customer message about a visit is useless once the visit has begun
-        if due_at >= booking.starts_at or now >= booking.starts_at:
-            return
-        for slot, channel in _pick(channels, reachable, settings.channel_policy):
-            key = f"{kind.value}/{slot}" + (f"/{anchor}" if anchor else "")
-            planned.append(PlannedMessage(key=key, kind=kind, channel=channel, due_at=due_at))
 
-    info = settings.info
-    if info.enabled:
-        add(Kind.INFO, info.channels, booking.created_at + timedelta(seconds=max(info.delay_s, 0)))
+def _plan_request(plan: _Plan, booking: Booking, s: NotificationSettings) -> None:
+    if s.request.enabled:
+        plan.customer(Kind.REQUEST_RECEIVED, s.request.channels, booking.created_at)
+    if s.staff.new_request:
+        plan.staff(Kind.STAFF_NEW_REQUEST, booking.created_at)
 
-    reminder = settings.reminder
+
+def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings) -> None:
+    at = booking.cancelled_at or booking.scheduled_at
+    by = booking.cancelled_by
+    if by == "customer":
+        if s.cancellation.inform_staff_on_customer_cancel and s.staff.cancelled:  # R14, R19
+            plan.staff(Kind.STAFF_CANCELLED, at)
+        return
+    if not s.cancellation.enabled:
+        return
+    if by == "workflow":  # R34: a cancellation-kind status always tells the customer, with the reason
+        rejected = booking.needs_approval and booking.approved_at is None
+        plan.customer(Kind.REQUEST_REJECTED if rejected else Kind.CANCELLATION,
+                      s.request.channels if rejected else s.cancellation.channels, at)
+    elif s.cancellation.inform_customer_on_staff_cancel:  # R19
+        plan.customer(Kind.CANCELLATION, s.cancellation.channels, at)
+
+
+def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: NotificationSettings, zone: ZoneInfo,
+                 sent: frozenset[str]) -> None:
+    starts, anchor = booking.starts_at, _stamp(booking.starts_at)
+
+    if booking.needs_approval:  # accepted (R23, R33): the confirmation instead of the info message
+        assert booking.approved_at is not None
+        if s.request.enabled:
+            plan.customer(Kind.REQUEST_ACCEPTED, s.request.accepted_channels, booking.approved_at)
+        if s.staff.confirmed:
+            plan.staff(Kind.STAFF_CONFIRMED, booking.approved_at)
+    elif s.info.enabled:  # R10
+        plan.customer(Kind.INFO, s.info.channels, booking.created_at + timedelta(seconds=max(s.info.delay_s, 0)))
+
+    if booking.scheduled_at > booking.created_at and s.change.enabled:  # R20: the visit was moved
+        plan.customer(Kind.CHANGE, s.change.channels, booking.scheduled_at, anchor)
+
+    unconfirmed = booking.confirmed_at is None
+    c = s.confirmation
+    if c.enabled and unconfirmed:  # R11, with repetitions while unanswered
+        first = local_days_before(starts, c.offset_s, zone)
+        for i in range(max(c.repetitions, 0) + 1):
+            due = first + timedelta(seconds=i * c.repetition_interval_s)
+            if due >= booking.scheduled_at:  # asking for one just booked or moved would be noise
+                plan.customer(Kind.CONFIRMATION, c.channels, due, f"{i}/{anchor}")
+        activity_at = starts - timedelta(seconds=c.activity_offset_s)
+        if c.activity_enabled and activity_at >= booking.scheduled_at:  # R13
+            plan.staff(Kind.ACTIVITY_UNCONFIRMED, activity_at, anchor)
+
+    r = s.reminder
     # R4: a customer who came through online booking gets reminders only after accepting privacy
     privacy_ok = customer.privacy_accepted or not customer.created_via_online_booking
-    if reminder.enabled and privacy_ok:
-        if reminder.offset_s < 0:
-            due = local_time_on_day(booking.starts_at, reminder.morning_at, zone)
+    if r.enabled and privacy_ok:  # R15
+        if r.offset_s < 0:
+            due = local_time_on_day(starts, r.morning_at, zone)
         else:
-            due = local_days_before(booking.starts_at, reminder.offset_s, zone)
-        # a reminder whose time had passed when the visit was set would only echo the info message
+            due = local_days_before(starts, r.offset_s, zone)
+        reminded_before = any(k.startswith("reminder/") and not k.endswith(anchor) for k in sent)
         if due >= booking.scheduled_at:
-            add(Kind.REMINDER, reminder.channels, due, anchor=_stamp(booking.starts_at))
+            plan.customer(Kind.REMINDER, r.channels, due, anchor)
+        elif reminded_before:  # R21: moved after the reminder went out: remind again, now
+            plan.customer(Kind.REMINDER, r.channels, booking.scheduled_at, anchor)
 
-    return tuple(sorted(planned, key=lambda m: (m.due_at, m.key)))
+    late = s.late
+    if booking.visit_outcome is None:  # R16-R18: planned now, withdrawn when the visit is marked
+        if late.enabled:
+            plan.customer(Kind.LATE, late.channels, starts + timedelta(seconds=late.delay_s), anchor)
+        if late.activity_enabled:
+            plan.staff(Kind.ACTIVITY_LATE, starts + timedelta(seconds=late.activity_delay_s), anchor)
+        if late.release_enabled and s.staff.released:
+            plan.staff(Kind.STAFF_RELEASED, starts + timedelta(seconds=late.release_delay_s), anchor)
+
+    if s.feedback.enabled and booking.visit_outcome != "no_show":  # R25
+        plan.customer(Kind.FEEDBACK, s.feedback.channels, booking.ends_at + timedelta(seconds=s.feedback.delay_s),
+                      anchor)
 
 
 def diff_plan(existing: Iterable[ExistingMessage], planned: Iterable[PlannedMessage]) -> PlanDiff:
@@ -170,5 +297,42 @@ def diff_plan(existing: Iterable[ExistingMessage], planned: Iterable[PlannedMess
     return PlanDiff(add=tuple(add), update=tuple(update), withdraw=tuple(sorted(withdraw)))
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
+def sent_keys(existing: Iterable[ExistingMessage]) -> frozenset[str]:
+    return frozenset(m.key for m in existing if m.state in SENT_STATES)
+
+
+# --- time-dependent states (R12, R16, R18) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class BookingFlags:
+    unconfirmed: bool  # clock marker: the customer has not confirmed (R12)
+    red: bool  # counts in the red counter: unconfirmed, and the visit is near (R12)
+    late: bool  # started, not marked arrived (R16)
+    orange: bool  # counts in the late counter (R16; may light later than `late`)
+    release_due: bool  # the slot should be released (R18)
+
+
+def booking_flags(booking: Booking, settings: NotificationSettings, now: datetime) -> BookingFlags:
+    active = booking.status is BookingStatus.ACTIVE and not (booking.needs_approval and booking.approved_at is None)
+    c, late = settings.confirmation, settings.late
+    starts = booking.starts_at
+    unconfirmed = active and c.enabled and booking.confirmed_at is None and now < starts
+    red = unconfirmed and now >= starts - timedelta(seconds=c.counter_offset_s)
+    unmarked = active and booking.visit_outcome is None
+    return BookingFlags(
+        unconfirmed=unconfirmed,
+        red=red,
+        late=unmarked and now >= starts + timedelta(seconds=late.delay_s),
+        orange=unmarked and now >= starts + timedelta(seconds=late.counter_delay_s),
+        release_due=unmarked and late.release_enabled and now >= starts + timedelta(seconds=late.release_delay_s),
+    )
+
+
+def next_flag_change(booking: Booking, settings: NotificationSettings, now: datetime) -> datetime | None:
+    """The next moment `booking_flags` changes without an event, for the state sweep."""
+    c, late, starts = settings.confirmation, settings.late, booking.starts_at
+    moments = [starts - timedelta(seconds=c.counter_offset_s), starts,
+               starts + timedelta(seconds=late.delay_s), starts + timedelta(seconds=late.counter_delay_s),
+               starts + timedelta(seconds=late.release_delay_s)]
+    later = [m for m in moments if m > now]
+    return min(later) if later else None

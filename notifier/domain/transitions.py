@@ -80,6 +80,10 @@ def booking_created(event: ev.BookingCreatedEvent) -> tuple[Booking, list[Note]]
         scheduled_at=occurred,
         source=data.source,
         service=data.service,
+        needs_approval=data.needs_approval or (data.status is not None and data.status.kind in ("start", "none")),
+        approved_at=occurred if data.status is not None and data.status.kind == "confirmation" else None,
+        workflow_status=({"id": data.status.id, "name": data.status.name, "kind": data.status.kind}
+                         if data.status else None),
         revision=event.revision,
     )
     note = Note("booking.created", {"starts_at": booking.starts_at.isoformat(), "resource_id": booking.resource_id,
@@ -103,16 +107,24 @@ def booking_rescheduled(booking: Booking, event: ev.BookingRescheduledEvent) -> 
 
 
 def booking_cancelled(booking: Booking, event: ev.BookingCancelledEvent) -> tuple[Booking, list[Note]]:
-    cancelled = replace(booking, status=BookingStatus.CANCELLED, revision=event.revision)
+    cancelled = replace(booking, status=BookingStatus.CANCELLED, cancelled_by=event.data.by,
+                        cancelled_at=ev.utc(event.occurred_at), cancel_reason=event.data.reason,
+                        revision=event.revision)
     return cancelled, [Note("booking.cancelled", {"by": event.data.by, "reason": event.data.reason})]
 
 
 def booking_status_changed(booking: Booking, event: ev.BookingStatusChangedEvent) -> tuple[Booking, list[Note]]:
     status = event.data.status
+    at = ev.utc(event.occurred_at)
     changes: dict[str, Any] = {"workflow_status": {"id": status.id, "name": status.name, "kind": status.kind},
                                "revision": event.revision}
-    if status.kind == "cancellation":  # R34: a cancellation-kind status cancels the booking
-        changes["status"] = BookingStatus.CANCELLED
+    if status.kind == "cancellation" and booking.status is BookingStatus.ACTIVE:  # R34: it cancels, with reason
+        changes.update(status=BookingStatus.CANCELLED, cancelled_by="workflow", cancelled_at=at,
+                       cancel_reason=event.data.reason)
+    elif status.kind == "confirmation" and booking.approved_at is None:  # R33
+        changes.update(approved_at=at, needs_approval=True)
+    elif status.kind == "start" and booking.approved_at is None:  # R32: under a workflow from now on
+        changes.update(needs_approval=True)
     note = Note("booking.status_changed", {"status": status.name, "kind": status.kind, "reason": event.data.reason})
     return replace(booking, **changes), [note]
 

@@ -70,6 +70,7 @@ class BatchSession:
         self.released: set[str] = set()
         self._active_of_customer: dict[Key, list[str]] = {}  # as loaded, before this batch's changes
         self._locked: set[str] = set()
+        self.regions: dict[str, Any] = {}  # channel -> regions where it is not offered (R6)
         self._journal: list[tuple[Any, Any, Any]] | None = None
         self._marks: tuple[int, int] = (0, 0)
 
@@ -178,6 +179,8 @@ class BatchSession:
                 starts_at=row.starts_at, ends_at=row.ends_at, created_at=row.created_at,
                 scheduled_at=row.scheduled_at, source=row.source, service=row.service,
                 status=BookingStatus(row.status), workflow_status=row.workflow_status,
+                cancelled_by=row.cancelled_by, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
+                needs_approval=row.needs_approval, approved_at=row.approved_at,
                 confirmed_at=row.confirmed_at, visit_outcome=row.visit_outcome, revision=row.revision)
         self._load_messages(keys)
         self._load_held(keys)
@@ -390,7 +393,9 @@ class BatchSession:
              "starts_at": b.starts_at, "ends_at": b.ends_at, "created_at": b.created_at,
              "scheduled_at": b.scheduled_at, "source": b.source, "service": b.service, "status": b.status.value,
              "workflow_status": dict(b.workflow_status) if b.workflow_status else None,
-             "confirmed_at": b.confirmed_at, "visit_outcome": b.visit_outcome, "revision": b.revision}
+             "confirmed_at": b.confirmed_at, "visit_outcome": b.visit_outcome, "revision": b.revision,
+             "cancelled_by": b.cancelled_by, "cancelled_at": b.cancelled_at, "cancel_reason": b.cancel_reason,
+             "needs_approval": b.needs_approval, "approved_at": b.approved_at}
             for b in (self.bookings[k] for k in sorted(self.dirty["bookings"])) if b is not None])
         self._flush_messages(now)
         bulk_insert(conn, t.timeline, self.timeline)

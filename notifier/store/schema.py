@@ -115,6 +115,11 @@ bookings = Table(
     Column("source", String(16), nullable=False),
     Column("service", String(200)),
     Column("status", String(16), nullable=False),
+    Column("cancelled_by", String(16)),  # customer | staff | workflow
+    Column("cancelled_at", UTCDateTime),
+    Column("cancel_reason", Text),
+    Column("needs_approval", Boolean, nullable=False, server_default="0"),
+    Column("approved_at", UTCDateTime),
     Column("workflow_status", JSON),  # {id, name, kind} of the tenant's workflow (R30-R35)
     Column("confirmed_at", UTCDateTime),
     Column("visit_outcome", String(16)),  # arrived | no_show

@@ -186,6 +186,8 @@ class Tx:
                        resource_id=row.resource_id, starts_at=row.starts_at, ends_at=row.ends_at,
                        created_at=row.created_at, scheduled_at=row.scheduled_at, source=row.source,
                        service=row.service, status=BookingStatus(row.status), workflow_status=row.workflow_status,
+                cancelled_by=row.cancelled_by, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
+                needs_approval=row.needs_approval, approved_at=row.approved_at,
                        confirmed_at=row.confirmed_at, visit_outcome=row.visit_outcome, revision=row.revision)
 
     def save_booking(self, booking: Booking) -> None:
@@ -196,6 +198,9 @@ class Tx:
             "service": booking.service, "status": booking.status.value,
             "workflow_status": dict(booking.workflow_status) if booking.workflow_status else None,
             "confirmed_at": booking.confirmed_at, "visit_outcome": booking.visit_outcome, "revision": booking.revision,
+            "cancelled_by": booking.cancelled_by, "cancelled_at": booking.cancelled_at,
+            "cancel_reason": booking.cancel_reason, "needs_approval": booking.needs_approval,
+            "approved_at": booking.approved_at,
         }, ["tenant_id", "id"])
 
     def active_bookings(self, tenant_id: str, *, customer_id: str | None = None,

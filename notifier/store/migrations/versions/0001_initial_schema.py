@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 08:09:38.579069
+Create Date: 2026-11-24 08:34:58.042007
 """
 import sqlalchemy as sa
 from alembic import op
@@ -116,6 +116,11 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=16), nullable=False),
     sa.Column('service', sa.String(length=200), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('cancelled_by', sa.String(length=16), nullable=True),
+    sa.Column('cancelled_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('cancel_reason', sa.Text(), nullable=True),
+    sa.Column('needs_approval', sa.Boolean(), server_default='0', nullable=False),
+    sa.Column('approved_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
     sa.Column('workflow_status', sa.JSON(), nullable=True),
     sa.Column('confirmed_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
     sa.Column('visit_outcome', sa.String(length=16), nullable=True),
