@@ -12,6 +12,7 @@ from typing import Any
 from notifier.channels.base import ChannelAdapter
 from notifier.clock import Clock, clock_from
 from notifier.domain.model import Channel
+from notifier.links import LinkSigner, link_secret
 from notifier.rendering.environment import Renderer
 from notifier.settings import Settings, load_settings
 from notifier.store.sql import Store, make_engine
@@ -24,6 +25,7 @@ class Context:
     renderer: Renderer
     clock: Clock
     channels: dict[Channel, ChannelAdapter] = field(default_factory=dict)
+    links: LinkSigner | None = None
 
     def close(self) -> None:
         for adapter in self.channels.values():
@@ -33,8 +35,11 @@ class Context:
 
 def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
     from notifier.channels.email import SMTPChannel
-
+    from notifier.channels.webhook import WebhookChannel
+    secret = link_secret(settings.webhook_secret, settings.data_dir, "webhook-secret")
     return {
+        Channel.STAFF: WebhookChannel("staff", secret=secret, timeout_s=settings.webhook_timeout_s),
+        Channel.ACTIVITY: WebhookChannel("activity", secret=secret, timeout_s=settings.webhook_timeout_s),
         Channel.EMAIL: SMTPChannel(
             host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
             user=settings.smtp_user, password=settings.smtp_password, starttls=settings.smtp_starttls,
@@ -52,6 +57,7 @@ def build(settings: Settings | None = None, *, channels: dict[Channel, ChannelAd
         renderer=Renderer(settings.templates_dir),
         clock=clock_from(settings.clock),
         channels=channels if channels is not None else build_channels(settings),
+        links=LinkSigner(link_secret(settings.link_secret, settings.data_dir), settings.public_url),
     )
 
 

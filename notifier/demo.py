@@ -72,6 +72,11 @@ def morning_events(now: datetime) -> list[dict[str, Any]]:
 
 def late_morning_events(now: datetime) -> list[dict[str, Any]]:
     return [
+        # Lena arrived for her 10:00 haircut: the late follow-up and the staff's calls are withdrawn
+        _event("booking.visit_marked", "salon-berlin", 2, now,
+               {"booking_id": "B-1001", "outcome": "arrived"}),
+        # Giulia confirmed on the phone: no more confirmation requests, no call for the staff
+        _event("booking.confirmed", "studio-roma", 2, now, {"booking_id": "R-2001", "via": "phone"}),
         # Tobias moves today's 17:00 to tomorrow 11:00: the old reminder is withdrawn, a new one planned
         _event("booking.rescheduled", "salon-berlin", 2, now, {
             "booking_id": "B-1002", "starts_at": _at(1, 11, 0, BERLIN).isoformat(),
@@ -86,7 +91,7 @@ def run_demo(keep: bool = False) -> int:
     from notifier.bootstrap import build
     from notifier.client import publish
     from notifier.clock import FileClock
-    from notifier.devtools import MailSink, ProcessGroup, wait_for
+    from notifier.devtools import HttpSink, MailSink, ProcessGroup, wait_for
     from notifier.services import load_tenants, timeline_of
     from notifier.settings import load_settings
     from notifier.store import schema as t
@@ -100,8 +105,8 @@ def run_demo(keep: bool = False) -> int:
     now = _at(0, 7, 30, BERLIN)
     clock.set(now)
 
-    with MailSink() as sink:
-        env = dict(os.environ,
+    with MailSink() as sink, HttpSink() as hooks:
+        env = dict(os.environ, NOTIFIER_STAFF_WEBHOOK_URL=hooks.url,
                    NOTIFIER_DATABASE_URL=f"sqlite:///{root / 'notifier.db'}", NOTIFIER_DATA_DIR=str(root),
                    NOTIFIER_BROKER_URL="embedded", NOTIFIER_EVENTS_URL="embedded",
                    NOTIFIER_SMTP_HOST="127.0.0.1", NOTIFIER_SMTP_PORT=str(sink.port),
@@ -138,7 +143,7 @@ def run_demo(keep: bool = False) -> int:
             pipeline.start("ingester", "ingest")
             print(f"demo: pipeline up in {root} (SQLite, embedded broker, SMTP sink on port {sink.port})")
 
-            actions = [(now, morning_events), (_at(0, 9, 0, BERLIN), late_morning_events)]
+            actions = [(now, morning_events), (_at(0, 10, 0, BERLIN) + timedelta(minutes=2), late_morning_events)]
             end = _at(2, 0, 0, BERLIN)
             while True:
                 next_due = ctx.store.next_due_at()
@@ -185,8 +190,12 @@ def run_demo(keep: bool = False) -> int:
         ctx.close()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+        for hook in hooks.requests[:3]:
+            print(f"--- to the booking system ({hook['json']['type']}): {hook['json']['title']}")
+            print(f"    {hook['json']['body']}")
+        print()
         summary = {"events": published, "messages_sent": sent, "failed": failed, "mails_received": len(mails),
-                   "dead_letters": len(dead)}
+                   "webhooks_received": len(hooks.requests), "dead_letters": len(dead)}
         print(json.dumps(summary))
         print(f"demo: {published} events, {sent} messages sent, {failed} failed")
-        return 0 if sent >= 1 and failed == 0 and len(mails) == sent else 1
+        return 0 if sent >= 1 and failed == 0 and len(mails) + len(hooks.requests) == sent else 1

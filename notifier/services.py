@@ -32,13 +32,15 @@ from notifier.domain.model import (
     BookingStatus,
     Channel,
     Customer,
+    Kind,
     MessageState,
     NotificationSettings,
     Resource,
     Tenant,
 )
-from notifier.domain.planning import diff_plan, plan_booking, sent_keys, zone_of
+from notifier.domain.planning import ExistingMessage, diff_plan, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
+from notifier.links import ACTIONS, LinkSigner
 from notifier.rendering.environment import TemplateMissing
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
@@ -418,7 +420,8 @@ def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) ->
             "key": message.key, "kind": message.kind.value, "channel": message.channel.value,
             "due_at": message.due_at.isoformat()})
     for key in diff.withdraw:
-        s.add_timeline(tenant.id, booking.id, now, "message.withdrawn", {"key": key, "reason": "no longer applies"})
+        s.add_timeline(tenant.id, booking.id, now, "message.withdrawn",
+                       {"key": key, "kind": key.split("/", 1)[0], "reason": "no longer applies"})
 
 
 # --- sweep -------------------------------------------------------------------------------
@@ -457,39 +460,53 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
     return report
 
 
-def _why_not_send(message: MessageRow, booking: Booking, customer: Customer, tenant: Tenant,
-                  now: datetime) -> str | None:
-    """Checked again at send time: things change between planning and sending (R3)."""
-    if booking.status is BookingStatus.CANCELLED:
-        return "booking cancelled"
+def _why_not_send(message: MessageRow, booking: Booking, customer: Customer, resource: Resource, tenant: Tenant,
+                  settings: NotificationSettings, existing: list[ExistingMessage], now: datetime) -> str | None:
+    """Checked again at send time (R3): the message must still be in the booking's plan."""
     if message.recipient == "customer":
-        if now >= booking.starts_at:
-            return "visit already started"
         if message.channel not in customer.consents:
             return f"no consent for {message.channel.value}"
-        if message.channel.to_customer and message.channel is not Channel.EMAIL and \
-                message.channel not in tenant.channels:
+        if message.channel is not Channel.EMAIL and message.channel not in tenant.channels:
             return f"{message.channel.value} switched off for the tenant"
-    return None
+        if message.channel in settings.unavailable:
+            return f"{message.channel.value} not offered in {tenant.home_region}"
+    planned = plan_booking(booking, customer, resource, tenant, settings, now=now, sent=sent_keys(existing))
+    if message.key in {m.key for m in planned}:
+        return None
+    if booking.status is BookingStatus.CANCELLED:
+        return "booking cancelled"
+    if booking.confirmed_at is not None and message.kind in (Kind.CONFIRMATION, Kind.ACTIVITY_UNCONFIRMED):
+        return "customer confirmed"
+    if booking.visit_outcome is not None:
+        return f"visit marked {booking.visit_outcome}"
+    if now >= booking.starts_at:
+        return "visit already started"
+    return "no longer applies"
 
 
-def _address(message: MessageRow, customer: Customer) -> str | None:
+def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: Any) -> str | None:
     if message.channel is Channel.EMAIL:
         return customer.email
     if message.channel in (Channel.SMS, Channel.WHATSAPP):
         return customer.phone
-    return None
+    return str(tenant.settings.get("webhook_url") or settings.staff_webhook_url or "") or None  # staff, activity
 
 
-def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking) -> dict[str, Any]:
+def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking,
+                     links: LinkSigner | None = None) -> dict[str, Any]:
     """The allow-listed data templates may use (plain dicts and values, no live objects)."""
+    urls = {action: links.url(tenant.id, booking.id, action, booking.starts_at) for action in ACTIONS} \
+        if links else {}
     return {
         "customer": {"name": customer.name, "first_name": customer.name.split(" ")[0], "language": customer.language},
         "company": dict(tenant.company),
         "booking": {"id": booking.id, "starts_at": booking.starts_at, "ends_at": booking.ends_at,
                     "service": booking.service or "", "duration_min": int((booking.ends_at - booking.starts_at)
-                                                                           .total_seconds() // 60)},
+                                                                           .total_seconds() // 60),
+                    "cancel_reason": booking.cancel_reason or "", "cancelled_by": booking.cancelled_by or "",
+                    "status": (booking.workflow_status or {}).get("name", "")},
         "resource": {"name": resource.name, "type": resource.type},
+        "links": urls,
     }
 
 
@@ -505,24 +522,27 @@ def send_one(ctx: Any, message_id: int) -> str:
         booking = tx.booking(message.tenant_id, message.booking_id)
         customer = tx.customer(message.tenant_id, booking.customer_id) if booking else None
         resource = tx.resource(message.tenant_id, booking.resource_id) if booking else None
+        existing = tx.existing_messages(message.tenant_id, message.booking_id)
     if tenant is None or booking is None or customer is None or resource is None:
         _finish(store, message, now, MessageState.FAILED, "booking data missing", None, 0, "permanent", None)
         return "failed"
-    reason = _why_not_send(message, booking, customer, tenant, now)
+    plan_settings = settings_for(tenant, resource, settings.unavailable)
+    reason = _why_not_send(message, booking, customer, resource, tenant, plan_settings, existing, now)
     if reason:
         _finish(store, message, now, MessageState.WITHDRAWN, reason, None, 0, None, None)
         return "withdrawn"
-    address = _address(message, customer)
+    address = _address(message, customer, tenant, settings)
     if not address:
-        _finish(store, message, now, MessageState.FAILED, f"no {message.channel.value} address", None, 0,
-                "permanent", None)
+        what = "webhook URL configured" if message.recipient == "staff" else f"{message.channel.value} address"
+        _finish(store, message, now, MessageState.FAILED, f"no {what}", None, 0, "permanent", None)
         return "failed"
-    languages = tuple(dict.fromkeys((customer.language, tenant.language, settings.default_language, "en")))
+    language = tenant.language if message.recipient == "staff" else customer.language
+    languages = tuple(dict.fromkeys((language, tenant.language, settings.default_language, "en")))
     try:
         rendered = ctx.renderer.render(
             message.kind, message.channel.value, resource.type, languages,
-            template_context(tenant, resource, customer, booking),
-            timezone=str(zone_of(tenant, resource)), locale=customer.language,
+            template_context(tenant, resource, customer, booking, ctx.links),
+            timezone=str(zone_of(tenant, resource)), locale=language,
         )
     except TemplateMissing as exc:
         _finish(store, message, now, MessageState.FAILED, f"template: {exc}", None, 0, "permanent", None)
@@ -538,7 +558,9 @@ def send_one(ctx: Any, message_id: int) -> str:
         return "failed"
     outgoing = Outgoing(message_id=message.id, idempotency_key=f"{message.tenant_id}/{message.booking_id}/"
                         f"{message.key}", to=address, text=rendered.text, subject=rendered.subject,
-                        html=rendered.html)
+                        html=rendered.html, metadata={
+                            "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
+                            "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
     started = time.monotonic()
     try:
         result = adapter.send(outgoing)

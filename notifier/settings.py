@@ -54,6 +54,14 @@ class Settings:
     smtp_ssl: bool = False
     smtp_timeout_s: float = 10.0
     mail_from: str = "notifier@localhost"
+    # staff notices and activities: signed JSON POSTs to the booking system (per-tenant
+    # `webhook_url` in its settings wins); the secret comes from the environment
+    staff_webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_timeout_s: float = 10.0
+    # customer links: where the web app is reachable, and the signing secret (environment)
+    public_url: str = "http://127.0.0.1:8000"
+    link_secret: str = ""
     # defaults for tenants that do not say
     default_timezone: str = "Europe/Berlin"
     default_language: str = "en"

@@ -30,6 +30,7 @@ class Outgoing:
     html: str | None = None
     attachments: tuple[Attachment, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, object] = field(default_factory=dict)  # ids and kind for machine receivers
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Rendering messages from the admins' Jinja templates, sandboxed (N6).
 
-Templates live under `<root>/<resource_type>/<language>/<kind>.<channel>.j2`. One file
+Templates live under `<root>/<resource_type>/<language>/<kind>.<channel>.j2`, with
+`<root>/default/...` for wording both resource types share. One file
 holds every part of a message as blocks: `subject`, `text` and `html` for email,
 `text` for SMS and staff notices. Dates and times are formatted with babel in the
 customer's language and the tenant's zone: `{{ booking.starts_at|date }}`,
@@ -77,10 +78,12 @@ class Renderer:
         self.env.filters.update(date=_date, time=_time, datetime=_datetime)
 
     def path_for(self, kind: str, channel: str, resource_type: str, languages: tuple[str, ...]) -> str:
+        """The resource type's own template (R41), else the shared `default/` one, per language."""
         for language in languages:
-            name = f"{resource_type}/{language}/{kind}.{channel}.j2"
-            if (self.root / name).is_file():
-                return name
+            for folder in (resource_type, "default"):
+                name = f"{folder}/{language}/{kind}.{channel}.j2"
+                if (self.root / name).is_file():
+                    return name
         raise TemplateMissing(f"no template for {kind}.{channel} ({resource_type}) in {', '.join(languages)}")
 
     def render(self, kind: str, channel: str, resource_type: str, languages: tuple[str, ...],

@@ -74,3 +74,29 @@ def test_N6_template_injection_cannot_reach_python_internals(tmp_path, payload):
     renderer = write(tmp_path, "{% block text %}" + payload + "{% endblock %}")
     with pytest.raises((SecurityError, UndefinedError)):
         renderer.render("info", "email", "specialist", ("de",), CONTEXT, timezone="Europe/Berlin", locale="de")
+
+
+from notifier.domain.model import Kind  # noqa: E402
+
+LINKS = {"confirm": "https://book.example/l/c", "cancel": "https://book.example/l/x"}
+
+
+@pytest.mark.parametrize("language", ["de", "it", "en", "ru"])
+@pytest.mark.parametrize("resource_type", ["specialist", "equipment"])
+@pytest.mark.parametrize("kind", list(Kind))
+def test_R41_R45_every_kind_renders_in_every_shipped_language(shipped, kind, resource_type, language):
+    channels = (["activity"] if kind.value.startswith("activity_") else ["staff"]) if kind.to_staff \
+        else ["email", "sms"]
+    context = dict(CONTEXT, links=LINKS, booking=dict(CONTEXT["booking"], cancel_reason="Krank", cancelled_by="",
+                                                      status=""))
+    for channel in channels:
+        out = shipped.render(kind.value, channel, resource_type, (language,), context, timezone="Europe/Berlin",
+                             locale=language)
+        assert out.template.split("/")[1] == language
+        if kind is not Kind.FEEDBACK:  # the only kind that need not repeat the time
+            assert "09:30" in out.text or "9:30" in out.text, out.text
+        assert out.subject or channel == "sms"
+        if kind in (Kind.CONFIRMATION,):
+            assert LINKS["confirm"] in out.text
+        if channel == "sms":
+            assert len(out.text) <= 320, f"{out.template}: {len(out.text)} characters is more than two segments"

@@ -1,0 +1,71 @@
+"""Signed customer links (N4): one booking, one action, an expiry; verified by the web app.
+
+A token carries tenant, booking, action and the booking's start it was made for, signed
+with itsdangerous (HMAC-SHA256) and timestamped. A moved booking's old links stop
+working for confirming (the start differs), and a link for one action cannot do another.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+ACTIONS = ("confirm", "cancel")
+
+
+class LinkError(ValueError):
+    """The link is forged, expired, or for something else; `reason` says which, for the page."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LinkClaims:
+    tenant_id: str
+    booking_id: str
+    action: str
+    starts_at: str  # ISO, UTC: the visit the link was made for
+
+
+class LinkSigner:
+    def __init__(self, secret: str, base_url: str, *, max_age_s: int = 60 * 24 * 3600) -> None:
+        if len(secret) < 16:
+            raise ValueError("the link secret must be at least 16 characters")
+        self.serializer = URLSafeTimedSerializer(secret, salt="notifier.booking-link")
+        self.base_url = base_url.rstrip("/")
+        self.max_age_s = max_age_s
+
+    def token(self, tenant_id: str, booking_id: str, action: str, starts_at: datetime) -> str:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown link action {action!r}")
+        return self.serializer.dumps([tenant_id, booking_id, action, starts_at.isoformat()])
+
+    def url(self, tenant_id: str, booking_id: str, action: str, starts_at: datetime) -> str:
+        return f"{self.base_url}/l/{self.token(tenant_id, booking_id, action, starts_at)}"
+
+    def verify(self, token: str) -> LinkClaims:
+        try:
+            tenant_id, booking_id, action, starts_at = self.serializer.loads(token, max_age=self.max_age_s)
+        except SignatureExpired:
+            raise LinkError("expired") from None
+        except (BadSignature, ValueError, TypeError):
+            raise LinkError("invalid") from None
+        return LinkClaims(tenant_id, booking_id, action, starts_at)
+
+
+def link_secret(configured: str, data_dir: str | Path, name: str = "link-secret") -> str:
+    """The configured secret; in development, one kept in the data folder (created once)."""
+    if configured:
+        return configured
+    path = Path(data_dir) / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
