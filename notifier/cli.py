@@ -159,6 +159,42 @@ def timeline(tenant_id: str, booking_id: str) -> None:
 
 
 @main.group()
+def templates() -> None:
+    """Template bundles: check them before they go live."""
+
+
+@templates.command("validate")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tenants", "tenants_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Check company details against these tenants (default: the configured ones).")
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
+def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> None:
+    """Check a bundle: syntax, variables, parts, coverage, company details, SMS length."""
+    import yaml
+
+    from notifier.domain.model import Channel, Tenant
+    from notifier.rendering.bundles import as_json as problems_json
+    from notifier.rendering.bundles import validate_bundle
+
+    folder = tenants_dir or load_settings().tenants_dir
+    tenants = []
+    for file in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+        tenants.append(Tenant(id=doc["id"], name=doc.get("name", doc["id"]), company=doc.get("company", {}),
+                              channels=frozenset(Channel(c) for c in doc.get("channels", ["email"]))))
+    problems = validate_bundle(path, tenants=tenants)
+    errors = [p for p in problems if p.severity == "error"]
+    if as_json:
+        click.echo(json.dumps({"ok": not errors, "problems": problems_json(problems)}, indent=2))
+    else:
+        for problem in problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{path}: {len(errors)} errors, {len(problems) - len(errors)} warnings")
+    if errors:
+        raise SystemExit(1)
+
+
+@main.group()
 def dlq() -> None:
     """The dead-letter store: events that could not be applied, with the reason."""
 

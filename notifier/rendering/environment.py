@@ -37,6 +37,12 @@ class Rendered:
     template: str  # which file it came from
 
 
+def _plain(text: str) -> str:
+    """CLDR puts narrow and no-break spaces in dates ("4:30\u202fPM"); one of them would force
+    an SMS from GSM-7 into UCS-2 and halve its length. A plain space reads the same."""
+    return text.replace("\u202f", " ").replace("\xa0", " ")
+
+
 def _moment(ctx: Any, value: datetime) -> tuple[datetime, str]:
     zone = ZoneInfo(ctx["_tz"])
     return value.astimezone(zone), ctx["_locale"]
@@ -45,19 +51,19 @@ def _moment(ctx: Any, value: datetime) -> tuple[datetime, str]:
 @pass_context
 def _date(ctx: Any, value: datetime, fmt: str = "full") -> str:
     moment, locale = _moment(ctx, value)
-    return format_date(moment.date(), format=fmt, locale=locale)
+    return _plain(format_date(moment.date(), format=fmt, locale=locale))
 
 
 @pass_context
 def _time(ctx: Any, value: datetime, fmt: str = "short") -> str:
     moment, locale = _moment(ctx, value)
-    return format_time(moment, format=fmt, tzinfo=moment.tzinfo, locale=locale)
+    return _plain(format_time(moment, format=fmt, tzinfo=moment.tzinfo, locale=locale))
 
 
 @pass_context
 def _datetime(ctx: Any, value: datetime, fmt: str = "medium") -> str:
     moment, locale = _moment(ctx, value)
-    return format_datetime(moment, format=fmt, tzinfo=moment.tzinfo, locale=locale)
+    return _plain(format_datetime(moment, format=fmt, tzinfo=moment.tzinfo, locale=locale))
 
 
 class Renderer:

@@ -1,0 +1,178 @@
+"""Checking a template bundle before it goes live (R40-R42, N3).
+
+`validate_bundle` reads every template of a bundle folder and reports, with file and line:
+syntax errors, variables the rendering context does not have, parts an email or SMS must
+define, kinds, channels and languages the settings need but the bundle lacks, company
+details a template uses that a tenant has not filled in (R42), and SMS texts longer than
+two segments (GSM-7 or UCS-2, whichever the text needs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gsm0338  # noqa: F401 - registers the "gsm03.38" codec
+from jinja2 import TemplateSyntaxError, nodes
+
+from notifier.domain.model import Channel, Kind, Tenant
+from notifier.rendering.environment import Renderer
+
+LANGUAGES = ("de", "it", "ru", "en")
+RESOURCE_TYPES = ("specialist", "equipment")
+# the context a template may use (services.template_context): top level and their keys
+CONTEXT: dict[str, set[str]] = {
+    "customer": {"name", "first_name", "language"},
+    "company": set(),  # any detail; checked against each tenant's company instead (R42)
+    "booking": {"id", "starts_at", "ends_at", "service", "duration_min", "cancel_reason", "cancelled_by", "status"},
+    "resource": {"name", "type"},
+    "links": {"confirm", "cancel"},
+}
+MAX_SMS_SEGMENTS = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    message: str
+    severity: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.severity}: {self.message}"
+
+
+def channels_of(kind: Kind) -> tuple[str, ...]:
+    if kind.value.startswith("activity_"):
+        return (Channel.ACTIVITY.value,)
+    if kind.to_staff:
+        return (Channel.STAFF.value,)
+    return (Channel.EMAIL.value, Channel.SMS.value)
+
+
+def sms_segments(text: str) -> tuple[str, int]:
+    """("GSM-7" or "UCS-2", segments) as a carrier counts them (concatenated parts: 153 / 67)."""
+    try:
+        septets = len(text.encode("gsm03.38"))
+        return "GSM-7", 1 if septets <= 160 else math.ceil(septets / 153)
+    except UnicodeEncodeError:
+        units = len(text.encode("utf-16-be")) // 2
+        return "UCS-2", 1 if units <= 70 else math.ceil(units / 67)
+
+
+def _sample_context(company: dict[str, str]) -> dict[str, Any]:
+    """Realistic lengths: a long name and resource, so an SMS that fits here fits in practice."""
+    starts = datetime(2026, 9, 23, 14, 30, tzinfo=UTC)
+    return {
+        "customer": {"name": "Maximiliane Musterfrau-Schmidt", "first_name": "Maximiliane", "language": "de"},
+        "company": company,
+        "booking": {"id": "B-100234", "starts_at": starts, "ends_at": starts.replace(hour=15), "service": "Beratung",
+                    "duration_min": 30, "cancel_reason": "Krankheit", "cancelled_by": "staff", "status": ""},
+        "resource": {"name": "Dr. Konstantin Weißenberger", "type": "specialist"},
+        "links": {"confirm": "https://termine.example.de/l/eyJ0IjoiYiJ9.Zx1aBc.3kLmN0pQrStUvWxYz12",
+                  "cancel": "https://termine.example.de/l/eyJ0IjoiYyJ9.Zx1aBc.9aBcDeFgHiJkLmNoP34"}}
+
+
+def _attribute_uses(tree: nodes.Template) -> Iterable[tuple[str, str | None, int]]:
+    """(name, attribute or None, line) for every context variable the template reads."""
+    for node in tree.find_all(nodes.Getattr):
+        if isinstance(node.node, nodes.Name):
+            yield node.node.name, node.attr, node.lineno
+    for node in tree.find_all(nodes.Name):
+        if node.ctx == "load":
+            yield node.name, None, node.lineno
+
+
+def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languages: Iterable[str] = LANGUAGES,
+                    kinds: Iterable[Kind] = tuple(Kind)) -> list[Problem]:
+    root = Path(root)
+    renderer = Renderer(root)
+    env = renderer.env
+    problems: list[Problem] = []
+    company_needs: dict[str, set[tuple[str, int]]] = {}
+    files = sorted(p for p in root.rglob("*.j2") if p.is_file())
+    if not files:
+        return [Problem(str(root), 0, "no templates (*.j2) in this folder")]
+    for path in files:
+        name = str(path.relative_to(root))
+        source = path.read_text(encoding="utf-8")
+        try:
+            tree = env.parse(source, name=name)
+        except TemplateSyntaxError as exc:
+            problems.append(Problem(name, exc.lineno or 0, f"syntax error: {exc.message}"))
+            continue
+        assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        for var, attr, line in _attribute_uses(tree):
+            if var in assigned:
+                continue
+            if var not in CONTEXT and var not in env.globals:
+                problems.append(Problem(name, line, f"unknown variable '{var}' (the context has: "
+                                                    f"{', '.join(sorted(CONTEXT))})"))
+            elif var == "company" and attr is not None:
+                company_needs.setdefault(name, set()).add((attr, line))
+            elif attr is not None and CONTEXT.get(var) and attr not in CONTEXT[var]:
+                problems.append(Problem(name, line, f"unknown variable '{var}.{attr}' ('{var}' has: "
+                                                    f"{', '.join(sorted(CONTEXT[var]))})"))
+        blocks = {b.name for b in tree.find_all(nodes.Block)}
+        channel = path.name.rsplit(".", 2)[-2] if path.name.count(".") >= 2 else ""
+        needed = {"email": {"subject", "text"}, "sms": {"text"}, "staff": {"subject", "text"},
+                  "activity": {"subject", "text"}}.get(channel, {"text"})
+        for block in sorted(needed - blocks):
+            problems.append(Problem(name, 1, f"missing block '{block}' (a {channel or 'message'} needs "
+                                             f"{' and '.join(sorted(needed))})"))
+        if channel == "sms" and not [p for p in problems if p.file == name]:
+            problems.extend(_check_sms(renderer, name, path))
+    problems.extend(_check_coverage(root, renderer, languages, kinds))
+    problems.extend(_check_company(company_needs, tenants))
+    return problems
+
+
+def _check_sms(renderer: Renderer, name: str, path: Path) -> list[Problem]:
+    kind = path.name.split(".")[0]
+    folder, language = name.split("/")[0], name.split("/")[1] if name.count("/") >= 2 else "en"
+    sample = _sample_context({"name": "Physiotherapie am Stadtpark", "address": "Parkstraße 12, 10115 Berlin",
+                              "phone": "+49 30 12345678"})
+    try:
+        out = renderer.render(kind, "sms", folder, (language,), sample, timezone="Europe/Berlin", locale=language)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return [Problem(name, 1, f"does not render with a sample booking: {exc.__class__.__name__}: {exc}")]
+    encoding, segments = sms_segments(out.text)
+    if segments > MAX_SMS_SEGMENTS:
+        return [Problem(name, 1, f"SMS too long: {len(out.text)} characters, {encoding}, {segments} segments "
+                                 f"(at most {MAX_SMS_SEGMENTS})")]
+    return []
+
+
+def _check_coverage(root: Path, renderer: Renderer, languages: Iterable[str], kinds: Iterable[Kind]
+                    ) -> list[Problem]:
+    problems = []
+    for kind in kinds:
+        for channel in channels_of(kind):
+            for language in languages:
+                for resource_type in RESOURCE_TYPES:
+                    own = root / resource_type / language / f"{kind.value}.{channel}.j2"
+                    shared = root / "default" / language / f"{kind.value}.{channel}.j2"
+                    if not own.is_file() and not shared.is_file():
+                        problems.append(Problem(f"{resource_type}/{language}/{kind.value}.{channel}.j2", 0,
+                                                f"missing: no {kind.value} {channel} template in '{language}' for "
+                                                f"{resource_type} (nor in default/{language}/)"))
+    return problems
+
+
+def _check_company(needs: dict[str, set[tuple[str, int]]], tenants: Iterable[Tenant]) -> list[Problem]:
+    problems = []
+    for tenant in tenants:
+        for name, uses in sorted(needs.items()):
+            for attr, line in sorted(uses):
+                if not str(tenant.company.get(attr, "")).strip():
+                    problems.append(Problem(name, line, f"tenant '{tenant.id}' has no company detail '{attr}' "
+                                                        f"that this template uses (R42)"))
+    return problems
+
+
+def as_json(problems: list[Problem]) -> list[dict[str, Any]]:
+    return [asdict(p) for p in problems]
