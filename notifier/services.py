@@ -24,7 +24,7 @@ import yaml
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
-from notifier.channels.base import Outgoing, PermanentFailure, TemporaryFailure
+from notifier.channels.base import Attachment, Outgoing, PermanentFailure, TemporaryFailure
 from notifier.domain import events as ev
 from notifier.domain import transitions as tr
 from notifier.domain.model import (
@@ -41,6 +41,7 @@ from notifier.domain.model import (
 from notifier.domain.planning import ExistingMessage, diff_plan, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
 from notifier.links import ACTIONS, LinkSigner
+from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
@@ -510,6 +511,10 @@ def template_context(tenant: Tenant, resource: Resource, customer: Customer, boo
     }
 
 
+# emails that carry the appointment card (R22): new, confirmed, moved, cancelled
+CARD_KINDS = {Kind.INFO.value, Kind.REQUEST_ACCEPTED.value, Kind.CHANGE.value, Kind.CANCELLATION.value}
+
+
 def send_one(ctx: Any, message_id: int) -> str:
     store: Store = ctx.store
     settings = ctx.settings
@@ -556,9 +561,15 @@ def send_one(ctx: Any, message_id: int) -> str:
         _finish(store, message, now, MessageState.FAILED, f"no adapter for {message.channel.value}", None, 0,
                 "permanent", None)
         return "failed"
+    attachments: tuple[Attachment, ...] = ()
+    if message.channel is Channel.EMAIL and message.kind in CARD_KINDS:  # R22: the card, new or updated
+        ics, method = calendar_card(booking, resource, tenant, zone=zone_of(tenant, resource),
+                                    title=rendered.subject or resource.name, stamp=now)
+        attachments = (Attachment("termin.ics" if language == "de" else "appointment.ics",
+                                  f"text/calendar; method={method}", ics),)
     outgoing = Outgoing(message_id=message.id, idempotency_key=f"{message.tenant_id}/{message.booking_id}/"
                         f"{message.key}", to=address, text=rendered.text, subject=rendered.subject,
-                        html=rendered.html, metadata={
+                        html=rendered.html, attachments=attachments, metadata={
                             "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
                             "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
     started = time.monotonic()

@@ -68,10 +68,11 @@ class SMTPChannel:
         if message.html:
             mail.add_alternative(message.html, subtype="html")
         for attachment in message.attachments:
-            maintype, _, subtype = attachment.content_type.partition("/")
-            subtype = subtype.split(";")[0]
-            mail.add_attachment(attachment.data, maintype=maintype, subtype=subtype.strip(),
-                                filename=attachment.filename)
+            maintype, _, rest = attachment.content_type.partition("/")
+            subtype, *raw_params = [part.strip() for part in rest.split(";")]
+            params = dict(p.split("=", 1) for p in raw_params if "=" in p)  # e.g. method=REQUEST for a card
+            mail.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename,
+                                params=params)
         return mail
 
     def send(self, message: Outgoing) -> SendResult:

@@ -36,6 +36,8 @@ def test_R10_R15_booking_event_on_redis_becomes_sent_emails(tmp_path, pg_url, re
     text = mail.get_body(preferencelist=("plain",)).get_content()
     assert mail["To"] == "kunde@example.org"
     assert "Donnerstag, 3. Dezember 2026 um 13:00 Uhr" in text  # the tenant's zone, the customer's language
+    [card] = [p for p in mail.walk() if p.get_content_type() == "text/calendar"]  # R22
+    assert "DTSTART;TZID=Europe/Berlin:20261203T130000" in card.get_content()
 
     def rows():
         with ctx.store.engine.connect() as conn:
