@@ -194,6 +194,21 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
         raise SystemExit(1)
 
 
+@templates.command("samples")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/samples"))
+def templates_samples(path: Path | None, out: Path) -> None:
+    """Render every kind in every language to OUT/<language>.md for people to read."""
+    from notifier.rendering.environment import Renderer
+    from notifier.rendering.samples import NAMES, render_samples
+
+    renderer = Renderer(path or load_settings().templates_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for language in NAMES:
+        (out / f"{language}.md").write_text(render_samples(renderer, language), encoding="utf-8")
+    click.echo(f"wrote {', '.join(f'{out}/{lang}.md' for lang in NAMES)}")
+
+
 @main.group()
 def dlq() -> None:
     """The dead-letter store: events that could not be applied, with the reason."""

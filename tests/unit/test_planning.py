@@ -425,3 +425,40 @@ def test_property_moving_a_visit_whose_reminder_was_sent_yields_exactly_one_new_
     state = [replace(m, state=MessageState.SENT) for m in existing(reminders)]
     diff = diff_plan(state, plan(moved, s, customer=c, now=moved_at, sent=frozenset(m.key for m in state)))
     assert len([m for m in diff.add if m.kind is Kind.REMINDER]) == 1
+
+
+# --- R24 switching kinds off, R30-R31 workflow statuses ------------------------------------------------
+
+@pytest.mark.parametrize("section, kinds", [
+    ("info", {Kind.INFO}), ("confirmation", {Kind.CONFIRMATION}), ("reminder", {Kind.REMINDER}),
+    ("late", {Kind.LATE}), ("feedback", {Kind.FEEDBACK}),
+])
+def test_R24_the_admin_can_switch_off_any_kind(section, kinds):
+    b = booking(VISIT, BOOKED)
+    assert kinds & {m.kind for m in plan(b)}
+    assert not kinds & {m.kind for m in plan(b, conf(**{section: {"enabled": False}}))}
+    staff_off = plan(b, conf(staff={"enabled": False}))
+    assert all(m.recipient == "customer" for m in staff_off)
+
+
+def test_R30_R31_R32_R33_a_status_workflow_drives_the_booking_through_its_kinds():
+    from notifier.domain import events as ev
+    from notifier.domain import transitions as tr
+
+    def status_event(kind: str, revision: int, reason: str | None = None):
+        return ev.parse_event(
+            '{"schema_version": 1, "event_id": "e%d", "type": "booking.status_changed", '
+            '"occurred_at": "2026-12-01T12:00:00+01:00", "tenant_id": "t", "revision": %d, "data": '
+            '{"booking_id": "b", "status": {"id": "s%d", "name": "Status %d", "kind": "%s"}%s}}'
+            % (revision, revision, revision, revision, kind, f', "reason": "{reason}"' if reason else ""))
+
+    b = booking(VISIT, BOOKED)
+    b, _ = tr.apply_to_booking(b, status_event("start", 2))  # R32: under the workflow, a request now
+    assert b.needs_approval and {m.kind for m in plan(b)} == {Kind.REQUEST_RECEIVED, Kind.STAFF_NEW_REQUEST}
+    b, _ = tr.apply_to_booking(b, status_event("none", 3))  # R31: a status of no kind changes nothing
+    assert b.workflow_status == {"id": "s3", "name": "Status 3", "kind": "none"} and b.approved_at is None
+    b, notes = tr.apply_to_booking(b, status_event("confirmation", 4))  # R33
+    assert b.approved_at is not None and notes[0].detail["kind"] == "confirmation"
+    assert {Kind.REQUEST_ACCEPTED, Kind.STAFF_CONFIRMED} <= {m.kind for m in plan(b, now=at(2026, 12, 1, 12))}
+    b, _ = tr.apply_to_booking(b, status_event("cancellation", 5, reason="Praxis geschlossen"))  # R34
+    assert (b.status, b.cancelled_by, b.cancel_reason) == (BookingStatus.CANCELLED, "workflow", "Praxis geschlossen")
