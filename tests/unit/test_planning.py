@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -446,11 +447,12 @@ def test_R30_R31_R32_R33_a_status_workflow_drives_the_booking_through_its_kinds(
     from notifier.domain import transitions as tr
 
     def status_event(kind: str, revision: int, reason: str | None = None):
-        return ev.parse_event(
-            '{"schema_version": 1, "event_id": "e%d", "type": "booking.status_changed", '
-            '"occurred_at": "2026-12-01T12:00:00+01:00", "tenant_id": "t", "revision": %d, "data": '
-            '{"booking_id": "b", "status": {"id": "s%d", "name": "Status %d", "kind": "%s"}%s}}'
-            % (revision, revision, revision, revision, kind, f', "reason": "{reason}"' if reason else ""))
+        data = {"booking_id": "b", "status": {"id": f"s{revision}", "name": f"Status {revision}", "kind": kind}}
+        if reason:
+            data["reason"] = reason
+        return ev.parse_event(json.dumps({
+            "schema_version": 1, "event_id": f"e{revision}", "type": "booking.status_changed",
+            "occurred_at": "2026-12-01T12:00:00+01:00", "tenant_id": "t", "revision": revision, "data": data}))
 
     b = booking(VISIT, BOOKED)
     b, _ = tr.apply_to_booking(b, status_event("start", 2))  # R32: under the workflow, a request now
