@@ -26,6 +26,20 @@ class Context:
     clock: Clock
     channels: dict[Channel, ChannelAdapter] = field(default_factory=dict)
     links: LinkSigner | None = None
+    _bundles: dict[tuple[str, str], Renderer] = field(default_factory=dict)
+
+    def renderer_for(self, tenant_id: str, version: str | None) -> Renderer:
+        """The tenant's active bundle (R40), compiled once per version; the shipped one otherwise."""
+        if version is None:
+            return self.renderer
+        key = (tenant_id, version)
+        if key not in self._bundles:
+            with self.store.transaction() as tx:
+                row = tx.bundle(tenant_id, version)
+            if row is None:
+                return self.renderer
+            self._bundles[key] = Renderer(files=row["files"], manifest=row["manifest"], version=version)
+        return self._bundles[key]
 
     def close(self) -> None:
         for adapter in self.channels.values():

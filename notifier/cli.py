@@ -194,6 +194,29 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
         raise SystemExit(1)
 
 
+@templates.command("load")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tenant", "tenant_id", required=True)
+def templates_load(path: Path, tenant_id: str) -> None:
+    """Validate a bundle against the tenant and make it the tenant's active bundle (R40)."""
+    from notifier.rendering.bundles import read_bundle, validate_bundle
+
+    ctx = _ctx()
+    with ctx.store.transaction() as tx:
+        tenant = tx.tenant(tenant_id)
+    if tenant is None:
+        raise click.ClickException(f"unknown tenant {tenant_id!r}")
+    problems = [p for p in validate_bundle(path, tenants=[tenant]) if p.severity == "error"]
+    if problems:
+        for problem in problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(problems)} errors: nothing loaded, the active bundle stays")
+    bundle = read_bundle(path)
+    with ctx.store.transaction() as tx:
+        tx.save_bundle(tenant_id, bundle, ctx.clock.now())
+    click.echo(f"{tenant_id}: bundle {bundle.name} version {bundle.version} is active")
+
+
 @templates.command("samples")
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("docs/samples"))

@@ -528,6 +528,7 @@ def send_one(ctx: Any, message_id: int) -> str:
         customer = tx.customer(message.tenant_id, booking.customer_id) if booking else None
         resource = tx.resource(message.tenant_id, booking.resource_id) if booking else None
         existing = tx.existing_messages(message.tenant_id, message.booking_id)
+        bundle_version = tx.active_bundle_version(message.tenant_id)
     if tenant is None or booking is None or customer is None or resource is None:
         _finish(store, message, now, MessageState.FAILED, "booking data missing", None, 0, "permanent", None)
         return "failed"
@@ -543,11 +544,12 @@ def send_one(ctx: Any, message_id: int) -> str:
         return "failed"
     language = tenant.language if message.recipient == "staff" else customer.language
     languages = tuple(dict.fromkeys((language, tenant.language, settings.default_language, "en")))
+    renderer = ctx.renderer_for(tenant.id, bundle_version)
     try:
-        rendered = ctx.renderer.render(
+        rendered = renderer.render(
             message.kind, message.channel.value, resource.type, languages,
             template_context(tenant, resource, customer, booking, ctx.links),
-            timezone=str(zone_of(tenant, resource)), locale=language,
+            timezone=str(zone_of(tenant, resource)), locale=language, resource_id=resource.id,
         )
     except TemplateMissing as exc:
         _finish(store, message, now, MessageState.FAILED, f"template: {exc}", None, 0, "permanent", None)
@@ -592,7 +594,7 @@ def send_one(ctx: Any, message_id: int) -> str:
         return "failed"
     duration_ms = int((time.monotonic() - started) * 1000)
     _finish(store, message, ctx.clock.now(), MessageState.SENT, None, result.provider_message_id, duration_ms,
-            "sent", result.provider_code, template=rendered.template)
+            "sent", result.provider_code, template=f"{renderer.version}:{rendered.template}")
     return "sent"
 
 

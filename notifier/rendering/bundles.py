@@ -126,9 +126,95 @@ def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languag
                                              f"{' and '.join(sorted(needed))})"))
         if channel == "sms" and not [p for p in problems if p.file == name]:
             problems.extend(_check_sms(renderer, name, path))
+    languages = tuple(languages)
     problems.extend(_check_coverage(root, renderer, languages, kinds))
+    problems.extend(_check_manifest(root, renderer, languages, company_needs))
     problems.extend(_check_company(company_needs, tenants))
     return problems
+
+
+def _check_manifest(root: Path, renderer: Renderer, languages: tuple[str, ...],
+                    company_needs: dict[str, set[tuple[str, int]]]) -> list[Problem]:
+    """bundle.yaml: WhatsApp entries name an approved template, its languages and exactly
+    as many parameters as the provider approved (R44)."""
+    import yaml
+
+    path = root / "bundle.yaml"
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    try:
+        manifest = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        return [Problem("bundle.yaml", mark.line + 1 if mark else 0, f"invalid YAML: {exc}")]
+    lines = text.splitlines()
+
+    def line_of(key: str) -> int:
+        return next((i + 1 for i, line in enumerate(lines) if line.strip().startswith(f"{key}:")), 0)
+
+    problems = []
+    customer_kinds = {k.value for k in Kind if not k.to_staff}
+    for kind, entry in (manifest.get("whatsapp") or {}).items():
+        line = line_of(kind)
+        if kind not in customer_kinds:
+            problems.append(Problem("bundle.yaml", line, f"WhatsApp entry for unknown customer kind '{kind}'"))
+            continue
+        if not isinstance(entry, dict) or not entry.get("template"):
+            problems.append(Problem("bundle.yaml", line, f"WhatsApp entry '{kind}' names no approved template"))
+            continue
+        params = entry.get("params") or []
+        approved = entry.get("param_count")
+        if approved is None or int(approved) != len(params):
+            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}) was "
+                                                         f"approved with {approved} parameters, the bundle gives "
+                                                         f"{len(params)}"))
+        for expression in params:
+            try:
+                tree = renderer.env.parse("{{ " + str(expression) + " }}")
+            except TemplateSyntaxError as exc:
+                problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': {exc.message}"))
+                continue
+            for var, attr, _ in _attribute_uses(tree):
+                if var not in CONTEXT:
+                    problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': unknown "
+                                                                 f"variable '{var}'"))
+                elif var == "company" and attr:
+                    company_needs.setdefault("bundle.yaml", set()).add((attr, line))
+                elif attr and CONTEXT[var] and attr not in CONTEXT[var]:
+                    problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': unknown "
+                                                                 f"variable '{var}.{attr}'"))
+        missing = [lang for lang in languages if lang not in (entry.get("languages") or {})]
+        if missing:
+            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} has no "
+                                                         f"language {', '.join(missing)}"))
+    return problems
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle as loaded by an admin: its manifest, its files, and a version naming its content."""
+
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    files: dict[str, str]
+
+
+def read_bundle(root: Path | str) -> Bundle:
+    import hashlib
+
+    import yaml
+
+    root = Path(root)
+    files = {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.j2"))}
+    manifest_text = (root / "bundle.yaml").read_text(encoding="utf-8") if (root / "bundle.yaml").is_file() else ""
+    manifest = yaml.safe_load(manifest_text) or {} if manifest_text else {}
+    digest = hashlib.sha256(manifest_text.encode())
+    for name, source in files.items():
+        digest.update(name.encode() + b"\0" + source.encode() + b"\0")
+    return Bundle(name=str(manifest.get("name") or root.name), version=digest.hexdigest()[:12], manifest=manifest,
+                  files=files)
 
 
 def _check_sms(renderer: Renderer, name: str, path: Path) -> list[Problem]:

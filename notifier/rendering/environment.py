@@ -13,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_datetime, format_time
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context
+from jinja2 import DictLoader, FileSystemLoader, StrictUndefined, TemplateNotFound, pass_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 PARTS = ("subject", "text", "html")
@@ -35,6 +34,9 @@ class Rendered:
     text: str
     html: str | None
     template: str  # which file it came from
+    provider_template: str | None = None  # WhatsApp: the pre-approved template's name (R44)
+    provider_language: str | None = None
+    params: tuple[str, ...] = ()
 
 
 def _plain(text: str) -> str:
@@ -67,12 +69,34 @@ def _datetime(ctx: Any, value: datetime, fmt: str = "medium") -> str:
 
 
 class Renderer:
-    """Compiled templates are cached by the Jinja environment (per root directory)."""
+    """Renders from a folder (the shipped bundle) or from a loaded bundle's files (R40).
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    Lookup order per language: `resources/<resource_id>/` (a resource's own wording, R41),
+    `<resource_type>/` (specialist or equipment), `default/`. WhatsApp messages name a
+    pre-approved provider template and its parameters (R44), declared in the bundle's
+    manifest (`bundle.yaml`). Compiled templates are cached by the Jinja environment.
+    """
+
+    def __init__(self, root: Path | str | None = None, *, files: Mapping[str, str] | None = None,
+                 manifest: Mapping[str, Any] | None = None, version: str = "shipped") -> None:
+        if files is None:
+            self.root = Path(root or ".")
+            loader: Any = FileSystemLoader(str(self.root))
+            self._names = {str(p.relative_to(self.root)) for p in self.root.rglob("*.j2")}
+            manifest_file = self.root / "bundle.yaml"
+            if manifest is None and manifest_file.is_file():
+                import yaml
+
+                manifest = yaml.safe_load(manifest_file.read_text(encoding="utf-8")) or {}
+        else:
+            self.root = Path(root or ".")
+            loader = DictLoader(dict(files))
+            self._names = set(files)
+        self.manifest: Mapping[str, Any] = manifest or {}
+        self._params: dict[str, Any] = {}
+        self.version = version
         self.env = ImmutableSandboxedEnvironment(
-            loader=FileSystemLoader(str(self.root)),
+            loader=loader,
             undefined=StrictUndefined,
             autoescape=False,  # html blocks escape with |e; text parts must stay plain
             trim_blocks=True,
@@ -83,23 +107,28 @@ class Renderer:
         )
         self.env.filters.update(date=_date, time=_time, datetime=_datetime)
 
-    def path_for(self, kind: str, channel: str, resource_type: str, languages: tuple[str, ...]) -> str:
-        """The resource type's own template (R41), else the shared `default/` one, per language."""
+    def path_for(self, kind: str, channel: str, resource_type: str, languages: tuple[str, ...],
+                 resource_id: str | None = None) -> str:
+        folders = ([f"resources/{resource_id}"] if resource_id else []) + [resource_type, "default"]
         for language in languages:
-            for folder in (resource_type, "default"):
+            for folder in folders:
                 name = f"{folder}/{language}/{kind}.{channel}.j2"
-                if (self.root / name).is_file():
+                if name in self._names:
                     return name
         raise TemplateMissing(f"no template for {kind}.{channel} ({resource_type}) in {', '.join(languages)}")
 
     def render(self, kind: str, channel: str, resource_type: str, languages: tuple[str, ...],
-               context: Mapping[str, Any], *, timezone: str, locale: str) -> Rendered:
-        name = self.path_for(kind, channel, resource_type, languages)
+               context: Mapping[str, Any], *, timezone: str, locale: str, resource_id: str | None = None
+               ) -> Rendered:
+        values = dict(context, _tz=timezone, _locale=locale)
+        if channel == "whatsapp":
+            return self._whatsapp(kind, languages, values)
+        name = self.path_for(kind, channel, resource_type, languages, resource_id)
         try:
             template = self.env.get_template(name)
         except TemplateNotFound as exc:  # pragma: no cover - raced with a file removal
             raise TemplateMissing(str(exc)) from exc
-        ctx = template.new_context(dict(context, _tz=timezone, _locale=locale))
+        ctx = template.new_context(values)
         parts: dict[str, str | None] = {}
         for part in PARTS:
             block = template.blocks.get(part)
@@ -108,7 +137,21 @@ class Renderer:
             raise TemplateMissing(f"{name} has no 'text' block")
         return Rendered(subject=parts["subject"], text=parts["text"], html=parts["html"], template=name)
 
-
-@lru_cache(maxsize=8)
-def renderer_for(root: str) -> Renderer:
-    return Renderer(root)
+    def _whatsapp(self, kind: str, languages: tuple[str, ...], values: dict[str, Any]) -> Rendered:
+        entry = (self.manifest.get("whatsapp") or {}).get(kind)
+        if not entry:
+            raise TemplateMissing(f"no WhatsApp template declared for {kind} in bundle.yaml")
+        codes = entry.get("languages") or {}
+        language = next((lang for lang in languages if lang in codes), None)
+        if language is None:
+            raise TemplateMissing(f"WhatsApp template {entry['template']} has none of {', '.join(languages)}")
+        params = []
+        for expression in entry.get("params", []):
+            # a parameter is one Jinja expression; a template string lets filters take context
+            compiled = self._params.get(expression)
+            if compiled is None:
+                compiled = self._params[expression] = self.env.from_string("{{ " + expression + " }}")
+            params.append(compiled.render(values).strip())
+        return Rendered(subject=None, text=f"{entry['template']}: " + " | ".join(params), html=None,
+                        template=f"whatsapp:{entry['template']}", provider_template=entry["template"],
+                        provider_language=codes[language], params=tuple(params))

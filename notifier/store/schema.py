@@ -216,6 +216,19 @@ held_events = Table(
 Index("ix_held_events_aggregate", held_events.c.tenant_id, held_events.c.aggregate, held_events.c.revision)
 Index("ix_held_events_held_at", held_events.c.held_at)
 
+template_bundles = Table(
+    "template_bundles",  # R40: what admins loaded, validated, versioned; one active per tenant
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("manifest", JSON, nullable=False),
+    Column("files", JSON, nullable=False),  # relative path -> template source
+    Column("loaded_at", UTCDateTime, nullable=False),
+    Column("active", Boolean, nullable=False),
+    ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
+)
+
 dead_letters = Table(
     "dead_letters",
     metadata,

@@ -309,6 +309,25 @@ class Tx:
                                  .order_by(c.at, c.id))
         return [{"at": r.at, "kind": r.kind, "detail": r.detail, "message_id": r.message_id} for r in rows]
 
+    # --- template bundles (R40) -------------------------------------------------------------
+    def save_bundle(self, tenant_id: str, bundle, now: datetime) -> None:
+        """Store a validated bundle and make it the tenant's active one (a reload is harmless)."""
+        c = t.template_bundles.c
+        self.conn.execute(update(t.template_bundles).where(c.tenant_id == tenant_id).values(active=False))
+        _upsert(self.conn, t.template_bundles, {
+            "tenant_id": tenant_id, "version": bundle.version, "name": bundle.name, "manifest": bundle.manifest,
+            "files": bundle.files, "loaded_at": now, "active": True}, ["tenant_id", "version"])
+
+    def active_bundle_version(self, tenant_id: str) -> str | None:
+        c = t.template_bundles.c
+        return self.conn.execute(select(c.version).where(c.tenant_id == tenant_id, c.active.is_(True))).scalar()
+
+    def bundle(self, tenant_id: str, version: str) -> dict[str, Any] | None:
+        c = t.template_bundles.c
+        row = self.conn.execute(select(t.template_bundles).where(c.tenant_id == tenant_id, c.version == version)
+                                ).first()
+        return dict(row._mapping) if row else None
+
     # --- attempts ------------------------------------------------------------------------
     def add_attempt(self, message_id: int, started_at: datetime, duration_ms: int, outcome: str,
                     provider_code: str | None, error: str | None) -> None:

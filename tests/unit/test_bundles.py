@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,96 @@ def test_an_email_without_a_subject_is_reported(bundle):
 ])
 def test_sms_segments_count_like_a_carrier(text, expected):
     assert sms_segments(text) == expected
+
+
+# --- loading, versions, overrides (R40, R41, R43, R44) ----------------------------------------------
+
+def _load(ctx, path, tenant="salon-berlin"):
+    from notifier.rendering.bundles import read_bundle
+
+    problems = [p for p in validate_bundle(path) if p.severity == "error"]
+    assert not problems, problems
+    with ctx.store.transaction() as tx:
+        tx.save_bundle(tenant, read_bundle(path), ctx.clock.now())
+    return read_bundle(path).version
+
+
+def _send_info(ctx, booking_id, resource=None):
+    from tests.conftest import created
+    from tests.unit.test_services import apply, run_due
+
+    apply(ctx, created(booking_id, resource=resource))
+    assert run_due(ctx)["sent"] >= 1
+
+
+def _template_versions(ctx):
+    from sqlalchemy import select
+
+    from notifier.store import schema as t
+
+    with ctx.store.engine.connect() as conn:
+        return {r.booking_id: r.template_version for r in conn.execute(
+            select(t.messages.c.booking_id, t.messages.c.template_version).where(t.messages.c.kind == "info"))}
+
+
+def test_R40_a_loaded_bundle_is_versioned_and_every_sent_message_records_it(ctx, email, bundle):
+    _send_info(ctx, "b1")
+    assert _template_versions(ctx)["b1"] == "shipped:specialist/de/info.email.j2"
+    path = bundle / "specialist" / "de" / "info.email.j2"
+    path.write_text(path.read_text().replace("wir haben Ihren Termin eingetragen", "Ihr Termin steht"))
+    version = _load(ctx, bundle)
+    _send_info(ctx, "b2")
+    assert _template_versions(ctx)["b2"] == f"{version}:specialist/de/info.email.j2"
+    assert "Ihr Termin steht" in email.sent[-1].text and "Ihr Termin steht" not in email.sent[0].text
+    path.write_text(path.read_text().replace("Ihr Termin steht", "Alles klar"))
+    assert _load(ctx, bundle) != version  # new content, new version
+
+
+def test_R41_a_resource_may_have_its_own_wording(ctx, email, bundle):
+    own = bundle / "resources" / "sauna" / "de"
+    own.mkdir(parents=True)
+    (own / "info.email.j2").write_text("{% block subject %}Sauna gebucht{% endblock %}"
+                                       "{% block text %}Handtuch nicht vergessen, {{ customer.first_name }}!"
+                                       "{% endblock %}")
+    _load(ctx, bundle)
+    _send_info(ctx, "b1", resource={"id": "sauna", "name": "Sauna 2", "type": "equipment"})
+    _send_info(ctx, "b2")
+    texts = {m.subject: m.text for m in email.sent}
+    assert texts["Sauna gebucht"] == "Handtuch nicht vergessen, Erika!"
+    assert len(texts) == 2  # the other resource keeps the shared wording
+
+
+def test_R43_new_tenant_defaults_apply_to_resources_created_later(ctx):
+    from sqlalchemy import select
+
+    from notifier.store import schema as t
+    from tests.conftest import START, created, event
+    from tests.unit.test_services import apply
+
+    apply(ctx, event("tenant.settings_updated", {"settings": {"info": {"delay_s": 3600},
+                                                              "reminder": {"enabled": False}}}))
+    apply(ctx, created("b1", resource={"id": "new-room", "name": "Neuer Raum", "type": "equipment"}))
+    with ctx.store.engine.connect() as conn:
+        rows = {r.kind: r.due_at for r in conn.execute(select(t.messages.c.kind, t.messages.c.due_at))}
+    assert rows["info"] == START + timedelta(hours=1) and "reminder" not in rows  # the new defaults, not the old
+
+
+def test_R44_whatsapp_parameters_must_match_what_the_provider_approved(bundle):
+    manifest = bundle / "bundle.yaml"
+    manifest.write_text(manifest.read_text().replace("    param_count: 5\n", "    param_count: 4\n", 1))
+    [problem] = errors(bundle)
+    assert problem.file == "bundle.yaml" and problem.line > 0
+    assert "booking_info_v1 (info) was approved with 4 parameters, the bundle gives 5" in problem.message
+
+
+def test_R44_whatsapp_renders_the_approved_template_with_its_parameters():
+    from datetime import UTC, datetime
+
+    from notifier.rendering.environment import Renderer
+
+    context = {"customer": {"first_name": "Erika"}, "booking": {"starts_at": datetime(2026, 12, 3, 14, tzinfo=UTC)},
+               "resource": {"name": "Anna"}, "company": {"name": "Salon"}}
+    out = Renderer(SHIPPED).render("info", "whatsapp", "specialist", ("de",), context, timezone="Europe/Berlin",
+                                   locale="de")
+    assert (out.provider_template, out.provider_language) == ("booking_info_v1", "de")
+    assert out.params == ("Erika", "03.12.2026", "15:00", "Anna", "Salon")

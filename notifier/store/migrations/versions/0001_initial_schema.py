@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 08:34:58.042007
+Create Date: 2026-11-24 08:47:37.063633
 """
 import sqlalchemy as sa
 from alembic import op
@@ -104,6 +104,17 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_resources_tenant_id_tenants')),
     sa.PrimaryKeyConstraint('tenant_id', 'id', name=op.f('pk_resources'))
     )
+    op.create_table('template_bundles',
+    sa.Column('tenant_id', sa.String(length=128), nullable=False),
+    sa.Column('version', sa.String(length=64), nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('manifest', sa.JSON(), nullable=False),
+    sa.Column('files', sa.JSON(), nullable=False),
+    sa.Column('loaded_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_template_bundles_tenant_id_tenants')),
+    sa.PrimaryKeyConstraint('tenant_id', 'version', name=op.f('pk_template_bundles'))
+    )
     op.create_table('bookings',
     sa.Column('tenant_id', sa.String(length=128), nullable=False),
     sa.Column('id', sa.String(length=128), nullable=False),
@@ -193,6 +204,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_bookings_customer')
 
     op.drop_table('bookings')
+    op.drop_table('template_bundles')
     op.drop_table('resources')
     op.drop_table('customers')
     with op.batch_alter_table('timeline', schema=None) as batch_op:
