@@ -69,11 +69,18 @@ def test_an_unknown_variable_is_an_error_not_an_empty_string(tmp_path):
     "{{ customer.__class__.__init__.__globals__ }}",
     "{{ cycler.__init__.__globals__.os }}",
     "{{ ''|attr('__class__') }}",
+    "{{ '{0.__class__.__mro__}'.format(customer) }}",
+    "{{ '{0.__init__.__globals__}'.format(cycler) }}",
+    "{{ ('%s' % customer.__class__) }}",
+    "{{ customer.items.__self__.__class__ }}",
+    "{{ lipsum.__globals__['os'] }}",
+    "{% set x = customer.update({'name': 'pwned'}) %}{{ x }}",
 ])
 def test_N6_template_injection_cannot_reach_python_internals(tmp_path, payload):
     renderer = write(tmp_path, "{% block text %}" + payload + "{% endblock %}")
     with pytest.raises((SecurityError, UndefinedError)):
         renderer.render("info", "email", "specialist", ("de",), CONTEXT, timezone="Europe/Berlin", locale="de")
+    assert CONTEXT["customer"]["name"] == "Erika Mustermann"  # and the context was not changed
 
 
 from notifier.domain.model import Kind  # noqa: E402
