@@ -49,9 +49,27 @@ class Context:
 
 def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
     from notifier.channels.email import SMTPChannel
+    from notifier.channels.meta_whatsapp import MetaWhatsAppChannel
+    from notifier.channels.twilio import TwilioSMSChannel, TwilioWhatsAppChannel
     from notifier.channels.webhook import WebhookChannel
+
     secret = link_secret(settings.webhook_secret, settings.data_dir, "webhook-secret")
+    providers: dict[Channel, ChannelAdapter] = {}
+    twilio = dict(account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
+                  api_url=settings.twilio_api_url, timeout_s=settings.provider_timeout_s)
+    if settings.twilio_account_sid and settings.twilio_auth_token:  # SMS only where configured (R2)
+        providers[Channel.SMS] = TwilioSMSChannel(sender=settings.twilio_from,
+                                                  messaging_service_sid=settings.twilio_messaging_service_sid,
+                                                  **twilio)
+        if settings.whatsapp_provider == "twilio":
+            providers[Channel.WHATSAPP] = TwilioWhatsAppChannel(sender=settings.twilio_whatsapp_from, **twilio)
+    if settings.whatsapp_provider == "meta" and settings.meta_token and settings.meta_phone_number_id:
+        providers[Channel.WHATSAPP] = MetaWhatsAppChannel(token=settings.meta_token,
+                                                          phone_number_id=settings.meta_phone_number_id,
+                                                          api_url=settings.meta_api_url,
+                                                          timeout_s=settings.provider_timeout_s)
     return {
+        **providers,
         Channel.STAFF: WebhookChannel("staff", secret=secret, timeout_s=settings.webhook_timeout_s),
         Channel.ACTIVITY: WebhookChannel("activity", secret=secret, timeout_s=settings.webhook_timeout_s),
         Channel.EMAIL: SMTPChannel(

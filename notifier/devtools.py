@@ -22,12 +22,23 @@ class MailSink:
         from aiosmtpd.controller import Controller
 
         self.messages: list[Any] = []
+        self.refuse: set[str] = set()  # recipients answered "550 no such user"
+        self.temporary_failures = 0  # this many messages answered "451" first
         self._lock = threading.Lock()
         sink = self
 
         class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+                if address in sink.refuse:
+                    return "550 5.1.1 no such user"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
             async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
                 with sink._lock:
+                    if sink.temporary_failures > 0:
+                        sink.temporary_failures -= 1
+                        return "451 4.3.0 try again later"
                     sink.messages.append(message_from_bytes(envelope.content, policy=policy.default))
                 return "250 OK"
 
@@ -169,6 +180,7 @@ class HttpSink:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.requests: list[dict[str, Any]] = []
+        self.script: list[int | tuple[int, dict[str, str]]] = []  # answered before 200s: 503, (429, {...})
         self._lock = threading.Lock()
         sink = self
 
@@ -176,9 +188,14 @@ class HttpSink:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with sink._lock:
-                    sink.requests.append({"path": self.path, "headers": dict(self.headers),
-                                          "body": body, "json": json.loads(body or b"null")})
-                self.send_response(200)
+                    answer = sink.script.pop(0) if sink.script else (200 if self.path == "/hooks" else 404)
+                    status, headers = (answer, {}) if isinstance(answer, int) else answer
+                    if status < 300:
+                        sink.requests.append({"path": self.path, "headers": dict(self.headers),
+                                              "body": body, "json": json.loads(body or b"null")})
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": "0"}.items():
+                    self.send_header(key, value)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:

@@ -571,7 +571,10 @@ def send_one(ctx: Any, message_id: int) -> str:
                                   f"text/calendar; method={method}", ics),)
     outgoing = Outgoing(message_id=message.id, idempotency_key=f"{message.tenant_id}/{message.booking_id}/"
                         f"{message.key}", to=address, text=rendered.text, subject=rendered.subject,
-                        html=rendered.html, attachments=attachments, metadata={
+                        html=rendered.html, attachments=attachments, template=rendered.provider_template,
+                        template_language=rendered.provider_language, params=rendered.params,
+                        status_callback=f"{settings.public_url.rstrip('/')}/callbacks/twilio"
+                        if message.channel in (Channel.SMS, Channel.WHATSAPP) else None, metadata={
                             "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
                             "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
     started = time.monotonic()

@@ -54,6 +54,18 @@ class Settings:
     smtp_ssl: bool = False
     smtp_timeout_s: float = 10.0
     mail_from: str = "notifier@localhost"
+    # SMS and WhatsApp providers; tokens only from the environment
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from: str = ""  # sender number (E.164), or
+    twilio_messaging_service_sid: str = ""
+    twilio_api_url: str = "https://api.twilio.com"
+    whatsapp_provider: str = "meta"  # meta | twilio
+    twilio_whatsapp_from: str = ""
+    meta_token: str = ""
+    meta_phone_number_id: str = ""
+    meta_api_url: str = "https://graph.facebook.com"
+    provider_timeout_s: float = 10.0
     # staff notices and activities: signed JSON POSTs to the booking system (per-tenant
     # `webhook_url` in its settings wins); the secret comes from the environment
     staff_webhook_url: str = ""

@@ -31,6 +31,11 @@ class Outgoing:
     attachments: tuple[Attachment, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, object] = field(default_factory=dict)  # ids and kind for machine receivers
+    # WhatsApp business-initiated messages: a pre-approved provider template and its parameters (R44)
+    template: str | None = None
+    template_language: str | None = None
+    params: tuple[str, ...] = ()
+    status_callback: str | None = None  # where the provider reports delivery statuses
 
 
 @dataclass(frozen=True)

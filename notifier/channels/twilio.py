@@ -1,0 +1,82 @@
+"""SMS and WhatsApp over Twilio's Messages API (form-encoded, basic auth, StatusCallback).
+
+POST {api}/2010-04-01/Accounts/{AccountSid}/Messages.json with To, From (or
+MessagingServiceSid), Body or ContentSid + ContentVariables, StatusCallback.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from notifier.channels.base import Outgoing, SendResult
+from notifier.channels.http import HttpAdapter
+
+# Twilio error codes that will not go away by retrying (https status 400 with these codes)
+PERMANENT_CODES = {
+    21211: "invalid 'To' number",
+    21214: "'To' number cannot be reached",
+    21408: "no permission to send to this region",
+    21610: "the recipient unsubscribed (replied STOP)",
+    21612: "the 'To' number cannot receive this message",
+    21614: "'To' is not a mobile number",
+    63016: "outside the WhatsApp session window: a template is needed",
+    20003: "authentication failed",
+}
+TEMPORARY_CODES = {20429, 30001}  # too many requests, queue overflow
+
+
+def _permanent(status: int, body: Any) -> str | None:
+    code = body.get("code") if isinstance(body, dict) else None
+    if code in TEMPORARY_CODES:
+        return None
+    known = PERMANENT_CODES.get(code) if isinstance(code, int) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    return f"twilio {code or status}: {known or message or 'refused'}"
+
+
+class TwilioSMSChannel(HttpAdapter):
+    name = "sms"
+
+    def __init__(self, *, account_sid: str, auth_token: str, sender: str = "", messaging_service_sid: str = "",
+                 api_url: str = "https://api.twilio.com", timeout_s: float = 10.0) -> None:
+        super().__init__(timeout_s=timeout_s)
+        self.account_sid, self.auth_token = account_sid, auth_token
+        self.sender, self.messaging_service_sid = sender, messaging_service_sid
+        self.url = f"{api_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
+
+    def form(self, message: Outgoing) -> dict[str, str]:
+        form = {"To": message.to, "Body": message.text}
+        if self.messaging_service_sid:
+            form["MessagingServiceSid"] = self.messaging_service_sid
+        else:
+            form["From"] = self.sender
+        if message.status_callback:
+            form["StatusCallback"] = message.status_callback
+        return form
+
+    def send(self, message: Outgoing) -> SendResult:
+        body = self.call("POST", self.url, data=self.form(message), auth=(self.account_sid, self.auth_token),
+                         permanent=_permanent)
+        return SendResult(provider_message_id=str(body.get("sid")), provider_code=str(body.get("status", "queued")))
+
+
+class TwilioWhatsAppChannel(TwilioSMSChannel):
+    """WhatsApp through Twilio: the approved template is a Content SID with numbered variables."""
+
+    name = "whatsapp"
+
+    def __init__(self, *, content_sids: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.content_sids = content_sids or {}  # provider template name -> Twilio Content SID
+
+    def form(self, message: Outgoing) -> dict[str, str]:
+        form = super().form(message)
+        form["To"] = f"whatsapp:{message.to}"
+        if "From" in form:
+            form["From"] = f"whatsapp:{self.sender}"
+        if message.template:
+            form.pop("Body")
+            form["ContentSid"] = self.content_sids.get(message.template, message.template)
+            form["ContentVariables"] = json.dumps({str(i + 1): p for i, p in enumerate(message.params)})
+        return form
