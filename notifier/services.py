@@ -38,7 +38,7 @@ from notifier.domain.model import (
     Resource,
     Tenant,
 )
-from notifier.domain.planning import ExistingMessage, diff_plan, plan_booking, sent_keys, zone_of
+from notifier.domain.planning import ExistingMessage, diff_plan, failed_keys, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
 from notifier.links import ACTIONS, LinkSigner
 from notifier.rendering.calendar import calendar_card
@@ -311,6 +311,19 @@ def replay_dead_letter(store: Store, dead_letter_id: int, *, now: datetime) -> I
     return report
 
 
+def replan_booking(store: Store, tenant_id: str, booking_id: str, *, now: datetime,
+                   regions: Mapping[str, Iterable[str]] | None = None) -> None:
+    """Plan one booking again outside an event (after a failure that has a fallback)."""
+    with store.transaction() as tx:
+        s = BatchSession(tx.conn)
+        s.regions = dict(regions or {})
+        s.lock([f"b:{tenant_id}:{booking_id}"])
+        tenant, booking = s.tenant(tenant_id), s.booking(tenant_id, booking_id)
+        if tenant is not None and booking is not None:
+            _replan(s, tenant, booking, now)
+            s.flush(now)
+
+
 def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold",
                           regions: Mapping[str, Iterable[str]] | None = None) -> IngestReport:
     """Held too long: a gap in revisions is skipped (recorded), a booking that never came is a
@@ -411,7 +424,7 @@ def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) ->
         return
     existing = s.existing_messages(tenant.id, booking.id)
     planned = plan_booking(booking, customer, resource, tenant, settings_for(tenant, resource, s.regions), now=now,
-                           sent=sent_keys(existing))
+                           sent=sent_keys(existing), failed=failed_keys(existing))
     diff = diff_plan(existing, planned)
     if diff.empty:
         return
@@ -471,7 +484,8 @@ def _why_not_send(message: MessageRow, booking: Booking, customer: Customer, res
             return f"{message.channel.value} switched off for the tenant"
         if message.channel in settings.unavailable:
             return f"{message.channel.value} not offered in {tenant.home_region}"
-    planned = plan_booking(booking, customer, resource, tenant, settings, now=now, sent=sent_keys(existing))
+    planned = plan_booking(booking, customer, resource, tenant, settings, now=now, sent=sent_keys(existing),
+                           failed=failed_keys(existing))
     if message.key in {m.key for m in planned}:
         return None
     if booking.status is BookingStatus.CANCELLED:
@@ -594,6 +608,8 @@ def send_one(ctx: Any, message_id: int) -> str:
     except PermanentFailure as exc:
         _finish(store, message, now, MessageState.FAILED, exc.reason, None, int((time.monotonic() - started) * 1000),
                 "permanent", exc.code)
+        if message.recipient == "customer" and plan_settings.fallback.get(message.channel):
+            replan_booking(store, message.tenant_id, message.booking_id, now=now, regions=settings.unavailable)
         return "failed"
     duration_ms = int((time.monotonic() - started) * 1000)
     _finish(store, message, ctx.clock.now(), MessageState.SENT, None, result.provider_message_id, duration_ms,

@@ -268,7 +268,7 @@ class QuietHours:
     end: time = time(8, 0)
 
 
-SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type] = {  # `fallback` is a mapping of its own, read separately
     "info": InfoSettings, "confirmation": ConfirmationSettings, "reminder": ReminderSettings,
     "late": LateSettings, "change": ChangeSettings, "cancellation": CancellationSettings,
     "request": RequestSettings, "feedback": FeedbackSettings, "staff": StaffSettings, "quiet_hours": QuietHours,
@@ -292,6 +292,9 @@ class NotificationSettings:
     channel_policy: str = "first"
     # channels not offered in the tenant's region (R6); set by the platform, not the tenant
     unavailable: frozenset[Channel] = frozenset()
+    # a customer message that failed for good on one channel goes out once more on another,
+    # where the customer consented: {"whatsapp": "sms"} (none of the anchors has this)
+    fallback: Mapping[Channel, Channel] = field(default_factory=dict)
 
     @classmethod
     def from_layers(cls, *layers: Mapping[str, Any] | None, unavailable: frozenset[Channel] = frozenset()
@@ -306,7 +309,9 @@ class NotificationSettings:
                 else:
                     top[key] = value
         sections = {name: _section(kind, merged.get(name, {})) for name, kind in SECTIONS.items()}
-        return cls(**sections, channel_policy=str(top.get("channel_policy", "first")), unavailable=unavailable)
+        fallback = {Channel(a): Channel(b) for a, b in merged.get("fallback", {}).items()}
+        return cls(**sections, channel_policy=str(top.get("channel_policy", "first")), unavailable=unavailable,
+                   fallback=fallback)
 
 
 def _section(cls: type, values: Mapping[str, Any]) -> Any:

@@ -62,6 +62,7 @@ class PlanDiff:
 
 
 SENT_STATES = frozenset({MessageState.SENDING, MessageState.SENT, MessageState.DELIVERED, MessageState.READ})
+FALLBACK = "fallback"
 
 
 # --- time ------------------------------------------------------------------------------------
@@ -147,8 +148,9 @@ def _pick(channels: Iterable[Channel], reachable: frozenset[Channel], policy: st
 
 class _Plan:
     def __init__(self, booking: Booking, zone: ZoneInfo, reachable: frozenset[Channel],
-                 settings: NotificationSettings, now: datetime) -> None:
+                 settings: NotificationSettings, now: datetime, failed: frozenset[str] = frozenset()) -> None:
         self.booking, self.zone, self.reachable, self.settings, self.now = booking, zone, reachable, settings, now
+        self.failed = failed
         self.messages: list[PlannedMessage] = []
 
     def customer(self, kind: Kind, channels: Iterable[Channel], due_at: datetime, anchor: str = "") -> None:
@@ -162,6 +164,11 @@ class _Plan:
         for slot, channel in _pick(channels, self.reachable, self.settings.channel_policy):
             key = f"{kind.value}/{slot}" + (f"/{anchor}" if anchor else "")
             self.messages.append(PlannedMessage(key=key, kind=kind, channel=channel, due_at=due_at))
+            backup = self.settings.fallback.get(channel)
+            if key in self.failed and backup in self.reachable and backup is not channel:
+                # failed for good on its channel: once more on the fallback, as soon as possible
+                self.messages.append(PlannedMessage(key=f"{key}/{FALLBACK}", kind=kind, channel=backup,
+                                                    due_at=max(due_at, self.now)))
 
     def staff(self, kind: Kind, due_at: datetime, anchor: str = "") -> None:
         staff = self.settings.staff
@@ -183,12 +190,14 @@ def plan_booking(
     *,
     now: datetime,
     sent: frozenset[str] = frozenset(),
+    failed: frozenset[str] = frozenset(),
 ) -> tuple[PlannedMessage, ...]:
     """Every message and staff activity this booking needs, in due order.
 
-    `sent`: keys of messages already handed to a provider (for R21)."""
+    `sent`: keys of messages already handed to a provider (for R21); `failed`: keys that
+    failed for good (for the fallback channel)."""
     zone = zone_of(tenant, resource)
-    plan = _Plan(booking, zone, reachable_channels(tenant, customer, settings.unavailable), settings, now)
+    plan = _Plan(booking, zone, reachable_channels(tenant, customer, settings.unavailable), settings, now, failed)
     if booking.status is BookingStatus.CANCELLED:
         _plan_cancellation(plan, booking, settings)
     elif booking.needs_approval and booking.approved_at is None:
@@ -299,6 +308,10 @@ def diff_plan(existing: Iterable[ExistingMessage], planned: Iterable[PlannedMess
 
 def sent_keys(existing: Iterable[ExistingMessage]) -> frozenset[str]:
     return frozenset(m.key for m in existing if m.state in SENT_STATES)
+
+
+def failed_keys(existing: Iterable[ExistingMessage]) -> frozenset[str]:
+    return frozenset(m.key for m in existing if m.state is MessageState.FAILED)
 
 
 # --- time-dependent states (R12, R16, R18) -------------------------------------------------------

@@ -107,3 +107,30 @@ def test_an_invalid_number_fails_once_with_the_reason_on_the_timeline(sms_ctx, p
     [failed] = [e for e in timeline_of(sms_ctx.store, "studio-roma", "b1") if e["kind"] == "message.failed"]
     assert "21211" in failed["detail"]["reason"] and "invalid 'To' number" in failed["detail"]["reason"]
     assert providers.received == []
+
+
+def test_whatsapp_that_fails_for_good_goes_out_as_sms_where_the_customer_consented(tmp_path, pg_url, providers,
+                                                                                    clock):
+    from tests.conftest import event
+
+    settings = make_settings(tmp_path, database_url=pg_url, twilio_account_sid=providers.account_sid,
+                             twilio_auth_token=providers.auth_token, twilio_from="+4930123456",
+                             twilio_api_url=providers.url, meta_token=providers.meta_token,
+                             meta_phone_number_id="1055", meta_api_url=providers.url)
+    ctx = make_context(settings, channels=build_channels(settings))
+    setup = event("tenant.settings_updated", {"channels": ["email", "sms", "whatsapp"], "settings": {
+        "info": {"channels": ["whatsapp", "sms"], "delay_s": 0}, "fallback": {"whatsapp": "sms"},
+        "quiet_hours": {"enabled": False}}}, tenant="studio-roma")
+    booking = created("b1", tenant="studio-roma", resource={"id": "giulia", "name": "Giulia", "type": "specialist"},
+                      cust=customer("c1", language="it", email=None, phone="+39 06 6982 1234",
+                                    consents={"whatsapp": True, "sms": True}),
+                      starts_at=START + timedelta(days=3, hours=6))
+    apply_events(ctx.store, [json.dumps(setup), json.dumps(booking)], now=START, source="test")
+    providers.script((400, {}))  # Meta: the number has no WhatsApp account (a permanent 4xx)
+    assert run_due(ctx)["failed"] == 1
+    assert run_due(ctx)["sent"] == 1  # the fallback, planned by the replan after the failure
+    [sms] = providers.received
+    assert sms["provider"] == "twilio" and sms["to"] == "+390669821234"
+    kinds = [(e["kind"], e["detail"].get("channel")) for e in timeline_of(ctx.store, "studio-roma", "b1")]
+    assert ("message.failed", "whatsapp") in kinds and ("message.sent", "sms") in kinds
+    ctx.close()

@@ -59,9 +59,10 @@ def conf(**sections) -> NotificationSettings:
 
 
 def plan(b: Booking, s: NotificationSettings | None = None, *, customer: Customer = CUSTOMER,
-         tenant: Tenant = TENANT, now: datetime | None = None, sent: frozenset[str] = frozenset()):
+         tenant: Tenant = TENANT, now: datetime | None = None, sent: frozenset[str] = frozenset(),
+         failed: frozenset[str] = frozenset()):
     return plan_booking(b, customer, RESOURCE, tenant, s or NotificationSettings(), now=now or b.created_at,
-                        sent=sent)
+                        sent=sent, failed=failed)
 
 
 def of(planned, kind: Kind):
@@ -464,3 +465,21 @@ def test_R30_R31_R32_R33_a_status_workflow_drives_the_booking_through_its_kinds(
     assert {Kind.REQUEST_ACCEPTED, Kind.STAFF_CONFIRMED} <= {m.kind for m in plan(b, now=at(2026, 12, 1, 12))}
     b, _ = tr.apply_to_booking(b, status_event("cancellation", 5, reason="Praxis geschlossen"))  # R34
     assert (b.status, b.cancelled_by, b.cancel_reason) == (BookingStatus.CANCELLED, "workflow", "Praxis geschlossen")
+
+
+# --- fallback channel (issue 6) -------------------------------------------------------------------------
+
+def test_a_message_failed_for_good_goes_out_once_more_on_the_fallback_channel():
+    both = replace(CUSTOMER, consents=frozenset({Channel.WHATSAPP, Channel.SMS}))
+    tenant = replace(TENANT, channels=frozenset({Channel.EMAIL, Channel.SMS, Channel.WHATSAPP}))
+    s = conf(info={"channels": ["whatsapp", "sms"]}, fallback={"whatsapp": "sms"})
+    b = booking(VISIT, BOOKED)
+    [info] = of(plan(b, s, customer=both, tenant=tenant), Kind.INFO)
+    assert info.channel is Channel.WHATSAPP
+    later = at(2026, 12, 1, 10, 5)
+    again = of(plan(b, s, customer=both, tenant=tenant, now=later, failed=frozenset({info.key})), Kind.INFO)
+    assert [(m.key, m.channel, m.due_at) for m in again] == [
+        (info.key, Channel.WHATSAPP, info.due_at), (f"{info.key}/fallback", Channel.SMS, later)]
+    no_sms = replace(both, consents=frozenset({Channel.WHATSAPP}))  # only where the customer consented
+    assert len(of(plan(b, s, customer=no_sms, tenant=tenant, now=later, failed=frozenset({info.key})),
+                  Kind.INFO)) == 1
