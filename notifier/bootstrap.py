@@ -68,7 +68,7 @@ def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
                                                           phone_number_id=settings.meta_phone_number_id,
                                                           api_url=settings.meta_api_url,
                                                           timeout_s=settings.provider_timeout_s)
-    return {
+    channels = {
         **providers,
         Channel.STAFF: WebhookChannel("staff", secret=secret, timeout_s=settings.webhook_timeout_s),
         Channel.ACTIVITY: WebhookChannel("activity", secret=secret, timeout_s=settings.webhook_timeout_s),
@@ -78,6 +78,31 @@ def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
             use_ssl=settings.smtp_ssl, timeout_s=settings.smtp_timeout_s,
         ),
     }
+    return limit_rates(channels, settings)
+
+
+def limit_rates(channels: dict[Channel, ChannelAdapter], settings: Settings) -> dict[Channel, ChannelAdapter]:
+    """Wrap the adapters that have a configured rate in a token bucket shared by all workers."""
+    from notifier.ratelimit import LocalTokenBucket, RateLimited, RedisTokenBucket, parse_limits
+
+    limits = parse_limits(settings.rate_limits)
+    if not limits:
+        return channels
+    redis_url = settings.ratelimit_redis_url or (settings.broker_url if settings.broker_url.startswith("redis")
+                                                  else "")
+    client = None
+    if redis_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+    out = dict(channels)
+    for channel, adapter in channels.items():
+        rate = limits.get(channel.value)
+        if rate:
+            key = f"{settings.broker_key_prefix}notifier:rate:{channel.value}"
+            bucket = RedisTokenBucket(client, key, rate_per_s=rate) if client else LocalTokenBucket(rate_per_s=rate)
+            out[channel] = RateLimited(adapter, bucket)
+    return out
 
 
 def build(settings: Settings | None = None, *, channels: dict[Channel, ChannelAdapter] | None = None) -> Context:

@@ -66,6 +66,9 @@ class Settings:
     meta_phone_number_id: str = ""
     meta_api_url: str = "https://graph.facebook.com"
     provider_timeout_s: float = 10.0
+    # per provider account, shared by all workers: "sms=200,whatsapp=80,email=50" (messages/s)
+    rate_limits: str = ""
+    ratelimit_redis_url: str = ""  # default: the broker's Redis; none: per process
     # staff notices and activities: signed JSON POSTs to the booking system (per-tenant
     # `webhook_url` in its settings wins); the secret comes from the environment
     staff_webhook_url: str = ""
