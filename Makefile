@@ -30,6 +30,7 @@ bench: $(STAMP)
 # regenerate docs/events.schema.json from the contract in notifier/domain/events.py
 schema: $(STAMP)
 	$(PY) -c 'import json; from notifier.domain.events import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/events.schema.json
+	$(PY) -c 'import json; from notifier.web.app import openapi_document; print(json.dumps(openapi_document(), indent=2))' > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

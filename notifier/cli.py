@@ -133,6 +133,18 @@ def flower(port: int) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", default=8000, type=int)
+def web(host: str, port: int) -> None:
+    """Run the web app: provider callbacks and the JSON API (uvicorn)."""
+    import uvicorn
+
+    from notifier.web.app import create_app
+
+    uvicorn.run(create_app(_ctx()), host=host, port=port, log_level="warning")
+
+
+@main.command()
 def sweep() -> None:
     """Run one due sweep now, dispatching in this process (operations, debugging)."""
     from notifier.services import dispatch_batch, sweep_due

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from notifier.channels.base import Attachment, Outgoing, PermanentFailure, TemporaryFailure
 from notifier.domain import events as ev
 from notifier.domain import transitions as tr
+from notifier.domain.delivery import PROVIDER_STATUS, advance
 from notifier.domain.model import (
     Booking,
     BookingStatus,
@@ -651,6 +652,34 @@ def _retry_later(store: Store, message: MessageRow, now: datetime, due_at: datet
             "kind": message.kind, "channel": message.channel.value, "reason": reason, "attempt": message.attempts,
             "next_at": due_at.isoformat()}, message_id=message.id,
             dedup_key=f"message:{message.id}:retry:{message.attempts}")
+
+
+def apply_delivery_status(store: Store, provider_message_id: str, status: str, *, now: datetime,
+                          error: str | None = None) -> str:
+    """A provider's status report: applied forward-only (N5), once (N2). Returns "applied",
+    "ignored" (a duplicate or late news) or "unknown" (not one of ours)."""
+    reported = PROVIDER_STATUS.get(status.lower())
+    c = t.messages.c
+    with store.transaction() as tx:
+        query = select(t.messages).where(c.provider_message_id == provider_message_id)
+        if store.dialect == "postgresql":
+            query = query.with_for_update()
+        row = tx.conn.execute(query).first()
+        if row is None or reported is None:
+            return "unknown"
+        new = advance(MessageState(row.state), reported)
+        if new is None:
+            return "ignored"
+        values: dict[str, Any] = {"state": new.value, "updated_at": now}
+        if new is MessageState.FAILED:
+            values["error"] = error or f"provider reported {status}"
+        tx.conn.execute(update(t.messages).where(c.id == row.id).values(**values))
+        detail: dict[str, Any] = {"kind": row.kind, "channel": row.channel, "provider_status": status}
+        if error:
+            detail["reason"] = error
+        tx.add_timeline(row.tenant_id, row.booking_id, now, f"message.{new.value}", detail, message_id=row.id,
+                        dedup_key=f"message:{row.id}:{new.value}")
+        return "applied"
 
 
 def timeline_of(store: Store, tenant_id: str, booking_id: str) -> list[dict[str, Any]]:

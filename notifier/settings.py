@@ -65,6 +65,8 @@ class Settings:
     meta_token: str = ""
     meta_phone_number_id: str = ""
     meta_api_url: str = "https://graph.facebook.com"
+    meta_app_secret: str = ""  # signs Meta's status callbacks (X-Hub-Signature-256)
+    meta_verify_token: str = ""  # Meta's webhook subscription handshake
     provider_timeout_s: float = 10.0
     # per provider account, shared by all workers: "sms=200,whatsapp=80,email=50" (messages/s)
     rate_limits: str = ""

@@ -162,6 +162,7 @@ Index("ix_messages_lease", messages.c.lease_until,
       postgresql_where=messages.c.state.in_(["queued", "sending"]),
       sqlite_where=messages.c.state.in_(["queued", "sending"]))
 Index("ix_messages_booking", messages.c.tenant_id, messages.c.booking_id)
+Index("ix_messages_provider_id", messages.c.provider_message_id)  # status callbacks find their message
 
 send_attempts = Table(
     "send_attempts",

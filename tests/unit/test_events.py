@@ -46,3 +46,9 @@ def test_invalid_events_are_refused_with_a_reason(body, fragment):
     with pytest.raises(ev.InvalidEvent) as caught:
         ev.parse_event(body)
     assert fragment in caught.value.reason
+
+
+def test_the_openapi_document_is_in_step_with_the_web_app():
+    from notifier.web.app import openapi_document
+
+    assert json.loads((DOCS / "openapi.json").read_text()) == openapi_document(), "run `make schema`"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 08:47:37.063633
+Create Date: 2026-11-24 08:57:26.999968
 """
 import sqlalchemy as sa
 from alembic import op
@@ -171,6 +171,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_messages_booking', ['tenant_id', 'booking_id'], unique=False)
         batch_op.create_index('ix_messages_due', ['due_at'], unique=False, postgresql_where=sa.text("state = 'planned'"), sqlite_where=sa.text("state = 'planned'"))
         batch_op.create_index('ix_messages_lease', ['lease_until'], unique=False, postgresql_where=sa.text("state IN ('queued', 'sending')"), sqlite_where=sa.text("state IN ('queued', 'sending')"))
+        batch_op.create_index('ix_messages_provider_id', ['provider_message_id'], unique=False)
 
     op.create_table('send_attempts',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -194,6 +195,7 @@ def downgrade() -> None:
 
     op.drop_table('send_attempts')
     with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.drop_index('ix_messages_provider_id')
         batch_op.drop_index('ix_messages_lease', postgresql_where=sa.text("state IN ('queued', 'sending')"), sqlite_where=sa.text("state IN ('queued', 'sending')"))
         batch_op.drop_index('ix_messages_due', postgresql_where=sa.text("state = 'planned'"), sqlite_where=sa.text("state = 'planned'"))
         batch_op.drop_index('ix_messages_booking')

@@ -1,0 +1,103 @@
+"""The web app: provider status callbacks (N5) and the JSON API, on FastAPI.
+
+FastAPI because it validates requests, documents the API as OpenAPI without extra work
+(docs/openapi.json), and runs on uvicorn; the handlers are thin and call notifier.services.
+
+Callbacks are accepted only with a valid signature: Twilio's X-Twilio-Signature (HMAC-SHA1
+of the URL and the sorted form fields, with the auth token), Meta's X-Hub-Signature-256
+(HMAC-SHA256 of the raw body, with the app secret). Anything else is a 403.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from notifier.services import apply_delivery_status, timeline_of
+
+
+def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    data = url + "".join(f"{key}{params[key]}" for key in sorted(params))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+def meta_signature(app_secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def create_app(ctx: Any) -> FastAPI:
+    settings = ctx.settings
+    app = FastAPI(title="notifier", version="1", description="Status callbacks and the booking API of notifier.")
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        with ctx.store.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return {"status": "ok"}
+
+    @app.post("/callbacks/twilio", status_code=204)
+    async def twilio_callback(request: Request) -> Response:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        url = settings.public_url.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query
+                                                                    else "")
+        given = request.headers.get("X-Twilio-Signature", "")
+        expected = twilio_signature(settings.twilio_auth_token, url, form) if settings.twilio_auth_token else ""
+        if not expected or not hmac.compare_digest(given, expected):
+            raise HTTPException(status_code=403, detail="invalid signature")
+        sid, status = form.get("MessageSid") or form.get("SmsSid"), form.get("MessageStatus") or form.get("SmsStatus")
+        if sid and status:
+            error = f"twilio {form['ErrorCode']}" if form.get("ErrorCode") else None
+            apply_delivery_status(ctx.store, sid, status, now=ctx.clock.now(), error=error)
+        return Response(status_code=204)
+
+    @app.get("/callbacks/meta", response_class=PlainTextResponse)
+    def meta_verify(request: Request) -> str:
+        q = request.query_params
+        if q.get("hub.mode") == "subscribe" and settings.meta_verify_token and \
+                hmac.compare_digest(q.get("hub.verify_token", ""), settings.meta_verify_token):
+            return q.get("hub.challenge", "")
+        raise HTTPException(status_code=403, detail="verification failed")
+
+    @app.post("/callbacks/meta", status_code=204)
+    async def meta_callback(request: Request) -> Response:
+        body = await request.body()
+        given = request.headers.get("X-Hub-Signature-256", "")
+        if not settings.meta_app_secret or not hmac.compare_digest(given, meta_signature(settings.meta_app_secret,
+                                                                                         body)):
+            raise HTTPException(status_code=403, detail="invalid signature")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise HTTPException(status_code=400, detail="invalid JSON") from None
+        for entry in payload.get("entry", []):
+            for change in entry.get("changes", []):
+                for status in change.get("value", {}).get("statuses", []):
+                    errors = status.get("errors") or []
+                    error = f"whatsapp {errors[0].get('code')}: {errors[0].get('title')}" if errors else None
+                    apply_delivery_status(ctx.store, status.get("id", ""), status.get("status", ""),
+                                          now=ctx.clock.now(), error=error)
+        return Response(status_code=204)
+
+    @app.get("/api/tenants/{tenant_id}/bookings/{booking_id}/timeline")
+    def timeline(tenant_id: str, booking_id: str) -> list[dict[str, Any]]:
+        entries = timeline_of(ctx.store, tenant_id, booking_id)
+        if not entries:
+            raise HTTPException(status_code=404, detail="no such booking")
+        return [{"at": e["at"].isoformat(), "kind": e["kind"], "detail": e["detail"]} for e in entries]
+
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API as OpenAPI (docs/openapi.json; `make schema` regenerates it)."""
+    from types import SimpleNamespace
+
+    from notifier.settings import Settings
+
+    return create_app(SimpleNamespace(settings=Settings(), store=None, clock=None)).openapi()

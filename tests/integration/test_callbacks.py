@@ -1,0 +1,89 @@
+"""Issue 6, acceptance 2 (N5, N2, R20): provider status callbacks on PostgreSQL: forged or
+missing signatures are refused with 403; replayed out of order they end in the right status,
+each status once on the timeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from notifier.bootstrap import build_channels
+from notifier.fake_providers import FakeProviders
+from notifier.store import schema as t
+from notifier.web.app import meta_signature, twilio_signature
+from tests.conftest import make_context, make_settings
+from tests.integration.test_providers import book, info_row, run_due
+
+PUBLIC = "https://notifier.example.org"
+
+
+@pytest.fixture
+def sent(tmp_path, pg_url, clock):
+    with FakeProviders() as providers:
+        settings = make_settings(tmp_path, database_url=pg_url, twilio_account_sid=providers.account_sid,
+                                 twilio_auth_token=providers.auth_token, twilio_from="+4930123456",
+                                 twilio_api_url=providers.url, public_url=PUBLIC, meta_app_secret="app-secret-1234")
+        ctx = make_context(settings, channels=build_channels(settings))
+        book(ctx, "+39 06 6982 1234")
+        clock.set(info_row(ctx).due_at)
+        assert run_due(ctx)["sent"] == 1
+        from notifier.web.app import create_app
+
+        yield ctx, TestClient(create_app(ctx)), info_row(ctx)
+        ctx.close()
+
+
+def twilio_post(client, ctx, form: dict[str, str], signature: str | None = "valid"):
+    headers = {}
+    if signature == "valid":
+        headers["X-Twilio-Signature"] = twilio_signature(ctx.settings.twilio_auth_token, PUBLIC + "/callbacks/twilio",
+                                                         form)
+    elif signature:
+        headers["X-Twilio-Signature"] = signature
+    return client.post("/callbacks/twilio", data=form, headers=headers)
+
+
+def state_and_timeline(ctx, message_id):
+    with ctx.store.engine.connect() as conn:
+        state = conn.execute(select(t.messages.c.state).where(t.messages.c.id == message_id)).scalar_one()
+        kinds = conn.execute(select(t.timeline.c.kind).where(t.timeline.c.message_id == message_id)
+                             .order_by(t.timeline.c.id)).scalars().all()
+    return state, kinds
+
+
+def test_N5_forged_or_missing_twilio_signatures_are_refused(sent):
+    ctx, client, row = sent
+    form = {"MessageSid": row.provider_message_id, "MessageStatus": "delivered"}
+    assert twilio_post(client, ctx, form, signature=None).status_code == 403
+    assert twilio_post(client, ctx, form, signature="AAAAforged=").status_code == 403
+    tampered = dict(form, MessageStatus="read")
+    signed_for_other = twilio_signature(ctx.settings.twilio_auth_token, PUBLIC + "/callbacks/twilio", form)
+    assert twilio_post(client, ctx, tampered, signature=signed_for_other).status_code == 403
+    assert state_and_timeline(ctx, row.id)[0] == "sent"
+
+
+def test_N5_callbacks_out_of_order_and_repeated_end_in_the_right_status(sent):
+    ctx, client, row = sent
+    for status in ("read", "delivered", "sent", "read", "delivered"):
+        response = twilio_post(client, ctx, {"MessageSid": row.provider_message_id, "MessageStatus": status})
+        assert response.status_code == 204
+    state, kinds = state_and_timeline(ctx, row.id)
+    assert state == "read"
+    assert kinds.count("message.read") == 1 and kinds.count("message.delivered") == 0  # late news is ignored
+
+
+def test_N5_meta_callbacks_need_the_app_secret_signature(sent):
+    ctx, client, row = sent
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"changes": [{"value": {"statuses": [
+        {"id": row.provider_message_id, "status": "delivered", "timestamp": "1764576000"}]}}]}]}).encode()
+    assert client.post("/callbacks/meta", content=body).status_code == 403
+    assert client.post("/callbacks/meta", content=body,
+                       headers={"X-Hub-Signature-256": meta_signature("wrong-secret", body)}).status_code == 403
+    good = client.post("/callbacks/meta", content=body,
+                       headers={"X-Hub-Signature-256": meta_signature("app-secret-1234", body)})
+    assert good.status_code == 204 and state_and_timeline(ctx, row.id)[0] == "delivered"
+    timeline = client.get(f"/api/tenants/studio-roma/bookings/{row.booking_id}/timeline").json()
+    assert [e["kind"] for e in timeline][-1] == "message.delivered"
