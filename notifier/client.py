@@ -60,3 +60,37 @@ def publish(events: Mapping[str, Any] | str | bytes | Iterable[Mapping[str, Any]
             producer.publish(body, exchange=exchange, routing_key=kind, content_type="application/json",
                              content_encoding="utf-8", delivery_mode=2, declare=[queue], retry=True)
     return len(bodies)
+
+
+class OutboundPublisher:
+    """Events notifier sends back to the booking system (docs/events.md, "Outbound"): a JSON
+    object per event on the Redis list `outbound_queue`, or on the AMQP topic exchange of that
+    name with the event type as routing key."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = settings.outbound_url or settings.events_url
+
+    def __call__(self, type_: str, tenant_id: str, payload: dict[str, Any]) -> None:
+        import uuid
+
+        body = json.dumps({"schema_version": 1, "event_id": uuid.uuid4().hex, "type": type_, "tenant_id": tenant_id,
+                           "data": payload}, separators=(",", ":"))
+        if self.url.startswith(("redis://", "rediss://", "unix://")):
+            import redis
+
+            client = redis.Redis.from_url(self.url)
+            try:
+                client.rpush(self.settings.outbound_queue, body)
+            finally:
+                client.close()
+            return
+        from kombu import Connection, Exchange
+
+        from notifier.bootstrap import kombu_url
+
+        broker, options = kombu_url(self.url, self.settings)
+        exchange = Exchange(self.settings.outbound_queue, type="topic", durable=True)
+        with Connection(broker, transport_options=options) as conn:
+            conn.Producer().publish(body.encode(), exchange=exchange, routing_key=type_, declare=[exchange],
+                                    content_type="application/json", content_encoding="utf-8", retry=True)

@@ -41,7 +41,7 @@ from notifier.domain.model import (
 )
 from notifier.domain.planning import ExistingMessage, diff_plan, failed_keys, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
-from notifier.links import ACTIONS, LinkSigner
+from notifier.links import ACTIONS, LinkClaims, LinkSigner
 from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
 from notifier.store import schema as t
@@ -680,6 +680,97 @@ def apply_delivery_status(store: Store, provider_message_id: str, status: str, *
         tx.add_timeline(row.tenant_id, row.booking_id, now, f"message.{new.value}", detail, message_id=row.id,
                         dedup_key=f"message:{row.id}:{new.value}")
         return "applied"
+
+
+# --- the customer's links (R11, R14, N4) -------------------------------------------------------
+
+@dataclass(frozen=True)
+class LinkOutcome:
+    status: str  # confirmed | cancelled | already | outside_window | not_allowed | moved | gone
+    booking: Booking | None = None
+    customer: Customer | None = None
+    resource: Resource | None = None
+    tenant: Tenant | None = None
+
+
+def look_up_link(store: Store, claims: LinkClaims) -> LinkOutcome:
+    """What a link's page shows (a GET changes nothing: mail scanners fetch links)."""
+    with store.transaction() as tx:
+        s = BatchSession(tx.conn)
+        return _link_state(s, claims, None)
+
+
+def use_link(store: Store, claims: LinkClaims, *, now: datetime,
+             regions: Mapping[str, Iterable[str]] | None = None) -> LinkOutcome:
+    """The customer pressed the button: confirm, or cancel within the window (R23)."""
+    with store.transaction() as tx:
+        s = BatchSession(tx.conn)
+        s.regions = dict(regions or {})
+        s.lock([f"b:{claims.tenant_id}:{claims.booking_id}"])
+        seen = _link_state(s, claims, now)
+        if seen.status != "ok":
+            return seen
+        tenant, booking = seen.tenant, seen.booking
+        assert tenant is not None and booking is not None and seen.resource is not None
+        if claims.action == "confirm":
+            new, notes = tr.confirmed_by_customer(booking, now)
+            event_type, status = "booking.confirmed_by_customer", "confirmed"
+        else:
+            rules = settings_for(tenant, seen.resource, s.regions).cancellation
+            if not rules.customer_may_cancel:
+                return replace_outcome(seen, "not_allowed")
+            if now > booking.starts_at - timedelta(seconds=rules.window_s):
+                return replace_outcome(seen, "outside_window")
+            new, notes = tr.cancelled_by_customer(booking, now)
+            event_type, status = "booking.cancelled_by_customer", "cancelled"
+        _save(s, tenant, new, notes, now)
+        payload = {"booking_id": booking.id, "starts_at": booking.starts_at.isoformat(),
+                   "resource_id": booking.resource_id, "at": now.isoformat()}
+        s.add_outbox(tenant.id, event_type, payload, now)
+        if status == "cancelled":  # R14: the slot goes back to the booking system's planner
+            s.add_outbox(tenant.id, "slot.released", dict(payload, reason="cancelled_by_customer"), now)
+        s.flush(now)
+        return replace_outcome(seen, status, booking=new)
+
+
+def replace_outcome(outcome: LinkOutcome, status: str, **changes: Any) -> LinkOutcome:
+    from dataclasses import replace as dc_replace
+
+    return dc_replace(outcome, status=status, **changes)
+
+
+def _link_state(s: BatchSession, claims: LinkClaims, now: datetime | None) -> LinkOutcome:
+    tenant = s.tenant(claims.tenant_id)
+    booking = s.booking(claims.tenant_id, claims.booking_id) if tenant else None
+    if tenant is None or booking is None:
+        return LinkOutcome("gone")
+    found = LinkOutcome("ok", booking, s.customer(tenant.id, booking.customer_id),
+                        s.resource(tenant.id, booking.resource_id), tenant)
+    if booking.status is BookingStatus.CANCELLED:
+        return replace_outcome(found, "already" if claims.action == "cancel" else "cancelled")
+    if booking.starts_at.isoformat() != claims.starts_at:
+        return replace_outcome(found, "moved")  # a link for an earlier time does nothing to the new one
+    if claims.action == "confirm" and booking.confirmed_at is not None:
+        return replace_outcome(found, "already")
+    if now is not None and now >= booking.starts_at:
+        return replace_outcome(found, "past")
+    return found
+
+
+def publish_outbox(store: Store, publish: Any, *, now: datetime, limit: int = 500) -> int:
+    """Hand unpublished outbox events to `publish(type, tenant_id, payload)`; mark them published.
+    Rows are claimed with SKIP LOCKED, so two publishers never send the same one."""
+    o = t.outbox.c
+    with store.transaction() as tx:
+        query = select(t.outbox).where(o.published_at.is_(None)).order_by(o.id).limit(limit)
+        if store.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        rows = tx.conn.execute(query).all()
+        for row in rows:
+            publish(row.type, row.tenant_id, row.payload)
+        if rows:
+            tx.conn.execute(update(t.outbox).where(o.id.in_([r.id for r in rows])).values(published_at=now))
+    return len(rows)
 
 
 def timeline_of(store: Store, tenant_id: str, booking_id: str) -> list[dict[str, Any]]:

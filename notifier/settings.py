@@ -38,6 +38,9 @@ class Settings:
     events_url: str = "embedded"
     events_queue: str = "notifier.events"
     events_exchange: str = "notifier.events"
+    # events back to the booking system (slot released, confirmed / cancelled by the customer)
+    outbound_url: str = ""  # default: events_url
+    outbound_queue: str = "notifier.outbound"
     ingest_batch_max: int = 500
     ingest_batch_wait_s: float = 0.05
     hold_s: float = 300.0  # how long an event waits for the one it follows (then: gap skipped / dead letter)

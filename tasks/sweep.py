@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from notifier.services import sweep_due
+from notifier.client import OutboundPublisher
+from notifier.services import publish_outbox, sweep_due
 from tasks.celery_app import CHANNEL_QUEUES, app, context
 from tasks.dispatch import dispatch_batch
 
@@ -15,4 +16,5 @@ def sweep_due_task() -> int:
                         batch=s.dispatch_batch)
     for channel, ids in batches:
         dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel])
+    publish_outbox(ctx.store, OutboundPublisher(s), now=ctx.clock.now())  # after their commit, at least once
     return sum(len(ids) for _, ids in batches)

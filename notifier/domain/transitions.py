@@ -154,3 +154,17 @@ def apply_to_booking(booking: Booking, event: ev.Event) -> tuple[Booking, list[N
 
 def noted_at(note: Note, at: datetime) -> dict[str, Any]:
     return {"kind": note.kind, "at": at, "detail": note.detail}
+
+
+def confirmed_by_customer(booking: Booking, now: datetime) -> tuple[Booking, list[Note]]:
+    """R11: the customer used the confirmation link. The booking system's revision is theirs to count."""
+    return replace(booking, confirmed_at=booking.confirmed_at or now), [Note("booking.confirmed", {"via": "link"})]
+
+
+def cancelled_by_customer(booking: Booking, now: datetime) -> tuple[Booking, list[Note]]:
+    """R14: the customer cancelled with the link: the staff hears of it, the slot is free again."""
+    cancelled = replace(booking, status=BookingStatus.CANCELLED, cancelled_by="customer", cancelled_at=now,
+                        cancel_reason=None)
+    return cancelled, [Note("booking.cancelled", {"by": "customer", "via": "link"}),
+                       Note("slot.released", {"starts_at": booking.starts_at.isoformat(),
+                                              "resource_id": booking.resource_id})]

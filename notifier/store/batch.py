@@ -64,6 +64,7 @@ class BatchSession:
         self.dirty: dict[str, set] = defaultdict(set)
         self.timeline: list[dict[str, Any]] = []
         self.dead: list[dict[str, Any]] = []
+        self.outbox: list[dict[str, Any]] = []
         self.outcomes: dict[str, str] = {}
         self.unclaim: set[str] = set()
         self.new_holds: dict[str, dict[str, Any]] = {}
@@ -342,6 +343,9 @@ class BatchSession:
         self.timeline.append({"tenant_id": tenant_id, "booking_id": booking_id, "at": at, "kind": kind,
                               "detail": detail, "message_id": None, "dedup_key": None})
 
+    def add_outbox(self, tenant_id: str, type_: str, payload: dict[str, Any], now: datetime) -> None:
+        self.outbox.append({"tenant_id": tenant_id, "type": type_, "payload": payload, "created_at": now})
+
     def add_dead_letter(self, source: str, reason: str, body: str, now: datetime) -> None:
         self.dead.append({"received_at": now, "source": source, "reason": reason, "body": body})
 
@@ -401,6 +405,8 @@ class BatchSession:
         bulk_insert(conn, t.timeline, self.timeline)
         if self.dead:
             conn.execute(t.dead_letters.insert(), self.dead)
+        if self.outbox:
+            conn.execute(t.outbox.insert(), self.outbox)
         if self.new_holds:
             conn.execute(d.insert(t.held_events).on_conflict_do_nothing(index_elements=["event_id"]),
                          list(self.new_holds.values()))

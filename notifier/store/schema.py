@@ -230,6 +230,19 @@ template_bundles = Table(
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
 )
 
+outbox = Table(
+    "outbox",  # events for the booking system, written with the change, published after commit
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("published_at", UTCDateTime),
+)
+Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None),
+      sqlite_where=outbox.c.published_at.is_(None))
+
 dead_letters = Table(
     "dead_letters",
     metadata,

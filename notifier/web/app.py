@@ -17,9 +17,12 @@ import json
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
-from notifier.services import apply_delivery_status, timeline_of
+from notifier.domain.planning import zone_of
+from notifier.links import LinkError
+from notifier.services import apply_delivery_status, look_up_link, timeline_of, use_link
+from notifier.web.pages import render_page
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -83,6 +86,36 @@ def create_app(ctx: Any) -> FastAPI:
                     apply_delivery_status(ctx.store, status.get("id", ""), status.get("status", ""),
                                           now=ctx.clock.now(), error=error)
         return Response(status_code=204)
+
+    def link_page(token: str, *, act: bool) -> HTMLResponse:
+        try:
+            claims = ctx.links.verify(token)
+        except LinkError as exc:
+            return HTMLResponse(render_page(language="en", action=None, message_key=exc.reason), status_code=400)
+        outcome = use_link(ctx.store, claims, now=ctx.clock.now(), regions=settings.unavailable) if act \
+            else look_up_link(ctx.store, claims)
+        booking, tenant = outcome.booking, outcome.tenant
+        language = outcome.customer.language if outcome.customer else (tenant.language if tenant else "en")
+        shows_button = outcome.status == "ok" and not act
+        page = render_page(
+            language=language, action=claims.action if shows_button else None,
+            message_key=None if shows_button else outcome.status,
+            starts_at=booking.starts_at if booking else None,
+            zone=str(zone_of(tenant, outcome.resource)) if tenant else "UTC",
+            resource=outcome.resource.name if outcome.resource else "",
+            company=str(tenant.company.get("name", "")) if tenant else "")
+        refused = outcome.status in ("outside_window", "not_allowed", "moved", "gone", "past")
+        return HTMLResponse(page, status_code=409 if refused else 200)
+
+    @app.get("/l/{token}", response_class=HTMLResponse)
+    def link_show(token: str) -> HTMLResponse:
+        """The page behind a customer's link: the visit and one button. Fetching it changes nothing."""
+        return link_page(token, act=False)
+
+    @app.post("/l/{token}", response_class=HTMLResponse)
+    def link_act(token: str) -> HTMLResponse:
+        """The button: confirm, or cancel within the tenant's window (R11, R14, R23, N4)."""
+        return link_page(token, act=True)
 
     @app.get("/api/tenants/{tenant_id}/bookings/{booking_id}/timeline")
     def timeline(tenant_id: str, booking_id: str) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 08:57:26.999968
+Create Date: 2026-11-24 09:00:08.955327
 """
 import sqlalchemy as sa
 from alembic import op
@@ -38,6 +38,18 @@ def upgrade() -> None:
     with op.batch_alter_table('held_events', schema=None) as batch_op:
         batch_op.create_index('ix_held_events_aggregate', ['tenant_id', 'aggregate', 'revision'], unique=False)
         batch_op.create_index('ix_held_events_held_at', ['held_at'], unique=False)
+
+    op.create_table('outbox',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('tenant_id', sa.String(length=128), nullable=False),
+    sa.Column('type', sa.String(length=64), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=False),
+    sa.Column('created_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('published_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_outbox'))
+    )
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_unpublished', ['id'], unique=False, postgresql_where=sa.text('published_at IS NULL'), sqlite_where=sa.text('published_at IS NULL'))
 
     op.create_table('processed_events',
     sa.Column('event_id', sa.String(length=128), nullable=False),
@@ -215,6 +227,10 @@ def downgrade() -> None:
     op.drop_table('timeline')
     op.drop_table('tenants')
     op.drop_table('processed_events')
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_unpublished', postgresql_where=sa.text('published_at IS NULL'), sqlite_where=sa.text('published_at IS NULL'))
+
+    op.drop_table('outbox')
     with op.batch_alter_table('held_events', schema=None) as batch_op:
         batch_op.drop_index('ix_held_events_held_at')
         batch_op.drop_index('ix_held_events_aggregate')
