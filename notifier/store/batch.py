@@ -23,7 +23,7 @@ from notifier.domain.model import Booking, BookingStatus, Channel, Customer, Mes
 from notifier.domain.planning import ExistingMessage, PlanDiff
 from notifier.store import schema as t
 from notifier.store.bulk import bulk_insert
-from notifier.store.sql import Tx
+from notifier.store.sql import Tx, booking_from, customer_from, resource_from, tenant_from
 
 Key = tuple[str, str]  # (tenant_id, id)
 
@@ -157,10 +157,7 @@ class BatchSession:
         for tenant_id in ids:
             self.tenants[tenant_id] = None
         for row in self.conn.execute(select(t.tenants).where(t.tenants.c.id.in_(sorted(ids)))):
-            self.tenants[row.id] = Tenant(id=row.id, name=row.name, timezone=row.timezone,
-                                          home_region=row.home_region, language=row.language,
-                                          channels=frozenset(Channel(c) for c in row.channels),
-                                          company=row.company, settings=row.settings, revision=row.revision)
+            self.tenants[row.id] = tenant_from(row)
 
     def _load_bookings(self, keys: set[Key]) -> None:
         if not keys:
@@ -175,14 +172,7 @@ class BatchSession:
                 query = query.with_for_update()  # one ingester at a time per booking; key order: no deadlock
             rows.extend(self.conn.execute(query))
         for row in rows:
-            self.bookings[(row.tenant_id, row.id)] = Booking(
-                id=row.id, tenant_id=row.tenant_id, customer_id=row.customer_id, resource_id=row.resource_id,
-                starts_at=row.starts_at, ends_at=row.ends_at, created_at=row.created_at,
-                scheduled_at=row.scheduled_at, source=row.source, service=row.service,
-                status=BookingStatus(row.status), workflow_status=row.workflow_status,
-                cancelled_by=row.cancelled_by, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
-                needs_approval=row.needs_approval, approved_at=row.approved_at,
-                confirmed_at=row.confirmed_at, visit_outcome=row.visit_outcome, revision=row.revision)
+            self.bookings[(row.tenant_id, row.id)] = booking_from(row)
         self._load_messages(keys)
         self._load_held(keys)
 
@@ -222,11 +212,7 @@ class BatchSession:
         for tenant_id, ids in _by_tenant(keys).items():
             rows.extend(self.conn.execute(select(t.customers).where(c.tenant_id == tenant_id, self._in(c.id, ids))))
         for row in rows:
-            self.customers[(row.tenant_id, row.id)] = Customer(
-                id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
-                language=row.language, consents=frozenset(Channel(x) for x in row.consents),
-                privacy_accepted=row.privacy_accepted, created_via_online_booking=row.created_via_online_booking,
-                revision=row.revision, snapshot_at=row.snapshot_at)
+            self.customers[(row.tenant_id, row.id)] = customer_from(row)
             self.phone_errors[(row.tenant_id, row.id)] = row.phone_error
 
     def _load_resources(self, keys: set[Key]) -> None:
@@ -239,9 +225,7 @@ class BatchSession:
         for tenant_id, ids in _by_tenant(keys).items():
             rows.extend(self.conn.execute(select(t.resources).where(c.tenant_id == tenant_id, self._in(c.id, ids))))
         for row in rows:
-            self.resources[(row.tenant_id, row.id)] = Resource(
-                id=row.id, tenant_id=row.tenant_id, name=row.name, type=row.type, timezone=row.timezone,
-                settings=row.settings, revision=row.revision)
+            self.resources[(row.tenant_id, row.id)] = resource_from(row)
 
     # --- reads (loading what was not preloaded) ------------------------------------------------
     def tenant(self, tenant_id: str) -> Tenant | None:

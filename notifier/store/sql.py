@@ -84,6 +84,36 @@ def _message(row: Any) -> MessageRow:
     )
 
 
+# --- rows to domain objects (shared by Tx and BatchSession) -----------------------------------
+
+def tenant_from(row: Any) -> Tenant:
+    return Tenant(id=row.id, name=row.name, timezone=row.timezone, home_region=row.home_region,
+                  language=row.language, channels=frozenset(Channel(c) for c in row.channels),
+                  company=row.company, settings=row.settings, revision=row.revision)
+
+
+def resource_from(row: Any) -> Resource:
+    return Resource(id=row.id, tenant_id=row.tenant_id, name=row.name, type=row.type, timezone=row.timezone,
+                    settings=row.settings, revision=row.revision)
+
+
+def customer_from(row: Any) -> Customer:
+    return Customer(id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
+                    language=row.language, consents=frozenset(Channel(x) for x in row.consents),
+                    privacy_accepted=row.privacy_accepted, created_via_online_booking=row.created_via_online_booking,
+                    revision=row.revision, snapshot_at=row.snapshot_at)
+
+
+def booking_from(row: Any) -> Booking:
+    return Booking(id=row.id, tenant_id=row.tenant_id, customer_id=row.customer_id, resource_id=row.resource_id,
+                   starts_at=row.starts_at, ends_at=row.ends_at, created_at=row.created_at,
+                   scheduled_at=row.scheduled_at, source=row.source, service=row.service,
+                   status=BookingStatus(row.status), workflow_status=row.workflow_status,
+                   cancelled_by=row.cancelled_by, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
+                   needs_approval=row.needs_approval, approved_at=row.approved_at, confirmed_at=row.confirmed_at,
+                   visit_outcome=row.visit_outcome, revision=row.revision)
+
+
 def _upsert(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> None:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table).values(**values)
@@ -128,9 +158,7 @@ class Tx:
         row = self.conn.execute(select(t.tenants).where(t.tenants.c.id == tenant_id)).first()
         if row is None:
             return None
-        return Tenant(id=row.id, name=row.name, timezone=row.timezone, home_region=row.home_region,
-                      language=row.language, channels=frozenset(Channel(c) for c in row.channels),
-                      company=row.company, settings=row.settings, revision=row.revision)
+        return tenant_from(row)
 
     def save_tenant(self, tenant: Tenant, now: datetime) -> None:
         _upsert(self.conn, t.tenants, {
@@ -145,8 +173,7 @@ class Tx:
         row = self.conn.execute(select(t.resources).where(c.tenant_id == tenant_id, c.id == resource_id)).first()
         if row is None:
             return None
-        return Resource(id=row.id, tenant_id=row.tenant_id, name=row.name, type=row.type, timezone=row.timezone,
-                        settings=row.settings, revision=row.revision)
+        return resource_from(row)
 
     def save_resource(self, resource: Resource) -> None:
         _upsert(self.conn, t.resources, {
@@ -159,11 +186,7 @@ class Tx:
         row = self.conn.execute(select(t.customers).where(c.tenant_id == tenant_id, c.id == customer_id)).first()
         if row is None:
             return None
-        return Customer(id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
-                        language=row.language, consents=frozenset(Channel(x) for x in row.consents),
-                        privacy_accepted=row.privacy_accepted,
-                        created_via_online_booking=row.created_via_online_booking, revision=row.revision,
-                        snapshot_at=row.snapshot_at)
+        return customer_from(row)
 
     def save_customer(self, customer: Customer, phone_error: str | None = None) -> None:
         _upsert(self.conn, t.customers, {
@@ -182,13 +205,7 @@ class Tx:
         row = self.conn.execute(query).first()
         if row is None:
             return None
-        return Booking(id=row.id, tenant_id=row.tenant_id, customer_id=row.customer_id,
-                       resource_id=row.resource_id, starts_at=row.starts_at, ends_at=row.ends_at,
-                       created_at=row.created_at, scheduled_at=row.scheduled_at, source=row.source,
-                       service=row.service, status=BookingStatus(row.status), workflow_status=row.workflow_status,
-                cancelled_by=row.cancelled_by, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
-                needs_approval=row.needs_approval, approved_at=row.approved_at,
-                       confirmed_at=row.confirmed_at, visit_outcome=row.visit_outcome, revision=row.revision)
+        return booking_from(row)
 
     def save_booking(self, booking: Booking) -> None:
         _upsert(self.conn, t.bookings, {

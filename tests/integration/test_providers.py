@@ -13,9 +13,10 @@ from sqlalchemy import select
 
 from notifier.bootstrap import build_channels
 from notifier.fake_providers import FakeProviders
-from notifier.services import apply_events, dispatch_batch, sweep_due, timeline_of
+from notifier.services import apply_events, timeline_of
 from notifier.store import schema as t
 from tests.conftest import START, created, customer, make_context, make_settings
+from tests.unit.test_services import run_due
 
 SMS_ONLY = {"email": False, "sms": True}
 
@@ -45,14 +46,6 @@ def book(ctx, phone: str, booking_id: str = "b1") -> None:
                     starts_at=START + timedelta(days=3, hours=6))
     report = apply_events(ctx.store, [json.dumps(event)], now=START, source="test")
     assert report.applied == 1
-
-
-def run_due(ctx):
-    totals = {"sent": 0, "failed": 0, "retried": 0, "withdrawn": 0, "skipped": 0}
-    for _, ids in sweep_due(ctx.store, now=ctx.clock.now(), lease_s=60, limit=100, batch=100):
-        for key, value in vars(dispatch_batch(ctx, ids)).items():
-            totals[key] += value
-    return totals
 
 
 def info_row(ctx):
