@@ -183,7 +183,9 @@ def run_demo(keep: bool = False) -> int:
         print()
         with sink._lock:
             mails = list(sink.messages)
-        for mail in mails[:3]:
+        showcase = ("B-1001.info.", "R-2001.info.", "B-1002.change.")  # German, Italian, a moved visit
+        for mail in sorted((m for m in mails if any(k in m["Message-ID"] for k in showcase)),
+                           key=lambda m: m["Message-ID"]):
             print(f"--- mail to {mail['To']}: {mail['Subject']}")
             print(mail.get_body(preferencelist=("plain",)).get_content().strip())
         print()
