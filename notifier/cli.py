@@ -146,11 +146,12 @@ def web(host: str, port: int) -> None:
 
 @main.command()
 def sweep() -> None:
-    """Run one due sweep now, dispatching in this process (operations, debugging)."""
-    from notifier.services import dispatch_batch, sweep_due
+    """Run one state sweep and one due sweep now, dispatching in this process (operations, debugging)."""
+    from notifier.services import dispatch_batch, sweep_due, sweep_states
 
     ctx = _ctx()
     s = ctx.settings
+    sweep_states(ctx.store, now=ctx.clock.now(), regions=s.unavailable)
     total = {"sent": 0, "failed": 0, "retried": 0, "withdrawn": 0, "skipped": 0}
     for _channel, ids in sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
                                    batch=s.dispatch_batch):

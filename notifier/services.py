@@ -14,10 +14,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 import yaml
@@ -39,7 +40,17 @@ from notifier.domain.model import (
     Resource,
     Tenant,
 )
-from notifier.domain.planning import ExistingMessage, diff_plan, failed_keys, plan_booking, sent_keys, zone_of
+from notifier.domain.planning import (
+    ExistingMessage,
+    apply_flags,
+    booking_flags,
+    diff_plan,
+    failed_keys,
+    next_flag_change,
+    plan_booking,
+    sent_keys,
+    zone_of,
+)
 from notifier.domain.retry import compute_backoff_s
 from notifier.links import ACTIONS, LinkClaims, LinkSigner
 from notifier.rendering.calendar import calendar_card
@@ -47,7 +58,7 @@ from notifier.rendering.environment import TemplateMissing
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import bulk_insert
-from notifier.store.sql import MessageRow, Store
+from notifier.store.sql import MessageRow, Store, booking_from
 
 log = logging.getLogger("notifier")
 
@@ -365,6 +376,22 @@ def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source:
 
 
 def _save(s: BatchSession, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> None:
+    resource = s.resource(tenant.id, booking.resource_id)
+    if resource is not None:  # the board's markers (R12, R16, R18), as they are at `now`
+        settings = settings_for(tenant, resource, s.regions)
+        before = booking
+        booking, changes = apply_flags(booking, settings, now)
+        for kind, detail in changes:
+            notes = [*notes, tr.Note(kind, detail)]
+        if changes:
+            payload = {"booking_id": booking.id, "resource_id": booking.resource_id,
+                       "starts_at": booking.starts_at.isoformat(), "red": booking.red_since is not None,
+                       "late": booking.late_since is not None, "orange": booking.orange_since is not None}
+            s.add_outbox(tenant.id, "counters.changed", payload, now)
+            if booking.released_at is not None and before.released_at is None:  # R18: the slot is free
+                s.add_outbox(tenant.id, "slot.released", dict(payload, reason="not_marked_arrived"), now)
+        active = booking.status is BookingStatus.ACTIVE
+        s.set_next_check(tenant.id, booking.id, next_flag_change(booking, settings, now) if active else None)
     s.put_booking(booking)
     for note in notes:
         s.add_timeline(tenant.id, booking.id, now, note.kind, note.detail)
@@ -755,6 +782,55 @@ def _link_state(s: BatchSession, claims: LinkClaims, now: datetime | None) -> Li
     if now is not None and now >= booking.starts_at:
         return replace_outcome(found, "past")
     return found
+
+
+def sweep_states(store: Store, *, now: datetime, limit: int = 500,
+                 regions: Mapping[str, Iterable[str]] | None = None) -> int:
+    """The state sweep: bookings whose markers change at this time (red, late, orange, release)."""
+    b = t.bookings.c
+    with store.transaction() as tx:
+        query = (select(b.tenant_id, b.id).where(b.next_check_at <= now).order_by(b.next_check_at).limit(limit))
+        if store.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)  # two beats, two sweeps: each booking once
+        due = tx.conn.execute(query).all()
+        if not due:
+            return 0
+        s = BatchSession(tx.conn)
+        s.regions = dict(regions or {})
+        for tenant_id, booking_id in due:
+            tenant, booking = s.tenant(tenant_id), s.booking(tenant_id, booking_id)
+            if tenant is not None and booking is not None:
+                _save(s, tenant, booking, [], now)
+        s.flush(now)
+    return len(due)
+
+
+def counters(store: Store, tenant_id: str, day: date, *, now: datetime,
+             regions: Mapping[str, Iterable[str]] | None = None) -> dict[str, dict[str, int]]:
+    """R12, R16: red, late and orange counts per resource for a local day, exact at `now`
+    (computed from the bookings, not from what the last sweep saw)."""
+    b = t.bookings.c
+    with store.transaction() as tx:
+        tenant = tx.tenant(tenant_id)
+        if tenant is None:
+            raise LookupError(tenant_id)
+        zone = ZoneInfo(tenant.timezone)
+        start = datetime.combine(day, datetime.min.time(), tzinfo=zone)
+        rows = tx.conn.execute(select(t.bookings).where(
+            b.tenant_id == tenant_id, b.status == BookingStatus.ACTIVE.value,
+            b.starts_at >= start, b.starts_at < start + timedelta(days=1))).all()
+        resources = {r: tx.resource(tenant_id, r) for r in {row.resource_id for row in rows}}
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:
+        booking = booking_from(row)
+        resource = resources[booking.resource_id]
+        flags = booking_flags(booking, settings_for(tenant, resource, regions), now)
+        counts = out.setdefault(booking.resource_id, {"red": 0, "late": 0, "orange": 0, "unconfirmed": 0})
+        if flags.release_due:
+            continue  # released (or about to be, at the next sweep): off the board
+        for name in counts:
+            counts[name] += int(getattr(flags, name))
+    return out
 
 
 def publish_outbox(store: Store, publish: Any, *, now: datetime, limit: int = 500) -> int:

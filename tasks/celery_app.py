@@ -36,7 +36,7 @@ def celery_config() -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "task_queues": [Queue(name, routing_key=name) for name in ALL_QUEUES],
         "task_default_queue": SWEEP_QUEUE,
-        "task_routes": {"notifier.sweep_due": {"queue": SWEEP_QUEUE}},
+        "task_routes": {"notifier.sweep_due": {"queue": SWEEP_QUEUE}, "notifier.sweep_states": {"queue": SWEEP_QUEUE}},
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,
@@ -49,6 +49,8 @@ def celery_config() -> dict[str, Any]:
         "beat_schedule": {
             "sweep-due": {"task": "notifier.sweep_due", "schedule": settings.sweep_interval_s,
                           "options": {"queue": SWEEP_QUEUE, "expires": max(settings.sweep_interval_s * 5, 10)}},
+            "sweep-states": {"task": "notifier.sweep_states", "schedule": settings.sweep_interval_s,
+                             "options": {"queue": SWEEP_QUEUE, "expires": max(settings.sweep_interval_s * 5, 10)}},
         },
         "beat_schedule_filename": str(settings.broker_dir.parent / "celerybeat-schedule"),
         "timezone": "UTC",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from notifier.client import OutboundPublisher
-from notifier.services import publish_outbox, sweep_due
+from notifier.services import publish_outbox, sweep_due, sweep_states
 from tasks.celery_app import CHANNEL_QUEUES, app, context
 from tasks.dispatch import dispatch_batch
 
@@ -18,3 +18,13 @@ def sweep_due_task() -> int:
         dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel])
     publish_outbox(ctx.store, OutboundPublisher(s), now=ctx.clock.now())  # after their commit, at least once
     return sum(len(ids) for _, ids in batches)
+
+
+@app.task(name="notifier.sweep_states")
+def sweep_states_task() -> int:
+    """Markers that change with time: red and orange counters, late, auto-release (R12, R16, R18)."""
+    ctx = context()
+    changed = sweep_states(ctx.store, now=ctx.clock.now(), limit=ctx.settings.sweep_batch,
+                           regions=ctx.settings.unavailable)
+    publish_outbox(ctx.store, OutboundPublisher(ctx.settings), now=ctx.clock.now())
+    return changed

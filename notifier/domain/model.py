@@ -150,6 +150,11 @@ class Booking:
     confirmed_at: datetime | None = None
     visit_outcome: str | None = None  # arrived | no_show
     revision: int = 0
+    # the planner's board (R12, R16, R18): when each marker lit up, None while off
+    red_since: datetime | None = None
+    late_since: datetime | None = None
+    orange_since: datetime | None = None
+    released_at: datetime | None = None
 
     def moved(self, **changes: Any) -> "Booking":
         return replace(self, **changes)

@@ -217,6 +217,11 @@ def _plan_request(plan: _Plan, booking: Booking, s: NotificationSettings) -> Non
 def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings) -> None:
     at = booking.cancelled_at or booking.scheduled_at
     by = booking.cancelled_by
+    if by == "release":  # R18: the notice planned for this moment still goes out
+        if s.late.release_enabled and s.staff.released:
+            plan.staff(Kind.STAFF_RELEASED, booking.starts_at + timedelta(seconds=s.late.release_delay_s),
+                       _stamp(booking.starts_at))
+        return
     if by == "customer":
         if s.cancellation.inform_staff_on_customer_cancel and s.staff.cancelled:  # R14, R19
             plan.staff(Kind.STAFF_CANCELLED, at)
@@ -349,3 +354,31 @@ def next_flag_change(booking: Booking, settings: NotificationSettings, now: date
                starts + timedelta(seconds=late.release_delay_s)]
     later = [m for m in moments if m > now]
     return min(later) if later else None
+
+
+def apply_flags(booking: Booking, settings: NotificationSettings, now: datetime) -> tuple[Booking, list[tuple[str, dict]]]:
+    """Bring the booking's markers to what `booking_flags` says at `now`; a due release cancels
+    it (R18). Returns the new booking and what changed, as (timeline kind, detail)."""
+    from dataclasses import replace
+
+    flags = booking_flags(booking, settings, now)
+    c, late, starts = settings.confirmation, settings.late, booking.starts_at
+    lit = {"red_since": (flags.red, starts - timedelta(seconds=c.counter_offset_s)),
+           "late_since": (flags.late, starts + timedelta(seconds=late.delay_s)),
+           "orange_since": (flags.orange, starts + timedelta(seconds=late.counter_delay_s))}
+    changes: dict = {}
+    notes: list[tuple[str, dict]] = []
+    for name, (on, since) in lit.items():
+        current = getattr(booking, name)
+        if on and current is None:
+            changes[name] = since  # the moment it lit, not when a sweep noticed
+            notes.append((f"marker.{name.removesuffix('_since')}.on", {"since": since.isoformat()}))
+        elif not on and current is not None:
+            changes[name] = None
+            notes.append((f"marker.{name.removesuffix('_since')}.off", {}))
+    if flags.release_due and booking.released_at is None:
+        changes.update(status=BookingStatus.CANCELLED, cancelled_by="release", cancelled_at=now, released_at=now,
+                       late_since=None, orange_since=None, red_since=None)
+        notes.append(("slot.released", {"reason": "not marked arrived", "starts_at": starts.isoformat(),
+                                        "resource_id": booking.resource_id}))
+    return (replace(booking, **changes) if changes else booking), notes

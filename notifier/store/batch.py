@@ -65,6 +65,7 @@ class BatchSession:
         self.timeline: list[dict[str, Any]] = []
         self.dead: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
+        self.next_check: dict[Key, datetime | None] = {}
         self.outcomes: dict[str, str] = {}
         self.unclaim: set[str] = set()
         self.new_holds: dict[str, dict[str, Any]] = {}
@@ -296,6 +297,9 @@ class BatchSession:
             self._set(self.messages, key, {})
         self.held.setdefault((booking.tenant_id, f"booking:{booking.id}"), {})
 
+    def set_next_check(self, tenant_id: str, booking_id: str, at: datetime | None) -> None:
+        self._set(self.next_check, (tenant_id, booking_id), at)
+
     def put_customer(self, customer: Customer, phone_error: str | None) -> None:
         key = (customer.tenant_id, customer.id)
         self._set(self.customers, key, customer)
@@ -383,7 +387,9 @@ class BatchSession:
              "workflow_status": dict(b.workflow_status) if b.workflow_status else None,
              "confirmed_at": b.confirmed_at, "visit_outcome": b.visit_outcome, "revision": b.revision,
              "cancelled_by": b.cancelled_by, "cancelled_at": b.cancelled_at, "cancel_reason": b.cancel_reason,
-             "needs_approval": b.needs_approval, "approved_at": b.approved_at}
+             "needs_approval": b.needs_approval, "approved_at": b.approved_at, "red_since": b.red_since,
+             "late_since": b.late_since, "orange_since": b.orange_since, "released_at": b.released_at,
+             "next_check_at": self.next_check.get((b.tenant_id, b.id))}
             for b in (self.bookings[k] for k in sorted(self.dirty["bookings"])) if b is not None])
         self._flush_messages(now)
         bulk_insert(conn, t.timeline, self.timeline)

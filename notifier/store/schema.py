@@ -124,10 +124,17 @@ bookings = Table(
     Column("confirmed_at", UTCDateTime),
     Column("visit_outcome", String(16)),  # arrived | no_show
     Column("revision", Integer, nullable=False),
+    Column("red_since", UTCDateTime),  # R12
+    Column("late_since", UTCDateTime),  # R16
+    Column("orange_since", UTCDateTime),  # R16
+    Column("released_at", UTCDateTime),  # R18
+    Column("next_check_at", UTCDateTime),  # when a marker may change without an event (the state sweep)
     ForeignKeyConstraint(["tenant_id", "customer_id"], ["customers.tenant_id", "customers.id"]),
     ForeignKeyConstraint(["tenant_id", "resource_id"], ["resources.tenant_id", "resources.id"]),
 )
 
+Index("ix_bookings_next_check", bookings.c.next_check_at, postgresql_where=bookings.c.next_check_at.isnot(None),
+      sqlite_where=bookings.c.next_check_at.isnot(None))
 # a customer's or resource's open bookings, replanned when the customer or resource changes
 Index("ix_bookings_customer", bookings.c.tenant_id, bookings.c.customer_id)
 Index("ix_bookings_resource", bookings.c.tenant_id, bookings.c.resource_id)

@@ -111,7 +111,8 @@ def booking_from(row: Any) -> Booking:
                    status=BookingStatus(row.status), workflow_status=row.workflow_status,
                    cancelled_by=row.cancelled_by, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
                    needs_approval=row.needs_approval, approved_at=row.approved_at, confirmed_at=row.confirmed_at,
-                   visit_outcome=row.visit_outcome, revision=row.revision)
+                   visit_outcome=row.visit_outcome, revision=row.revision, red_since=row.red_since,
+                   late_since=row.late_since, orange_since=row.orange_since, released_at=row.released_at)
 
 
 def _upsert(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> None:
@@ -217,7 +218,8 @@ class Tx:
             "confirmed_at": booking.confirmed_at, "visit_outcome": booking.visit_outcome, "revision": booking.revision,
             "cancelled_by": booking.cancelled_by, "cancelled_at": booking.cancelled_at,
             "cancel_reason": booking.cancel_reason, "needs_approval": booking.needs_approval,
-            "approved_at": booking.approved_at,
+            "approved_at": booking.approved_at, "red_since": booking.red_since, "late_since": booking.late_since,
+            "orange_since": booking.orange_since, "released_at": booking.released_at,
         }, ["tenant_id", "id"])
 
     def active_bookings(self, tenant_id: str, *, customer_id: str | None = None,

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from notifier.domain.planning import zone_of
 from notifier.links import LinkError
-from notifier.services import apply_delivery_status, look_up_link, timeline_of, use_link
+from notifier.services import apply_delivery_status, counters, look_up_link, timeline_of, use_link
 from notifier.web.pages import render_page
 
 
@@ -116,6 +116,17 @@ def create_app(ctx: Any) -> FastAPI:
     def link_act(token: str) -> HTMLResponse:
         """The button: confirm, or cancel within the tenant's window (R11, R14, R23, N4)."""
         return link_page(token, act=True)
+
+    @app.get("/api/tenants/{tenant_id}/counters")
+    def counters_api(tenant_id: str, day: str) -> dict[str, dict[str, int]]:
+        """Red (unconfirmed, near), late and orange counts per resource for a local day (R12, R16)."""
+        from datetime import date
+
+        try:
+            return counters(ctx.store, tenant_id, date.fromisoformat(day), now=ctx.clock.now(),
+                            regions=settings.unavailable)
+        except LookupError:
+            raise HTTPException(status_code=404, detail="no such tenant") from None
 
     @app.get("/api/tenants/{tenant_id}/bookings/{booking_id}/timeline")
     def timeline(tenant_id: str, booking_id: str) -> list[dict[str, Any]]:

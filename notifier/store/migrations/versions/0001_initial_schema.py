@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-24 09:00:08.955327
+Create Date: 2026-11-24 09:20:27.386546
 """
 import sqlalchemy as sa
 from alembic import op
@@ -148,12 +148,18 @@ def upgrade() -> None:
     sa.Column('confirmed_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
     sa.Column('visit_outcome', sa.String(length=16), nullable=True),
     sa.Column('revision', sa.Integer(), nullable=False),
+    sa.Column('red_since', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('late_since', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('orange_since', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('released_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('next_check_at', notifier.store.schema.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['tenant_id', 'customer_id'], ['customers.tenant_id', 'customers.id'], name=op.f('fk_bookings_tenant_id_customers')),
     sa.ForeignKeyConstraint(['tenant_id', 'resource_id'], ['resources.tenant_id', 'resources.id'], name=op.f('fk_bookings_tenant_id_resources')),
     sa.PrimaryKeyConstraint('tenant_id', 'id', name=op.f('pk_bookings'))
     )
     with op.batch_alter_table('bookings', schema=None) as batch_op:
         batch_op.create_index('ix_bookings_customer', ['tenant_id', 'customer_id'], unique=False)
+        batch_op.create_index('ix_bookings_next_check', ['next_check_at'], unique=False, postgresql_where=sa.text('next_check_at IS NOT NULL'), sqlite_where=sa.text('next_check_at IS NOT NULL'))
         batch_op.create_index('ix_bookings_resource', ['tenant_id', 'resource_id'], unique=False)
 
     op.create_table('messages',
@@ -215,6 +221,7 @@ def downgrade() -> None:
     op.drop_table('messages')
     with op.batch_alter_table('bookings', schema=None) as batch_op:
         batch_op.drop_index('ix_bookings_resource')
+        batch_op.drop_index('ix_bookings_next_check', postgresql_where=sa.text('next_check_at IS NOT NULL'), sqlite_where=sa.text('next_check_at IS NOT NULL'))
         batch_op.drop_index('ix_bookings_customer')
 
     op.drop_table('bookings')
