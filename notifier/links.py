@@ -7,6 +7,7 @@ working for confirming (the start differs), and a link for one action cannot do 
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,7 +66,16 @@ def link_secret(configured: str, data_dir: str | Path, name: str = "link-secret"
         return configured
     path = Path(data_dir) / name
     if not path.exists():
+        # several workers may start at once: write a complete file aside, then link it into place
+        # atomically; whoever loses the race reads the winner's secret, never a half-written one
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+        spare = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        spare.write_text(secrets.token_urlsafe(32))
+        spare.chmod(0o600)
+        try:
+            os.link(spare, path)
+        except FileExistsError:
+            pass
+        finally:
+            spare.unlink()
     return path.read_text().strip()

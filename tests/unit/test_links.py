@@ -111,3 +111,14 @@ def test_N4_an_expired_link_is_refused(ctx, web, monkeypatch):
     monkeypatch.undo()
     page = web.post(old)
     assert page.status_code == 400 and "expired" in page.text and booking_row(ctx).confirmed_at is None
+
+
+def test_workers_starting_at_once_agree_on_one_development_secret(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from notifier.links import link_secret
+
+    with ThreadPoolExecutor(16) as pool:
+        secrets = set(pool.map(lambda _: link_secret("", tmp_path), range(64)))
+    assert len(secrets) == 1 and len(secrets.pop()) >= 32
+    assert [p.name for p in tmp_path.iterdir()] == ["link-secret"]  # no spare files left behind
