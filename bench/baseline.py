@@ -36,3 +36,18 @@ def apply_event(body: str) -> None:
     from notifier.services import apply_events
 
     apply_events(_store(), [body], now=NOW, source="baseline")
+
+
+@cache
+def _context():
+    from notifier.bootstrap import build
+
+    return build()
+
+
+@app.task(name="bench.send_message")
+def send_message(message_id: int) -> None:
+    """One message, one task: render, send, record."""
+    from notifier.services import send_one
+
+    send_one(_context(), message_id)
