@@ -88,3 +88,46 @@ def record(name: str, command: str, figures: dict[str, object], notes: str = "")
     write_report()
     sys.stdout.flush()
     print(json.dumps(figures, separators=(",", ":")))
+
+
+def prepared_store(url: str, history: list[str], *, batch: int = 1000, tune=None):
+    """A migrated store with the shipped tenants, `tune(tx)` applied, `history` applied and
+    ANALYZEd: a live database has statistics (autovacuum keeps them); a fresh one misleads."""
+    from sqlalchemy import text
+
+    from bench.workload import START
+    from notifier.services import apply_events, load_tenants
+    from notifier.settings import shipped_path
+    from notifier.store.sql import Store, make_engine
+
+    store = Store(make_engine(url))
+    store.migrate()
+    load_tenants(store, shipped_path("config") / "tenants", now=START)
+    if tune is not None:
+        with store.transaction() as tx:
+            tune(tx)
+    for i in range(0, len(history), batch):
+        apply_events(store, history[i:i + batch], now=START, source="bench")
+    with store.engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    return store
+
+
+def count_rows(store, table, *where) -> int:
+    from sqlalchemy import func, select
+
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+def stop_processes(procs) -> None:
+    import subprocess
+
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -19,9 +19,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from bench.common import REDIS_URL, ROOT, record, redis_prefix, scratch_database, wait_until
+from bench.common import (
+    REDIS_URL,
+    ROOT,
+    count_rows,
+    prepared_store,
+    record,
+    redis_prefix,
+    scratch_database,
+    stop_processes,
+    wait_until,
+)
 from bench.workload import START
 
 EVENTS_PER_BOOKING = 1  # each booking plans one info SMS due at once
@@ -46,42 +56,26 @@ def _events(n: int) -> list[str]:
     return out
 
 
+def _only_info_sms(tx) -> None:
+    """Only the new-booking SMS: the other kinds would add messages due later."""
+    from dataclasses import replace
+
+    tenant = tx.tenant("salon-berlin")
+    tx.save_tenant(replace(tenant, settings={
+        "info": {"channels": ["sms"], "delay_s": 0}, "reminder": {"enabled": False},
+        "confirmation": {"enabled": False}, "late": {"enabled": False, "activity_enabled": False,
+                                                     "release_enabled": False},
+        "feedback": {"enabled": False}, "staff": {"enabled": False}, "quiet_hours": {"enabled": False}}), START)
+
+
 def _prepare(url: str, n: int):
-    from sqlalchemy import text
-
-    from notifier.services import apply_events, load_tenants
-    from notifier.settings import shipped_path
-    from notifier.store.sql import Store, make_engine
-
-    store = Store(make_engine(url))
-    store.migrate()
-    load_tenants(store, shipped_path("config") / "tenants", now=START)
-    # only the new-booking SMS: the other kinds would add messages due later
-    with store.transaction() as tx:
-        tenant = tx.tenant("salon-berlin")
-        from dataclasses import replace
-
-        tx.save_tenant(replace(tenant, settings={
-            "info": {"channels": ["sms"], "delay_s": 0}, "reminder": {"enabled": False},
-            "confirmation": {"enabled": False}, "late": {"enabled": False, "activity_enabled": False,
-                                                         "release_enabled": False},
-            "feedback": {"enabled": False}, "staff": {"enabled": False}, "quiet_hours": {"enabled": False}}),
-            START)
-    events = _events(n)
-    for i in range(0, n, 2000):
-        apply_events(store, events[i:i + 2000], now=START, source="bench")
-    with store.engine.connect() as conn:
-        conn.execute(text("ANALYZE"))
-        conn.commit()
-    return store
+    return prepared_store(url, _events(n), batch=2000, tune=_only_info_sms)
 
 
 def _sent(store) -> int:
     from notifier.store import schema as t
 
-    with store.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(t.messages).where(t.messages.c.state == "sent")
-                            ).scalar_one()
+    return count_rows(store, t.messages, t.messages.c.state == "sent")
 
 
 def _env(url: str, prefix: str, providers, clock_path: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -96,14 +90,6 @@ def _env(url: str, prefix: str, providers, clock_path: Path, extra: dict[str, st
     return env
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def run_ours(n: int, processes: int, concurrency: int, *, rate_limit: str = "") -> dict[str, float]:
@@ -136,7 +122,7 @@ def run_ours(n: int, processes: int, concurrency: int, *, rate_limit: str = "") 
             wait_until(done, timeout_s=1800, poll_s=0.5)
             seconds = time.perf_counter() - started
         finally:
-            _stop([beat, worker])
+            stop_processes([beat, worker])
             store.engine.dispose()
         duplicates = len(providers.received) - len({m["to"] for m in providers.received})
     return {"seconds": seconds, "msgs_per_s": n / seconds, "samples": samples, "duplicates": duplicates,
@@ -176,7 +162,7 @@ def run_baseline(n: int, processes: int, concurrency: int) -> dict[str, float]:
             wait_until(lambda: _sent(store) >= n, timeout_s=3600, poll_s=0.5)
             seconds = time.perf_counter() - started
         finally:
-            _stop(workers)
+            stop_processes(workers)
             store.engine.dispose()
     return {"seconds": seconds, "msgs_per_s": n / seconds}
 

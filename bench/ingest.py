@@ -17,47 +17,37 @@ import time
 from pathlib import Path
 
 import redis
-from sqlalchemy import func, select
 
-from bench.common import REDIS_URL, ROOT, record, redis_prefix, scratch_database, wait_until
+from bench.common import (
+    REDIS_URL,
+    ROOT,
+    count_rows,
+    prepared_store,
+    record,
+    redis_prefix,
+    scratch_database,
+    stop_processes,
+    wait_until,
+)
 from bench.workload import START, booking_events
 from notifier.clock import FileClock
 
 
 def _prepare(url: str, warmup: list[str]):
-    """Schema, tenants, and a warm-up history applied and ANALYZEd: a live database has
-    statistics (autovacuum keeps them), a fresh one would mislead the planner."""
-    from sqlalchemy import text
-
-    from notifier.services import apply_events, load_tenants
-    from notifier.settings import shipped_path
-    from notifier.store.sql import Store, make_engine
-
-    store = Store(make_engine(url))
-    store.migrate()
-    load_tenants(store, shipped_path("config") / "tenants", now=START)
-    for i in range(0, len(warmup), 1000):
-        apply_events(store, warmup[i:i + 1000], now=START, source="warmup")
-    with store.engine.connect() as conn:
-        conn.execute(text("ANALYZE"))
-        conn.commit()
-    return store
+    return prepared_store(url, warmup)
 
 
 def _processed(store) -> int:
     from notifier.store import schema as t
 
-    with store.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(t.processed_events)).scalar_one()
+    return count_rows(store, t.processed_events)
 
 
 def _messages(store) -> int:
     """Messages that will go out (withdrawn ones depend on arrival order, live ones must not)."""
     from notifier.store import schema as t
 
-    with store.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(t.messages)
-                            .where(t.messages.c.state != "withdrawn")).scalar_one()
+    return count_rows(store, t.messages, t.messages.c.state != "withdrawn")
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
@@ -66,14 +56,6 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -> dict[str, float]:
@@ -99,7 +81,7 @@ def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -
             seconds = time.perf_counter() - started
             planned = _messages(store)
         finally:
-            _stop(procs)
+            stop_processes(procs)
             store.engine.dispose()
     return {"seconds": seconds, "events_per_s": len(events) / seconds, "messages_planned": planned}
 
@@ -126,7 +108,7 @@ def run_baseline(events: list[str], warmup: list[str], processes: int) -> dict[s
             seconds = time.perf_counter() - started
             planned = _messages(store)
         finally:
-            _stop([worker])
+            stop_processes([worker])
             store.engine.dispose()
     return {"seconds": seconds, "events_per_s": len(events) / seconds, "messages_planned": planned}
 
