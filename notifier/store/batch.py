@@ -152,6 +152,18 @@ class BatchSession:
             return column == any_(bindparam(None, values, type_=ARRAY(String)))
         return column.in_(values)
 
+    def _per_tenant(self, query: Any, tenant_column: Any, id_column: Any, keys: Iterable[Key], *,
+                    lock: bool = False) -> list[Any]:
+        """Run `query` once per tenant for the ids the keys name (one array parameter each)."""
+        rows: list[Any] = []
+        for tenant_id, ids in _by_tenant(keys).items():
+            scoped = query.where(tenant_column == tenant_id, self._in(id_column, ids))
+            if lock and self.conn.dialect.name == "postgresql":
+                # one ingester at a time per booking; key order: no deadlock
+                scoped = scoped.order_by(id_column).with_for_update()
+            rows.extend(self.conn.execute(scoped))
+        return rows
+
     def _load_tenants(self, ids: set[str]) -> None:
         if not ids:
             return
@@ -166,13 +178,7 @@ class BatchSession:
         c = t.bookings.c
         for key in keys:
             self.bookings[key] = None
-        rows = []
-        for tenant_id, ids in _by_tenant(keys).items():
-            query = select(t.bookings).where(c.tenant_id == tenant_id, self._in(c.id, ids)).order_by(c.id)
-            if self.conn.dialect.name == "postgresql":
-                query = query.with_for_update()  # one ingester at a time per booking; key order: no deadlock
-            rows.extend(self.conn.execute(query))
-        for row in rows:
+        for row in self._per_tenant(select(t.bookings), c.tenant_id, c.id, keys, lock=True):
             self.bookings[(row.tenant_id, row.id)] = booking_from(row)
         self._load_messages(keys)
         self._load_held(keys)
@@ -181,12 +187,8 @@ class BatchSession:
         c = t.messages.c
         for key in keys:
             self.messages.setdefault(key, {})
-        rows = []
-        for tenant_id, ids in _by_tenant(keys).items():
-            rows.extend(self.conn.execute(select(c.tenant_id, c.booking_id, c.key, c.kind, c.channel, c.recipient,
-                                                 c.state, c.due_at)
-                                          .where(c.tenant_id == tenant_id, self._in(c.booking_id, ids))))
-        for r in rows:
+        query = select(c.tenant_id, c.booking_id, c.key, c.kind, c.channel, c.recipient, c.state, c.due_at)
+        for r in self._per_tenant(query, c.tenant_id, c.booking_id, keys):
             self.messages[(r.tenant_id, r.booking_id)][r.key] = _Message(
                 key=r.key, kind=r.kind, channel=Channel(r.channel), recipient=r.recipient,
                 state=MessageState(r.state), due_at=r.due_at, new=False)
@@ -196,11 +198,8 @@ class BatchSession:
         wanted = sorted((tenant, f"booking:{bid}") for tenant, bid in keys)
         for pair in wanted:
             self.held.setdefault(pair, {})
-        rows = []
-        for tenant_id, aggregates in _by_tenant(wanted).items():
-            rows.extend(self.conn.execute(select(c.event_id, c.tenant_id, c.aggregate, c.revision, c.body)
-                                          .where(c.tenant_id == tenant_id, self._in(c.aggregate, aggregates))))
-        for r in rows:
+        query = select(c.event_id, c.tenant_id, c.aggregate, c.revision, c.body)
+        for r in self._per_tenant(query, c.tenant_id, c.aggregate, wanted):
             self.held[(r.tenant_id, r.aggregate)][r.event_id] = (r.revision, r.body)
 
     def _load_customers(self, keys: set[Key]) -> None:
@@ -209,10 +208,7 @@ class BatchSession:
         c = t.customers.c
         for key in keys:
             self.customers[key] = None
-        rows = []
-        for tenant_id, ids in _by_tenant(keys).items():
-            rows.extend(self.conn.execute(select(t.customers).where(c.tenant_id == tenant_id, self._in(c.id, ids))))
-        for row in rows:
+        for row in self._per_tenant(select(t.customers), c.tenant_id, c.id, keys):
             self.customers[(row.tenant_id, row.id)] = customer_from(row)
             self.phone_errors[(row.tenant_id, row.id)] = row.phone_error
 
@@ -222,10 +218,7 @@ class BatchSession:
         c = t.resources.c
         for key in keys:
             self.resources[key] = None
-        rows = []
-        for tenant_id, ids in _by_tenant(keys).items():
-            rows.extend(self.conn.execute(select(t.resources).where(c.tenant_id == tenant_id, self._in(c.id, ids))))
-        for row in rows:
+        for row in self._per_tenant(select(t.resources), c.tenant_id, c.id, keys):
             self.resources[(row.tenant_id, row.id)] = resource_from(row)
 
     # --- reads (loading what was not preloaded) ------------------------------------------------
