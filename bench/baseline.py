@@ -48,6 +48,6 @@ def _context():
 @app.task(name="bench.send_message")
 def send_message(message_id: int) -> None:
     """One message, one task: render, send, record."""
-    from notifier.services import send_one
+    from notifier.dispatch import send_one
 
     send_one(_context(), message_id)

@@ -6,6 +6,8 @@ Nothing here runs at import time; processes call `build()` once when they start
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,17 @@ class Context:
     channels: dict[Channel, ChannelAdapter] = field(default_factory=dict)
     links: LinkSigner | None = None
     _bundles: dict[tuple[str, str], Renderer] = field(default_factory=dict)
+    _senders: ThreadPoolExecutor | None = None
+    _senders_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sender_pool(self) -> ThreadPoolExecutor:
+        """The threads that make provider calls, kept for the process's life so their pooled
+        connections (HTTP sessions, SMTP) are reused from batch to batch."""
+        with self._senders_lock:
+            if self._senders is None:
+                self._senders = ThreadPoolExecutor(max_workers=max(1, self.settings.dispatch_concurrency),
+                                                   thread_name_prefix="send")
+            return self._senders
 
     def renderer_for(self, tenant_id: str, version: str | None) -> Renderer:
         """The tenant's active bundle (R40), compiled once per version; the shipped one otherwise."""
@@ -42,6 +55,8 @@ class Context:
         return self._bundles[key]
 
     def close(self) -> None:
+        if self._senders is not None:
+            self._senders.shutdown(wait=True)
         for adapter in self.channels.values():
             adapter.close()
         self.store.engine.dispose()

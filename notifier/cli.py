@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -20,10 +21,35 @@ def _ctx():
 
 @click.group()
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default from settings).")
-def main(log_level: str | None) -> None:
+@click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True,
+              help="JSON lines (for log collectors) or key=value for people; personal data masked in both (N7).")
+def main(log_level: str | None, log_format: str) -> None:
     """notifier: plans, renders and sends the messages bookings need."""
-    level = log_level or load_settings().log_level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from notifier.observability.logs import configure_logging
+
+    configure_logging(log_level or load_settings().log_level, fmt=log_format)
+
+
+def _log_level_name() -> str:
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel())
+
+
+def _keep_our_logging() -> None:
+    """Celery configures logging only when nobody answers its setup_logging signal: we do."""
+    from celery.signals import setup_logging
+
+    setup_logging.connect(_logging_is_set_up, weak=False)
+
+
+def _logging_is_set_up(**_: Any) -> None:
+    pass
+
+
+def _metrics_options(command):
+    command = click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                           help="Address of the Prometheus endpoint (0.0.0.0 in containers).")(command)
+    return click.option("--metrics-port", type=int, default=None,
+                        help="Serve Prometheus metrics on this port (/metrics); off when not given.")(command)
 
 
 @main.command()
@@ -62,19 +88,27 @@ def tenants_load(folder: Path) -> None:
 
 @main.command()
 @click.option("--idle-exit", type=float, default=None, help="Exit after this many seconds without events.")
-def ingest(idle_exit: float | None) -> None:
+@_metrics_options
+def ingest(idle_exit: float | None, metrics_port: int | None, metrics_host: str) -> None:
     """Consume booking events from the broker and apply them (runs until stopped)."""
     from notifier import ingest as ingester
+    from notifier.observability.logs import mask_text
 
     ctx = _ctx()
     source = ingester.open_source(ctx.settings)
-    click.echo(f"ingesting from {source.name}", err=True)
+    on_batch = None
+    if metrics_port is not None:
+        from notifier.observability import metrics
+
+        metrics.serve(metrics_port, metrics_host)
+        source, on_batch = metrics.MeteredSource(source), metrics.count_ingested
+    logging.getLogger("notifier.ingest").info("ingesting from %s", source.name)
     try:
-        total = ingester.run(ctx, source, stop=ingester.stop_on_signals(), idle_exit_s=idle_exit)
+        total = ingester.run(ctx, source, stop=ingester.stop_on_signals(), idle_exit_s=idle_exit, on_batch=on_batch)
     finally:
         source.close()
         ctx.close()
-    click.echo(json.dumps(vars(total) | {"dead_reasons": total.dead_reasons[:20]}))
+    click.echo(mask_text(json.dumps(vars(total) | {"dead_reasons": total.dead_reasons[:20]})))
 
 
 @main.command()
@@ -100,12 +134,21 @@ def publish(source, url: str | None) -> None:
 @click.option("--concurrency", "-c", type=int, default=None)
 @click.option("--pool", "-P", default=None, help="prefork (default), threads, solo.")
 @click.option("--hostname", "-n", default=None)
-def worker(queues: str | None, concurrency: int | None, pool: str | None, hostname: str | None) -> None:
+@_metrics_options
+def worker(queues: str | None, concurrency: int | None, pool: str | None, hostname: str | None,
+           metrics_port: int | None, metrics_host: str) -> None:
     """Run a Celery worker (sweep and dispatch queues)."""
+    if metrics_port is not None:  # before prometheus_client is imported: the pool's children share a folder
+        from notifier.observability import metrics
+
+        metrics.prepare_multiprocess()
+        metrics.serve(metrics_port, metrics_host, multiprocess=True)
+        metrics.connect_worker_signals()
+    _keep_our_logging()
     from tasks.celery_app import ALL_QUEUES, app
 
-    argv = ["worker", "-Q", queues or ",".join(ALL_QUEUES), "--without-gossip", "--without-mingle",
-            "--loglevel", "INFO"]
+    argv = ["--quiet", "worker", "-Q", queues or ",".join(ALL_QUEUES), "--without-gossip", "--without-mingle",
+            "--loglevel", _log_level_name()]
     if concurrency:
         argv += ["-c", str(concurrency)]
     if pool:
@@ -116,20 +159,49 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None, hostna
 
 
 @main.command()
-def beat() -> None:
-    """Run Celery beat: triggers the due sweep every sweep_interval_s."""
+@_metrics_options
+def beat(metrics_port: int | None, metrics_host: str) -> None:
+    """Run Celery beat: triggers the due sweep every sweep_interval_s (run exactly one)."""
+    if metrics_port is not None:
+        from notifier.observability import metrics
+
+        metrics.serve(metrics_port, metrics_host)
+        metrics.connect_beat_signals()
+    _keep_our_logging()
     from tasks.celery_app import app
 
-    app.start(["beat", "--loglevel", "INFO"])
+    app.start(["--quiet", "beat", "--loglevel", _log_level_name()])
 
 
 @main.command()
 @click.option("--port", default=5555, type=int)
-def flower(port: int) -> None:
-    """Run Flower (queues, workers, tasks) against the project's broker."""
+@click.option("--address", default="", help="Interface to listen on (default: all).")
+def flower(port: int, address: str) -> None:
+    """Run Flower (queues, workers, tasks; Prometheus metrics on /metrics) against the project's broker."""
+    _keep_our_logging()
     from tasks.celery_app import app
 
-    app.start(["flower", f"--port={port}"])
+    app.start(["flower", f"--port={port}", *([f"--address={address}"] if address else [])])
+
+
+@main.command()
+@click.argument("url")
+@click.option("--timeout", "timeout_s", type=float, default=3.0, show_default=True)
+def health(url: str, timeout_s: float) -> None:
+    """Exit 0 when URL answers 2xx within the timeout, else 1 (container health checks)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer:  # noqa: S310 - an operator's URL
+            status = answer.status
+    except (OSError, urllib.error.URLError) as exc:
+        click.echo(f"unhealthy: {exc}", err=True)
+        raise SystemExit(1) from None
+    if not 200 <= status < 300:
+        click.echo(f"unhealthy: HTTP {status}", err=True)
+        raise SystemExit(1)
+    click.echo("ok")
 
 
 @main.command()
@@ -147,12 +219,13 @@ def web(host: str, port: int) -> None:
 @main.command()
 def sweep() -> None:
     """Run one state sweep and one due sweep now, dispatching in this process (operations, debugging)."""
-    from notifier.services import dispatch_batch, sweep_due, sweep_states
+    from notifier.dispatch import DispatchReport, dispatch_batch
+    from notifier.services import sweep_due, sweep_states
 
     ctx = _ctx()
     s = ctx.settings
     sweep_states(ctx.store, now=ctx.clock.now(), regions=s.unavailable)
-    total = {"sent": 0, "failed": 0, "retried": 0, "withdrawn": 0, "skipped": 0}
+    total = vars(DispatchReport())
     for _channel, ids in sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
                                    batch=s.dispatch_batch):
         for key, value in vars(dispatch_batch(ctx, ids)).items():

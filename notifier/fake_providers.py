@@ -15,9 +15,11 @@ import threading
 import time
 import uuid
 from collections import deque
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
@@ -41,6 +43,16 @@ class FakeProviders:
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status, headers, payload = providers.handle(self.path, dict(self.headers), body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for key, value in {**headers, "Content-Type": "application/json",
+                                   "Content-Length": str(len(data))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                status, headers, payload = providers.handle_get(self.path, dict(self.headers))
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 for key, value in {**headers, "Content-Type": "application/json",
@@ -89,6 +101,29 @@ class FakeProviders:
             return self._meta(headers, body)
         return 404, {}, {"message": "not found"}
 
+    def handle_get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """Twilio's Messages list: filtered by To and DateSent>= (a day), newest first, paged."""
+        import base64
+
+        route, _, query = path.partition("?")
+        if route != f"/2010-04-01/Accounts/{self.account_sid}/Messages.json":
+            return 404, {}, {"message": "not found"}
+        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        if headers.get("Authorization") != expected:
+            return 401, {}, {"code": 20003, "message": "Authenticate", "status": 401}
+        args = {k: v[0] for k, v in parse_qs(query).items()}
+        size, page = int(args.get("PageSize", 50)), int(args.get("Page", 0))
+        with self._lock:
+            found = [m for m in reversed(self.received) if m["provider"] == "twilio"
+                     and m["to"] == args.get("To", m["to"]) and m["day"] >= args.get("DateSent>", "")]
+        chunk = found[page * size:(page + 1) * size]
+        more = len(found) > (page + 1) * size
+        base = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        return 200, {}, {"messages": [{"sid": m["sid"], "to": m["to"], "from": m["from"], "body": m["body"],
+                                       "status": "sent", "date_created": m["date_created"]} for m in chunk],
+                         "page": page, "page_size": size, "next_page_uri":
+                             f"{base}?{urlencode({**args, 'Page': str(page + 1)})}" if more else None}
+
     def _twilio(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         import base64
 
@@ -104,7 +139,9 @@ class FakeProviders:
         if not (form.get("Body") or form.get("ContentSid")):
             return 400, {}, {"code": 21602, "message": "Message body is required.", "status": 400}
         sid = "SM" + uuid.uuid4().hex
-        self._record({"provider": "twilio", "sid": sid, "to": to, "from": form.get("From") or
+        moment = datetime.now(UTC)
+        self._record({"provider": "twilio", "sid": sid, "to": to, "day": moment.date().isoformat(),
+                      "date_created": format_datetime(moment, usegmt=True), "from": form.get("From") or
                       form.get("MessagingServiceSid"), "body": form.get("Body"), "content_sid": form.get("ContentSid"),
                       "variables": json.loads(form.get("ContentVariables", "{}")),
                       "status_callback": form.get("StatusCallback")})

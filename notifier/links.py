@@ -13,9 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
 ACTIONS = ("confirm", "cancel")
+SALT = "notifier.booking-link"
+
+
+class _IssuedAtSigner(TimestampSigner):
+    """A timestamp signer whose moment is given rather than read from the clock."""
+
+    def __init__(self, *args: object, issued_at: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.issued_at = issued_at
+
+    def get_timestamp(self) -> int:
+        return self.issued_at
 
 
 class LinkError(ValueError):
@@ -38,17 +50,24 @@ class LinkSigner:
     def __init__(self, secret: str, base_url: str, *, max_age_s: int = 60 * 24 * 3600) -> None:
         if len(secret) < 16:
             raise ValueError("the link secret must be at least 16 characters")
-        self.serializer = URLSafeTimedSerializer(secret, salt="notifier.booking-link")
+        self.secret = secret
+        self.serializer = URLSafeTimedSerializer(secret, salt=SALT)
         self.base_url = base_url.rstrip("/")
         self.max_age_s = max_age_s
 
-    def token(self, tenant_id: str, booking_id: str, action: str, starts_at: datetime) -> str:
+    def token(self, tenant_id: str, booking_id: str, action: str, starts_at: datetime, *,
+              issued_at: datetime | None = None) -> str:
+        """With `issued_at` (a message's due time) the token is the same whenever it is made,
+        so a message renders to the same text on every attempt; the age counts from then."""
         if action not in ACTIONS:
             raise ValueError(f"unknown link action {action!r}")
-        return self.serializer.dumps([tenant_id, booking_id, action, starts_at.isoformat()])
+        serializer = self.serializer if issued_at is None else URLSafeTimedSerializer(
+            self.secret, salt=SALT, signer=_IssuedAtSigner, signer_kwargs={"issued_at": int(issued_at.timestamp())})
+        return serializer.dumps([tenant_id, booking_id, action, starts_at.isoformat()])
 
-    def url(self, tenant_id: str, booking_id: str, action: str, starts_at: datetime) -> str:
-        return f"{self.base_url}/l/{self.token(tenant_id, booking_id, action, starts_at)}"
+    def url(self, tenant_id: str, booking_id: str, action: str, starts_at: datetime, *,
+            issued_at: datetime | None = None) -> str:
+        return f"{self.base_url}/l/{self.token(tenant_id, booking_id, action, starts_at, issued_at=issued_at)}"
 
     def verify(self, token: str) -> LinkClaims:
         try:

@@ -75,6 +75,9 @@ class RateLimited:
     def close(self) -> None:
         self.adapter.close()
 
+    def __getattr__(self, name: str):  # the adapter's other abilities (find_sent) pass through
+        return getattr(self.adapter, name)
+
 
 def parse_limits(spec: str) -> dict[str, float]:
     """"sms=200,whatsapp=80" -> {"sms": 200.0, "whatsapp": 80.0} (messages per second)."""

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -25,7 +22,6 @@ import yaml
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
-from notifier.channels.base import Attachment, Outgoing, PermanentFailure, TemporaryFailure
 from notifier.domain import events as ev
 from notifier.domain import transitions as tr
 from notifier.domain.delivery import PROVIDER_STATUS, advance
@@ -34,14 +30,12 @@ from notifier.domain.model import (
     BookingStatus,
     Channel,
     Customer,
-    Kind,
     MessageState,
     NotificationSettings,
     Resource,
     Tenant,
 )
 from notifier.domain.planning import (
-    ExistingMessage,
     apply_flags,
     booking_flags,
     diff_plan,
@@ -49,16 +43,12 @@ from notifier.domain.planning import (
     next_flag_change,
     plan_booking,
     sent_keys,
-    zone_of,
 )
-from notifier.domain.retry import compute_backoff_s
-from notifier.links import ACTIONS, LinkClaims, LinkSigner
-from notifier.rendering.calendar import calendar_card
-from notifier.rendering.environment import TemplateMissing
+from notifier.links import LinkClaims
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import bulk_insert
-from notifier.store.sql import MessageRow, Store, booking_from
+from notifier.store.sql import Store, booking_from, state_checks_statement
 
 log = logging.getLogger("notifier")
 
@@ -339,7 +329,8 @@ def replan_booking(store: Store, tenant_id: str, booking_id: str, *, now: dateti
 def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold",
                           regions: Mapping[str, Iterable[str]] | None = None) -> IngestReport:
     """Held too long: a gap in revisions is skipped (recorded), a booking that never came is a
-    dead letter. Run by the ingester every few seconds."""
+    dead letter. Run by the ingester every few seconds and by beat's housekeeping: the bookings'
+    locks (those the ingester takes) let one caller at a time decide, on what is committed."""
     report = IngestReport()
     with store.transaction() as tx:
         expired = tx.held_since(now - timedelta(seconds=hold_s))
@@ -347,7 +338,9 @@ def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source:
             return report
         s = BatchSession(tx.conn)
         s.regions = dict(regions or {})
-        for tenant_id, aggregate in sorted({(row[1], row[3]) for row in expired}):
+        aggregates = sorted({(row[1], row[3]) for row in expired})
+        s.lock(f"b:{tenant_id}:{aggregate.split(':', 1)[1]}" for tenant_id, aggregate in aggregates)
+        for tenant_id, aggregate in aggregates:
             tenant = s.tenant(tenant_id)
             booking = s.booking(tenant_id, aggregate.split(":", 1)[1]) if tenant else None
             waiting = sorted(s.held.get((tenant_id, aggregate), {}).items(), key=lambda item: item[1])
@@ -477,210 +470,6 @@ def sweep_due(store: Store, *, now: datetime, lease_s: int, limit: int, batch: i
             for i in range(0, len(ids), batch)]
 
 
-# --- dispatch ----------------------------------------------------------------------------
-
-@dataclass
-class DispatchReport:
-    sent: int = 0
-    failed: int = 0
-    retried: int = 0
-    withdrawn: int = 0
-    skipped: int = 0
-
-
-def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
-    """Send a batch concurrently (bounded), each message at most once (claim before the call)."""
-    report = DispatchReport()
-    workers = max(1, min(ctx.settings.dispatch_concurrency, len(message_ids)))
-    if workers == 1:
-        outcomes = [send_one(ctx, message_id) for message_id in message_ids]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
-            outcomes = list(pool.map(lambda mid: send_one(ctx, mid), message_ids))
-    for outcome in outcomes:
-        setattr(report, outcome, getattr(report, outcome) + 1)
-    return report
-
-
-def _why_not_send(message: MessageRow, booking: Booking, customer: Customer, resource: Resource, tenant: Tenant,
-                  settings: NotificationSettings, existing: list[ExistingMessage], now: datetime) -> str | None:
-    """Checked again at send time (R3): the message must still be in the booking's plan."""
-    if message.recipient == "customer":
-        if message.channel not in customer.consents:
-            return f"no consent for {message.channel.value}"
-        if message.channel is not Channel.EMAIL and message.channel not in tenant.channels:
-            return f"{message.channel.value} switched off for the tenant"
-        if message.channel in settings.unavailable:
-            return f"{message.channel.value} not offered in {tenant.home_region}"
-    planned = plan_booking(booking, customer, resource, tenant, settings, now=now, sent=sent_keys(existing),
-                           failed=failed_keys(existing))
-    if message.key in {m.key for m in planned}:
-        return None
-    if booking.status is BookingStatus.CANCELLED:
-        return "booking cancelled"
-    if booking.confirmed_at is not None and message.kind in (Kind.CONFIRMATION, Kind.ACTIVITY_UNCONFIRMED):
-        return "customer confirmed"
-    if booking.visit_outcome is not None:
-        return f"visit marked {booking.visit_outcome}"
-    if now >= booking.starts_at:
-        return "visit already started"
-    return "no longer applies"
-
-
-def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: Any) -> str | None:
-    if message.channel is Channel.EMAIL:
-        return customer.email
-    if message.channel in (Channel.SMS, Channel.WHATSAPP):
-        return customer.phone
-    return str(tenant.settings.get("webhook_url") or settings.staff_webhook_url or "") or None  # staff, activity
-
-
-def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking,
-                     links: LinkSigner | None = None) -> dict[str, Any]:
-    """The allow-listed data templates may use (plain dicts and values, no live objects)."""
-    urls = {action: links.url(tenant.id, booking.id, action, booking.starts_at) for action in ACTIONS} \
-        if links else {}
-    return {
-        "customer": {"name": customer.name, "first_name": customer.name.split(" ")[0], "language": customer.language},
-        "company": dict(tenant.company),
-        "booking": {"id": booking.id, "starts_at": booking.starts_at, "ends_at": booking.ends_at,
-                    "service": booking.service or "", "duration_min": int((booking.ends_at - booking.starts_at)
-                                                                           .total_seconds() // 60),
-                    "cancel_reason": booking.cancel_reason or "", "cancelled_by": booking.cancelled_by or "",
-                    "status": (booking.workflow_status or {}).get("name", "")},
-        "resource": {"name": resource.name, "type": resource.type},
-        "links": urls,
-    }
-
-
-# emails that carry the appointment card (R22): new, confirmed, moved, cancelled
-CARD_KINDS = {Kind.INFO.value, Kind.REQUEST_ACCEPTED.value, Kind.CHANGE.value, Kind.CANCELLATION.value}
-
-
-def send_one(ctx: Any, message_id: int) -> str:
-    store: Store = ctx.store
-    settings = ctx.settings
-    now = ctx.clock.now()
-    message = store.claim_for_send(message_id, now, lease_s=settings.lease_s)
-    if message is None:
-        return "skipped"  # sent, withdrawn, or another worker has it
-    with store.transaction() as tx:
-        tenant = tx.tenant(message.tenant_id)
-        booking = tx.booking(message.tenant_id, message.booking_id)
-        customer = tx.customer(message.tenant_id, booking.customer_id) if booking else None
-        resource = tx.resource(message.tenant_id, booking.resource_id) if booking else None
-        existing = tx.existing_messages(message.tenant_id, message.booking_id)
-        bundle_version = tx.active_bundle_version(message.tenant_id)
-    if tenant is None or booking is None or customer is None or resource is None:
-        _finish(store, message, now, MessageState.FAILED, "booking data missing", None, 0, "permanent", None)
-        return "failed"
-    plan_settings = settings_for(tenant, resource, settings.unavailable)
-    reason = _why_not_send(message, booking, customer, resource, tenant, plan_settings, existing, now)
-    if reason:
-        _finish(store, message, now, MessageState.WITHDRAWN, reason, None, 0, None, None)
-        return "withdrawn"
-    address = _address(message, customer, tenant, settings)
-    if not address:
-        what = "webhook URL configured" if message.recipient == "staff" else f"{message.channel.value} address"
-        _finish(store, message, now, MessageState.FAILED, f"no {what}", None, 0, "permanent", None)
-        return "failed"
-    language = tenant.language if message.recipient == "staff" else customer.language
-    languages = tuple(dict.fromkeys((language, tenant.language, settings.default_language, "en")))
-    renderer = ctx.renderer_for(tenant.id, bundle_version)
-    try:
-        rendered = renderer.render(
-            message.kind, message.channel.value, resource.type, languages,
-            template_context(tenant, resource, customer, booking, ctx.links),
-            timezone=str(zone_of(tenant, resource)), locale=language, resource_id=resource.id,
-        )
-    except TemplateMissing as exc:
-        _finish(store, message, now, MessageState.FAILED, f"template: {exc}", None, 0, "permanent", None)
-        return "failed"
-    except Exception as exc:  # noqa: BLE001 - a broken template fails its message, nothing else (N3)
-        _finish(store, message, now, MessageState.FAILED, f"template error: {exc.__class__.__name__}: {exc}",
-                None, 0, "permanent", None)
-        return "failed"
-    adapter = ctx.channels.get(message.channel)
-    if adapter is None:
-        _finish(store, message, now, MessageState.FAILED, f"no adapter for {message.channel.value}", None, 0,
-                "permanent", None)
-        return "failed"
-    attachments: tuple[Attachment, ...] = ()
-    if message.channel is Channel.EMAIL and message.kind in CARD_KINDS:  # R22: the card, new or updated
-        ics, method = calendar_card(booking, resource, tenant, zone=zone_of(tenant, resource),
-                                    title=rendered.subject or resource.name, stamp=now)
-        attachments = (Attachment("termin.ics" if language == "de" else "appointment.ics",
-                                  f"text/calendar; method={method}", ics),)
-    outgoing = Outgoing(message_id=message.id, idempotency_key=f"{message.tenant_id}/{message.booking_id}/"
-                        f"{message.key}", to=address, text=rendered.text, subject=rendered.subject,
-                        html=rendered.html, attachments=attachments, template=rendered.provider_template,
-                        template_language=rendered.provider_language, params=rendered.params,
-                        status_callback=f"{settings.public_url.rstrip('/')}/callbacks/twilio"
-                        if message.channel in (Channel.SMS, Channel.WHATSAPP) else None, metadata={
-                            "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
-                            "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
-    started = time.monotonic()
-    try:
-        result = adapter.send(outgoing)
-    except TemporaryFailure as exc:
-        duration_ms = int((time.monotonic() - started) * 1000)
-        if message.attempts >= settings.max_attempts:
-            _finish(store, message, now, MessageState.FAILED, f"gave up after {message.attempts} attempts: "
-                    f"{exc.reason}", None, duration_ms, "temporary", exc.code)
-            return "failed"
-        wait_s = compute_backoff_s(attempt=message.attempts, base_s=settings.retry_base_s,
-                                   max_s=settings.retry_max_s, jitter=random.random(),
-                                   retry_after_s=exc.retry_after_s)
-        _retry_later(store, message, now, now + timedelta(seconds=wait_s), exc.reason, duration_ms, exc.code)
-        return "retried"
-    except PermanentFailure as exc:
-        _finish(store, message, now, MessageState.FAILED, exc.reason, None, int((time.monotonic() - started) * 1000),
-                "permanent", exc.code)
-        if message.recipient == "customer" and plan_settings.fallback.get(message.channel):
-            replan_booking(store, message.tenant_id, message.booking_id, now=now, regions=settings.unavailable)
-        return "failed"
-    duration_ms = int((time.monotonic() - started) * 1000)
-    _finish(store, message, ctx.clock.now(), MessageState.SENT, None, result.provider_message_id, duration_ms,
-            "sent", result.provider_code, template=f"{renderer.version}:{rendered.template}")
-    return "sent"
-
-
-def _finish(store: Store, message: MessageRow, now: datetime, state: MessageState, error: str | None,
-            provider_message_id: str | None, duration_ms: int, outcome: str | None, code: str | None,
-            template: str | None = None) -> None:
-    """Record the end of a send: attempt row, message state and timeline entry, atomically."""
-    c = t.messages.c
-    with store.transaction() as tx:
-        if outcome is not None:
-            tx.add_attempt(message.id, now, duration_ms, outcome, code, error)
-        values: dict[str, Any] = {"state": state.value, "lease_until": None, "updated_at": now, "error": error}
-        if state is MessageState.SENT:
-            values.update(sent_at=now, provider_message_id=provider_message_id, template_version=template)
-        tx.conn.execute(update(t.messages).where(c.id == message.id, c.state == MessageState.SENDING.value)
-                        .values(**values))
-        detail: dict[str, Any] = {"kind": message.kind, "channel": message.channel.value}
-        if error:
-            detail["reason"] = error
-        if provider_message_id:
-            detail["provider_message_id"] = provider_message_id
-        tx.add_timeline(message.tenant_id, message.booking_id, now, f"message.{state.value}", detail,
-                        message_id=message.id, dedup_key=f"message:{message.id}:{state.value}")
-
-
-def _retry_later(store: Store, message: MessageRow, now: datetime, due_at: datetime, reason: str,
-                 duration_ms: int, code: str | None) -> None:
-    c = t.messages.c
-    with store.transaction() as tx:
-        tx.add_attempt(message.id, now, duration_ms, "temporary", code, reason)
-        tx.conn.execute(update(t.messages).where(c.id == message.id, c.state == MessageState.SENDING.value)
-                        .values(state=MessageState.PLANNED.value, due_at=due_at, lease_until=None,
-                                updated_at=now, error=reason))
-        tx.add_timeline(message.tenant_id, message.booking_id, now, "message.retry", {
-            "kind": message.kind, "channel": message.channel.value, "reason": reason, "attempt": message.attempts,
-            "next_at": due_at.isoformat()}, message_id=message.id,
-            dedup_key=f"message:{message.id}:retry:{message.attempts}")
-
-
 def apply_delivery_status(store: Store, provider_message_id: str, status: str, *, now: datetime,
                           error: str | None = None) -> str:
     """A provider's status report: applied forward-only (N5), once (N2). Returns "applied",
@@ -787,12 +576,8 @@ def _link_state(s: BatchSession, claims: LinkClaims, now: datetime | None) -> Li
 def sweep_states(store: Store, *, now: datetime, limit: int = 500,
                  regions: Mapping[str, Iterable[str]] | None = None) -> int:
     """The state sweep: bookings whose markers change at this time (red, late, orange, release)."""
-    b = t.bookings.c
     with store.transaction() as tx:
-        query = (select(b.tenant_id, b.id).where(b.next_check_at <= now).order_by(b.next_check_at).limit(limit))
-        if store.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True)  # two beats, two sweeps: each booking once
-        due = tx.conn.execute(query).all()
+        due = tx.conn.execute(state_checks_statement(now=now, limit=limit, dialect=store.dialect)).all()
         if not due:
             return 0
         s = BatchSession(tx.conn)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from notifier import services
+from notifier import dispatch
 from tasks.celery_app import app, context
 
 
 @app.task(name="notifier.dispatch_batch")
 def dispatch_batch(channel: str, message_ids: list[int]) -> dict[str, int]:
-    report = services.dispatch_batch(context(), message_ids)
+    report = dispatch.dispatch_batch(context(), message_ids)
     return vars(report)

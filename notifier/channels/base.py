@@ -8,6 +8,7 @@ Adapters only send; the dispatch service claims, records attempts and retries.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 
@@ -63,9 +64,21 @@ class PermanentFailure(ChannelError):
     """Will never work as it is: invalid address, unsubscribed, unauthorised."""
 
 
+class CannotTell(ChannelError):
+    """The provider cannot say whether it accepted this message (see `FindsSent`)."""
+
+
 class ChannelAdapter(Protocol):
     name: str
 
     def send(self, message: Outgoing) -> SendResult: ...
 
     def close(self) -> None: ...
+
+
+class FindsSent(Protocol):
+    """An adapter whose provider can say whether it already accepted a message. Dispatch asks
+    before sending a message whose earlier attempt ended unrecorded (a worker killed between
+    the provider's answer and the commit), so that message is recorded, not sent again."""
+
+    def find_sent(self, message: Outgoing, *, since: datetime) -> SendResult | None: ...

@@ -7,9 +7,10 @@ MessagingServiceSid), Body or ContentSid + ContentVariables, StatusCallback.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-from notifier.channels.base import Outgoing, SendResult
+from notifier.channels.base import CannotTell, Outgoing, SendResult
 from notifier.channels.http import HttpAdapter
 
 # Twilio error codes that will not go away by retrying (https status 400 with these codes)
@@ -43,7 +44,8 @@ class TwilioSMSChannel(HttpAdapter):
         super().__init__(timeout_s=timeout_s)
         self.account_sid, self.auth_token = account_sid, auth_token
         self.sender, self.messaging_service_sid = sender, messaging_service_sid
-        self.url = f"{api_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
+        self.api_url = api_url.rstrip("/")
+        self.url = f"{self.api_url}/2010-04-01/Accounts/{account_sid}/Messages.json"
 
     def form(self, message: Outgoing) -> dict[str, str]:
         form = {"To": message.to, "Body": message.text}
@@ -59,6 +61,26 @@ class TwilioSMSChannel(HttpAdapter):
         body = self.call("POST", self.url, data=self.form(message), auth=(self.account_sid, self.auth_token),
                          permanent=_permanent)
         return SendResult(provider_message_id=str(body.get("sid")), provider_code=str(body.get("status", "queued")))
+
+    def find_sent(self, message: Outgoing, *, since: datetime) -> SendResult | None:
+        """The message as Twilio holds it, if it was accepted: the Messages list filtered by
+        recipient and day, matched on the body (ours renders the same text on every attempt)."""
+        form = self.form(message)
+        if "Body" not in form:
+            raise CannotTell("twilio lists a content template's rendered text, which we cannot compare")
+        params: dict[str, str] | None = {"To": form["To"], "DateSent>": since.astimezone(UTC).date().isoformat(),
+                                         "PageSize": "100"}
+        url: str | None = self.url
+        while url:
+            page = self.call("GET", url, params=params, auth=(self.account_sid, self.auth_token),
+                             permanent=_permanent)
+            for sent in page.get("messages", []):
+                if sent.get("body") == form.get("Body") and sent.get("status") not in ("failed", "undelivered"):
+                    return SendResult(provider_message_id=str(sent.get("sid")),
+                                      provider_code=str(sent.get("status", "queued")))
+            next_page = page.get("next_page_uri")
+            url, params = (f"{self.api_url}{next_page}", None) if next_page else (None, None)
+        return None
 
 
 class TwilioWhatsAppChannel(TwilioSMSChannel):

@@ -24,7 +24,7 @@ from notifier.rendering.environment import Renderer
 
 LANGUAGES = ("de", "it", "ru", "en")
 RESOURCE_TYPES = ("specialist", "equipment")
-# the context a template may use (services.template_context): top level and their keys
+# the context a template may use (dispatch.template_context): top level and their keys
 CONTEXT: dict[str, set[str]] = {
     "customer": {"name", "first_name", "language"},
     "company": set(),  # any detail; checked against each tenant's company instead (R42)

@@ -50,8 +50,9 @@ def _by_tenant(keys: Iterable[Key]) -> dict[str, list[str]]:
 
 
 class BatchSession:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, *, lock_bookings: bool = True) -> None:
         self.conn = conn
+        self.lock_bookings = lock_bookings  # writers lock what they load; a reader (dispatch) does not
         self.tx = Tx(conn)
         self.dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         self.tenants: dict[str, Tenant | None] = {}
@@ -178,7 +179,7 @@ class BatchSession:
         c = t.bookings.c
         for key in keys:
             self.bookings[key] = None
-        for row in self._per_tenant(select(t.bookings), c.tenant_id, c.id, keys, lock=True):
+        for row in self._per_tenant(select(t.bookings), c.tenant_id, c.id, keys, lock=self.lock_bookings):
             self.bookings[(row.tenant_id, row.id)] = booking_from(row)
         self._load_messages(keys)
         self._load_held(keys)

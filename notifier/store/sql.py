@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, Select, Update, create_engine, event, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notifier.domain.model import (
@@ -355,6 +355,49 @@ class Tx:
             provider_code=provider_code, error=error))
 
 
+# --- the sweeps' statements (built here, run by Store.claim_due and services.sweep_states; the
+# query-plan test compiles these same functions) -------------------------------------------------
+
+def _constant(value: str) -> Any:
+    """A value written into the SQL text instead of bound. A partial index answers a query only
+    when its predicate (state = 'planned') can be proved from the statement; a plan PostgreSQL
+    caches for a prepared statement (psycopg prepares after five runs) knows no bound values."""
+    return literal(value, literal_execute=True)
+
+
+DUE_QUESTIONS = ("due", "lease")  # planned rows whose time has come; claims whose lease ran out
+
+
+def claim_due_statement(question: str, *, now: datetime, lease_s: int, limit: int, dialect: str) -> Update:
+    """One question of the due sweep as a single UPDATE ... RETURNING: at most `limit` rows
+    become `queued` under a new lease. Each question reads its own partial index
+    (ix_messages_due, ix_messages_lease), so it costs what is due, not what is stored."""
+    c = t.messages.c
+    if question == "due":
+        ids = select(c.id).where(c.state == _constant(MessageState.PLANNED.value), c.due_at <= now) \
+            .order_by(c.due_at)
+    elif question == "lease":
+        in_flight = [_constant(MessageState.QUEUED.value), _constant(MessageState.SENDING.value)]
+        ids = select(c.id).where(c.state.in_(in_flight), c.lease_until < now).order_by(c.lease_until)
+    else:
+        raise ValueError(f"unknown due question {question!r}")
+    ids = ids.limit(limit)
+    if dialect == "postgresql":
+        ids = ids.with_for_update(skip_locked=True)  # two beats, two sweeps: each row claimed once
+    return (update(t.messages).where(c.id.in_(ids.scalar_subquery()))
+            .values(state=MessageState.QUEUED.value, lease_until=now + timedelta(seconds=lease_s), updated_at=now)
+            .returning(c.id, c.channel))
+
+
+def state_checks_statement(*, now: datetime, limit: int, dialect: str) -> Select:
+    """The state sweep's question: bookings whose markers may change by `now` (ix_bookings_next_check)."""
+    b = t.bookings.c
+    query = select(b.tenant_id, b.id).where(b.next_check_at <= now).order_by(b.next_check_at).limit(limit)
+    if dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True)  # two beats, two sweeps: each booking once
+    return query
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -377,28 +420,14 @@ class Store:
     def claim_due(self, now: datetime, *, lease_s: int, limit: int) -> list[tuple[int, Channel]]:
         """Claim due messages for dispatch: planned rows whose time has come, and claims whose
         lease ran out (a lost task, a crashed worker). They become `queued` under a new lease."""
-        c = t.messages.c
-        lease_until = now + timedelta(seconds=lease_s)
-        in_flight = [MessageState.QUEUED.value, MessageState.SENDING.value]
-        # each question has its own partial index (ix_messages_due, ix_messages_lease)
-        questions = [
-            select(c.id).where(c.state == MessageState.PLANNED.value, c.due_at <= now).order_by(c.due_at),
-            select(c.id).where(c.state.in_(in_flight), c.lease_until < now).order_by(c.lease_until),
-        ]
         claimed: list[tuple[int, Channel]] = []
         with self.engine.begin() as conn:
-            for question in questions:
+            for question in DUE_QUESTIONS:
                 room = limit - len(claimed)
                 if room <= 0:
                     break
-                ids = question.limit(room)
-                if conn.dialect.name == "postgresql":
-                    ids = ids.with_for_update(skip_locked=True)
-                result = conn.execute(
-                    update(t.messages).where(c.id.in_(ids.scalar_subquery()))
-                    .values(state=MessageState.QUEUED.value, lease_until=lease_until, updated_at=now)
-                    .returning(c.id, c.channel)
-                )
+                result = conn.execute(claim_due_statement(question, now=now, lease_s=lease_s, limit=room,
+                                                          dialect=conn.dialect.name))
                 claimed.extend((r.id, Channel(r.channel)) for r in result)
         return sorted(claimed)
 
@@ -415,6 +444,24 @@ class Store:
                 .returning(*t.messages.c)
             ).first()
             return _message(row) if row else None
+
+    def claim_batch_for_send(self, message_ids: Iterable[int], now: datetime, *, lease_s: int) -> list[MessageRow]:
+        """`claim_for_send` for a whole dispatch batch in one statement: the queued messages
+        among `message_ids` become `sending` under a new lease; the others (sent, withdrawn,
+        taken by another worker) are left out."""
+        c = t.messages.c
+        ids = sorted(set(message_ids))
+        if not ids:
+            return []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                update(t.messages)
+                .where(c.id.in_(ids), c.state == MessageState.QUEUED.value)
+                .values(state=MessageState.SENDING.value, lease_until=now + timedelta(seconds=lease_s),
+                        attempts=c.attempts + 1, updated_at=now)
+                .returning(*t.messages.c)
+            ).all()
+        return sorted((_message(r) for r in rows), key=lambda m: m.id)
 
     def count_by_state(self) -> dict[str, int]:
         c = t.messages.c

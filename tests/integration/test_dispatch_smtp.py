@@ -7,7 +7,8 @@ import threading
 from datetime import timedelta
 
 from notifier.bootstrap import build_channels
-from notifier.services import apply_events, dispatch_batch, sweep_due
+from notifier.dispatch import dispatch_batch
+from notifier.services import apply_events, sweep_due
 from tests.conftest import START, created, customer, make_context, make_settings
 
 

@@ -8,7 +8,8 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from notifier.channels.base import PermanentFailure, TemporaryFailure
-from notifier.services import apply_events, dispatch_batch, normalize_phone, sweep_due, timeline_of
+from notifier.dispatch import DispatchReport, dispatch_batch
+from notifier.services import apply_events, normalize_phone, sweep_due, timeline_of
 from notifier.store import schema as t
 from tests.conftest import START, created, customer, event
 
@@ -23,7 +24,7 @@ def messages(ctx):
 
 
 def run_due(ctx):
-    total = {"sent": 0, "failed": 0, "retried": 0, "withdrawn": 0, "skipped": 0}
+    total = vars(DispatchReport())
     for _channel, ids in sweep_due(ctx.store, now=ctx.clock.now(), lease_s=60, limit=1000, batch=50):
         for key, value in vars(dispatch_batch(ctx, ids)).items():
             total[key] += value

@@ -1,0 +1,398 @@
+"""Dispatch: a batch of message ids of one channel is claimed, rendered, sent and recorded.
+
+Per batch, not per message: one UPDATE claims every message (`queued` to `sending`, so a
+redelivered task or a second worker finds nothing to take: N2), one read loads the
+bookings, customers, resources and plans they need, and the task's thread renders them.
+Only the provider calls run concurrently, on the context's pool of sender threads (their
+pooled HTTP sessions and SMTP connections live as long as the worker). Outcomes are
+recorded as they come back, a chunk per transaction: attempt rows, message states and
+timeline entries.
+
+A worker killed after a provider accepted a message and before the commit leaves that
+message `sending`; when its lease runs out the due sweep hands it out again. Its next
+claim sees that the earlier attempt was never recorded, and where the provider can tell
+(`FindsSent`), dispatch asks it first and records the message it finds instead of sending
+a second one (N1, N2). A message renders to the same text on every attempt (its links
+are stamped with its due time), which is what lets the provider's copy be recognised.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, select, update
+
+from notifier.channels.base import (
+    Attachment,
+    CannotTell,
+    Outgoing,
+    PermanentFailure,
+    SendResult,
+    TemporaryFailure,
+)
+from notifier.domain.model import (
+    Booking,
+    BookingStatus,
+    Channel,
+    Customer,
+    Kind,
+    MessageState,
+    NotificationSettings,
+    Resource,
+    Tenant,
+)
+from notifier.domain.planning import failed_keys, plan_booking, sent_keys, zone_of
+from notifier.domain.retry import compute_backoff_s
+from notifier.links import ACTIONS, LinkSigner
+from notifier.rendering.calendar import calendar_card
+from notifier.rendering.environment import TemplateMissing
+from notifier.services import replan_booking, settings_for
+from notifier.store import schema as t
+from notifier.store.batch import BatchSession
+from notifier.store.bulk import bulk_insert
+from notifier.store.sql import MessageRow, Store, Tx
+
+# emails that carry the appointment card (R22): new, confirmed, moved, cancelled
+CARD_KINDS = {Kind.INFO.value, Kind.REQUEST_ACCEPTED.value, Kind.CHANGE.value, Kind.CANCELLATION.value}
+RECORD_EVERY = 64  # outcomes per recording transaction, at most
+RECORD_WAIT_S = 0.2  # and no outcome waits longer than this for its commit
+
+
+@dataclass
+class DispatchReport:
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    withdrawn: int = 0
+    skipped: int = 0
+    reconciled: int = 0  # found at the provider after an unrecorded attempt: recorded, not sent again
+
+
+@dataclass(frozen=True)
+class Done:
+    """How one claimed message ended this time; `record` writes it."""
+
+    message: MessageRow
+    state: MessageState  # sent, failed, withdrawn, or planned again (a retry)
+    at: datetime
+    error: str | None = None
+    outcome: str | None = None  # the attempt row's outcome; None: no provider call was made
+    code: str | None = None
+    duration_ms: int = 0
+    provider_message_id: str | None = None
+    template: str | None = None
+    retry_at: datetime | None = None
+    fallback: bool = False  # a permanent failure on a channel with a fallback: replan the booking
+
+    @property
+    def report_key(self) -> str:
+        if self.outcome == "reconciled":
+            return "reconciled"
+        return {MessageState.SENT: "sent", MessageState.FAILED: "failed", MessageState.WITHDRAWN: "withdrawn",
+                MessageState.PLANNED: "retried"}[self.state]
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A rendered message waiting for its provider call."""
+
+    message: MessageRow
+    outgoing: Outgoing
+    template: str
+    in_doubt: bool  # an earlier claim ended unrecorded: the provider may have it already
+    fallback: bool
+
+
+@dataclass
+class _Loaded:
+    """What the batch's messages need, read in one transaction."""
+
+    session: BatchSession
+    bundle_versions: dict[str, str | None] = field(default_factory=dict)
+    recorded_attempts: dict[int, int] = field(default_factory=dict)
+    planned: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+
+
+def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
+    """Send a batch of one channel's messages, each at most once (N2), none lost (N1)."""
+    store: Store = ctx.store
+    now = ctx.clock.now()
+    claimed = store.claim_batch_for_send(message_ids, now, lease_s=ctx.settings.lease_s)
+    report = DispatchReport(skipped=len(set(message_ids)) - len(claimed))
+    if not claimed:
+        return report
+    loaded = _load(store, claimed, ctx.settings.unavailable)
+    finished: list[Done] = []
+    ready: list[Ready] = []
+    for message in claimed:
+        step = prepare(ctx, loaded, message, now)
+        (ready if isinstance(step, Ready) else finished).append(step)
+    if finished:
+        record(store, finished)
+    finished += _send_all(ctx, ready)
+    for done in finished:
+        setattr(report, done.report_key, getattr(report, done.report_key) + 1)
+        if done.fallback:  # the fallback message is planned from the failure (see planning)
+            replan_booking(store, done.message.tenant_id, done.message.booking_id, now=done.at,
+                           regions=ctx.settings.unavailable)
+    return report
+
+
+def send_one(ctx: Any, message_id: int) -> str:
+    """One message the same way (the one-task-per-message baseline of `bench dispatch`)."""
+    report = dispatch_batch(ctx, [message_id])
+    return next((k for k, v in vars(report).items() if v), "skipped")
+
+
+# --- load --------------------------------------------------------------------------------------
+
+def _load(store: Store, claimed: list[MessageRow], regions: Any) -> _Loaded:
+    bookings = {(m.tenant_id, m.booking_id) for m in claimed}
+    tenants = {m.tenant_id for m in claimed}
+    with store.engine.begin() as conn:
+        session = BatchSession(conn, lock_bookings=False)
+        session.regions = regions
+        session.preload(tenants, bookings, (), ())
+        found = [b for b in (session.bookings[k] for k in sorted(bookings)) if b is not None]
+        session.preload((), (), {(b.tenant_id, b.customer_id) for b in found},
+                        {(b.tenant_id, b.resource_id) for b in found})
+        tx = Tx(conn)
+        loaded = _Loaded(session, bundle_versions={tid: tx.active_bundle_version(tid) for tid in sorted(tenants)})
+        again = [m.id for m in claimed if m.attempts > 1]  # claimed before: was that attempt recorded?
+        if again:
+            a = t.send_attempts.c
+            loaded.recorded_attempts = dict(conn.execute(
+                select(a.message_id, func.count()).where(a.message_id.in_(again)).group_by(a.message_id)).all())
+    return loaded
+
+
+def _planned_keys(loaded: _Loaded, booking: Booking, customer: Customer, resource: Resource, tenant: Tenant,
+                  settings: NotificationSettings, now: datetime) -> frozenset[str]:
+    """The booking's plan as of now, once per booking and batch."""
+    key = (booking.tenant_id, booking.id)
+    if key not in loaded.planned:
+        existing = loaded.session.existing_messages(booking.tenant_id, booking.id)
+        loaded.planned[key] = frozenset(m.key for m in plan_booking(
+            booking, customer, resource, tenant, settings, now=now, sent=sent_keys(existing),
+            failed=failed_keys(existing)))
+    return loaded.planned[key]
+
+
+# --- prepare -----------------------------------------------------------------------------------
+
+def why_not_send(message: MessageRow, booking: Booking, customer: Customer, tenant: Tenant,
+                 settings: NotificationSettings, planned: frozenset[str], now: datetime) -> str | None:
+    """Checked again at send time (R3): consent, channel, and the message still in the booking's plan."""
+    if message.recipient == "customer":
+        if message.channel not in customer.consents:
+            return f"no consent for {message.channel.value}"
+        if message.channel is not Channel.EMAIL and message.channel not in tenant.channels:
+            return f"{message.channel.value} switched off for the tenant"
+        if message.channel in settings.unavailable:
+            return f"{message.channel.value} not offered in {tenant.home_region}"
+    if message.key in planned:
+        return None
+    if booking.status is BookingStatus.CANCELLED:
+        return "booking cancelled"
+    if booking.confirmed_at is not None and message.kind in (Kind.CONFIRMATION, Kind.ACTIVITY_UNCONFIRMED):
+        return "customer confirmed"
+    if booking.visit_outcome is not None:
+        return f"visit marked {booking.visit_outcome}"
+    if now >= booking.starts_at:
+        return "visit already started"
+    return "no longer applies"
+
+
+def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: Any) -> str | None:
+    if message.channel is Channel.EMAIL:
+        return customer.email
+    if message.channel in (Channel.SMS, Channel.WHATSAPP):
+        return customer.phone
+    return str(tenant.settings.get("webhook_url") or settings.staff_webhook_url or "") or None  # staff, activity
+
+
+def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking,
+                     links: LinkSigner | None = None, *, issued_at: datetime | None = None) -> dict[str, Any]:
+    """The allow-listed data templates may use (plain dicts and values, no live objects)."""
+    urls = {action: links.url(tenant.id, booking.id, action, booking.starts_at, issued_at=issued_at)
+            for action in ACTIONS} if links else {}
+    return {
+        "customer": {"name": customer.name, "first_name": customer.name.split(" ")[0], "language": customer.language},
+        "company": dict(tenant.company),
+        "booking": {"id": booking.id, "starts_at": booking.starts_at, "ends_at": booking.ends_at,
+                    "service": booking.service or "", "duration_min": int((booking.ends_at - booking.starts_at)
+                                                                           .total_seconds() // 60),
+                    "cancel_reason": booking.cancel_reason or "", "cancelled_by": booking.cancelled_by or "",
+                    "status": (booking.workflow_status or {}).get("name", "")},
+        "resource": {"name": resource.name, "type": resource.type},
+        "links": urls,
+    }
+
+
+def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Ready | Done:
+    """Everything before the provider call: checks, address, rendering, the card."""
+    settings, s = ctx.settings, loaded.session
+    tenant = s.tenants.get(message.tenant_id)
+    booking = s.bookings.get((message.tenant_id, message.booking_id))
+    customer = s.customers.get((message.tenant_id, booking.customer_id)) if booking else None
+    resource = s.resources.get((message.tenant_id, booking.resource_id)) if booking else None
+    if tenant is None or booking is None or customer is None or resource is None:
+        return _failed(message, now, "booking data missing")
+    plan_settings = settings_for(tenant, resource, settings.unavailable)
+    planned = _planned_keys(loaded, booking, customer, resource, tenant, plan_settings, now)
+    reason = why_not_send(message, booking, customer, tenant, plan_settings, planned, now)
+    if reason:
+        return Done(message, MessageState.WITHDRAWN, now, error=reason)
+    address = _address(message, customer, tenant, settings)
+    if not address:
+        what = "webhook URL configured" if message.recipient == "staff" else f"{message.channel.value} address"
+        return _failed(message, now, f"no {what}")
+    if message.channel not in ctx.channels:
+        return _failed(message, now, f"no adapter for {message.channel.value}")
+    language = tenant.language if message.recipient == "staff" else customer.language
+    languages = tuple(dict.fromkeys((language, tenant.language, settings.default_language, "en")))
+    renderer = ctx.renderer_for(tenant.id, loaded.bundle_versions.get(tenant.id))
+    try:
+        rendered = renderer.render(
+            message.kind, message.channel.value, resource.type, languages,
+            template_context(tenant, resource, customer, booking, ctx.links, issued_at=message.due_at),
+            timezone=str(zone_of(tenant, resource)), locale=language, resource_id=resource.id,
+        )
+    except TemplateMissing as exc:
+        return _failed(message, now, f"template: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a broken template fails its message, nothing else (N3)
+        return _failed(message, now, f"template error: {exc.__class__.__name__}: {exc}")
+    attachments: tuple[Attachment, ...] = ()
+    if message.channel is Channel.EMAIL and message.kind in CARD_KINDS:  # R22: the card, new or updated
+        ics, method = calendar_card(booking, resource, tenant, zone=zone_of(tenant, resource),
+                                    title=rendered.subject or resource.name, stamp=message.due_at)
+        attachments = (Attachment("termin.ics" if language == "de" else "appointment.ics",
+                                  f"text/calendar; method={method}", ics),)
+    outgoing = Outgoing(message_id=message.id, idempotency_key=f"{message.tenant_id}/{message.booking_id}/"
+                        f"{message.key}", to=address, text=rendered.text, subject=rendered.subject,
+                        html=rendered.html, attachments=attachments, template=rendered.provider_template,
+                        template_language=rendered.provider_language, params=rendered.params,
+                        status_callback=f"{settings.public_url.rstrip('/')}/callbacks/twilio"
+                        if message.channel in (Channel.SMS, Channel.WHATSAPP) else None, metadata={
+                            "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
+                            "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
+    in_doubt = message.attempts > 1 and loaded.recorded_attempts.get(message.id, 0) < message.attempts - 1
+    fallback = message.recipient == "customer" and bool(plan_settings.fallback.get(message.channel))
+    return Ready(message, outgoing, f"{renderer.version}:{rendered.template}", in_doubt, fallback)
+
+
+def _failed(message: MessageRow, now: datetime, reason: str) -> Done:
+    return Done(message, MessageState.FAILED, now, error=reason, outcome="permanent")
+
+
+# --- send --------------------------------------------------------------------------------------
+
+def _send_all(ctx: Any, ready: list[Ready]) -> list[Done]:
+    """Provider calls on the sender pool; outcomes recorded in chunks as they arrive."""
+    if not ready:
+        return []
+    pool = ctx.sender_pool()
+    pending: set[Future[Done]] = {pool.submit(transmit, ctx, item) for item in ready}
+    finished: list[Done] = []
+    unrecorded: list[Done] = []
+    oldest = 0.0
+    while pending:
+        timeout = None if not unrecorded else max(0.0, oldest + RECORD_WAIT_S - time.monotonic())
+        done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        if done and not unrecorded:
+            oldest = time.monotonic()
+        unrecorded.extend(f.result() for f in done)
+        if unrecorded and (not pending or len(unrecorded) >= RECORD_EVERY
+                           or time.monotonic() - oldest >= RECORD_WAIT_S):
+            record(ctx.store, unrecorded)
+            finished += unrecorded
+            unrecorded = []
+    return finished
+
+
+def transmit(ctx: Any, item: Ready) -> Done:
+    """The provider call for one message (on a sender thread), as a `Done`."""
+    message, settings = item.message, ctx.settings
+    adapter = ctx.channels[message.channel]
+    started = time.monotonic()
+    try:
+        if item.in_doubt and hasattr(adapter, "find_sent"):
+            try:
+                found: SendResult | None = adapter.find_sent(item.outgoing, since=message.due_at)
+            except CannotTell:
+                found = None  # at least once: the bound docs/reliability.md describes
+            if found is not None:
+                return Done(message, MessageState.SENT, ctx.clock.now(), outcome="reconciled",
+                            code=found.provider_code, duration_ms=_ms(started),
+                            provider_message_id=found.provider_message_id, template=item.template)
+        result = adapter.send(item.outgoing)
+    except TemporaryFailure as exc:
+        now = ctx.clock.now()
+        if message.attempts >= settings.max_attempts:
+            return Done(message, MessageState.FAILED, now, error=f"gave up after {message.attempts} attempts: "
+                        f"{exc.reason}", outcome="temporary", code=exc.code, duration_ms=_ms(started))
+        wait_s = compute_backoff_s(attempt=message.attempts, base_s=settings.retry_base_s,
+                                   max_s=settings.retry_max_s, jitter=random.random(),
+                                   retry_after_s=exc.retry_after_s)
+        return Done(message, MessageState.PLANNED, now, error=exc.reason, outcome="temporary", code=exc.code,
+                    duration_ms=_ms(started), retry_at=now + timedelta(seconds=wait_s))
+    except PermanentFailure as exc:
+        return Done(message, MessageState.FAILED, ctx.clock.now(), error=exc.reason, outcome="permanent",
+                    code=exc.code, duration_ms=_ms(started), fallback=item.fallback)
+    return Done(message, MessageState.SENT, ctx.clock.now(), outcome="sent", code=result.provider_code,
+                duration_ms=_ms(started), provider_message_id=result.provider_message_id, template=item.template)
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+# --- record ------------------------------------------------------------------------------------
+
+def record(store: Store, outcomes: list[Done]) -> None:
+    """Attempt rows, message states and timeline entries of many messages, in one transaction.
+    A message is only moved out of `sending`, so a late or repeated record changes nothing."""
+    c = t.messages.c
+    attempts = [{"message_id": d.message.id, "started_at": d.at, "duration_ms": d.duration_ms,
+                 "outcome": d.outcome, "provider_code": d.code, "error": d.error}
+                for d in outcomes if d.outcome is not None]
+    states = [{"mid": d.message.id, "st": d.state.value, "err": d.error, "at": d.at,
+               "sent": d.at if d.state is MessageState.SENT else None, "pid": d.provider_message_id,
+               "tv": d.template, "due": d.retry_at} for d in outcomes]
+    timeline = [_timeline_entry(d) for d in outcomes]
+    with store.transaction() as tx:
+        if attempts:
+            tx.conn.execute(t.send_attempts.insert(), attempts)
+        tx.conn.execute(update(t.messages).where(and_(c.id == bindparam("mid"),
+                                                      c.state == MessageState.SENDING.value)).values(
+            state=bindparam("st"), error=bindparam("err"), updated_at=bindparam("at"), lease_until=None,
+            sent_at=func.coalesce(bindparam("sent", type_=c.sent_at.type), c.sent_at),
+            provider_message_id=func.coalesce(bindparam("pid", type_=c.provider_message_id.type),
+                                              c.provider_message_id),
+            template_version=func.coalesce(bindparam("tv", type_=c.template_version.type), c.template_version),
+            due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at)), states)
+        bulk_insert(tx.conn, t.timeline, timeline, keys=["dedup_key"])
+
+
+def _timeline_entry(d: Done) -> dict[str, Any]:
+    m = d.message
+    detail: dict[str, Any] = {"kind": m.kind, "channel": m.channel.value}
+    if d.state is MessageState.PLANNED:  # a retry
+        detail.update(reason=d.error, attempt=m.attempts, next_at=d.retry_at.isoformat() if d.retry_at else None)
+        kind, dedup = "message.retry", f"message:{m.id}:retry:{m.attempts}"
+    else:
+        if d.error:
+            detail["reason"] = d.error
+        if d.provider_message_id:
+            detail["provider_message_id"] = d.provider_message_id
+        if d.outcome == "reconciled":
+            detail["reconciled"] = True  # found at the provider after an unrecorded attempt
+        kind, dedup = f"message.{d.state.value}", f"message:{m.id}:{d.state.value}"
+    return {"tenant_id": m.tenant_id, "booking_id": m.booking_id, "at": d.at, "kind": kind, "detail": detail,
+            "message_id": m.id, "dedup_key": dedup}
+
