@@ -94,6 +94,13 @@ class Settings:
     max_attempts: int = 6
     retry_base_s: float = 30.0
     retry_max_s: float = 3600.0
+    # housekeeping (a beat task, safe to run twice): how often, how many rows per statement, and how
+    # long processed event ids, published outbox events and send attempts are kept (0: for ever)
+    housekeeping_interval_s: float = 300.0
+    housekeeping_batch: int = 5000
+    retention_processed_events_s: int = 30 * 86400
+    retention_outbox_s: int = 7 * 86400
+    retention_attempts_s: int = 90 * 86400
     # clock: "system", or "file:PATH" (a simulated clock for demos and tests)
     clock: str = "system"
     log_level: str = "INFO"

@@ -183,6 +183,7 @@ send_attempts = Table(
     Column("error", Text),
     ForeignKeyConstraint(["message_id"], ["messages.id"]),
 )
+Index("ix_send_attempts_started_at", send_attempts.c.started_at)  # housekeeping: attempts past retention
 
 timeline = Table(
     "timeline",
@@ -209,6 +210,7 @@ processed_events = Table(
     Column("outcome", String(16), nullable=False),  # applied | stale
     Column("processed_at", UTCDateTime, nullable=False),
 )
+Index("ix_processed_events_processed_at", processed_events.c.processed_at)  # housekeeping: ids past retention
 
 held_events = Table(
     "held_events",  # arrived before what they follow: applied when the gap closes, or after hold_s
@@ -249,6 +251,9 @@ outbox = Table(
 )
 Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_at.is_(None),
       sqlite_where=outbox.c.published_at.is_(None))
+# housekeeping: published rows past retention (the unpublished ones are not in it)
+Index("ix_outbox_published", outbox.c.published_at, postgresql_where=outbox.c.published_at.isnot(None),
+      sqlite_where=outbox.c.published_at.isnot(None))
 
 dead_letters = Table(
     "dead_letters",

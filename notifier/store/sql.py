@@ -15,7 +15,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, Update, create_engine, event, func, literal, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    Update,
+    any_,
+    create_engine,
+    event,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notifier.domain.model import (
@@ -365,6 +377,15 @@ def _constant(value: str) -> Any:
     return literal(value, literal_execute=True)
 
 
+def among(key: Any, ids: Select, dialect: str) -> Any:
+    """`key IN (ids)`; on PostgreSQL `key = ANY(ARRAY(ids))`, which runs `ids` once, first, and then
+    fetches each row by its key. (The planner sizes `IN (... LIMIT n)` by n, not by what is due,
+    and for a large n would rather scan the whole table and hash-join it.)"""
+    if dialect == "postgresql":
+        return key == any_(func.array(ids.scalar_subquery()))
+    return key.in_(ids.scalar_subquery())
+
+
 DUE_QUESTIONS = ("due", "lease")  # planned rows whose time has come; claims whose lease ran out
 
 
@@ -384,7 +405,7 @@ def claim_due_statement(question: str, *, now: datetime, lease_s: int, limit: in
     ids = ids.limit(limit)
     if dialect == "postgresql":
         ids = ids.with_for_update(skip_locked=True)  # two beats, two sweeps: each row claimed once
-    return (update(t.messages).where(c.id.in_(ids.scalar_subquery()))
+    return (update(t.messages).where(among(c.id, ids, dialect))
             .values(state=MessageState.QUEUED.value, lease_until=now + timedelta(seconds=lease_s), updated_at=now)
             .returning(c.id, c.channel))
 
