@@ -93,7 +93,9 @@ def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
             use_ssl=settings.smtp_ssl, timeout_s=settings.smtp_timeout_s,
         ),
     }
-    return limit_rates(channels, settings)
+    from notifier.observability.metrics import metered_channels
+
+    return limit_rates(metered_channels(channels), settings)  # provider calls counted and timed, waits not
 
 
 def limit_rates(channels: dict[Channel, ChannelAdapter], settings: Settings) -> dict[Channel, ChannelAdapter]:
