@@ -161,7 +161,8 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None, hostna
 @main.command()
 @_metrics_options
 def beat(metrics_port: int | None, metrics_host: str) -> None:
-    """Run Celery beat: triggers the due sweep every sweep_interval_s (run exactly one)."""
+    """Run Celery beat: the due and state sweeps every sweep_interval_s, housekeeping every
+    housekeeping_interval_s. One is enough; a second (by mistake, or for availability) is harmless."""
     if metrics_port is not None:
         from notifier.observability import metrics
 

@@ -3,7 +3,12 @@
 Configuration is read lazily (`add_defaults`) the first time Celery needs it, so
 importing this module opens nothing and reads no file.
 
-Queues:  sweep (beat's scans), email, sms, whatsapp, staff, activity (dispatch per channel)
+Queues:  sweep (beat's scans and housekeeping), email, sms, whatsapp, staff, activity (dispatch
+         per channel). Tasks, as Flower lists them:
+  notifier.sweep_due       claim due messages, hand them to the channel queues, publish the outbox
+  notifier.sweep_states    markers that change with time (red, late, orange, auto-release)
+  notifier.housekeeping    expired holds, old processed event ids / outbox rows / attempts
+  notifier.dispatch_batch  send a batch of one channel; its args read "sms: 100 messages" (ids only, N7)
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from celery import Celery
+from celery import Celery, beat
 from celery.signals import worker_process_shutdown
 from kombu import Queue
 
@@ -36,7 +41,8 @@ def celery_config() -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "task_queues": [Queue(name, routing_key=name) for name in ALL_QUEUES],
         "task_default_queue": SWEEP_QUEUE,
-        "task_routes": {"notifier.sweep_due": {"queue": SWEEP_QUEUE}, "notifier.sweep_states": {"queue": SWEEP_QUEUE}},
+        "task_routes": {"notifier.sweep_due": {"queue": SWEEP_QUEUE}, "notifier.sweep_states": {"queue": SWEEP_QUEUE},
+                        "notifier.housekeeping": {"queue": SWEEP_QUEUE}},
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,
@@ -51,13 +57,31 @@ def celery_config() -> dict[str, Any]:
                           "options": {"queue": SWEEP_QUEUE, "expires": max(settings.sweep_interval_s * 5, 10)}},
             "sweep-states": {"task": "notifier.sweep_states", "schedule": settings.sweep_interval_s,
                              "options": {"queue": SWEEP_QUEUE, "expires": max(settings.sweep_interval_s * 5, 10)}},
+            "housekeeping": {"task": "notifier.housekeeping", "schedule": settings.housekeeping_interval_s,
+                             "options": {"queue": SWEEP_QUEUE, "expires": settings.housekeeping_interval_s}},
         },
-        "beat_schedule_filename": str(settings.broker_dir.parent / "celerybeat-schedule"),
+        # the schedule lives in memory, not in a shelve file that two beats would share
+        "beat_scheduler": "tasks.celery_app:MemoryScheduler",
         "timezone": "UTC",
     }
 
 
 app.add_defaults(celery_config)
+
+
+class MemoryScheduler(beat.Scheduler):
+    """Beat's schedule in memory. Celery's default keeps it in a shelve file
+    (`celerybeat-schedule`) that two beats on one data folder would corrupt; a second beat (by
+    mistake, or for availability) must be harmless (N2), and what beat sends is safe to run
+    twice. Every entry runs once at start, so a beat restarted more often than the
+    housekeeping interval still does its housekeeping."""
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()
+        for entry in self.schedule.values():
+            run_every = getattr(entry.schedule, "run_every", None)
+            if run_every is not None:
+                entry.last_run_at = entry.default_now() - run_every
 
 
 @cache

@@ -1,21 +1,32 @@
-"""Beat's sweep: claim what is due in the database and hand it to the channel queues."""
+"""What beat sends: the due sweep (claim what is due, hand it to the channel queues), the state
+sweep and housekeeping. Each is safe to run twice at once (a second beat, N2)."""
 
 from __future__ import annotations
 
 from notifier.client import OutboundPublisher
+from notifier.domain.model import Channel
+from notifier.housekeeping import housekeeping, retention_from
 from notifier.services import publish_outbox, sweep_due, sweep_states
 from tasks.celery_app import CHANNEL_QUEUES, app, context
 from tasks.dispatch import dispatch_batch
 
 
+def dispatch_argsrepr(channel: Channel, message_ids: list[int]) -> str:
+    """What Flower and the logs show for a dispatch task: the channel and the batch size (the
+    ids themselves are noise; the task never carries an address or a name, N7)."""
+    return f"{channel.value}: {len(message_ids)} messages"
+
+
 @app.task(name="notifier.sweep_due")
 def sweep_due_task() -> int:
+    """Claim due messages (and lapsed claims), dispatch them per channel, publish the outbox (P2)."""
     ctx = context()
     s = ctx.settings
     batches = sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
                         batch=s.dispatch_batch)
     for channel, ids in batches:
-        dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel])
+        dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel],
+                                   argsrepr=dispatch_argsrepr(channel, ids), kwargsrepr="{}")
     publish_outbox(ctx.store, OutboundPublisher(s), now=ctx.clock.now())  # after their commit, at least once
     return sum(len(ids) for _, ids in batches)
 
@@ -28,3 +39,13 @@ def sweep_states_task() -> int:
                            regions=ctx.settings.unavailable)
     publish_outbox(ctx.store, OutboundPublisher(ctx.settings), now=ctx.clock.now())
     return changed
+
+
+@app.task(name="notifier.housekeeping")
+def housekeeping_task() -> dict[str, int]:
+    """Expired holds, and processed event ids, published outbox rows and attempts past retention."""
+    ctx = context()
+    s = ctx.settings
+    report = housekeeping(ctx.store, now=ctx.clock.now(), hold_s=s.hold_s, retention_s=retention_from(s),
+                          batch=s.housekeeping_batch, regions=s.unavailable)
+    return vars(report)
