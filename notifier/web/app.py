@@ -1,7 +1,9 @@
-"""The web app: provider status callbacks (N5) and the JSON API, on FastAPI.
+"""The web app: customer link pages (N4), provider status callbacks (N5), the JSON API for
+booking systems and ops (timeline, counters, markers, dead letters, health) and `/metrics`.
 
 FastAPI because it validates requests, documents the API as OpenAPI without extra work
-(docs/openapi.json), and runs on uvicorn; the handlers are thin and call notifier.services.
+(docs/openapi.json), and runs on uvicorn; the handlers are thin and call notifier.services
+(use cases) or notifier.views (read-only queries).
 
 Callbacks are accepted only with a valid signature: Twilio's X-Twilio-Signature (HMAC-SHA1
 of the URL and the sorted form fields, with the auth token), Meta's X-Hub-Signature-256
@@ -14,15 +16,58 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Any
+from datetime import date, datetime
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
-from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 
+from notifier import views
 from notifier.domain.planning import zone_of
 from notifier.links import LinkError
 from notifier.services import apply_delivery_status, counters, look_up_link, timeline_of, use_link
+from notifier.web import health as probes
 from notifier.web.pages import render_page
+
+Day = Annotated[date | None, Query(description="local day in the tenant's time zone (default: today there)")]
+ResourceFilter = Annotated[str | None, Query(description="one resource only")]
+
+
+class Check(BaseModel):
+    status: str  # ok | down
+    ms: float | None = None
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: str  # ok | unavailable
+    checks: dict[str, Check]
+
+
+class DeadLetter(BaseModel):
+    id: int
+    received_at: datetime
+    source: str
+    reason: str
+    replayed_at: datetime | None
+    body_chars: int
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetter]
+    next_after: int | None  # pass as `after` for the next page; null: this was the last
+
+
+class Marker(BaseModel):
+    booking_id: str
+    resource_id: str
+    starts_at: datetime
+    unconfirmed: bool
+    red_since: datetime | None
+    late_since: datetime | None
+    orange_since: datetime | None
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -38,11 +83,40 @@ def create_app(ctx: Any) -> FastAPI:
     settings = ctx.settings
     app = FastAPI(title="notifier", version="1", description="Status callbacks and the booking API of notifier.")
 
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        with ctx.store.engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-        return {"status": "ok"}
+    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "a dependency "
+                                                                  "is down; `checks` says which and why"}})
+    def health() -> JSONResponse:
+        """The database and the Celery broker, probed at once with a deadline: 200 when both
+        answer, 503 (for load balancers and orchestrators) when one does not."""
+        checks = probes.check({"database": lambda: probes.probe_database(ctx.store.engine),
+                               "broker": lambda: probes.probe_broker(settings)})
+        ok = all(c["status"] == "ok" for c in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics(request: Request) -> Response:
+        """Prometheus exposition (text or OpenMetrics, as the scraper asks): queue lag, due-to-sent
+        lateness, sends by channel and status, Celery queue lengths; read from the store and the
+        broker at scrape time (notifier/web/metrics.py lists them)."""
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(registry()), media_type=content_type)
+
+    registry_holder: list[Any] = []
+
+    def registry() -> Any:
+        if not registry_holder:  # built on the first scrape: creating the app reads nothing
+            from prometheus_client import CollectorRegistry, ProcessCollector
+
+            from notifier.web.metrics import StoreCollector
+
+            reg = CollectorRegistry(auto_describe=False)
+            reg.register(StoreCollector(ctx))
+            ProcessCollector(registry=reg)
+            registry_holder.append(reg)
+        return registry_holder[0]
 
     @app.post("/callbacks/twilio", status_code=204)
     async def twilio_callback(request: Request) -> Response:
@@ -89,7 +163,7 @@ def create_app(ctx: Any) -> FastAPI:
 
     def link_page(token: str, *, act: bool) -> HTMLResponse:
         try:
-            claims = ctx.links.verify(token)
+            claims = ctx.links.verify(token, now=ctx.clock.now())  # the clock the link was stamped by
         except LinkError as exc:
             return HTMLResponse(render_page(language="en", action=None, message_key=exc.reason), status_code=400)
         outcome = use_link(ctx.store, claims, now=ctx.clock.now(), regions=settings.unavailable) if act \
@@ -117,16 +191,47 @@ def create_app(ctx: Any) -> FastAPI:
         """The button: confirm, or cancel within the tenant's window (R11, R14, R23, N4)."""
         return link_page(token, act=True)
 
-    @app.get("/api/tenants/{tenant_id}/counters")
-    def counters_api(tenant_id: str, day: str) -> dict[str, dict[str, int]]:
-        """Red (unconfirmed, near), late and orange counts per resource for a local day (R12, R16)."""
-        from datetime import date
+    def local_day(tenant_id: str, day: date | None) -> date:
+        if day is not None:
+            return day
+        with ctx.store.transaction() as tx:
+            tenant = tx.tenant(tenant_id)
+        if tenant is None:
+            raise HTTPException(status_code=404, detail="no such tenant")
+        return ctx.clock.now().astimezone(ZoneInfo(tenant.timezone)).date()
 
+    @app.get("/api/tenants/{tenant_id}/counters")
+    def counters_api(tenant_id: str, day: Day = None, resource: ResourceFilter = None) -> dict[str, dict[str, int]]:
+        """Red (unconfirmed, near), late and orange counts per resource for a local day (R12, R16),
+        exact at the moment of asking. `/markers` lists the bookings behind them."""
         try:
-            return counters(ctx.store, tenant_id, date.fromisoformat(day), now=ctx.clock.now(),
-                            regions=settings.unavailable)
+            out = counters(ctx.store, tenant_id, local_day(tenant_id, day), now=ctx.clock.now(),
+                           regions=settings.unavailable)
         except LookupError:
             raise HTTPException(status_code=404, detail="no such tenant") from None
+        return {r: c for r, c in out.items() if resource is None or r == resource}
+
+    @app.get("/api/tenants/{tenant_id}/markers")
+    def markers_api(tenant_id: str, day: Day = None, resource: ResourceFilter = None) -> list[Marker]:
+        """The bookings of a local day that count in a counter now, with the time each marker lit
+        (R12 red, R16 late and orange): the time the store recorded, else the moment the rule
+        gives, so a marker shows before the next sweep has seen it."""
+        try:
+            found = views.lit_markers(ctx.store, tenant_id, local_day(tenant_id, day), now=ctx.clock.now(),
+                                      regions=settings.unavailable, resource_id=resource)
+        except LookupError:
+            raise HTTPException(status_code=404, detail="no such tenant") from None
+        return [Marker(**m) for m in found]
+
+    @app.get("/api/dead-letters")
+    def dead_letters_api(after: Annotated[int, Query(ge=0, description="list ids above this one")] = 0,
+                         limit: Annotated[int, Query(ge=1, le=views.DEAD_LETTER_PAGE_MAX)] = 50) -> DeadLetterPage:
+        """Events that could not be applied (N3), oldest first, with the reason and where they came
+        from; page with `after` = the previous page's `next_after`. Bodies are not served here
+        (they carry customers' personal data): `notifier dlq list` shows them."""
+        items = views.dead_letters_page(ctx.store, after_id=after, limit=limit)
+        return DeadLetterPage(items=[DeadLetter(**i) for i in items],
+                              next_after=items[-1]["id"] if len(items) == limit else None)
 
     @app.get("/api/tenants/{tenant_id}/bookings/{booking_id}/timeline")
     def timeline(tenant_id: str, booking_id: str) -> list[dict[str, Any]]:
