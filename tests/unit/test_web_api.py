@@ -102,6 +102,22 @@ def test_health_is_503_and_names_the_database_when_it_is_down(ctx, tmp_path):
     assert checks["broker"]["status"] == "ok"
 
 
+def test_health_answers_within_its_deadline_when_a_dependency_hangs():
+    """A host that accepts and never answers must not hang the health check (a load balancer's
+    probe has its own timeout): the probe that is still waiting is reported down."""
+    import threading
+
+    from notifier.web.health import check
+
+    release = threading.Event()
+    try:
+        checks = check({"database": lambda: None, "broker": lambda: release.wait(30)}, timeout_s=0.3)
+    finally:
+        release.set()
+    assert checks["database"]["status"] == "ok"
+    assert checks["broker"] == {"status": "down", "error": "no answer within 0.3 s"}
+
+
 # --- counters and the markers behind them (R12, R16) ---------------------------------------------
 
 def test_R12_markers_show_when_each_lit_before_any_sweep_and_counters_filter_by_resource(ctx, client):
