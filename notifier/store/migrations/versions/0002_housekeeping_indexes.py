@@ -1,12 +1,13 @@
-"""housekeeping indexes: old processed event ids, published outbox rows and send attempts are
-found by time, so deleting them past their retention costs what is deleted, not the table
+"""housekeeping indexes
 
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-12-01 09:00:00
 
-The sweeps' own questions were already index-driven in 0001 (ix_messages_due, ix_messages_lease,
-ix_bookings_next_check); tests/integration/test_sweep_plans.py checks all of them on PostgreSQL.
+Old processed event ids, published outbox rows and send attempts are found by time, so deleting
+them past their retention costs what is deleted, not the table. The sweeps' own questions were
+index-driven in 0001 already (ix_messages_due, ix_messages_lease, ix_bookings_next_check);
+tests/integration/test_sweep_plans.py checks all of them on PostgreSQL.
 """
 import sqlalchemy as sa
 from alembic import op
