@@ -134,8 +134,10 @@ def publish(source, url: str | None) -> None:
 @click.option("--concurrency", "-c", type=int, default=None)
 @click.option("--pool", "-P", default=None, help="prefork (default), threads, solo.")
 @click.option("--hostname", "-n", default=None)
+@click.option("--events/--no-events", default=True, show_default=True,
+              help="Send task events (Flower's task views; ids only in them, N7).")
 @_metrics_options
-def worker(queues: str | None, concurrency: int | None, pool: str | None, hostname: str | None,
+def worker(queues: str | None, concurrency: int | None, pool: str | None, hostname: str | None, events: bool,
            metrics_port: int | None, metrics_host: str) -> None:
     """Run a Celery worker (sweep and dispatch queues)."""
     if metrics_port is not None:  # before prometheus_client is imported: the pool's children share a folder
@@ -155,6 +157,8 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None, hostna
         argv += ["-P", pool]
     if hostname:
         argv += ["-n", hostname]
+    if events:
+        argv += ["--task-events"]
     app.worker_main(argv)
 
 

@@ -109,6 +109,8 @@ def mask_personal_data(_logger: Any, _method: str, event_dict: dict[str, Any]) -
             for key, value in event_dict.items()}
 
 
+# billiard (Celery's pool) logs to "multiprocessing" with propagate off
+_OWN_HANDLERLESS = ("multiprocessing",)
 # libraries whose DEBUG chatter is about their own machinery, and may echo payloads
 # (sqlalchemy stays at its own WARNING: at INFO it would echo statements and their parameters)
 _QUIET_AT_DEBUG = ("urllib3", "asyncio", "multipart", "httpcore", "kombu", "amqp")
@@ -144,6 +146,10 @@ def configure_logging(level: str | int = "INFO", *, fmt: str = "json", stream: T
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    for name in _OWN_HANDLERLESS:  # loggers that do not propagate: without a handler, Python prints them raw
+        own = logging.getLogger(name)
+        own.handlers[:] = [handler]
+        own.propagate = False
     root.setLevel(level if isinstance(level, int) else str(level).upper())
     logging.captureWarnings(True)
     if root.level <= logging.DEBUG:

@@ -80,13 +80,15 @@ def free_port() -> int:
 
 
 class BrokerTap:
-    """Every LPUSH/RPUSH onto the given Redis keys, as seen by Redis MONITOR."""
+    """Every LPUSH/RPUSH onto the given Redis keys (Celery queues) and every PUBLISH on a channel
+    under the prefix (Celery's task events, which Flower reads), as seen by Redis MONITOR."""
 
-    def __init__(self, url: str, keys: set[str]) -> None:
+    def __init__(self, url: str, keys: set[str], prefix: str) -> None:
         import redis
 
-        self.keys = keys
+        self.keys, self.prefix = keys, prefix
         self.pushed: list[str] = []
+        self.published: list[str] = []
         self._client = redis.Redis.from_url(url)
         self._monitor = self._client.monitor()
         self._monitor.__enter__()
@@ -100,6 +102,8 @@ class BrokerTap:
                 key, _, payload = rest.partition(" ")
                 if verb.upper() in ("LPUSH", "RPUSH") and key in self.keys:
                     self.pushed.append(payload)
+                elif verb.upper() == "PUBLISH" and key.startswith(self.prefix):
+                    self.published.append(payload)
         except Exception:  # noqa: BLE001 - the connection is closed to stop listening
             return
 
@@ -117,6 +121,7 @@ class Run:
     logs: dict[str, str] = field(default_factory=dict)
     task_messages: list[dict] = field(default_factory=list)  # decoded Celery messages
     raw_task_messages: list[str] = field(default_factory=list)
+    task_events: list[str] = field(default_factory=list)  # raw, and their bodies decoded
     metrics: dict[str, str] = field(default_factory=dict)  # process -> /metrics text
 
 
@@ -153,7 +158,7 @@ def full_run(tmp_path_factory, pg_admin) -> Run:
     clock = FileClock(root / "clock")
     clock.set(T0)
     ports = {"ingester": free_port(), "worker": free_port(), "beat": free_port()}
-    tap = BrokerTap(REDIS_URL, {f"{prefix}{queue}" for queue in ALL_QUEUES})
+    tap = BrokerTap(REDIS_URL, {f"{prefix}{queue}" for queue in ALL_QUEUES}, prefix)
     group: ProcessGroup | None = None
     try:
         with MailSink() as mail, FakeProviders(auth_token=SECRETS["twilio_auth_token"]) as sms, HttpSink() as hooks:
@@ -237,6 +242,12 @@ def full_run(tmp_path_factory, pg_admin) -> Run:
     run.logs = {log.stem: log.read_text(errors="replace") for log in root.glob("*.log")}
     run.raw_task_messages = list(tap.pushed)
     run.task_messages = [_decode(m) for m in tap.pushed]
+    for raw_event in tap.published:
+        run.task_events.append(raw_event)
+        try:
+            run.task_events.append(base64.b64decode(json.loads(raw_event)["body"]).decode())
+        except (ValueError, KeyError, TypeError):
+            pass
     return run
 
 
@@ -283,6 +294,14 @@ def test_N7_celery_task_arguments_carry_ids_only(full_run):
     assert {m["task"] for m in full_run.task_messages} >= {"notifier.sweep_due", "notifier.sweep_states"}
     everything = "\n".join(full_run.raw_task_messages + [m["body"] for m in full_run.task_messages])
     assert not leaks(everything), leaks(everything)
+
+
+def test_N7_task_events_for_flower_carry_no_personal_data(full_run):
+    """N7, P5: the task events workers send for Flower (received, started, succeeded, with the
+    arguments' repr) hold no phone, email, name or secret either."""
+    events = "\n".join(full_run.task_events)
+    assert "task-succeeded" in events and "notifier.dispatch_batch" in events
+    assert not leaks(events), leaks(events)
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:

@@ -60,11 +60,13 @@ def _configured(level: str = "DEBUG") -> io.StringIO:
 
 @pytest.fixture
 def restore_logging():
-    root = logging.getLogger()
+    root, pool = logging.getLogger(), logging.getLogger("multiprocessing")
     handlers, level = list(root.handlers), root.level
+    pool_handlers, pool_propagate = list(pool.handlers), pool.propagate
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    pool.handlers[:], pool.propagate = pool_handlers, pool_propagate
     structlog.reset_defaults()
 
 
@@ -90,6 +92,15 @@ def test_N7_a_log_record_is_one_masked_json_line_whatever_carries_the_data(resto
     assert "ValueError" in records[1]["exception"] and records[2]["to"] == MASK and records[2]["attempt"] == 2
     for value in PERSONAL:
         assert value not in stream.getvalue()
+
+
+def test_N7_celery_pool_messages_are_json_too(restore_logging):
+    """Operations: billiard (Celery's pool) logs to a logger that does not propagate; its lines
+    are JSON like every other, not Python's raw last-resort output."""
+    stream = _configured("INFO")
+    logging.getLogger("multiprocessing").error("Process %r exited with %r", "ForkPoolWorker-1", "signal 9")
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line)["logger"] == "multiprocessing"
 
 
 def test_N7_debug_level_does_not_switch_on_sql_echo(restore_logging):
