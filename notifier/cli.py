@@ -218,7 +218,8 @@ def web(host: str, port: int) -> None:
 
     from notifier.web.app import create_app
 
-    uvicorn.run(create_app(_ctx()), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(_ctx()), host=host, port=port, log_level="warning",
+                log_config=None)  # uvicorn's loggers go through ours: JSON, masked (N7)
 
 
 @main.command()
