@@ -247,6 +247,9 @@ def world(tmp_path: Path, pg_url: str, redis_url: str, key_prefix: str, mail_sin
     sock.bind(("127.0.0.1", 0))
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     with HttpSink() as staff:
+        # one sender thread: the first provider calls of a process, made at once from several
+        # threads, can race in notifier.observability.metrics.metrics() (@cache is not a lock:
+        # DuplicateTimeseries); these tests are about the links, not that
         settings = make_settings(tmp_path, database_url=pg_url, tenants_path=tenants, public_url=base_url,
                                  link_secret="browser-test-link-secret-0123456789", smtp_port=mail_sink.port,
                                  staff_webhook_url=staff.url, outbound_url=redis_url,
