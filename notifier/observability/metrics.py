@@ -28,6 +28,7 @@ alerts in docs/operations.md use them):
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -94,13 +95,20 @@ def metrics() -> Metrics:
 # --- the endpoint ------------------------------------------------------------------------------
 
 def prepare_multiprocess(folder: str | None = None) -> Path:
-    """Use (and empty) a folder for the samples of forked children; call before prometheus_client is imported."""
-    path = Path(folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="notifier-metrics-"))
+    """Use (and empty) a folder for the samples of forked children; call before prometheus_client is imported.
+
+    Without a folder (argument or PROMETHEUS_MULTIPROC_DIR) a temporary one is made, and removed
+    when this process exits (not when a forked child does)."""
+    given = folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(given or tempfile.mkdtemp(prefix="notifier-metrics-"))
     if path.exists():
         for stale in path.glob("*.db"):
             stale.unlink()
     path.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    if not given:
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
     return path
 
 
@@ -117,10 +125,6 @@ def serve(port: int, host: str = "127.0.0.1", *, multiprocess: bool = False) -> 
     metrics()
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
-
-
-def cleanup_multiprocess(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # --- ingester --------------------------------------------------------------------------------
