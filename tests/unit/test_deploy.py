@@ -220,6 +220,8 @@ def test_P7_every_command_the_deployment_runs_is_a_real_cli_entry():
 
 
 def test_P7_image_is_multi_stage_non_root_and_runs_the_cli():
+    """P7: deploy/Dockerfile builds in one stage, runs in another as a non-root user, and its
+    default command is a real CLI entry."""
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", text, re.M)) == 2
     [user] = re.findall(r"^USER (\S+)", text, re.M)
