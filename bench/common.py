@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "bench"
@@ -47,6 +49,28 @@ def redis_prefix() -> Iterator[str]:
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             client.delete(key)
         client.close()
+
+
+@contextmanager
+def provider_process(*, latency_s: float) -> Iterator[Any]:
+    """The loopback Twilio/Meta provider as a process of its own (notifier.fake_providers), so
+    its CPU is not the benchmark's; `.received()` asks it what it received."""
+    import requests
+
+    proc = subprocess.Popen([sys.executable, "-m", "notifier.fake_providers", "--latency-s", str(latency_s)],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if not url:
+            raise RuntimeError("the fake provider process did not start")
+
+        def received() -> list[dict[str, Any]]:
+            return requests.get(f"{url}/_fake/received", timeout=60).json()["received"]
+
+        yield SimpleNamespace(url=url, account_sid="ACtest", auth_token="secret-token", received=received)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float, poll_s: float = 0.05,

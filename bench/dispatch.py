@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -26,6 +27,7 @@ from bench.common import (
     ROOT,
     count_rows,
     prepared_store,
+    provider_process,
     record,
     redis_prefix,
     scratch_database,
@@ -40,7 +42,6 @@ EVENTS_PER_BOOKING = 1  # each booking plans one info SMS due at once
 def _events(n: int) -> list[str]:
     import json
     import uuid
-    from datetime import timedelta
 
     out = []
     for i in range(n):
@@ -94,12 +95,11 @@ def _env(url: str, prefix: str, providers, clock_path: Path, extra: dict[str, st
 
 def run_ours(n: int, processes: int, concurrency: int, *, rate_limit: str = "") -> dict[str, float]:
     from notifier.clock import FileClock
-    from notifier.fake_providers import FakeProviders
 
     with scratch_database() as url, redis_prefix() as prefix, tempfile.TemporaryDirectory() as tmp, \
-            FakeProviders(latency_s=0.05) as providers:
+            provider_process(latency_s=0.05) as providers:
         clock = FileClock(Path(tmp) / "clock")
-        clock.set(START)
+        clock.set(START - timedelta(minutes=10))  # nothing is due while the processes start
         store = _prepare(url, n)
         env = _env(url, prefix, providers, clock.path, {
             "NOTIFIER_DISPATCH_CONCURRENCY": str(concurrency), "NOTIFIER_DISPATCH_BATCH": "200",
@@ -107,10 +107,11 @@ def run_ours(n: int, processes: int, concurrency: int, *, rate_limit: str = "") 
         worker = subprocess.Popen([sys.executable, "-m", "notifier.cli", "worker", "-Q", "sweep,sms", "-c",
                                    str(processes)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        time.sleep(4.0)  # workers import and connect before the clock starts
         beat = subprocess.Popen([sys.executable, "-m", "notifier.cli", "beat"], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            time.sleep(6.0)  # workers and beat import, connect and sweep (empty) before the messages fall due
+            clock.set(START)
             started = time.perf_counter()
             samples: list[tuple[float, int]] = []
 
@@ -124,17 +125,17 @@ def run_ours(n: int, processes: int, concurrency: int, *, rate_limit: str = "") 
         finally:
             stop_processes([beat, worker])
             store.engine.dispose()
-        duplicates = len(providers.received) - len({m["to"] for m in providers.received})
+        received = providers.received()
+    duplicates = len(received) - len({m["to"] for m in received})
     return {"seconds": seconds, "msgs_per_s": n / seconds, "samples": samples, "duplicates": duplicates,
-            "received": len(providers.received)}
+            "received": len(received)}
 
 
 def run_baseline(n: int, processes: int, concurrency: int) -> dict[str, float]:
     from notifier.clock import FileClock
-    from notifier.fake_providers import FakeProviders
 
     with scratch_database() as url, redis_prefix() as prefix, tempfile.TemporaryDirectory() as tmp, \
-            FakeProviders(latency_s=0.05) as providers:
+            provider_process(latency_s=0.05) as providers:
         clock = FileClock(Path(tmp) / "clock")
         clock.set(START)
         store = _prepare(url, n)

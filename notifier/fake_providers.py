@@ -9,15 +9,18 @@ provider received with what the store says. For tests, demos and benchmarks only
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import base64
 import json
 import re
+import socket
 import threading
 import time
 import uuid
 from collections import deque
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -25,8 +28,13 @@ E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 
 class FakeProviders:
+    """Both providers as one ASGI app on uvicorn (httptools, uvloop): in a thread of the
+    caller's process (`with FakeProviders() as providers`), or as a process of its own
+    (`python -m notifier.fake_providers`, used by the benchmarks so the provider's CPU is not
+    the sender's), where GET /_fake/received gives what it received."""
+
     def __init__(self, *, account_sid: str = "ACtest", auth_token: str = "secret-token",
-                 meta_token: str = "meta-token", latency_s: float = 0.0) -> None:
+                 meta_token: str = "meta-token", latency_s: float = 0.0, port: int = 0) -> None:
         self.account_sid, self.auth_token, self.meta_token = account_sid, auth_token, meta_token
         self.latency_s = latency_s
         self.invalid_numbers: set[str] = set()
@@ -35,46 +43,57 @@ class FakeProviders:
         self.requests = 0
         self._script: deque[tuple[int, dict[str, str], dict[str, Any]]] = deque()
         self._lock = threading.Lock()
-        providers = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, headers, payload = providers.handle(self.path, dict(self.headers), body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for key, value in {**headers, "Content-Type": "application/json",
-                                   "Content-Length": str(len(data))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                status, headers, payload = providers.handle_get(self.path, dict(self.headers))
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for key, value in {**headers, "Content-Type": "application/json",
-                                   "Content-Length": str(len(data))}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._twilio_auth = "Basic " + base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+        self.socket = socket.create_server(("127.0.0.1", port), backlog=1024)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "FakeProviders":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        import uvicorn
+
+        config = uvicorn.Config(self, log_level="warning", access_log=False, lifespan="off", loop="uvloop",
+                                http="httptools", timeout_keep_alive=60)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the fake providers did not start")
+            time.sleep(0.005)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.socket.close()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The ASGI entry: read the request, wait the provider's latency, answer."""
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
+        if scope["method"] == "GET" and scope["path"] == "/_fake/received":
+            with self._lock:
+                status, extra, payload = 200, {}, {"received": list(self.received), "requests": self.requests}
+        elif scope["method"] == "GET":
+            status, extra, payload = self.handle_get(path, headers)
+        else:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)  # the provider's own latency, simulated
+            status, extra, payload = self.handle(path, headers, body)
+        data = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (k.lower().encode(), v.encode()) for k, v in
+            {**extra, "Content-Type": "application/json", "Content-Length": str(len(data))}.items()]})
+        await send({"type": "http.response.body", "body": data})
 
     def script(self, *answers: int | tuple[int, dict[str, str]]) -> None:
         """The next requests get these answers (status, or (status, headers)) before any success."""
@@ -89,8 +108,7 @@ class FakeProviders:
 
     # --- the protocol -------------------------------------------------------------------------
     def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
-        if self.latency_s:
-            time.sleep(self.latency_s)  # the provider's own latency, simulated
+        """A POST; `headers` with lower-case names."""
         with self._lock:
             self.requests += 1
             if self._script:
@@ -103,13 +121,10 @@ class FakeProviders:
 
     def handle_get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], dict[str, Any]]:
         """Twilio's Messages list: filtered by To and DateSent>= (a day), newest first, paged."""
-        import base64
-
         route, _, query = path.partition("?")
         if route != f"/2010-04-01/Accounts/{self.account_sid}/Messages.json":
             return 404, {}, {"message": "not found"}
-        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
-        if headers.get("Authorization") != expected:
+        if headers.get("authorization") != self._twilio_auth:
             return 401, {}, {"code": 20003, "message": "Authenticate", "status": 401}
         args = {k: v[0] for k, v in parse_qs(query).items()}
         size, page = int(args.get("PageSize", 50)), int(args.get("Page", 0))
@@ -125,10 +140,7 @@ class FakeProviders:
                              f"{base}?{urlencode({**args, 'Page': str(page + 1)})}" if more else None}
 
     def _twilio(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
-        import base64
-
-        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
-        if headers.get("Authorization") != expected:
+        if headers.get("authorization") != self._twilio_auth:
             return 401, {}, {"code": 20003, "message": "Authenticate", "status": 401}
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         to = form.get("To", "")
@@ -148,7 +160,7 @@ class FakeProviders:
         return 201, {}, {"sid": sid, "status": "queued", "to": to, "account_sid": self.account_sid}
 
     def _meta(self, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
-        if headers.get("Authorization") != f"Bearer {self.meta_token}":
+        if headers.get("authorization") != f"Bearer {self.meta_token}":
             return 401, {}, {"error": {"code": 190, "message": "Invalid OAuth access token.", "type": "OAuthException"}}
         payload = json.loads(body or b"{}")
         to = "+" + str(payload.get("to", "")).lstrip("+")
@@ -170,3 +182,18 @@ class FakeProviders:
     def _record(self, message: dict[str, Any]) -> None:
         with self._lock:
             self.received.append(message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake providers in this process until killed; print the URL first."""
+    parser = argparse.ArgumentParser(prog="python -m notifier.fake_providers")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-s", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    with FakeProviders(latency_s=args.latency_s, port=args.port) as providers:
+        print(providers.url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

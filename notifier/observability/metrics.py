@@ -32,6 +32,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,9 +65,19 @@ class Metrics:
     beat_last_sent: Any
 
 
-@cache
+_building = threading.Lock()
+
+
 def metrics() -> Metrics:
-    """The process's collectors, in prometheus_client's default registry."""
+    """The process's collectors, in prometheus_client's default registry. Sender threads ask
+    at once: the first builds them while the others wait (a second build would register the
+    same series twice)."""
+    with _building:
+        return _metrics()
+
+
+@cache
+def _metrics() -> Metrics:
     from prometheus_client import Counter, Gauge, Histogram
 
     return Metrics(
