@@ -101,11 +101,18 @@ def machine() -> dict[str, object]:
             "postgres_client": pg}
 
 
-def record(name: str, command: str, figures: dict[str, object], notes: str = "") -> None:
-    """Save the figures (docs/bench/NAME.json), regenerate docs/benchmarks.md, print the JSON line."""
+def record(name: str, command: str, figures: dict[str, object], notes: str = "", *, summary: str = "",
+           images: list[dict[str, str]] | None = None) -> None:
+    """Save the figures (docs/bench/NAME.json), regenerate docs/benchmarks.md, print the JSON line.
+    `summary`: one line for the table at the top; `images`: [{"path": "img/x.png" (relative to
+    docs/), "caption": ...}] shown under the figures."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     entry = {"name": name, "command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
              "machine": machine(), "figures": figures, "notes": notes}
+    if summary:
+        entry["summary"] = summary
+    if images:
+        entry["images"] = images
     (RESULTS / f"{name}.json").write_text(json.dumps(entry, indent=2) + "\n")
     from bench.report import write_report
 
@@ -155,3 +162,193 @@ def stop_processes(procs) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# --- the pipeline as processes, a clock that runs, rows in bulk (burst, steady, sweep, memory, limits) --
+
+def pipeline_env(url: str, prefix: str, clock_path: Path, data_dir: str, *, providers: Any = None,
+                 extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of `notifier worker` / `notifier beat` processes on this run's database,
+    Redis key prefix, simulated clock and (when given) loopback provider."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    env.update({"NOTIFIER_DATABASE_URL": url, "NOTIFIER_BROKER_URL": REDIS_URL, "NOTIFIER_BROKER_KEY_PREFIX": prefix,
+                "NOTIFIER_CLOCK": f"file:{clock_path}", "NOTIFIER_DATA_DIR": data_dir,
+                "NOTIFIER_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)})
+    if providers is not None:
+        env.update({"NOTIFIER_TWILIO_ACCOUNT_SID": providers.account_sid,
+                    "NOTIFIER_TWILIO_AUTH_TOKEN": providers.auth_token, "NOTIFIER_TWILIO_FROM": "+4930123456",
+                    "NOTIFIER_TWILIO_API_URL": providers.url})
+    env.update(extra or {})
+    return env
+
+
+def start_pipeline(env: dict[str, str], *, processes: int, queues: str = "sweep,sms",
+                   beat: bool = True) -> list[subprocess.Popen]:
+    """A `notifier worker` (prefork, `processes` children) and, with `beat`, one `notifier beat`."""
+    procs = [subprocess.Popen([sys.executable, "-m", "notifier.cli", "worker", "-Q", queues, "-c", str(processes)],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    if beat:
+        procs.append(subprocess.Popen([sys.executable, "-m", "notifier.cli", "beat"], env=env, cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def check_alive(procs) -> Callable[[], None]:
+    """For `wait_until(check=...)`: fail at once when a process of the pipeline died."""
+    def check() -> None:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(map(str, proc.args[:4]))} exited with {proc.returncode}")
+    return check
+
+
+class RunningClock:
+    """The simulated file clock, moving in real time from `origin`: a thread writes
+    `origin + elapsed` every `tick_s`, so workers stamp sent_at (and beat sweeps) as a
+    system clock would, at most `tick_s` behind. `elapsed_s(moment)` maps a clock instant
+    back to seconds since the clock started."""
+
+    def __init__(self, clock: Any, origin: datetime, *, tick_s: float = 0.02) -> None:
+        import threading
+
+        self.clock, self.origin, self.tick_s = clock, origin, tick_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-clock", daemon=True)
+        self.started = 0.0
+
+    def __enter__(self) -> "RunningClock":
+        self.started = time.perf_counter()
+        self.clock.set(self.origin)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def now(self) -> datetime:
+        from datetime import timedelta
+
+        return self.origin + timedelta(seconds=time.perf_counter() - self.started)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            self.clock.set(self.now())
+
+
+def add_bookings(store, tenant_id: str, bookings: list[dict[str, Any]], *, now: datetime,
+                 chunk: int = 5000) -> int:
+    """Bookings with their customers and planned messages, written the way the ingester writes
+    them (a `BatchSession` flushed through the store's COPY helpers) but without parsing an
+    event per booking: each booking is planned by the real planner (`plan_booking`, the
+    tenant's settings as stored), and its board check time set as ingest sets it. Each item:
+    booking_id, customer_id, resource_id, starts_at, phone, language. Returns the messages planned."""
+    from datetime import timedelta
+
+    from notifier.domain.model import Booking, Channel, Customer
+    from notifier.domain.planning import diff_plan, next_flag_change, plan_booking
+    from notifier.services import settings_for
+    from notifier.store.batch import BatchSession
+
+    planned_total = 0
+    for i in range(0, len(bookings), chunk):
+        with store.engine.begin() as conn:
+            session = BatchSession(conn, lock_bookings=False)
+            tenant = session.tenant(tenant_id)
+            for item in bookings[i:i + chunk]:
+                customer = Customer(id=item["customer_id"], tenant_id=tenant_id, name=f"Kunde {item['customer_id']}",
+                                    phone=item["phone"], language=item["language"],
+                                    consents=frozenset({Channel.SMS}), privacy_accepted=True, snapshot_at=now)
+                booking = Booking(id=item["booking_id"], tenant_id=tenant_id, customer_id=customer.id,
+                                  resource_id=item["resource_id"], starts_at=item["starts_at"],
+                                  ends_at=item["starts_at"] + timedelta(minutes=45), created_at=now,
+                                  scheduled_at=now, revision=1)
+                resource = session.resource(tenant_id, booking.resource_id)
+                settings = settings_for(tenant, resource)
+                session.put_customer(customer, None)
+                session.put_booking(booking)
+                session.set_next_check(tenant_id, booking.id, next_flag_change(booking, settings, now))
+                planned = plan_booking(booking, customer, resource, tenant, settings, now=now)
+                session.apply_diff(tenant_id, booking.id, diff_plan([], planned))
+                planned_total += len(planned)
+            session.flush(now)
+    return planned_total
+
+
+def fill_future_messages(store, n: int, *, after: datetime, days: int = 60, per_booking: int = 5,
+                         tenant_id: str = "salon-berlin", resource_id: str = "anna", tag: str = "f") -> float:
+    """`n` planned messages due between `after` and `days` later, `per_booking` to a booking
+    (with their bookings and customers), generated inside PostgreSQL (generate_series): what a
+    store holds when the next two months are booked. VACUUM ANALYZE after. Returns the seconds."""
+    from sqlalchemy import text
+
+    started = time.perf_counter()
+    params = {"tenant": tenant_id, "resource": resource_id, "tag": tag, "after": after, "n": n,
+              "bookings": -(-n // per_booking), "per": per_booking, "span": days * 86400}
+    p = ("WITH p AS (SELECT CAST(:tenant AS text) AS tenant, CAST(:tag AS text) AS tag, "
+         "CAST(:resource AS text) AS resource, CAST(:after AS timestamptz) AS after) ")
+    statements = [
+        p + "INSERT INTO customers (tenant_id, id, name, phone, language, consents, privacy_accepted, "
+            "created_via_online_booking, revision, snapshot_at) "
+            "SELECT p.tenant, p.tag || 'c' || g, 'Kunde ' || g, '+49152' || lpad(g::text, 8, '0'), 'de', "
+            "'[\"sms\"]'::json, true, false, 0, p.after FROM p, generate_series(1, :bookings) AS g",
+        p + "INSERT INTO bookings (tenant_id, id, customer_id, resource_id, starts_at, ends_at, created_at, "
+            "scheduled_at, source, status, needs_approval, revision) "
+            "SELECT p.tenant, p.tag || 'b' || g, p.tag || 'c' || g, p.resource, s, s + interval '45 minutes', "
+            "p.after, p.after, 'staff', 'active', false, 1 "
+            "FROM p, generate_series(1, :bookings) AS g, "
+            "LATERAL (SELECT p.after + make_interval(secs => 3600 + g::float8 / :bookings * :span) AS s) AS b",
+        p + "INSERT INTO messages (tenant_id, booking_id, key, dedup_key, kind, channel, recipient, state, "
+            "due_at, attempts, created_at, updated_at) "
+            "SELECT p.tenant, p.tag || 'b' || b, k || '/customer', p.tenant || '/' || p.tag || 'b' || b || '/' || k "
+            "|| '/customer', split_part(k, '.', 1), 'sms', 'customer', 'planned', "
+            "p.after + make_interval(secs => g::float8 / :n * :span), 0, p.after, p.after "
+            "FROM p, generate_series(1, :n) AS g, "
+            "LATERAL (SELECT (g - 1) / :per + 1 AS b, (ARRAY['info', 'confirmation', 'reminder', 'late', "
+            "'feedback'])[(g - 1) % :per % 5 + 1] || '.' || ((g - 1) % :per) AS k) AS m",
+    ]
+    with store.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement), params)
+    with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
+    return time.perf_counter() - started
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (a prefork worker and its pool), MB."""
+    def rss_kb(p: int) -> int:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def children(p: int) -> list[int]:
+        out: list[int] = []
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                text_ = (task / "children").read_text().split()
+                out.extend(int(c) for c in text_)
+        except OSError:
+            pass
+        return out
+
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss_kb(p)
+        todo.extend(children(p))
+    return total / 1024
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest rank; values need not be sorted."""
+    if not values:
+        return float("nan")
+    import math
+
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]

@@ -1,8 +1,13 @@
-"""docs/benchmarks.md, regenerated from docs/bench/*.json (the last run of each benchmark)."""
+"""docs/benchmarks.md, regenerated from docs/bench/*.json (the last run of each benchmark).
+
+An entry may carry a one-line `summary` (shown in the table at the top) and `images`
+(paths relative to docs/, each with a caption), shown under its figures.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from bench.common import RESULTS, ROOT
 
@@ -14,10 +19,22 @@ run before the absolute figures.
 """
 
 
-def write_report() -> None:
+def _order(names: list[str]) -> list[str]:
+    """In the order `make bench` runs them, then any others by name."""
+    from bench.__main__ import BENCHES
+
+    known = [n for n in BENCHES if n in names]
+    return known + sorted(n for n in names if n not in known)
+
+
+def render(entries: dict[str, dict]) -> str:
     parts = [HEADER]
-    for path in sorted(RESULTS.glob("*.json")):
-        entry = json.loads(path.read_text())
+    names = _order(list(entries))
+    if any(entries[n].get("summary") for n in names):
+        parts.append("\n| bench | last figures | date |\n| --- | --- | --- |")
+        parts.extend(f"| [`{n}`](#{n}) | {entries[n].get('summary', '')} | {entries[n]['date']} |" for n in names)
+    for name in names:
+        entry = entries[name]
         m = entry["machine"]
         parts.append(f"\n## {entry['name']}\n")
         parts.append(f"`{entry['command']}`, {entry['date']}, {m['cores']} cores ({m['cpu']}), "
@@ -27,5 +44,15 @@ def write_report() -> None:
             parts.append(f"| `{key}` | {value} |")
         if entry.get("notes"):
             parts.append(f"\n{entry['notes']}")
+        for image in entry.get("images", ()):
+            parts.append(f"\n![{image['caption']}]({image['path']})\n\n*{image['caption']}*")
         parts.append("")
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(parts))
+    return "\n".join(parts)
+
+
+def write_report(results: Path = RESULTS, out: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    entries = {}
+    for path in sorted(results.glob("*.json")):
+        entry = json.loads(path.read_text())
+        entries[entry["name"]] = entry
+    out.write_text(render(entries))
