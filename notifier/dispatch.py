@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -127,14 +128,16 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
     if not claimed:
         return report
     loaded = _load(store, claimed, ctx.settings.unavailable)
-    finished: list[Done] = []
-    ready: list[Ready] = []
-    for message in claimed:
+    pool = ctx.sender_pool()
+    sending: set[Future[Done]] = set()
+    settled: list[Done] = []  # ended before any provider call: withdrawn, failed checks
+    for message in claimed:  # each message leaves as soon as it is rendered
         step = prepare(ctx, loaded, message, now)
-        (ready if isinstance(step, Ready) else finished).append(step)
-    if finished:
-        record(store, finished)
-    finished += _send_all(ctx, ready)
+        if isinstance(step, Ready):
+            sending.add(pool.submit(transmit, ctx, step))
+        else:
+            settled.append(step)
+    finished = _record_as_they_end(store, sending, settled)
     for done in finished:
         setattr(report, done.report_key, getattr(report, done.report_key) + 1)
         if done.fallback:  # the fallback message is planned from the failure (see planning)
@@ -216,11 +219,32 @@ def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: 
     return str(tenant.settings.get("webhook_url") or settings.staff_webhook_url or "") or None  # staff, activity
 
 
+class _Links(Mapping[str, str]):
+    """The booking's signed links, each signed only when a template reads it (most kinds
+    carry none, and signing is a tenth of a message's CPU)."""
+
+    def __init__(self, signer: LinkSigner, tenant_id: str, booking: Booking, issued_at: datetime | None) -> None:
+        self._sign = lambda action: signer.url(tenant_id, booking.id, action, booking.starts_at, issued_at=issued_at)
+        self._urls: dict[str, str] = {}
+
+    def __getitem__(self, action: str) -> str:
+        if action not in ACTIONS:
+            raise KeyError(action)
+        if action not in self._urls:
+            self._urls[action] = self._sign(action)
+        return self._urls[action]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ACTIONS)
+
+    def __len__(self) -> int:
+        return len(ACTIONS)
+
+
 def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking,
                      links: LinkSigner | None = None, *, issued_at: datetime | None = None) -> dict[str, Any]:
     """The allow-listed data templates may use (plain dicts and values, no live objects)."""
-    urls = {action: links.url(tenant.id, booking.id, action, booking.starts_at, issued_at=issued_at)
-            for action in ACTIONS} if links else {}
+    urls: Mapping[str, str] = _Links(links, tenant.id, booking, issued_at) if links else {}
     return {
         "customer": {"name": customer.name, "first_name": customer.name.split(" ")[0], "language": customer.language},
         "company": dict(tenant.company),
@@ -292,24 +316,21 @@ def _failed(message: MessageRow, now: datetime, reason: str) -> Done:
 
 # --- send --------------------------------------------------------------------------------------
 
-def _send_all(ctx: Any, ready: list[Ready]) -> list[Done]:
-    """Provider calls on the sender pool; outcomes recorded in chunks as they arrive."""
-    if not ready:
-        return []
-    pool = ctx.sender_pool()
-    pending: set[Future[Done]] = {pool.submit(transmit, ctx, item) for item in ready}
+def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: list[Done]) -> list[Done]:
+    """Wait for the provider calls and record outcomes in chunks as they arrive: at most
+    RECORD_EVERY per transaction, none waiting longer than RECORD_WAIT_S."""
     finished: list[Done] = []
-    unrecorded: list[Done] = []
-    oldest = 0.0
-    while pending:
-        timeout = None if not unrecorded else max(0.0, oldest + RECORD_WAIT_S - time.monotonic())
-        done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-        if done and not unrecorded:
-            oldest = time.monotonic()
-        unrecorded.extend(f.result() for f in done)
+    oldest = time.monotonic()
+    while pending or unrecorded:
+        if pending:
+            timeout = None if not unrecorded else max(0.0, oldest + RECORD_WAIT_S - time.monotonic())
+            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+            if done and not unrecorded:
+                oldest = time.monotonic()
+            unrecorded.extend(f.result() for f in done)
         if unrecorded and (not pending or len(unrecorded) >= RECORD_EVERY
                            or time.monotonic() - oldest >= RECORD_WAIT_S):
-            record(ctx.store, unrecorded)
+            record(store, unrecorded)
             finished += unrecorded
             unrecorded = []
     return finished
