@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ("ingest", "dispatch", "burst", "steady")
+BENCHES = ("ingest", "dispatch", "burst", "steady", "sweep")
 
 
 def main(argv: list[str]) -> int:

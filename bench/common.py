@@ -282,16 +282,16 @@ def add_bookings(store, tenant_id: str, bookings: list[dict[str, Any]], *, now: 
     return planned_total
 
 
-def fill_future_messages(store, n: int, *, after: datetime, days: int = 60, per_booking: int = 5,
+def fill_future_messages(store, n: int, *, after: datetime, span_s: float = 60 * 86400, per_booking: int = 5,
                          tenant_id: str = "salon-berlin", resource_id: str = "anna", tag: str = "f") -> float:
-    """`n` planned messages due between `after` and `days` later, `per_booking` to a booking
+    """`n` planned messages due evenly from `after` over `span_s` (two months), `per_booking` to a booking
     (with their bookings and customers), generated inside PostgreSQL (generate_series): what a
     store holds when the next two months are booked. VACUUM ANALYZE after. Returns the seconds."""
     from sqlalchemy import text
 
     started = time.perf_counter()
     params = {"tenant": tenant_id, "resource": resource_id, "tag": tag, "after": after, "n": n,
-              "bookings": -(-n // per_booking), "per": per_booking, "span": days * 86400}
+              "bookings": -(-n // per_booking), "per": per_booking, "span": float(span_s)}
     p = ("WITH p AS (SELECT CAST(:tenant AS text) AS tenant, CAST(:tag AS text) AS tag, "
          "CAST(:resource AS text) AS resource, CAST(:after AS timestamptz) AS after) ")
     statements = [
