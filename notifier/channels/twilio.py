@@ -7,7 +7,8 @@ MessagingServiceSid), Body or ContentSid + ContentVariables, StatusCallback.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from notifier.channels.base import CannotTell, Outgoing, SendResult
@@ -63,19 +64,24 @@ class TwilioSMSChannel(HttpAdapter):
         return SendResult(provider_message_id=str(body.get("sid")), provider_code=str(body.get("status", "queued")))
 
     def find_sent(self, message: Outgoing, *, since: datetime) -> SendResult | None:
-        """The message as Twilio holds it, if it was accepted: the Messages list filtered by
-        recipient and day, matched on the body (ours renders the same text on every attempt)."""
+        """The message as Twilio holds it, if it was accepted: the recipient's messages, newest
+        first, matched on the body (ours renders the same text on every attempt). Not filtered
+        by DateSent, which stays empty while Twilio still queues a message; paging stops at
+        messages created a day before `since`."""
         form = self.form(message)
         if "Body" not in form:
             raise CannotTell("twilio lists a content template's rendered text, which we cannot compare")
-        params: dict[str, str] | None = {"To": form["To"], "DateSent>": since.astimezone(UTC).date().isoformat(),
-                                         "PageSize": "100"}
+        oldest = since - timedelta(days=1)
+        params: dict[str, str] | None = {"To": form["To"], "PageSize": "100"}
         url: str | None = self.url
         while url:
             page = self.call("GET", url, params=params, auth=(self.account_sid, self.auth_token),
                              permanent=_permanent)
             for sent in page.get("messages", []):
-                if sent.get("body") == form.get("Body") and sent.get("status") not in ("failed", "undelivered"):
+                created = sent.get("date_created")
+                if created and parsedate_to_datetime(created) < oldest:
+                    return None
+                if sent.get("body") == form["Body"] and sent.get("status") not in ("failed", "undelivered"):
                     return SendResult(provider_message_id=str(sent.get("sid")),
                                       provider_code=str(sent.get("status", "queued")))
             next_page = page.get("next_page_uri")
