@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--baseline-messages", type=int, default=5_000)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=32, help="sends in flight per worker process")
+    parser.add_argument("--concurrency", type=int, default=64, help="sends in flight per worker process")
     parser.add_argument("--rate", type=float, default=200.0, help="the limit for the second phase (messages/s)")
     parser.add_argument("--rate-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
