@@ -45,7 +45,7 @@ _NAMED_VALUE = re.compile(  # name='Erika', "name": "Erika", 'to': '+49...', nam
 )
 _DOTTED = re.compile(r"^[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)+$")
 # a phone-like run: digits with the separators people type; checked further in _phone()
-_PHONE = re.compile(r"(?<![\w.:/%-])(?:\+|00)?\(?\d[\d ()\-/]{4,22}\d(?![\w:]|\.\d)")
+_PHONE = re.compile(r"(?<![\w.:/%-])(?:\+|00)?\(?\d[\d ()\-/]{4,22}\d(?![\w:]|\.\d|-\w)")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}|^\d{1,2}/\d{1,2}/\d{2,4}$")
 
 

@@ -46,6 +46,7 @@ def test_N7_personal_data_is_masked_in_text(text, expected):
     "Task notifier.dispatch_batch[e3b0c442-98fc-1c14-9afb-f4c8996fb924] succeeded in 0.0123s: {'sent': 3}",
     "ids [101, 102, 103]", "{'name': 'notifier.sweep_due'}", "redis://127.0.0.1:6379/0", "version 1.2.3",
     "email: 3 messages", "elapsed 1733034000.123",
+    "Task notifier.sweep_states[35178521-56ca-4c42-b5a6-94d02fe090e5] received",  # a task id that starts with digits
 ])
 def test_N7_masking_leaves_times_ids_and_task_names_readable(text):
     """Operations: what a log is for (times, ids, counts, task names, addresses of services) stays."""
