@@ -68,13 +68,13 @@ def reminders_only(tx) -> None:
         "feedback": {"enabled": False}, "staff": {"enabled": False}}), START)
 
 
-def bookings(n: int) -> list[dict]:
+def bookings(n: int, *, start: int = 0) -> list[dict]:
     """Visits from 11:00 to 18:59 local (so no board marker changes during the run), one
-    customer each, round robin over the salon's three resources."""
+    customer each, round robin over the salon's three resources; numbered from `start`."""
     first = DUE + timedelta(hours=3)
     return [{"booking_id": f"m{i}", "customer_id": f"c{i}", "resource_id": RESOURCES[i % 3],
              "starts_at": first + timedelta(minutes=i % 480), "phone": f"+49151{i:08d}", "language": "de"}
-            for i in range(n)]
+            for i in range(start, start + n)]
 
 
 def sent_count(store) -> int:
