@@ -132,7 +132,10 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
     sending: set[Future[Done]] = set()
     settled: list[Done] = []  # ended before any provider call: withdrawn, failed checks
     for message in claimed:  # each message leaves as soon as it is rendered
-        step = prepare(ctx, loaded, message, now)
+        try:
+            step = prepare(ctx, loaded, message, now)
+        except Exception as exc:  # noqa: BLE001 - one message's trouble (a bundle that would not load) is its own
+            step = _retry(ctx, message, now, f"could not prepare: {exc.__class__.__name__}: {exc}", None)
         if isinstance(step, Ready):
             sending.add(pool.submit(transmit, ctx, step))
         else:
@@ -338,7 +341,7 @@ def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: li
 
 def transmit(ctx: Any, item: Ready) -> Done:
     """The provider call for one message (on a sender thread), as a `Done`."""
-    message, settings = item.message, ctx.settings
+    message = item.message
     adapter = ctx.channels[message.channel]
     started = time.monotonic()
     try:
@@ -353,20 +356,27 @@ def transmit(ctx: Any, item: Ready) -> Done:
                             provider_message_id=found.provider_message_id, template=item.template)
         result = adapter.send(item.outgoing)
     except TemporaryFailure as exc:
-        now = ctx.clock.now()
-        if message.attempts >= settings.max_attempts:
-            return Done(message, MessageState.FAILED, now, error=f"gave up after {message.attempts} attempts: "
-                        f"{exc.reason}", outcome="temporary", code=exc.code, duration_ms=_ms(started))
-        wait_s = compute_backoff_s(attempt=message.attempts, base_s=settings.retry_base_s,
-                                   max_s=settings.retry_max_s, jitter=random.random(),
-                                   retry_after_s=exc.retry_after_s)
-        return Done(message, MessageState.PLANNED, now, error=exc.reason, outcome="temporary", code=exc.code,
-                    duration_ms=_ms(started), retry_at=now + timedelta(seconds=wait_s))
+        return _retry(ctx, message, ctx.clock.now(), exc.reason, exc.code, retry_after_s=exc.retry_after_s,
+                      duration_ms=_ms(started))
     except PermanentFailure as exc:
         return Done(message, MessageState.FAILED, ctx.clock.now(), error=exc.reason, outcome="permanent",
                     code=exc.code, duration_ms=_ms(started), fallback=item.fallback)
     return Done(message, MessageState.SENT, ctx.clock.now(), outcome="sent", code=result.provider_code,
                 duration_ms=_ms(started), provider_message_id=result.provider_message_id, template=item.template)
+
+
+def _retry(ctx: Any, message: MessageRow, now: datetime, reason: str, code: str | None, *,
+           retry_after_s: float | None = None, duration_ms: int = 0) -> Done:
+    """Another attempt later (backoff with jitter, Retry-After honoured), or failed for good
+    once the attempts are used up."""
+    settings = ctx.settings
+    if message.attempts >= settings.max_attempts:
+        return Done(message, MessageState.FAILED, now, error=f"gave up after {message.attempts} attempts: {reason}",
+                    outcome="temporary", code=code, duration_ms=duration_ms)
+    wait_s = compute_backoff_s(attempt=message.attempts, base_s=settings.retry_base_s, max_s=settings.retry_max_s,
+                               jitter=random.random(), retry_after_s=retry_after_s)
+    return Done(message, MessageState.PLANNED, now, error=reason, outcome="temporary", code=code,
+                duration_ms=duration_ms, retry_at=now + timedelta(seconds=wait_s))
 
 
 def _ms(started: float) -> int:

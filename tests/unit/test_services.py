@@ -174,6 +174,27 @@ def test_temporary_failure_is_retried_later_with_an_attempt_row(ctx, email):
     assert len(email.sent) == 1
 
 
+def test_N3_a_message_that_cannot_be_prepared_is_retried_and_the_rest_of_its_batch_goes_out(ctx, email,
+                                                                                           monkeypatch):
+    import notifier.dispatch as dispatch
+
+    apply(ctx, created("b1"), created("b2"))
+    original = dispatch.prepare
+
+    def prepare(ctx_, loaded, message, now):  # b2's bundle would not load (its store was unreachable)
+        if message.booking_id == "b2":
+            raise RuntimeError("bundle store unreachable")
+        return original(ctx_, loaded, message, now)
+
+    monkeypatch.setattr(dispatch, "prepare", prepare)
+    assert run_due(ctx) == {**vars(DispatchReport()), "sent": 1, "retried": 1}
+    assert [o.metadata["booking_id"] for o in email.sent] == ["b1"]
+    [retry] = [e for e in timeline_of(ctx.store, "salon-berlin", "b2") if e["kind"] == "message.retry"]
+    assert retry["detail"]["reason"] == "could not prepare: RuntimeError: bundle store unreachable"
+    [row] = [r for r in messages(ctx) if r.booking_id == "b2" and r.kind == "info"]
+    assert row.state == "planned" and row.due_at > START  # back in the plan, after a backoff
+
+
 def test_permanent_failure_fails_once_with_the_reason_on_the_timeline(ctx, email):
     def refuse(message):
         raise PermanentFailure("recipient refused: 550 no such user", code="550")
