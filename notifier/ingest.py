@@ -11,7 +11,10 @@ Sources (chosen by the URL in `events_url`):
 
 A batch is whatever arrives within `ingest_batch_wait_s` of the first event, up to
 `ingest_batch_max`: a lone event waits at most that long. A database error leaves the
-batch unacknowledged; the loop backs off and applies the same batch again (N1).
+batch unacknowledged; the loop backs off and applies the same batch again (N1). A broker
+outage (Redis restarting, RabbitMQ gone) is waited out the same way: the loop backs off and
+fetches again; a batch whose acknowledgement failed is fetched again and its events are
+recognised by `event_id` (N2).
 """
 
 from __future__ import annotations
@@ -151,6 +154,17 @@ class KombuSource:
         return Batch(bodies=[m.body if isinstance(m.body, bytes) else str(m.body).encode() for m in messages],
                      ack=ack)
 
+    def recover(self) -> None:
+        """After a connection error: drop the consumer and connection; the next fetch opens new
+        ones. Messages taken but not acknowledged are redelivered by the broker (N1)."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the old connection is broken anyway
+            pass
+        self.conn = self.conn.clone()
+        self._consumer = None
+        self._pending.clear()
+
     def _drain(self, timeout: float) -> bool:
         try:
             self.conn.drain_events(timeout=timeout)
@@ -177,6 +191,24 @@ def open_source(settings) -> Source:
     return KombuSource(url, options, settings.events_queue, settings.events_exchange)
 
 
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """What a broker outage raises from a source's fetch or ack: the loop waits and tries again."""
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import redis
+
+        errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    try:
+        from kombu.exceptions import OperationalError
+
+        errors.append(OperationalError)
+    except ImportError:  # pragma: no cover - kombu is a dependency
+        pass
+    return tuple(errors)
+
+
 def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_exit_s: float | None = None,
         on_batch: Callable[[IngestReport], None] | None = None) -> IngestReport:
     """Consume until `stop()` says so (or nothing arrived for `idle_exit_s`)."""
@@ -184,7 +216,9 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
     total = IngestReport()
     idle_since = time.monotonic()
     backoff_s = 0.5
+    broker_backoff_s = 0.5
     next_hold_check = 0.0
+    outage = broker_errors()
     while not stop():
         if time.monotonic() >= next_hold_check:
             next_hold_check = time.monotonic() + 5.0
@@ -192,7 +226,18 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
                 total.merge(release_expired_holds(ctx.store, now=ctx.clock.now(), hold_s=s.hold_s))
             except DBAPIError as exc:
                 log.warning("could not release held events: %s", exc.__class__.__name__)
-        batch = source.fetch(s.ingest_batch_max, s.ingest_batch_wait_s, block_s=1.0)
+        try:
+            batch = source.fetch(s.ingest_batch_max, s.ingest_batch_wait_s, block_s=1.0)
+        except outage as exc:  # broker down or restarting: wait, then fetch again (reconnects)
+            log.warning("broker unavailable, fetching again in %.1fs: %s", broker_backoff_s,
+                        exc.__class__.__name__)
+            recover = getattr(source, "recover", None)
+            if recover is not None:
+                recover()
+            time.sleep(broker_backoff_s)
+            broker_backoff_s = min(broker_backoff_s * 2, 10.0)
+            continue
+        broker_backoff_s = 0.5
         if batch is None:
             if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break
@@ -210,7 +255,11 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
                 time.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 30.0)
         backoff_s = 0.5
-        batch.ack()
+        try:
+            batch.ack()
+        except outage as exc:  # committed but not acknowledged: fetched again, recognised by event_id (N2)
+            log.warning("broker unavailable, batch of %d committed but not acknowledged: %s", len(batch.bodies),
+                        exc.__class__.__name__)
         total.merge(report)
         if on_batch:
             on_batch(report)
