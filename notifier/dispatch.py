@@ -117,6 +117,14 @@ class _Loaded:
     bundle_versions: dict[str, str | None] = field(default_factory=dict)
     recorded_attempts: dict[int, int] = field(default_factory=dict)
     planned: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    settings: dict[tuple[str, str], NotificationSettings] = field(default_factory=dict)
+
+    def settings_for(self, tenant: Tenant, resource: Resource, regions: Any) -> NotificationSettings:
+        """The resource's merged settings, once per resource and batch."""
+        key = (tenant.id, resource.id)
+        if key not in self.settings:
+            self.settings[key] = settings_for(tenant, resource, regions)
+        return self.settings[key]
 
 
 def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
@@ -270,7 +278,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     resource = s.resources.get((message.tenant_id, booking.resource_id)) if booking else None
     if tenant is None or booking is None or customer is None or resource is None:
         return _failed(message, now, "booking data missing")
-    plan_settings = settings_for(tenant, resource, settings.unavailable)
+    plan_settings = loaded.settings_for(tenant, resource, settings.unavailable)
     planned = _planned_keys(loaded, booking, customer, resource, tenant, plan_settings, now)
     reason = why_not_send(message, booking, customer, tenant, plan_settings, planned, now)
     if reason:

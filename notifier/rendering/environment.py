@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -50,22 +51,39 @@ def _moment(ctx: Any, value: datetime) -> tuple[datetime, str]:
     return value.astimezone(zone), ctx["_locale"]
 
 
+# Formatting is pure in (moment, format, zone, locale), and a day's messages share their dates
+# and times: each distinct one is formatted once (babel parses its locale data on every call).
+@lru_cache(maxsize=8192)
+def _format_date(day: date, fmt: str, locale: str) -> str:
+    return _plain(format_date(day, format=fmt, locale=locale))
+
+
+@lru_cache(maxsize=8192)
+def _format_time(value: datetime, fmt: str, zone: str, locale: str) -> str:
+    moment = value.astimezone(ZoneInfo(zone))
+    return _plain(format_time(moment, format=fmt, tzinfo=moment.tzinfo, locale=locale))
+
+
+@lru_cache(maxsize=8192)
+def _format_datetime(value: datetime, fmt: str, zone: str, locale: str) -> str:
+    moment = value.astimezone(ZoneInfo(zone))
+    return _plain(format_datetime(moment, format=fmt, tzinfo=moment.tzinfo, locale=locale))
+
+
 @pass_context
 def _date(ctx: Any, value: datetime, fmt: str = "full") -> str:
     moment, locale = _moment(ctx, value)
-    return _plain(format_date(moment.date(), format=fmt, locale=locale))
+    return _format_date(moment.date(), fmt, locale)
 
 
 @pass_context
 def _time(ctx: Any, value: datetime, fmt: str = "short") -> str:
-    moment, locale = _moment(ctx, value)
-    return _plain(format_time(moment, format=fmt, tzinfo=moment.tzinfo, locale=locale))
+    return _format_time(value, fmt, ctx["_tz"], ctx["_locale"])
 
 
 @pass_context
 def _datetime(ctx: Any, value: datetime, fmt: str = "medium") -> str:
-    moment, locale = _moment(ctx, value)
-    return _plain(format_datetime(moment, format=fmt, tzinfo=moment.tzinfo, locale=locale))
+    return _format_datetime(value, fmt, ctx["_tz"], ctx["_locale"])
 
 
 class Renderer:
