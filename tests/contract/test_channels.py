@@ -120,3 +120,26 @@ def test_a_bad_recipient_is_a_permanent_failure(rig):
         rig.adapter.send(rig.bad_recipient)
     assert caught.value.reason
     assert rig.received() == []
+
+
+def test_N2_an_adapter_that_can_find_a_sent_message_finds_exactly_that_one(rig):
+    """What dispatch asks about an attempt that ended unrecorded: the provider's copy is found
+    (same recipient, same text) and nothing else is; adapters that cannot tell say so."""
+    from datetime import UTC, datetime
+
+    from notifier.channels.base import CannotTell
+
+    find = getattr(rig.adapter, "find_sent", None)
+    if find is None:  # no way to ask these providers: the bound in docs/reliability.md
+        assert isinstance(rig.adapter, (SMTPChannel, WebhookChannel, MetaWhatsAppChannel))
+        return
+    since = datetime.now(UTC)
+    try:
+        assert find(rig.good, since=since) is None
+    except CannotTell:
+        assert rig.good.template  # only a content template cannot be compared
+        return
+    sent = rig.adapter.send(rig.good)
+    assert find(rig.good, since=since).provider_message_id == sent.provider_message_id
+    assert find(replace(rig.good, text="another text"), since=since) is None
+    assert find(replace(rig.good, to="+4915199999999"), since=since) is None
