@@ -19,6 +19,7 @@ are stamped with its due time), which is what lets the provider's copy be recogn
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -355,7 +356,7 @@ def transmit(ctx: Any, item: Ready) -> Done:
     try:
         if item.in_doubt and hasattr(adapter, "find_sent"):
             try:
-                found: SendResult | None = adapter.find_sent(item.outgoing, since=message.due_at)
+                found = _unrecorded_copy(ctx.store, adapter.find_sent(item.outgoing, since=message.due_at))
             except CannotTell:
                 found = None  # at least once: the bound docs/reliability.md describes
             if found is not None:
@@ -371,6 +372,26 @@ def transmit(ctx: Any, item: Ready) -> Done:
                     code=exc.code, duration_ms=_ms(started), fallback=item.fallback)
     return Done(message, MessageState.SENT, ctx.clock.now(), outcome="sent", code=result.provider_code,
                 duration_ms=_ms(started), provider_message_id=result.provider_message_id, template=item.template)
+
+
+_copies_lock = threading.Lock()
+_copies_taken: set[str] = set()  # copies this process matched, recorded or about to be (rare: in-doubt only)
+
+
+def _unrecorded_copy(store: Store, copies: list[SendResult]) -> SendResult | None:
+    """The provider's copy that no message of ours has recorded yet: two of our messages to
+    one recipient may read the same, and each must find its own copy or be sent."""
+    if not copies:
+        return None
+    c = t.messages.c
+    with _copies_lock:
+        with store.engine.connect() as conn:
+            recorded = set(conn.execute(select(c.provider_message_id).where(
+                c.provider_message_id.in_([x.provider_message_id for x in copies]))).scalars())
+        found = next((x for x in copies if x.provider_message_id not in recorded | _copies_taken), None)
+        if found is not None:
+            _copies_taken.add(found.provider_message_id)
+        return found
 
 
 def _retry(ctx: Any, message: MessageRow, now: datetime, reason: str, code: str | None, *,

@@ -79,6 +79,10 @@ class ChannelAdapter(Protocol):
 class FindsSent(Protocol):
     """An adapter whose provider can say whether it already accepted a message. Dispatch asks
     before sending a message whose earlier attempt ended unrecorded (a worker killed between
-    the provider's answer and the commit), so that message is recorded, not sent again."""
+    the provider's answer and the commit), so that message is recorded, not sent again.
 
-    def find_sent(self, message: Outgoing, *, since: datetime) -> SendResult | None: ...
+    `find_sent` returns every copy the provider holds of this text to this recipient since
+    `since`, newest first; dispatch takes one that no other message of ours has recorded (two
+    messages may read the same)."""
+
+    def find_sent(self, message: Outgoing, *, since: datetime) -> list[SendResult]: ...

@@ -63,15 +63,16 @@ class TwilioSMSChannel(HttpAdapter):
                          permanent=_permanent)
         return SendResult(provider_message_id=str(body.get("sid")), provider_code=str(body.get("status", "queued")))
 
-    def find_sent(self, message: Outgoing, *, since: datetime) -> SendResult | None:
-        """The message as Twilio holds it, if it was accepted: the recipient's messages, newest
-        first, matched on the body (ours renders the same text on every attempt). Not filtered
-        by DateSent, which stays empty while Twilio still queues a message; paging stops at
-        messages created a day before `since`."""
+    def find_sent(self, message: Outgoing, *, since: datetime) -> list[SendResult]:
+        """Twilio's copies of this message: the recipient's messages, newest first, matched on
+        the body (ours renders the same text on every attempt). Not filtered by DateSent, which
+        stays empty while Twilio still queues a message; paging stops at messages created a day
+        before `since`."""
         form = self.form(message)
         if "Body" not in form:
             raise CannotTell("twilio lists a content template's rendered text, which we cannot compare")
         oldest = since - timedelta(days=1)
+        copies: list[SendResult] = []
         params: dict[str, str] | None = {"To": form["To"], "PageSize": "100"}
         url: str | None = self.url
         while url:
@@ -80,13 +81,13 @@ class TwilioSMSChannel(HttpAdapter):
             for sent in page.get("messages", []):
                 created = sent.get("date_created")
                 if created and parsedate_to_datetime(created) < oldest:
-                    return None
+                    return copies
                 if sent.get("body") == form["Body"] and sent.get("status") not in ("failed", "undelivered"):
-                    return SendResult(provider_message_id=str(sent.get("sid")),
-                                      provider_code=str(sent.get("status", "queued")))
+                    copies.append(SendResult(provider_message_id=str(sent.get("sid")),
+                                             provider_code=str(sent.get("status", "queued"))))
             next_page = page.get("next_page_uri")
             url, params = (f"{self.api_url}{next_page}", None) if next_page else (None, None)
-        return None
+        return copies
 
 
 class TwilioWhatsAppChannel(TwilioSMSChannel):

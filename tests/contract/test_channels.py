@@ -135,11 +135,14 @@ def test_N2_an_adapter_that_can_find_a_sent_message_finds_exactly_that_one(rig):
         return
     since = datetime.now(UTC)
     try:
-        assert find(rig.good, since=since) is None
+        assert find(rig.good, since=since) == []
     except CannotTell:
         assert rig.good.template  # only a content template cannot be compared
         return
-    sent = rig.adapter.send(rig.good)
-    assert find(rig.good, since=since).provider_message_id == sent.provider_message_id
-    assert find(replace(rig.good, text="another text"), since=since) is None
-    assert find(replace(rig.good, to="+4915199999999"), since=since) is None
+    first = rig.adapter.send(rig.good)
+    assert [c.provider_message_id for c in find(rig.good, since=since)] == [first.provider_message_id]
+    second = rig.adapter.send(rig.good)  # the same text again (two bookings may read the same)
+    assert [c.provider_message_id for c in find(rig.good, since=since)] == [second.provider_message_id,
+                                                                            first.provider_message_id]
+    assert find(replace(rig.good, text="another text"), since=since) == []
+    assert find(replace(rig.good, to="+4915199999999"), since=since) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from notifier.channels.base import PermanentFailure, TemporaryFailure
@@ -149,6 +150,34 @@ def test_N1_an_expired_claim_comes_back_to_the_sweep(ctx, email):
     assert sweep_due(ctx.store, now=START + timedelta(seconds=30), lease_s=60, limit=100, batch=100) == []
     [(_, again)] = sweep_due(ctx.store, now=START + timedelta(seconds=61), lease_s=60, limit=100, batch=100)
     assert again == ids
+
+
+def test_N1_N2_an_attempt_that_ended_unrecorded_is_looked_up_at_the_provider_not_sent_again(ctx, email,
+                                                                                          monkeypatch):
+    import notifier.dispatch as dispatch
+
+    apply(ctx, created("b1"), created("b2"))
+    real_record = dispatch.record
+
+    def crash(store, outcomes):  # the worker dies after the provider accepted, before the commit
+        if any(d.outcome == "sent" for d in outcomes):
+            raise SystemExit("killed")
+        real_record(store, outcomes)
+
+    monkeypatch.setattr(dispatch, "record", crash)
+    with pytest.raises(SystemExit):
+        run_due(ctx)
+    assert len(email.sent) == 2 and {r.state for r in messages(ctx) if r.kind == "info"} == {"sending"}
+    monkeypatch.setattr(dispatch, "record", real_record)
+    email.sent.pop()  # this one never reached the provider: only the first was accepted
+    ctx.clock.set(START + timedelta(seconds=ctx.settings.lease_s + 1))  # the dead worker's claims have lapsed
+    assert run_due(ctx) == {**vars(DispatchReport()), "sent": 1, "reconciled": 1}
+    # the two read the same: one takes the provider's copy, the other is sent; none twice, none lost
+    assert len(email.sent) == 2
+    sent = [e["detail"] for b in ("b1", "b2") for e in timeline_of(ctx.store, "salon-berlin", b)
+            if e["kind"] == "message.sent"]
+    assert sorted((d["provider_message_id"], d.get("reconciled", False)) for d in sent) == [
+        ("fake-email-1", True), ("fake-email-2", False)]
 
 
 def test_temporary_failure_is_retried_later_with_an_attempt_row(ctx, email):
