@@ -53,7 +53,7 @@ from notifier.domain.retry import compute_backoff_s
 from notifier.links import ACTIONS, LinkSigner
 from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
-from notifier.services import replan_booking, settings_for
+from notifier.services import replan_in, settings_for
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import bulk_insert
@@ -149,12 +149,8 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
             sending.add(pool.submit(transmit, ctx, step))
         else:
             settled.append(step)
-    finished = _record_as_they_end(store, sending, settled)
-    for done in finished:
+    for done in _record_as_they_end(store, sending, settled, ctx.settings.unavailable):
         setattr(report, done.report_key, getattr(report, done.report_key) + 1)
-        if done.fallback:  # the fallback message is planned from the failure (see planning)
-            replan_booking(store, done.message.tenant_id, done.message.booking_id, now=done.at,
-                           regions=ctx.settings.unavailable)
     return report
 
 
@@ -328,7 +324,8 @@ def _failed(message: MessageRow, now: datetime, reason: str) -> Done:
 
 # --- send --------------------------------------------------------------------------------------
 
-def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: list[Done]) -> list[Done]:
+def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: list[Done],
+                        regions: Any = None) -> list[Done]:
     """Wait for the provider calls and record outcomes in chunks as they arrive: at most
     RECORD_EVERY per transaction, none waiting longer than RECORD_WAIT_S."""
     finished: list[Done] = []
@@ -342,7 +339,7 @@ def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: li
             unrecorded.extend(f.result() for f in done)
         if unrecorded and (not pending or len(unrecorded) >= RECORD_EVERY
                            or time.monotonic() - oldest >= RECORD_WAIT_S):
-            record(store, unrecorded)
+            record(store, unrecorded, regions=regions)
             finished += unrecorded
             unrecorded = []
     return finished
@@ -414,9 +411,11 @@ def _ms(started: float) -> int:
 
 # --- record ------------------------------------------------------------------------------------
 
-def record(store: Store, outcomes: list[Done]) -> None:
-    """Attempt rows, message states and timeline entries of many messages, in one transaction.
-    A message is only moved out of `sending`, so a late or repeated record changes nothing."""
+def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
+    """Attempt rows, message states and timeline entries of many messages, in one transaction,
+    with the fallback of each permanent failure planned in the same commit (the planner plans
+    it from the failed key). A message is only moved out of `sending`, so a late or repeated
+    record changes nothing."""
     c = t.messages.c
     attempts = [{"message_id": d.message.id, "started_at": d.at, "duration_ms": d.duration_ms,
                  "outcome": d.outcome, "provider_code": d.code, "error": d.error}
@@ -437,6 +436,9 @@ def record(store: Store, outcomes: list[Done]) -> None:
             template_version=func.coalesce(bindparam("tv", type_=c.template_version.type), c.template_version),
             due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at)), states)
         bulk_insert(tx.conn, t.timeline, timeline, keys=["dedup_key"])
+        for d in outcomes:
+            if d.fallback:
+                replan_in(tx.conn, d.message.tenant_id, d.message.booking_id, now=d.at, regions=regions)
 
 
 def _timeline_entry(d: Done) -> dict[str, Any]:

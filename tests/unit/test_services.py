@@ -159,10 +159,10 @@ def test_N1_N2_an_attempt_that_ended_unrecorded_is_looked_up_at_the_provider_not
     apply(ctx, created("b1"), created("b2"))
     real_record = dispatch.record
 
-    def crash(store, outcomes):  # the worker dies after the provider accepted, before the commit
+    def crash(store, outcomes, **kw):  # the worker dies after the provider accepted, before the commit
         if any(d.outcome == "sent" for d in outcomes):
             raise SystemExit("killed")
-        real_record(store, outcomes)
+        real_record(store, outcomes, **kw)
 
     monkeypatch.setattr(dispatch, "record", crash)
     with pytest.raises(SystemExit):
