@@ -317,13 +317,20 @@ def replan_booking(store: Store, tenant_id: str, booking_id: str, *, now: dateti
                    regions: Mapping[str, Iterable[str]] | None = None) -> None:
     """Plan one booking again outside an event (after a failure that has a fallback)."""
     with store.transaction() as tx:
-        s = BatchSession(tx.conn)
-        s.regions = dict(regions or {})
-        s.lock([f"b:{tenant_id}:{booking_id}"])
-        tenant, booking = s.tenant(tenant_id), s.booking(tenant_id, booking_id)
-        if tenant is not None and booking is not None:
-            _replan(s, tenant, booking, now)
-            s.flush(now)
+        replan_in(tx.conn, tenant_id, booking_id, now=now, regions=regions)
+
+
+def replan_in(conn: Any, tenant_id: str, booking_id: str, *, now: datetime,
+              regions: Mapping[str, Iterable[str]] | None = None) -> None:
+    """`replan_booking` inside the caller's transaction (dispatch records a failure and plans
+    its fallback in one commit, so a crash between the two cannot lose the fallback)."""
+    s = BatchSession(conn)
+    s.regions = dict(regions or {})
+    s.lock([f"b:{tenant_id}:{booking_id}"])
+    tenant, booking = s.tenant(tenant_id), s.booking(tenant_id, booking_id)
+    if tenant is not None and booking is not None:
+        _replan(s, tenant, booking, now)
+        s.flush(now)
 
 
 def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold",
