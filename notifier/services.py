@@ -457,13 +457,9 @@ def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) ->
     if diff.empty:
         return
     s.apply_diff(tenant.id, booking.id, diff)
-    for message in diff.add + diff.update:
-        s.add_timeline(tenant.id, booking.id, now, "message.planned", {
-            "key": message.key, "kind": message.kind.value, "channel": message.channel.value,
-            "due_at": message.due_at.isoformat()})
-    for key in diff.withdraw:
-        s.add_timeline(tenant.id, booking.id, now, "message.withdrawn",
-                       {"key": key, "kind": key.split("/", 1)[0], "reason": "no longer applies"})
+    # the timeline shows one `message.planned` per added or changed message and one
+    # `message.withdrawn` per withdrawn one; they are stored as one row per diff
+    s.add_plan_changes(tenant.id, booking.id, now, diff)
 
 
 # --- sweep -------------------------------------------------------------------------------

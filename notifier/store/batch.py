@@ -16,19 +16,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Connection, String, and_, any_, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notifier.domain.model import Booking, BookingStatus, Channel, Customer, MessageState, Resource, Tenant
 from notifier.domain.planning import ExistingMessage, PlanDiff
 from notifier.store import schema as t
 from notifier.store.bulk import bulk_insert
-from notifier.store.sql import Tx, booking_from, customer_from, resource_from, tenant_from
+from notifier.store.sql import (
+    PLAN_CHANGES,
+    Tx,
+    booking_from,
+    customer_from,
+    plan_changes_detail,
+    resource_from,
+    tenant_from,
+)
 
 Key = tuple[str, str]  # (tenant_id, id)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Message:
     key: str
     kind: str
@@ -40,13 +48,12 @@ class _Message:
 
 
 _MISSING = object()
-
-
-def _by_tenant(keys: Iterable[Key]) -> dict[str, list[str]]:
-    grouped: dict[str, list[str]] = defaultdict(list)
-    for tenant_id, item_id in sorted(keys):
-        grouped[tenant_id].append(item_id)
-    return grouped
+_CHANNELS = {c.value: c for c in Channel}
+_STATES = {s.value: s for s in MessageState}
+_BOOKING_COLUMNS = [c.name for c in t.bookings.c]
+_CUSTOMER_COLUMNS = [c.name for c in t.customers.c]
+_RESOURCE_COLUMNS = [c.name for c in t.resources.c]
+_MESSAGE_COLUMNS = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at"]
 
 
 class BatchSession:
@@ -147,23 +154,35 @@ class BatchSession:
         self._load_customers(set(customers) - set(self.customers))
         self._load_resources(set(resources) - set(self.resources))
 
-    def _in(self, column: Any, values: list[str]) -> Any:
-        """`column IN values`: one array parameter on PostgreSQL (cheap to bind, one plan)."""
+    def _select(self, table: Any, columns: list[str], id_column: str, keys: Iterable[Key], *,
+                lock: bool = False, equal: tuple[str, str] | None = None) -> list[Any]:
+        """Rows (`columns` of `table`) whose (tenant_id, `id_column`) is one of `keys`, in one
+        statement whatever the number of tenants (`equal`: and this column has this value). PostgreSQL: a join on two unnested arrays,
+        run on the driver's cursor (rows as named tuples, no per-row processing); `lock` takes
+        the rows FOR UPDATE in key order, so two ingesters cannot deadlock on them."""
+        keys = sorted(keys)
+        if not keys:
+            return []
         if self.conn.dialect.name == "postgresql":
-            return column == any_(bindparam(None, values, type_=ARRAY(String)))
-        return column.in_(values)
+            names = ", ".join(f'x."{c}"' for c in columns)
+            sql = (f'SELECT {names} FROM {table.name} AS x JOIN unnest(%s::text[], %s::text[]) AS k(t, i) '
+                   f'ON x.tenant_id = k.t AND x."{id_column}" = k.i')
+            params = [[k[0] for k in keys], [k[1] for k in keys]]
+            if equal is not None:
+                sql += f' WHERE x."{equal[0]}" = %s'
+                params.append(equal[1])
+            if lock:
+                sql += f' ORDER BY x.tenant_id, x."{id_column}" FOR UPDATE OF x'
+            from psycopg.rows import namedtuple_row
 
-    def _per_tenant(self, query: Any, tenant_column: Any, id_column: Any, keys: Iterable[Key], *,
-                    lock: bool = False) -> list[Any]:
-        """Run `query` once per tenant for the ids the keys name (one array parameter each)."""
-        rows: list[Any] = []
-        for tenant_id, ids in _by_tenant(keys).items():
-            scoped = query.where(tenant_column == tenant_id, self._in(id_column, ids))
-            if lock and self.conn.dialect.name == "postgresql":
-                # one ingester at a time per booking; key order: no deadlock
-                scoped = scoped.order_by(id_column).with_for_update()
-            rows.extend(self.conn.execute(scoped))
-        return rows
+            with self.conn.connection.driver_connection.cursor(row_factory=namedtuple_row) as cur:
+                cur.execute(sql, params)
+                return cur.fetchall()
+        c = table.c
+        query = select(*(c[n] for n in columns)).where(tuple_(c.tenant_id, c[id_column]).in_(keys))
+        if equal is not None:
+            query = query.where(c[equal[0]] == equal[1])
+        return list(self.conn.execute(query))
 
     def _load_tenants(self, ids: set[str]) -> None:
         if not ids:
@@ -176,50 +195,45 @@ class BatchSession:
     def _load_bookings(self, keys: set[Key]) -> None:
         if not keys:
             return
-        c = t.bookings.c
         for key in keys:
             self.bookings[key] = None
-        for row in self._per_tenant(select(t.bookings), c.tenant_id, c.id, keys, lock=self.lock_bookings):
+        for row in self._select(t.bookings, _BOOKING_COLUMNS, "id", keys, lock=self.lock_bookings):
             self.bookings[(row.tenant_id, row.id)] = booking_from(row)
-        self._load_messages(keys)
+        # a booking not in the database has no messages (they reference it); it may have held events
+        self._load_messages({key for key in keys if self.bookings[key] is not None})
         self._load_held(keys)
 
     def _load_messages(self, keys: set[Key]) -> None:
-        c = t.messages.c
         for key in keys:
             self.messages.setdefault(key, {})
-        query = select(c.tenant_id, c.booking_id, c.key, c.kind, c.channel, c.recipient, c.state, c.due_at)
-        for r in self._per_tenant(query, c.tenant_id, c.booking_id, keys):
+        channels, states = _CHANNELS, _STATES
+        for r in self._select(t.messages, _MESSAGE_COLUMNS, "booking_id", keys):
             self.messages[(r.tenant_id, r.booking_id)][r.key] = _Message(
-                key=r.key, kind=r.kind, channel=Channel(r.channel), recipient=r.recipient,
-                state=MessageState(r.state), due_at=r.due_at, new=False)
+                r.key, r.kind, channels[r.channel], r.recipient, states[r.state], r.due_at, False)
 
     def _load_held(self, keys: set[Key]) -> None:
-        c = t.held_events.c
-        wanted = sorted((tenant, f"booking:{bid}") for tenant, bid in keys)
+        wanted = {(tenant, f"booking:{bid}") for tenant, bid in keys}
         for pair in wanted:
             self.held.setdefault(pair, {})
-        query = select(c.event_id, c.tenant_id, c.aggregate, c.revision, c.body)
-        for r in self._per_tenant(query, c.tenant_id, c.aggregate, wanted):
+        for r in self._select(t.held_events, ["event_id", "tenant_id", "aggregate", "revision", "body"],
+                              "aggregate", wanted):
             self.held[(r.tenant_id, r.aggregate)][r.event_id] = (r.revision, r.body)
 
     def _load_customers(self, keys: set[Key]) -> None:
         if not keys:
             return
-        c = t.customers.c
         for key in keys:
             self.customers[key] = None
-        for row in self._per_tenant(select(t.customers), c.tenant_id, c.id, keys):
+        for row in self._select(t.customers, _CUSTOMER_COLUMNS, "id", keys):
             self.customers[(row.tenant_id, row.id)] = customer_from(row)
             self.phone_errors[(row.tenant_id, row.id)] = row.phone_error
 
     def _load_resources(self, keys: set[Key]) -> None:
         if not keys:
             return
-        c = t.resources.c
         for key in keys:
             self.resources[key] = None
-        for row in self._per_tenant(select(t.resources), c.tenant_id, c.id, keys):
+        for row in self._select(t.resources, _RESOURCE_COLUMNS, "id", keys):
             self.resources[(row.tenant_id, row.id)] = resource_from(row)
 
     # --- reads (loading what was not preloaded) ------------------------------------------------
@@ -244,17 +258,16 @@ class BatchSession:
         return self.resources[(tenant_id, resource_id)]
 
     def prefetch_active_of_customers(self, keys: set[Key]) -> None:
-        """Load, in one query per tenant, the active bookings of customers the batch updates."""
-        c = t.bookings.c
-        for tenant_id, ids in _by_tenant(keys).items():
-            rows = self.conn.execute(select(c.customer_id, c.id).where(
-                c.tenant_id == tenant_id, self._in(c.customer_id, ids), c.status == BookingStatus.ACTIVE.value))
-            found: dict[str, list[str]] = defaultdict(list)
-            for row in rows:
-                found[row.customer_id].append(row.id)
-            for customer_id in ids:
-                self._active_of_customer[(tenant_id, customer_id)] = found.get(customer_id, [])
-            self._load_bookings({(tenant_id, b) for bs in found.values() for b in bs} - set(self.bookings))
+        """Load, in one query, the active bookings of customers the batch updates."""
+        if not keys:
+            return
+        found: dict[Key, list[str]] = defaultdict(list)
+        for row in self._select(t.bookings, ["tenant_id", "customer_id", "id"], "customer_id", keys,
+                                equal=("status", BookingStatus.ACTIVE.value)):
+            found[(row.tenant_id, row.customer_id)].append(row.id)
+        for key in keys:
+            self._active_of_customer[key] = found.get(key, [])
+        self._load_bookings({(tid, b) for (tid, _), bs in found.items() for b in bs} - set(self.bookings))
 
     def active_bookings(self, tenant_id: str, *, customer_id: str | None = None,
                         resource_id: str | None = None) -> list[str]:
@@ -324,6 +337,11 @@ class BatchSession:
     def add_timeline(self, tenant_id: str, booking_id: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
         self.timeline.append({"tenant_id": tenant_id, "booking_id": booking_id, "at": at, "kind": kind,
                               "detail": detail, "message_id": None, "dedup_key": None})
+
+    def add_plan_changes(self, tenant_id: str, booking_id: str, at: datetime, diff: PlanDiff) -> None:
+        """The timeline entries of a replan (`message.planned` per added or changed message,
+        `message.withdrawn` per withdrawn one) as one row: `Tx.timeline` expands it."""
+        self.add_timeline(tenant_id, booking_id, at, PLAN_CHANGES, plan_changes_detail(diff))
 
     def add_outbox(self, tenant_id: str, type_: str, payload: dict[str, Any], now: datetime) -> None:
         self.outbox.append({"tenant_id": tenant_id, "type": type_, "payload": payload, "created_at": now})
@@ -423,7 +441,22 @@ class BatchSession:
                 withdrawals.append({"dk": dedup})
         c = t.messages.c
         bulk_insert(self.conn, t.messages, inserts, keys=["dedup_key"])
-        if replans:  # only rows nobody has claimed meanwhile; a sent message is never touched
+        # replans and withdrawals touch only rows nobody has claimed meanwhile: a sent message is never touched
+        if self.conn.dialect.name == "postgresql":  # one statement each, whatever the number of rows
+            if replans:
+                self.conn.exec_driver_sql(
+                    "UPDATE messages SET state = 'planned', due_at = v.due, channel = v.ch, lease_until = NULL, "
+                    "updated_at = %(now)s FROM unnest(%(dk)s::text[], %(due)s::timestamptz[], %(ch)s::text[]) "
+                    "AS v(dk, due, ch) WHERE messages.dedup_key = v.dk AND messages.state IN ('planned', 'withdrawn')",
+                    {"now": now, "dk": [r["dk"] for r in replans], "due": [r["due"] for r in replans],
+                     "ch": [r["ch"] for r in replans]})
+            if withdrawals:
+                self.conn.exec_driver_sql(
+                    "UPDATE messages SET state = 'withdrawn', lease_until = NULL, updated_at = %(now)s "
+                    "WHERE dedup_key = ANY(%(dk)s::text[]) AND state IN ('planned', 'queued')",
+                    {"now": now, "dk": [r["dk"] for r in withdrawals]})
+            return
+        if replans:
             self.conn.execute(update(t.messages).where(
                 c.dedup_key == bindparam("dk"),
                 # no IN (...): executemany cannot expand a list

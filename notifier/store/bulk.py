@@ -44,6 +44,12 @@ def _copy_insert(conn: Connection, table: Table, columns: list[str], rows: list[
     json_columns = {c for c in columns if isinstance(table.c[c].type, JSON)}
     converters = [_bind(table, c) for c in columns]
     with raw.cursor() as cur:
+        if not keys and not returning:  # nothing to decide per row: straight into the table, in order
+            with cur.copy(f'COPY {table.name} ({names}) FROM STDIN') as copy:
+                for row in rows:
+                    copy.write_row([Json(row[c]) if c in json_columns and row[c] is not None else convert(row[c])
+                                    for c, convert in zip(columns, converters, strict=True)])
+            return []
         cur.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{temp}" ON COMMIT DELETE ROWS AS '
                     f'SELECT {", ".join(f"{table.name}.{chr(34)}{c}{chr(34)}" for c in table.c.keys())} '
                     f'FROM {table.name} WITH NO DATA')

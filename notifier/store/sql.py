@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from notifier.domain.model import (
     Resource,
     Tenant,
 )
-from notifier.domain.planning import ExistingMessage, PlannedMessage
+from notifier.domain.planning import ExistingMessage, PlanDiff, PlannedMessage
 from notifier.store import schema as t
 
 
@@ -113,18 +113,49 @@ def customer_from(row: Any) -> Customer:
     return Customer(id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
                     language=row.language, consents=frozenset(Channel(x) for x in row.consents),
                     privacy_accepted=row.privacy_accepted, created_via_online_booking=row.created_via_online_booking,
-                    revision=row.revision, snapshot_at=row.snapshot_at)
+                    revision=row.revision, snapshot_at=_utc(row.snapshot_at))
 
 
 def booking_from(row: Any) -> Booking:
     return Booking(id=row.id, tenant_id=row.tenant_id, customer_id=row.customer_id, resource_id=row.resource_id,
-                   starts_at=row.starts_at, ends_at=row.ends_at, created_at=row.created_at,
-                   scheduled_at=row.scheduled_at, source=row.source, service=row.service,
+                   starts_at=_utc(row.starts_at), ends_at=_utc(row.ends_at), created_at=_utc(row.created_at),
+                   scheduled_at=_utc(row.scheduled_at), source=row.source, service=row.service,
                    status=BookingStatus(row.status), workflow_status=row.workflow_status,
-                   cancelled_by=row.cancelled_by, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
-                   needs_approval=row.needs_approval, approved_at=row.approved_at, confirmed_at=row.confirmed_at,
-                   visit_outcome=row.visit_outcome, revision=row.revision, red_since=row.red_since,
-                   late_since=row.late_since, orange_since=row.orange_since, released_at=row.released_at)
+                   cancelled_by=row.cancelled_by, cancelled_at=_utc(row.cancelled_at), cancel_reason=row.cancel_reason,
+                   needs_approval=row.needs_approval, approved_at=_utc(row.approved_at),
+                   confirmed_at=_utc(row.confirmed_at), visit_outcome=row.visit_outcome, revision=row.revision,
+                   red_since=_utc(row.red_since), late_since=_utc(row.late_since),
+                   orange_since=_utc(row.orange_since), released_at=_utc(row.released_at))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """UTC, whatever zone the connection returned it in (rows read on the driver's cursor)."""
+    if moment is None or moment.tzinfo is UTC:
+        return moment
+    return moment.astimezone(UTC)
+
+
+# --- the timeline of a replan, stored compactly ---------------------------------------------
+# A replan adds, changes and withdraws several messages at once; the timeline shows one
+# `message.planned` entry per added or changed message, then one `message.withdrawn` per
+# withdrawn one. They are stored as one row of this kind (a third of all rows an ingester
+# wrote were these entries) and expanded, in the same order, when the timeline is read.
+
+PLAN_CHANGES = "plan.changed"
+_WITHDRAWN_REASON = "no longer applies"
+
+
+def plan_changes_detail(diff: PlanDiff) -> dict[str, Any]:
+    return {"planned": [[m.key, m.kind.value, m.channel.value, m.due_at.isoformat()] for m in diff.add + diff.update],
+            "withdrawn": [[key, key.split("/", 1)[0]] for key in diff.withdraw]}
+
+
+def expand_plan_changes(detail: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The (kind, detail) timeline entries a `plan.changed` row stands for."""
+    for key, kind, channel, due_at in detail.get("planned", ()):
+        yield "message.planned", {"key": key, "kind": kind, "channel": channel, "due_at": due_at}
+    for key, kind in detail.get("withdrawn", ()):
+        yield "message.withdrawn", {"key": key, "kind": kind, "reason": _WITHDRAWN_REASON}
 
 
 def _upsert(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> None:
@@ -338,7 +369,14 @@ class Tx:
         c = t.timeline.c
         rows = self.conn.execute(select(t.timeline).where(c.tenant_id == tenant_id, c.booking_id == booking_id)
                                  .order_by(c.at, c.id))
-        return [{"at": r.at, "kind": r.kind, "detail": r.detail, "message_id": r.message_id} for r in rows]
+        entries: list[dict[str, Any]] = []
+        for r in rows:
+            if r.kind == PLAN_CHANGES:
+                entries.extend({"at": r.at, "kind": kind, "detail": detail, "message_id": None}
+                               for kind, detail in expand_plan_changes(r.detail))
+            else:
+                entries.append({"at": r.at, "kind": r.kind, "detail": r.detail, "message_id": r.message_id})
+        return entries
 
     # --- template bundles (R40) -------------------------------------------------------------
     def save_bundle(self, tenant_id: str, bundle, now: datetime) -> None:

@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect, select
 
-from notifier.services import apply_events
+from notifier.services import apply_events, timeline_of
 from notifier.store import schema as t
 from notifier.store.migrate import downgrade, upgrade
 from notifier.store.sql import Store, make_engine
-from tests.conftest import START, created, make_context, make_settings
+from tests.conftest import START, created, event, make_context, make_settings
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -106,3 +106,35 @@ def test_stored_times_come_back_aware_and_equal(store_ctx):
     with store_ctx.store.engine.connect() as conn:
         starts = conn.execute(select(t.bookings.c.starts_at)).scalar_one()
     assert starts == START + timedelta(days=1, hours=3) and starts.utcoffset() == timedelta(0)
+
+
+def test_the_timeline_lists_each_change_and_message_in_the_order_it_happened(store_ctx):
+    """A planned or withdrawn message is an entry of its own, right after the change that caused it,
+    also when one batch carries many bookings' histories (P4)."""
+    starts, moved = START + timedelta(days=2, hours=6), START + timedelta(days=3, hours=4)
+    for batch in range(4):
+        bodies = []
+        for i in range(batch * 50, batch * 50 + 50):
+            bodies.append(json.dumps(created(f"b{i}", starts_at=starts)))
+            bodies.append(json.dumps(event("booking.rescheduled", {
+                "booking_id": f"b{i}", "starts_at": moved.isoformat(),
+                "ends_at": (moved + timedelta(minutes=30)).isoformat()}, revision=2)))
+        apply_events(store_ctx.store, bodies, now=START, source="test")
+    expected = [
+        {"at": START, "kind": "booking.created", "message_id": None,
+         "detail": {"starts_at": "2026-12-03T12:00:00+00:00", "resource_id": "anna", "source": "staff"}},
+        {"at": START, "kind": "message.planned", "message_id": None,
+         "detail": {"key": "info/customer", "kind": "info", "channel": "email", "due_at": "2026-12-01T06:00:00+00:00"}},
+        {"at": START, "kind": "message.planned", "message_id": None,
+         "detail": {"key": "reminder/customer/20261203T1200Z", "kind": "reminder", "channel": "email",
+                    "due_at": "2026-12-03T07:00:00+00:00"}},
+        {"at": START, "kind": "booking.rescheduled", "message_id": None,
+         "detail": {"from": "2026-12-03T12:00:00+00:00", "to": "2026-12-04T10:00:00+00:00", "resource_id": "anna"}},
+        {"at": START, "kind": "message.planned", "message_id": None,
+         "detail": {"key": "reminder/customer/20261204T1000Z", "kind": "reminder", "channel": "email",
+                    "due_at": "2026-12-04T07:00:00+00:00"}},
+        {"at": START, "kind": "message.withdrawn", "message_id": None,
+         "detail": {"key": "reminder/customer/20261203T1200Z", "kind": "reminder", "reason": "no longer applies"}},
+    ]
+    for i in range(200):
+        assert timeline_of(store_ctx.store, "salon-berlin", f"b{i}") == expected, f"b{i}"
