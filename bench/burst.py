@@ -23,6 +23,7 @@ as sent (polled every 0.5 s).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -33,11 +34,16 @@ from sqlalchemy import text
 
 from bench.common import (
     ROOT,
+    CpuMeter,
+    Profiler,
     RunningClock,
     add_bookings,
     check_alive,
     count_rows,
+    describe_cpu,
+    describe_profile,
     percentile,
+    pipeline_cpu_groups,
     pipeline_env,
     prepared_store,
     provider_process,
@@ -55,26 +61,48 @@ RESOURCES = ("anna", "jonas", "sauna")
 IMAGE = "img/burst.png"
 
 
-def reminders_only(tx) -> None:
-    """salon-berlin sends the morning reminder by SMS at 08:00 and nothing else (every other kind
-    would add messages due at other times)."""
+EARLY = "early"  # a resource whose reminders fall due before the run: they warm the workers up
+
+
+def tune_reminders(reminder: dict, early: dict):
+    """A `prepared_store` tune: salon-berlin sends `reminder` by SMS and nothing else (every other
+    kind would add messages due at other times); its resource EARLY overrides the tenant's
+    settings with `early` (e.g. an earlier reminder, outside quiet hours)."""
     from dataclasses import replace
 
-    tenant = tx.tenant("salon-berlin")
-    tx.save_tenant(replace(tenant, settings={
-        "info": {"enabled": False}, "confirmation": {"enabled": False, "activity_enabled": False},
-        "reminder": {"enabled": True, "channels": ["sms"], "offset_s": -1, "morning_at": "08:00"},
-        "late": {"enabled": False, "activity_enabled": False, "release_enabled": False},
-        "feedback": {"enabled": False}, "staff": {"enabled": False}}), START)
+    from notifier.domain.model import Resource
+
+    def tune(tx) -> None:
+        tenant = tx.tenant("salon-berlin")
+        tx.save_tenant(replace(tenant, settings={
+            "info": {"enabled": False}, "confirmation": {"enabled": False, "activity_enabled": False},
+            "reminder": {"enabled": True, "channels": ["sms"], **reminder},
+            "late": {"enabled": False, "activity_enabled": False, "release_enabled": False},
+            "feedback": {"enabled": False}, "staff": {"enabled": False}}), START)
+        tx.save_resource(Resource(id=EARLY, tenant_id="salon-berlin", name="Frühdienst", type="specialist",
+                                  settings=early))
+    return tune
 
 
-def bookings(n: int, *, start: int = 0) -> list[dict]:
-    """Visits from 11:00 to 18:59 local (so no board marker changes during the run), one
-    customer each, round robin over the salon's three resources; numbered from `start`."""
+# the morning reminder at 08:00 local (when quiet hours end); at the early desk at 07:45, before the run
+reminders_only = tune_reminders({"offset_s": -1, "morning_at": "08:00"},
+                                {"reminder": {"morning_at": "07:45"}, "quiet_hours": {"enabled": False}})
+
+
+def bookings(n: int, *, start: int = 0, tag: str = "m", resource: str | None = None,
+             phone: str = "+49151") -> list[dict]:
+    """Visits from 11:00 to 18:59 local on the day of DUE (so no board marker changes during the
+    run), one customer each, round robin over the salon's three resources (or all at `resource`);
+    ids f"{tag}{i}", numbered from `start`, phone numbers distinct per `phone` prefix."""
     first = DUE + timedelta(hours=3)
-    return [{"booking_id": f"m{i}", "customer_id": f"c{i}", "resource_id": RESOURCES[i % 3],
-             "starts_at": first + timedelta(minutes=i % 480), "phone": f"+49151{i:08d}", "language": "de"}
+    return [{"booking_id": f"{tag}{i}", "customer_id": f"{tag}c{i}", "resource_id": resource or RESOURCES[i % 3],
+             "starts_at": first + timedelta(minutes=i % 480), "phone": f"{phone}{i:08d}", "language": "de"}
             for i in range(start, start + n)]
+
+
+def warm_up_count(processes: int, batch: int) -> int:
+    """Enough messages for two dispatch tasks per worker process."""
+    return 2 * processes * batch
 
 
 def sent_count(store) -> int:
@@ -83,17 +111,19 @@ def sent_count(store) -> int:
     return count_rows(store, t.messages, t.messages.c.state == "sent")
 
 
-def lateness_s(store, due_column: str = "due_at") -> list[float]:
-    """sent_at - due_at of every sent message, in seconds."""
+def lateness_s(store, tag: str = "m") -> list[float]:
+    """sent_at - due_at of every sent message of the bookings `tag`..., in seconds."""
     with store.engine.connect() as conn:
         return [float(r[0]) for r in conn.execute(text(
-            f"SELECT EXTRACT(EPOCH FROM sent_at - {due_column}) FROM messages WHERE state = 'sent'"))]
+            "SELECT EXTRACT(EPOCH FROM sent_at - due_at) FROM messages WHERE state = 'sent' "
+            "AND booking_id LIKE :pattern"), {"pattern": f"{tag}%"})]
 
 
 def run(n: int, *, processes: int, concurrency: int, batch: int, sweep_batch: int, sweep_interval_s: float,
-        lease_s: int, deadline_s: float) -> dict:
+        lease_s: int, deadline_s: float, profile_s: float) -> dict:
     from notifier.clock import FileClock
 
+    warm = warm_up_count(processes, batch)
     with scratch_database() as url, redis_prefix() as prefix, tempfile.TemporaryDirectory() as tmp, \
             provider_process(latency_s=0.05) as providers:
         store = prepared_store(url, [], tune=reminders_only)
@@ -102,40 +132,47 @@ def run(n: int, *, processes: int, concurrency: int, batch: int, sweep_batch: in
         prepare_s = time.perf_counter() - started
         if planned != n:
             raise SystemExit(f"the planner planned {planned} messages for {n} bookings; expected one reminder each")
+        add_bookings(store, "salon-berlin", bookings(warm, tag="w", resource=EARLY, phone="+49153"), now=START)
         with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))
         print(f"prepared {n} reminders in {prepare_s:.1f} s", file=sys.stderr)
         clock = FileClock(Path(tmp) / "clock")
-        clock.set(DUE - timedelta(minutes=10))  # nothing is due while the processes start
+        clock.set(DUE - timedelta(minutes=10))  # only the early desk's reminders are due while the processes start
         env = pipeline_env(url, prefix, clock.path, tmp, providers=providers, extra={
             "NOTIFIER_DISPATCH_CONCURRENCY": str(concurrency), "NOTIFIER_DISPATCH_BATCH": str(batch),
             "NOTIFIER_SWEEP_BATCH": str(sweep_batch), "NOTIFIER_SWEEP_INTERVAL_S": str(sweep_interval_s),
             "NOTIFIER_LEASE_S": str(lease_s)})
         procs = start_pipeline(env, processes=processes)
+        alive = check_alive(procs)
         samples: list[tuple[float, int]] = []
         try:
-            time.sleep(6.0)  # workers and beat import, connect and sweep (nothing due) before 08:00
-            check_alive(procs)()
-            with RunningClock(clock, DUE) as running:
+            # a worker that has run all night has imported and connected everything: warm it up
+            wait_until(lambda: sent_count(store) >= warm, timeout_s=300, poll_s=0.2, check=alive)
+            time.sleep(2 * sweep_interval_s)
+            load_before = os.getloadavg()[0]
+            with RunningClock(clock, DUE) as running, Profiler(procs[:1], profile_s) as profiler, \
+                    CpuMeter(pipeline_cpu_groups(procs, providers, store)) as cpu:
                 def done() -> bool:
-                    count = sent_count(store)
+                    count = sent_count(store) - warm
                     samples.append((time.perf_counter() - running.started, count))
                     return count >= n
 
                 try:
-                    seconds = wait_until(done, timeout_s=deadline_s, poll_s=0.5, check=check_alive(procs))
+                    seconds = wait_until(done, timeout_s=deadline_s, poll_s=0.5, check=alive)
                 except TimeoutError:
                     seconds = None
                 elapsed = time.perf_counter() - running.started
+                load_after = os.getloadavg()[0]
         finally:
             stop_processes(procs)
         late = lateness_s(store)
         states = store.count_by_state()
         store.engine.dispose()
-        received = providers.received()
+        received = [m for m in providers.received() if m["to"].startswith("+49151")]
     return {"seconds": seconds, "elapsed": elapsed, "lateness": late, "samples": samples, "states": states,
             "received": len(received), "duplicates": len(received) - len({m["to"] for m in received}),
-            "prepare_s": prepare_s}
+            "prepare_s": prepare_s, "warm": warm, "profile": profiler.summary(), "cpu": cpu,
+            "load": (round(load_before, 1), round(load_after, 1))}
 
 
 def plot(path: Path, result: dict, n: int) -> None:
@@ -174,12 +211,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--deadline-s", type=float, default=240.0,
                         help="stop waiting after this long (keeps `make bench` bounded); what is unsent by "
                              "then is reported, and its lateness counted as at least the deadline")
+    parser.add_argument("--profile-s", type=float, default=30.0,
+                        help="py-spy on the sms worker for the first N s after 08:00 (0: off)")
     args = parser.parse_args(argv)
 
     n = args.messages
     result = run(n, processes=args.processes, concurrency=args.concurrency, batch=args.batch,
                  sweep_batch=args.sweep_batch, sweep_interval_s=args.sweep_interval_s, lease_s=args.lease_s,
-                 deadline_s=args.deadline_s)
+                 deadline_s=args.deadline_s, profile_s=args.profile_s)
     sent = len(result["lateness"])
     # unsent at the deadline: late by at least the time waited (a lower bound)
     late = result["lateness"] + [result["elapsed"]] * (n - sent)
@@ -187,6 +226,7 @@ def main(argv: list[str]) -> int:
     rate = n / seconds if seconds else sent / result["elapsed"]
     print(f"burst: {sent} of {n} sent in {result['elapsed']:.1f} s = {rate:.0f}/s", file=sys.stderr)
     plot(ROOT / "docs" / IMAGE, result, n)
+    cpu_ms, cpu_note = describe_cpu(result["cpu"], sent)
     figures = {
         "messages": n, "processes": args.processes, "concurrency_per_process": args.concurrency,
         "dispatch_batch": args.batch, "sweep_batch": args.sweep_batch, "sweep_interval_s": args.sweep_interval_s,
@@ -197,8 +237,14 @@ def main(argv: list[str]) -> int:
         "lateness_max_s": round(max(late), 2) if late else None,
         "sent": sent, "unsent_at_deadline": n - sent, "deadline_s": args.deadline_s,
         "states": result["states"], "provider_received": result["received"], "duplicates": result["duplicates"],
-        "prepare_s": round(result["prepare_s"], 1), "goal_seconds_to_all_sent": 100,
+        "in_flight_ceiling_per_s": round(args.processes * args.concurrency / 0.05),
+        "warm_up_messages": result["warm"], "prepare_s": round(result["prepare_s"], 1),
+        "load_avg_1m_before_after": list(result["load"]), "machine_cpu_busy": round(result["cpu"].machine_busy, 2),
+        "cpu_ms_per_msg": cpu_ms, "goal_seconds_to_all_sent": 100,
     }
+    if result["profile"]:
+        figures["profile_gil_shares"] = result["profile"]["shares"]
+        figures["profile_busy_per_process"] = list(result["profile"]["busy_per_process"].values())
     if seconds:
         verdict = (f"goal met: all sent in {seconds:.0f} s" if seconds <= 100 else
                    f"goal missed: {seconds:.0f} s against 100 s ({seconds / 100:.1f}x)")
@@ -211,7 +257,7 @@ def main(argv: list[str]) -> int:
     record("burst", ("python -m bench burst " + " ".join(argv)).strip(), figures, summary=summary,
            images=[{"path": IMAGE, "caption": "bench burst: reminders sent over time after 08:00, and their "
                                                "lateness"}],
-           notes=f"{verdict}. Pipeline as deployed: beat, a sweep worker (1 process), an sms worker "
+           notes=f"{verdict}. {cpu_note} {describe_profile(result['profile'])} Pipeline as deployed: beat, a sweep worker (1 process), an sms worker "
                  f"(`processes` prefork children, `concurrency_per_process` sends in flight each), Redis, "
                  f"PostgreSQL, the loopback Twilio API answering after 50 ms (its own process). Preparation (not "
                  f"timed): bookings, customers and their reminders written in bulk through the store's "
@@ -220,5 +266,8 @@ def main(argv: list[str]) -> int:
                  f"in real time by a thread (every 20 ms), so sweeps and the workers' sent_at stamps see a "
                  f"running clock; lateness = sent_at - due_at from those stamps; `seconds_to_all_sent` is wall "
                  f"time from 08:00 until the store holds every reminder as sent. A run is cut at `deadline_s`; "
-                 f"unsent reminders then count as late by the time waited (a lower bound).")
+                 f"unsent reminders then count as late by the time waited (a lower bound). Before 08:00 the "
+                 f"workers send `warm_up_messages` reminders of an early desk (07:45), so their processes have "
+                 f"imported and connected what a worker running all night has; those are not counted. "
+                 f"`load_avg_1m_before_after`: the machine's load (2 cores, shared) around the run.")
     return 0

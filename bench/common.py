@@ -67,7 +67,8 @@ def provider_process(*, latency_s: float) -> Iterator[Any]:
         def received() -> list[dict[str, Any]]:
             return requests.get(f"{url}/_fake/received", timeout=60).json()["received"]
 
-        yield SimpleNamespace(url=url, account_sid="ACtest", auth_token="secret-token", received=received)
+        yield SimpleNamespace(url=url, account_sid="ACtest", auth_token="secret-token", received=received,
+                              pid=proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -322,8 +323,22 @@ def fill_future_messages(store, n: int, *, after: datetime, span_s: float = 60 *
     return time.perf_counter() - started
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its live descendants (a prefork worker and its pool)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            pass
+    return out
+
+
 def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (a prefork worker and its pool), MB."""
+    """Resident memory of a process and all its descendants, MB."""
     def rss_kb(p: int) -> int:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
@@ -333,22 +348,48 @@ def tree_rss_mb(pid: int) -> float:
             pass
         return 0
 
-    def children(p: int) -> list[int]:
-        out: list[int] = []
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                text_ = (task / "children").read_text().split()
-                out.extend(int(c) for c in text_)
-        except OSError:
-            pass
-        return out
+    return sum(rss_kb(p) for p in process_tree(pid)) / 1024
 
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss_kb(p)
-        todo.extend(children(p))
-    return total / 1024
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a live process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """CPU seconds each group of processes used over a with-block (`groups()` names them, asked
+    at the start and at the end so processes started meanwhile count from zero), and how busy
+    the whole machine was. Where the goal is a rate, CPU per message says where the time goes."""
+
+    def __init__(self, groups: Callable[[], dict[str, list[int]]]) -> None:
+        self.groups = groups
+        self.used: dict[str, float] = {}
+        self.machine_busy = 0.0
+
+    def _sample(self) -> dict[int, tuple[str, float]]:
+        return {pid: (label, cpu_seconds(pid)) for label, pids in self.groups().items() for pid in pids}
+
+    def __enter__(self) -> "CpuMeter":
+        self._before, self._ticks = self._sample(), _machine_ticks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = _machine_ticks()
+        self.machine_busy = (busy - self._ticks[0]) / max(1, total - self._ticks[1])
+        for pid, (label, seconds) in self._sample().items():
+            before = self._before.get(pid, (label, 0.0))[1]
+            self.used[label] = self.used.get(label, 0.0) + max(0.0, seconds - before)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -359,3 +400,130 @@ def percentile(values: list[float], q: float) -> float:
 
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+# --- where the time goes: py-spy on the pipeline's processes (burst, steady) -----------------------
+
+PROFILE_CATEGORIES = (  # first match in a stack wins; a sample is a moment a thread held the GIL
+    ("importing modules (first task of a process)", ("_find_and_load",)),
+    ("simulated clock reads (bench only)", (";FileClock.now",)),
+    ("provider calls (HTTP client)", (";transmit [notifier/dispatch.py]",)),
+    ("claim + load the batch (SQL)", (";Store.claim_batch_for_send", ";_load [notifier/dispatch.py]")),
+    ("rendering and checks", (";prepare [notifier/dispatch.py]",)),
+    ("recording outcomes (SQL)", (";record [notifier/dispatch.py]",)),
+    ("rest of dispatch_batch", (";dispatch_batch [notifier/dispatch.py]",)),
+    ("sweeps and outbox", (";sweep_due", ";sweep_states", ";publish_outbox", ";housekeeping")),
+    ("Celery and kombu (task transport)", ("celery/", "kombu/", "billiard/")),
+)
+
+
+class Profiler:
+    """py-spy (`record --gil --subprocesses`) on running processes for `seconds`: which code held
+    each process's GIL. `summary()`: the share of samples per category, and how busy each process
+    was (samples held over samples possible). A no-op when py-spy is missing or may not attach."""
+
+    def __init__(self, procs, seconds: float, *, rate_hz: int = 100) -> None:
+        import shutil
+        import tempfile
+
+        self.seconds, self.rate_hz = seconds, rate_hz
+        self.spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.folder = Path(tempfile.mkdtemp(prefix="bench-profile-"))
+        self.procs = procs
+        self.runs: list[tuple[subprocess.Popen, Path]] = []
+
+    def __enter__(self) -> "Profiler":
+        if not Path(self.spy).exists():
+            return self
+        for proc in self.procs:
+            out = self.folder / f"{proc.pid}.txt"
+            self.runs.append((subprocess.Popen(
+                [self.spy, "record", "--gil", "--subprocesses", "--nonblocking", "-r", str(self.rate_hz), "-d",
+                 str(int(self.seconds)), "-f", "raw", "-o", str(out), "-p", str(proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for spy, _ in self.runs:
+            try:
+                spy.wait(timeout=self.seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+
+    def summary(self) -> dict[str, Any]:
+        import re
+        import shutil
+        from collections import Counter
+
+        # "transmit (/repo/notifier/dispatch.py:345)" -> "transmit [notifier/dispatch.py]"
+        location = re.compile(rf" \((?:.*/site-packages/|{re.escape(str(ROOT))}/|.*/python3\.\d+/)?([^:]*):\d+\)$")
+        shares: Counter[str] = Counter()
+        per_process: Counter[str] = Counter()
+        for _, out in self.runs:
+            if not out.exists():
+                continue
+            for line in out.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                if not stack or not count.isdigit():
+                    continue
+                frames = [location.sub(r" [\1]", f) for f in stack.split(";")]
+                # "process PID:..." frames: the worker's, then its prefork child's when it was one
+                process = [f for f in frames if f.startswith("process ")][-1].split(":")[0]
+                per_process[process] += int(count)
+                joined = ";" + ";".join(frames)
+                category = next((name for name, needles in PROFILE_CATEGORIES
+                                 if any(n in joined for n in needles)), "other")
+                shares[category] += int(count)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        total = sum(shares.values())
+        if not total:
+            return {}
+        possible = self.seconds * self.rate_hz
+        return {"seconds": self.seconds, "samples": total,
+                "busy_per_process": {p: round(n / possible, 2) for p, n in sorted(per_process.items())},
+                "shares": {name: round(n / total, 3) for name, n in shares.most_common()}}
+
+
+def describe_profile(profile: dict[str, Any]) -> str:
+    """One sentence for a note."""
+    if not profile:
+        return "No profile (py-spy missing or not allowed to attach)."
+    busy = " / ".join(f"{v:.0%}" for v in profile["busy_per_process"].values())
+    parts = ", ".join(f"{name} {share:.0%}" for name, share in profile["shares"].items() if share >= 0.02)
+    return (f"Profile (py-spy --gil on the sms worker and its prefork children, the first {profile['seconds']:g} s): "
+            f"each process held its GIL {busy} of the time; of that time: {parts}.")
+
+
+
+def pipeline_cpu_groups(procs, providers, store) -> Callable[[], dict[str, list[int]]]:
+    """For `CpuMeter`: the processes of a `start_pipeline` run, its loopback provider, the
+    PostgreSQL backends serving its database, the Redis server and this process."""
+    import redis
+    from sqlalchemy import text
+
+    def groups() -> dict[str, list[int]]:
+        with store.engine.connect() as conn:
+            backends = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
+            backends = [int(pid) for pid in backends.scalars()]
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            redis_pid = int(client.info("server")["process_id"])
+        finally:
+            client.close()
+        return {"sms worker": process_tree(procs[0].pid),
+                "sweep worker and beat": [p for proc in procs[1:] for p in process_tree(proc.pid)],
+                "PostgreSQL": backends, "loopback provider": [providers.pid], "Redis": [redis_pid],
+                "bench (polling, clock)": [os.getpid()]}
+    return groups
+
+
+def describe_cpu(meter: CpuMeter, messages: int) -> tuple[dict[str, float], str]:
+    """CPU milliseconds per message by group, and a sentence for a note."""
+    per = {label: round(seconds * 1000 / max(1, messages), 2) for label, seconds in
+           sorted(meter.used.items(), key=lambda kv: -kv[1])}
+    total = sum(per.values())
+    cores = os.cpu_count() or 1
+    parts = ", ".join(f"{label} {ms:.2f}" for label, ms in per.items())
+    return per, (f"CPU per message (ms): {parts}; {total:.2f} in all, so {cores} cores could carry at most "
+                 f"~{cores * 1000 / total:.0f} msgs/s; the machine was {meter.machine_busy:.0%} busy during "
+                 f"the run (other work on it included).")

@@ -14,6 +14,7 @@ unsent then counts as late by at least the time it waited.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -22,13 +23,19 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from bench import burst
 from bench.burst import sent_count
 from bench.common import (
     ROOT,
+    CpuMeter,
+    Profiler,
     RunningClock,
     add_bookings,
     check_alive,
+    describe_cpu,
+    describe_profile,
     percentile,
+    pipeline_cpu_groups,
     pipeline_env,
     prepared_store,
     provider_process,
@@ -46,22 +53,18 @@ OFFSET_S = 3 * 3600  # the reminder, three hours before each visit
 IMAGE = "img/steady-lateness.png"
 
 
-def reminders_3h_before(tx) -> None:
-    """salon-berlin sends one SMS reminder three hours before a visit, nothing else."""
-    from dataclasses import replace
-
-    tenant = tx.tenant("salon-berlin")
-    tx.save_tenant(replace(tenant, settings={
-        "info": {"enabled": False}, "confirmation": {"enabled": False, "activity_enabled": False},
-        "reminder": {"enabled": True, "channels": ["sms"], "offset_s": OFFSET_S},
-        "late": {"enabled": False, "activity_enabled": False, "release_enabled": False},
-        "feedback": {"enabled": False}, "staff": {"enabled": False}}), START)
+# one SMS reminder three hours before a visit, nothing else; at the early desk 15 minutes earlier,
+# so the workers warm up before the first due instant
+reminders_3h_before = burst.tune_reminders({"offset_s": OFFSET_S}, {"reminder": {"offset_s": OFFSET_S + 900}})
 
 
-def bookings(n: int, rate: float) -> list[dict]:
+def bookings(n: int, rate: float, *, tag: str = "s", resource: str | None = None,
+             phone: str = "+49151") -> list[dict]:
+    """Visits `1/rate` s apart from three hours after FIRST_DUE: their reminders fall due that far apart."""
     first = FIRST_DUE + timedelta(seconds=OFFSET_S)
-    return [{"booking_id": f"s{i}", "customer_id": f"c{i}", "resource_id": ("anna", "jonas", "sauna")[i % 3],
-             "starts_at": first + timedelta(seconds=i / rate), "phone": f"+49151{i:08d}", "language": "de"}
+    return [{"booking_id": f"{tag}{i}", "customer_id": f"{tag}c{i}",
+             "resource_id": resource or ("anna", "jonas", "sauna")[i % 3],
+             "starts_at": first + timedelta(seconds=i / rate), "phone": f"{phone}{i:08d}", "language": "de"}
             for i in range(n)]
 
 
@@ -70,22 +73,25 @@ def outcomes(store) -> list[tuple[float, float | None]]:
     with store.engine.connect() as conn:
         rows = conn.execute(text(
             "SELECT EXTRACT(EPOCH FROM due_at - :first), "
-            "CASE WHEN state = 'sent' THEN EXTRACT(EPOCH FROM sent_at - due_at) END FROM messages"),
-            {"first": FIRST_DUE}).all()
+            "CASE WHEN state = 'sent' THEN EXTRACT(EPOCH FROM sent_at - due_at) END FROM messages "
+            "WHERE booking_id LIKE 's%'"), {"first": FIRST_DUE}).all()
     return [(float(due), None if late is None else float(late)) for due, late in rows]
 
 
 def run(rate: float, duration_s: float, drain_s: float, *, processes: int, concurrency: int, batch: int,
-        sweep_batch: int, sweep_interval_s: float, lease_s: int) -> dict:
+        sweep_batch: int, sweep_interval_s: float, lease_s: int, profile_s: float) -> dict:
     from notifier.clock import FileClock
 
     n = int(rate * duration_s)
+    warm = burst.warm_up_count(processes, batch)
     with scratch_database() as url, redis_prefix() as prefix, tempfile.TemporaryDirectory() as tmp, \
             provider_process(latency_s=0.05) as providers:
         store = prepared_store(url, [], tune=reminders_3h_before)
         planned = add_bookings(store, "salon-berlin", bookings(n, rate), now=START)
         if planned != n:
             raise SystemExit(f"the planner planned {planned} messages for {n} bookings; expected one reminder each")
+        add_bookings(store, "salon-berlin", bookings(warm, rate, tag="w", resource=burst.EARLY, phone="+49153"),
+                     now=START)
         with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))
         clock = FileClock(Path(tmp) / "clock")
@@ -95,23 +101,29 @@ def run(rate: float, duration_s: float, drain_s: float, *, processes: int, concu
             "NOTIFIER_SWEEP_BATCH": str(sweep_batch), "NOTIFIER_SWEEP_INTERVAL_S": str(sweep_interval_s),
             "NOTIFIER_LEASE_S": str(lease_s)})
         procs = start_pipeline(env, processes=processes)
+        alive = check_alive(procs)
         try:
-            time.sleep(6.0)
-            check_alive(procs)()
-            with RunningClock(clock, FIRST_DUE) as running:
+            # warm: the early desk's reminders are due at once (imports, connections, as after a night's work)
+            wait_until(lambda: sent_count(store) >= warm, timeout_s=300, poll_s=0.2, check=alive)
+            time.sleep(2 * sweep_interval_s)
+            load_before = os.getloadavg()[0]
+            with RunningClock(clock, FIRST_DUE) as running, Profiler(procs[:1], profile_s) as profiler, \
+                    CpuMeter(pipeline_cpu_groups(procs, providers, store)) as cpu:
                 try:
-                    wait_until(lambda: sent_count(store) >= n, timeout_s=duration_s + drain_s, poll_s=0.5,
-                               check=check_alive(procs))
+                    wait_until(lambda: sent_count(store) >= n + warm, timeout_s=duration_s + drain_s, poll_s=0.5,
+                               check=alive)
                 except TimeoutError:
                     pass
                 elapsed = time.perf_counter() - running.started
+                load_after = os.getloadavg()[0]
         finally:
             stop_processes(procs)
         found = outcomes(store)
         store.engine.dispose()
-        received = providers.received()
+        received = [m for m in providers.received() if m["to"].startswith("+49151")]
     return {"n": n, "elapsed": elapsed, "outcomes": found, "received": len(received),
-            "duplicates": len(received) - len({m["to"] for m in received})}
+            "duplicates": len(received) - len({m["to"] for m in received}), "warm": warm,
+            "profile": profiler.summary(), "cpu": cpu, "load": (round(load_before, 1), round(load_after, 1))}
 
 
 def plot(path: Path, points: list[tuple[float, float]], rate: float, p50: float, p99: float) -> None:
@@ -155,11 +167,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sweep-batch", type=int, default=5000)
     parser.add_argument("--sweep-interval-s", type=float, default=0.5)
     parser.add_argument("--lease-s", type=int, default=600)
+    parser.add_argument("--profile-s", type=float, default=30.0,
+                        help="py-spy on the sms worker for the first N s (0: off)")
     args = parser.parse_args(argv)
 
     result = run(args.rate, args.duration_s, args.drain_s, processes=args.processes, concurrency=args.concurrency,
                  batch=args.batch, sweep_batch=args.sweep_batch, sweep_interval_s=args.sweep_interval_s,
-                 lease_s=args.lease_s)
+                 lease_s=args.lease_s, profile_s=args.profile_s)
     n, elapsed = result["n"], result["elapsed"]
     # an unsent message waited at least from its due instant until the bench stopped
     points = [(due, late if late is not None else elapsed - due) for due, late in result["outcomes"]]
@@ -168,27 +182,33 @@ def main(argv: list[str]) -> int:
     p50, p99 = percentile(lates, 50), percentile(lates, 99)
     print(f"steady: {n - unsent} of {n} sent, lateness p50 {p50:.2f} s, p99 {p99:.2f} s", file=sys.stderr)
     plot(ROOT / "docs" / IMAGE, points, args.rate, p50, p99)
-    # the rate the pipeline kept up with: messages sent over the time from the first due instant
+    cpu_ms, cpu_note = describe_cpu(result["cpu"], n - unsent)
     figures = {
         "rate_per_s": args.rate, "duration_s": args.duration_s, "messages": n,
         "processes": args.processes, "concurrency_per_process": args.concurrency, "dispatch_batch": args.batch,
         "sweep_interval_s": args.sweep_interval_s, "provider_latency_ms": 50,
         "lateness_p50_s": round(p50, 2), "lateness_p99_s": round(p99, 2), "lateness_max_s": round(max(lates), 2),
         "sent": n - unsent, "unsent_after_drain": unsent, "drain_s": args.drain_s,
-        "provider_received": result["received"], "duplicates": result["duplicates"], "goal_lateness_p99_s": 3,
+        "provider_received": result["received"], "duplicates": result["duplicates"],
+        "warm_up_messages": result["warm"], "load_avg_1m_before_after": list(result["load"]),
+        "machine_cpu_busy": round(result["cpu"].machine_busy, 2), "cpu_ms_per_msg": cpu_ms,
+        "goal_lateness_p99_s": 3,
     }
+    if result["profile"]:
+        figures["profile_gil_shares"] = result["profile"]["shares"]
+        figures["profile_busy_per_process"] = list(result["profile"]["busy_per_process"].values())
     verdict = (f"goal met: p99 {p99:.2f} s <= 3 s" if p99 <= 3 else
                f"goal missed: p99 {p99:.2f} s against 3 s (+{p99 - 3:.2f} s)")
     record("steady", ("python -m bench steady " + " ".join(argv)).strip(), figures,
            summary=f"{args.rate:g} due msgs/s for {args.duration_s:g} s: lateness p50 {p50:.2f} s, p99 {p99:.2f} s",
            images=[{"path": IMAGE, "caption": "bench steady: lateness of each message by its due time, and "
                                                "their distribution"}],
-           notes=f"{verdict}. Same pipeline as `burst` (beat every `sweep_interval_s`, a sweep worker, an sms "
+           notes=f"{verdict}. {cpu_note} {describe_profile(result['profile'])} Same pipeline as `burst` (beat every `sweep_interval_s`, a sweep worker, an sms "
                  f"worker with `processes` prefork children, the loopback Twilio API answering after 50 ms). "
                  f"Messages fall due every 1/`rate_per_s` s (reminders three hours before visits 2 ms apart), "
                  f"prepared in bulk through the store's own path with the real planner. The simulated clock runs "
                  f"in real time from the first due instant (a thread moves it every 20 ms); lateness = sent_at - "
                  f"due_at from the workers' stamps. The sweep interval is a floor under the lateness: a message "
                  f"waits up to one interval to be claimed. Unsent after `drain_s` count as late by the time "
-                 f"they waited (a lower bound).")
+                 f"they waited (a lower bound). Warm-up and load figures as in `burst`.")
     return 0
