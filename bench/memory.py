@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--future", type=int, default=1_000_000, help="messages planned ahead (ours)")
     parser.add_argument("--eta-tasks", type=int, default=100_000, help="ETA tasks (the alternative)")
     parser.add_argument("--warmup", type=int, default=2000, help="messages sent / tasks run before each sample")
-    parser.add_argument("--settle-s", type=float, default=10.0, help="sweeps keep running this long before sampling")
+    parser.add_argument("--settle-s", type=float, default=5.0, help="sweeps keep running this long before sampling")
     args = parser.parse_args(argv)
 
     ours = run_ours(args.future, args.warmup, args.settle_s)
