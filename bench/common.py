@@ -382,9 +382,11 @@ class CpuMeter:
 
     def __enter__(self) -> "CpuMeter":
         self._before, self._ticks = self._sample(), _machine_ticks()
+        self._started = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.elapsed_s = time.perf_counter() - self._started
         busy, total = _machine_ticks()
         self.machine_busy = (busy - self._ticks[0]) / max(1, total - self._ticks[1])
         for pid, (label, seconds) in self._sample().items():
@@ -409,7 +411,9 @@ PROFILE_CATEGORIES = (  # first match in a stack wins; a sample is a moment a th
     ("simulated clock reads (bench only)", (";FileClock.now",)),
     ("provider calls (HTTP client)", (";transmit [notifier/dispatch.py]",)),
     ("claim + load the batch (SQL)", (";Store.claim_batch_for_send", ";_load [notifier/dispatch.py]")),
-    ("rendering and checks", (";prepare [notifier/dispatch.py]",)),
+    ("send-time re-plan (R3 check)", (";_planned_keys [notifier/dispatch.py]",)),
+    ("rendering (Jinja, babel)", (";Renderer.render [notifier/rendering/",)),
+    ("other send-time checks, message assembly", (";prepare [notifier/dispatch.py]",)),
     ("recording outcomes (SQL)", (";record [notifier/dispatch.py]",)),
     ("rest of dispatch_batch", (";dispatch_batch [notifier/dispatch.py]",)),
     ("sweeps and outbox", (";sweep_due", ";sweep_states", ";publish_outbox", ";housekeeping")),
@@ -524,6 +528,8 @@ def describe_cpu(meter: CpuMeter, messages: int) -> tuple[dict[str, float], str]
     total = sum(per.values())
     cores = os.cpu_count() or 1
     parts = ", ".join(f"{label} {ms:.2f}" for label, ms in per.items())
-    return per, (f"CPU per message (ms): {parts}; {total:.2f} in all, so {cores} cores could carry at most "
-                 f"~{cores * 1000 / total:.0f} msgs/s; the machine was {meter.machine_busy:.0%} busy during "
-                 f"the run (other work on it included).")
+    ours = sum(meter.used.values()) / max(1e-9, meter.elapsed_s)  # cores our processes kept busy
+    return per, (f"CPU per message (ms): {parts}; {total:.2f} in all, so {cores} cores to ourselves could carry "
+                 f"at most ~{cores * 1000 / total:.0f} msgs/s. During the run the machine was "
+                 f"{meter.machine_busy:.0%} busy, our processes {ours:.2f} of its {cores} cores; the rest was "
+                 f"other work on the shared machine.")
