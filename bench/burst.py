@@ -59,6 +59,7 @@ from bench.workload import START
 DUE = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)  # 08:00 in Berlin on the day of the visits
 RESOURCES = ("anna", "jonas", "sauna")
 IMAGE = "img/burst.png"
+GOAL_MESSAGES, GOAL_S = 100_000, 100  # issue 8: a city's reminders, all sent within 100 s
 
 
 EARLY = "early"  # a resource whose reminders fall due before the run: they warm the workers up
@@ -185,7 +186,7 @@ def plot(path: Path, result: dict, n: int) -> None:
     xs = [s for s, _ in result["samples"]]
     left.plot(xs, [c for _, c in result["samples"]], color="tab:blue")
     left.axhline(n, color="grey", linestyle=":", linewidth=1)
-    left.axvline(100, color="tab:red", linestyle="--", linewidth=1, label="goal: all within 100 s")
+    left.axvline(GOAL_S, color="tab:red", linestyle="--", linewidth=1, label=f"goal: all within {GOAL_S} s")
     left.set_xlabel("seconds after 08:00")
     left.set_ylabel("reminders sent (recorded)")
     left.legend(loc="lower right")
@@ -230,7 +231,7 @@ def closing_the_gap(rate_needed: float, cpu_ms: dict[str, float], profile: dict,
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench burst")
-    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--messages", type=int, default=GOAL_MESSAGES)
     parser.add_argument("--processes", type=int, default=2, help="prefork children of the sms worker")
     parser.add_argument("--concurrency", type=int, default=32, help="sends in flight per worker process")
     parser.add_argument("--batch", type=int, default=200, help="message ids per dispatch task")
@@ -269,19 +270,24 @@ def main(argv: list[str]) -> int:
         "in_flight_ceiling_per_s": round(args.processes * args.concurrency / 0.05),
         "warm_up_messages": result["warm"], "prepare_s": round(result["prepare_s"], 1),
         "load_avg_1m_before_after": list(result["load"]), "machine_cpu_busy": round(result["cpu"].machine_busy, 2),
-        "cpu_ms_per_msg": cpu_ms, "goal_seconds_to_all_sent": 100,
+        "cpu_ms_per_msg": cpu_ms, "goal_seconds_to_all_sent": GOAL_S,
     }
     if result["profile"]:
         figures["profile_gil_shares"] = result["profile"]["shares"]
         figures["profile_busy_per_process"] = list(result["profile"]["busy_per_process"].values())
-    if seconds:
-        verdict = (f"goal met: all sent in {seconds:.0f} s" if seconds <= 100 else
-                   f"goal missed: {seconds:.0f} s against 100 s ({seconds / 100:.1f}x)")
+    if n != GOAL_MESSAGES:
+        verdict = (f"the goal ({GOAL_MESSAGES:,} within {GOAL_S} s) is not judged at {n:,} messages; at "
+                   f"{rate:.0f}/s {GOAL_MESSAGES:,} would take ~{GOAL_MESSAGES / rate:.0f} s")
+        missed = False
+    elif seconds:
+        verdict = (f"goal met: all sent in {seconds:.0f} s" if seconds <= GOAL_S else
+                   f"goal missed: {seconds:.0f} s against {GOAL_S} s ({seconds / GOAL_S:.1f}x)")
+        missed = seconds > GOAL_S
     else:
         verdict = (f"goal missed: {n - sent:,} of {n:,} still unsent after {args.deadline_s:.0f} s; at "
-                   f"{rate:.0f}/s all would take ~{n / rate:.0f} s ({n / rate / 100:.1f}x the 100 s goal)")
-    missed = not seconds or seconds > 100
-    gap = closing_the_gap(n / 100, cpu_ms, result["profile"], os.cpu_count() or 1) + " " if missed else ""
+                   f"{rate:.0f}/s all would take ~{n / rate:.0f} s ({n / rate / GOAL_S:.1f}x the {GOAL_S} s goal)")
+        missed = True
+    gap = closing_the_gap(n / GOAL_S, cpu_ms, result["profile"], os.cpu_count() or 1) + " " if missed else ""
     summary = (f"{n:,} reminders due at once: " + (f"all sent in {seconds:.0f} s" if seconds else
                                                      f"{sent:,} sent in {args.deadline_s:.0f} s")
                + f", {rate:.0f} msgs/s, lateness p50 {percentile(late, 50):.0f} s / p99 {percentile(late, 99):.0f} s")
