@@ -47,7 +47,7 @@ from notifier.domain.planning import (
 from notifier.links import LinkClaims
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
-from notifier.store.bulk import bulk_insert
+from notifier.store.bulk import insert_rows
 from notifier.store.sql import Store, booking_from, state_checks_statement
 
 log = logging.getLogger("notifier")
@@ -172,13 +172,16 @@ def _claim(session: BatchSession, events: list[ev.Event], now: datetime) -> set[
     """Record the events as processed in one statement; returns those no one had (dedup, N2)."""
     rows = {}
     for event in events:
-        kind, aggregate_id = ev.aggregate_of(event)
-        rows.setdefault(event.event_id, {
-            "event_id": event.event_id, "tenant_id": event.tenant_id, "type": event.type,
-            "aggregate": f"{kind}:{aggregate_id}", "revision": event.revision, "outcome": "applied",
-            "processed_at": now})
-    return set(bulk_insert(session.conn, t.processed_events, list(rows.values()), keys=["event_id"],
-                           returning="event_id"))
+        if event.event_id not in rows:
+            kind, aggregate_id = ev.aggregate_of(event)
+            rows[event.event_id] = (event.event_id, event.tenant_id, event.type, f"{kind}:{aggregate_id}",
+                                    event.revision, "applied", now)
+    # duplicates are the exception: the rows are COPYed as they are unless one was seen before
+    return set(insert_rows(session.conn, t.processed_events, _PROCESSED_COLUMNS, list(rows.values()),
+                           keys=["event_id"], returning="event_id", expect_new=True))
+
+
+_PROCESSED_COLUMNS = ["event_id", "tenant_id", "type", "aggregate", "revision", "outcome", "processed_at"]
 
 
 def _dead(session: BatchSession, report: IngestReport, source: str, reason: str, body: str,
@@ -378,7 +381,7 @@ def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source:
 def _save(s: BatchSession, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> None:
     resource = s.resource(tenant.id, booking.resource_id)
     if resource is not None:  # the board's markers (R12, R16, R18), as they are at `now`
-        settings = settings_for(tenant, resource, s.regions)
+        settings = _settings_in(s, tenant, resource)
         before = booking
         booking, changes = apply_flags(booking, settings, now)
         for kind, detail in changes:
@@ -438,6 +441,16 @@ def settings_for(tenant: Tenant, resource: Resource,
                      unavailable_channels(tenant, regions or {}))
 
 
+def _settings_in(s: BatchSession, tenant: Tenant, resource: Resource) -> NotificationSettings:
+    """`settings_for`, once per tenant and resource object a batch holds (a changed tenant or
+    resource is a new object)."""
+    key = (id(tenant), id(resource))
+    held = s.memo.get(key)
+    if held is None or held[0] is not tenant or held[1] is not resource:
+        held = s.memo[key] = (tenant, resource, settings_for(tenant, resource, s.regions))
+    return held[2]
+
+
 @lru_cache(maxsize=4096)
 def _settings(tenant_settings: str, resource_settings: str, unavailable: frozenset[Channel]) -> NotificationSettings:
     """Merged settings, computed once per distinct (tenant, resource) settings pair."""
@@ -451,7 +464,7 @@ def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) ->
     if customer is None or resource is None:  # pragma: no cover - created with the booking
         return
     existing = s.existing_messages(tenant.id, booking.id)
-    planned = plan_booking(booking, customer, resource, tenant, settings_for(tenant, resource, s.regions), now=now,
+    planned = plan_booking(booking, customer, resource, tenant, _settings_in(s, tenant, resource), now=now,
                            sent=sent_keys(existing), failed=failed_keys(existing))
     diff = diff_plan(existing, planned)
     if diff.empty:

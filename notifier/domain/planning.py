@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from notifier.domain.model import (
@@ -61,6 +62,7 @@ class PlanDiff:
         return not (self.add or self.update or self.withdraw)
 
 
+_AFTER_VISIT_ALLOWED = frozenset(kind for kind in Kind if kind.after_visit_allowed)
 SENT_STATES = frozenset({MessageState.SENDING, MessageState.SENT, MessageState.DELIVERED, MessageState.READ})
 FALLBACK = "fallback"
 
@@ -71,6 +73,10 @@ def zone_of(tenant: Tenant, resource: Resource | None) -> ZoneInfo:
     return ZoneInfo((resource.timezone if resource and resource.timezone else None) or tenant.timezone)
 
 
+# The time functions below are pure and asked the same questions over and over (visits start on
+# the hour, offsets are settings): each keeps its recent answers.
+
+@lru_cache(maxsize=16_384)
 def local_days_before(starts_at: datetime, offset_s: int, zone: ZoneInfo) -> datetime:
     """`offset_s` before `starts_at`, whole days counted on the local calendar (DST-safe).
 
@@ -83,6 +89,7 @@ def local_days_before(starts_at: datetime, offset_s: int, zone: ZoneInfo) -> dat
     return _localize(wall, zone) - timedelta(seconds=rest_s)
 
 
+@lru_cache(maxsize=16_384)
 def local_time_on_day(starts_at: datetime, at: time, zone: ZoneInfo) -> datetime:
     """The given local wall time on the local day of `starts_at`, in UTC."""
     day = starts_at.astimezone(zone).date()
@@ -105,6 +112,7 @@ def in_quiet_hours(moment: datetime, start: time, end: time, zone: ZoneInfo) -> 
     return local >= start or local < end
 
 
+@lru_cache(maxsize=16_384)
 def after_quiet_hours(moment: datetime, start: time, end: time, zone: ZoneInfo) -> datetime:
     """`moment`, or the end of the quiet hours it falls in (local time, DST-safe)."""
     if not in_quiet_hours(moment, start, end, zone):
@@ -114,6 +122,7 @@ def after_quiet_hours(moment: datetime, start: time, end: time, zone: ZoneInfo) 
     return _localize(datetime.combine(day, end), zone)
 
 
+@lru_cache(maxsize=16_384)
 def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%dT%H%MZ")
 
@@ -159,10 +168,10 @@ class _Plan:
             due_at = after_quiet_hours(due_at, quiet.start, quiet.end, self.zone)
         starts = self.booking.starts_at
         # a message about a visit is useless once the visit has begun (R16/R25 kinds excepted)
-        if not kind.after_visit_allowed and (due_at >= starts or self.now >= starts):
+        if kind not in _AFTER_VISIT_ALLOWED and (due_at >= starts or self.now >= starts):
             return
         for slot, channel in _pick(channels, self.reachable, self.settings.channel_policy):
-            key = f"{kind.value}/{slot}" + (f"/{anchor}" if anchor else "")
+            key = kind + "/" + slot + ("/" + anchor if anchor else "")  # str enums: their values
             self.messages.append(PlannedMessage(key=key, kind=kind, channel=channel, due_at=due_at))
             backup = self.settings.fallback.get(channel)
             if key in self.failed and backup in self.reachable and backup is not channel:
@@ -172,11 +181,11 @@ class _Plan:
 
     def staff(self, kind: Kind, due_at: datetime, anchor: str = "") -> None:
         staff = self.settings.staff
-        channels = (Channel.ACTIVITY,) if kind.value.startswith("activity_") else staff.channels
+        channels = (Channel.ACTIVITY,) if kind.startswith("activity_") else staff.channels
         if not staff.enabled:
             return
         for channel in channels:
-            key = f"{kind.value}/{channel.value}" + (f"/{anchor}" if anchor else "")
+            key = kind + "/" + channel + ("/" + anchor if anchor else "")
             self.messages.append(PlannedMessage(key=key, kind=kind, channel=channel, due_at=due_at,
                                                 recipient="staff"))
 

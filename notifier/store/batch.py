@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from notifier.domain.model import Booking, BookingStatus, Channel, Customer, MessageState, Resource, Tenant
 from notifier.domain.planning import ExistingMessage, PlanDiff
 from notifier.store import schema as t
-from notifier.store.bulk import bulk_insert
+from notifier.store.bulk import bulk_insert, insert_rows
 from notifier.store.sql import (
     PLAN_CHANGES,
     Tx,
@@ -54,6 +54,8 @@ _BOOKING_COLUMNS = [c.name for c in t.bookings.c]
 _CUSTOMER_COLUMNS = [c.name for c in t.customers.c]
 _RESOURCE_COLUMNS = [c.name for c in t.resources.c]
 _MESSAGE_COLUMNS = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at"]
+_MESSAGE_INSERT = ["tenant_id", "booking_id", "key", "dedup_key", "kind", "channel", "recipient", "state", "due_at",
+                   "attempts", "created_at", "updated_at"]
 
 
 class BatchSession:
@@ -81,6 +83,7 @@ class BatchSession:
         self._active_of_customer: dict[Key, list[str]] = {}  # as loaded, before this batch's changes
         self._locked: set[str] = set()
         self.regions: dict[str, Any] = {}  # channel -> regions where it is not offered (R6)
+        self.memo: dict[Any, Any] = {}  # the services' per-batch caches
         self._journal: list[tuple[Any, Any, Any]] | None = None
         self._marks: tuple[int, int] = (0, 0)
 
@@ -427,20 +430,20 @@ class BatchSession:
 
     def _flush_messages(self, now: datetime) -> None:
         inserts, replans, withdrawals = [], [], []
+        planned, withdrawn = MessageState.PLANNED, MessageState.WITHDRAWN
         for tenant_id, booking_id, key in sorted(self.dirty["messages"]):
             m = self.messages[(tenant_id, booking_id)][key]
-            dedup = f"{tenant_id}/{booking_id}/{m.key}"
+            dedup = f"{tenant_id}/{booking_id}/{key}"
             if m.new:
-                inserts.append({"tenant_id": tenant_id, "booking_id": booking_id, "key": m.key,
-                                "dedup_key": dedup, "kind": m.kind, "channel": m.channel.value,
-                                "recipient": m.recipient, "state": m.state.value, "due_at": m.due_at,
-                                "attempts": 0, "created_at": now, "updated_at": now})
-            elif m.state is MessageState.PLANNED:
+                inserts.append((tenant_id, booking_id, key, dedup, m.kind, m.channel.value, m.recipient,
+                                m.state.value, m.due_at, 0, now, now))
+            elif m.state is planned:
                 replans.append({"dk": dedup, "due": m.due_at, "ch": m.channel.value})
-            elif m.state is MessageState.WITHDRAWN:
+            elif m.state is withdrawn:
                 withdrawals.append({"dk": dedup})
         c = t.messages.c
-        bulk_insert(self.conn, t.messages, inserts, keys=["dedup_key"])
+        # planned from what was loaded under the booking's lock: a conflict would be a bug, and is skipped
+        insert_rows(self.conn, t.messages, _MESSAGE_INSERT, inserts, keys=["dedup_key"], expect_new=True)
         # replans and withdrawals touch only rows nobody has claimed meanwhile: a sent message is never touched
         if self.conn.dialect.name == "postgresql":  # one statement each, whatever the number of rows
             if replans:

@@ -1,16 +1,22 @@
 """Bulk writes: COPY on PostgreSQL, executemany elsewhere.
 
 Row-by-row statements (even pipelined) cost a round of client-side work per row, and
-multi-row VALUES statements cost psycopg a parse of the whole text every time. COPY into
-a temporary table, then one INSERT ... SELECT with the conflict rule, costs neither.
+multi-row VALUES statements cost psycopg a parse of the whole text every time. COPY costs
+neither: straight into the table when there is nothing to decide per row, else into a
+temporary table, then one INSERT ... SELECT with the conflict rule. The COPY is binary
+with the columns' types given up front, so psycopg neither formats text nor looks up a
+dumper per value, and rows can be handed over as tuples (`insert_rows`) without a dict each.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Table
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, BigInteger, Boolean, Connection, Integer, Table
+from sqlalchemy.dialects import sqlite
+
+from notifier.store.schema import UTCDateTime
 
 
 def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]], *, keys: list[str] | None = None,
@@ -21,7 +27,8 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]], *, k
         return []
     columns = list(rows[0])
     if conn.dialect.name == "postgresql":
-        return _copy_insert(conn, table, columns, rows, keys, update, returning)
+        return _copy_insert(conn, table, columns, [tuple(row[c] for c in columns) for row in rows], keys, update,
+                            returning)
     stmt = sqlite.insert(table)
     if keys and update:
         stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in columns
@@ -34,29 +41,41 @@ def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]], *, k
     return []
 
 
-def _copy_insert(conn: Connection, table: Table, columns: list[str], rows: list[dict[str, Any]],
-                 keys: list[str] | None, update: bool, returning: str | None) -> list[Any]:
-    from psycopg.types.json import Json
+def insert_rows(conn: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]], *,
+                keys: list[str] | None = None, update: bool = False, returning: str | None = None,
+                expect_new: bool = False) -> list[Any]:
+    """`bulk_insert` for rows given as tuples in the order of `columns`. `expect_new`: the rows
+    are not expected to conflict on `keys` (a conflict is a rare duplicate), so on PostgreSQL they
+    are COPYed straight into the table in a savepoint, and only if that meets a conflict are they
+    written again through the temporary table with the conflict rule: the common case writes
+    each row once instead of twice."""
+    if not rows:
+        return []
+    if conn.dialect.name == "postgresql":
+        if expect_new and keys and not update:
+            written = _copy_unless_conflict(conn, table, columns, rows, returning)
+            if written is not None:
+                return written
+        return _copy_insert(conn, table, columns, rows, keys, update, returning)
+    return bulk_insert(conn, table, [dict(zip(columns, row, strict=True)) for row in rows], keys=keys,
+                       update=update, returning=returning)
 
+
+def _copy_insert(conn: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
+                 keys: list[str] | None, update: bool, returning: str | None) -> list[Any]:
     raw = conn.connection.driver_connection
-    temp = f"_bulk_{table.name}"
     names = ", ".join(f'"{c}"' for c in columns)
-    json_columns = {c for c in columns if isinstance(table.c[c].type, JSON)}
-    converters = [_bind(table, c) for c in columns]
+    types = _copy_types(table, tuple(columns))
     with raw.cursor() as cur:
         if not keys and not returning:  # nothing to decide per row: straight into the table, in order
-            with cur.copy(f'COPY {table.name} ({names}) FROM STDIN') as copy:
-                for row in rows:
-                    copy.write_row([Json(row[c]) if c in json_columns and row[c] is not None else convert(row[c])
-                                    for c, convert in zip(columns, converters, strict=True)])
+            _copy(cur, table.name, names, types, rows)
             return []
+        temp = f"_bulk_{table.name}"
+        # created once per session; emptied at each commit, and here in case of a second use in a transaction
         cur.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{temp}" ON COMMIT DELETE ROWS AS '
                     f'SELECT {", ".join(f"{table.name}.{chr(34)}{c}{chr(34)}" for c in table.c.keys())} '
-                    f'FROM {table.name} WITH NO DATA')
-        with cur.copy(f'COPY "{temp}" ({names}) FROM STDIN') as copy:
-            for row in rows:
-                copy.write_row([Json(row[c]) if c in json_columns and row[c] is not None else convert(row[c])
-                                for c, convert in zip(columns, converters, strict=True)])
+                    f'FROM {table.name} WITH NO DATA; DELETE FROM "{temp}"')
+        _copy(cur, f'"{temp}"', names, types, rows)
         conflict = ""
         if keys:
             target = ", ".join(f'"{k}"' for k in keys)
@@ -67,14 +86,55 @@ def _copy_insert(conn: Connection, table: Table, columns: list[str], rows: list[
                 conflict = f"ON CONFLICT ({target}) DO NOTHING"
         tail = f' RETURNING "{returning}"' if returning else ""
         cur.execute(f'INSERT INTO {table.name} ({names}) SELECT {names} FROM "{temp}" {conflict}{tail}')
-        written = [r[0] for r in cur.fetchall()] if returning else []
-        cur.execute(f'TRUNCATE "{temp}"')
-    return written
+        return [r[0] for r in cur.fetchall()] if returning else []
 
 
-def _bind(table: Table, column: str):
-    """The column type's own bind processing (e.g. UTC normalisation), without SQLAlchemy's compiler."""
-    processor = table.c[column].type.bind_processor(postgresql.dialect(paramstyle="pyformat"))
-    if processor is None or isinstance(table.c[column].type, JSON):
-        return lambda value: value
-    return processor
+def _copy_unless_conflict(conn: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
+                          returning: str | None) -> list[Any] | None:
+    """COPY `rows` straight into the table; None (and nothing written) if one conflicts with a
+    unique key. Waits, as an INSERT would, for a transaction that is writing the same key."""
+    from psycopg import errors
+
+    raw = conn.connection.driver_connection
+    names = ", ".join(f'"{c}"' for c in columns)
+    with raw.cursor() as cur:
+        cur.execute("SAVEPOINT _bulk_copy")
+        try:
+            _copy(cur, table.name, names, _copy_types(table, tuple(columns)), rows)
+        except errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT _bulk_copy")
+            return None
+        cur.execute("RELEASE SAVEPOINT _bulk_copy")
+    if returning is None:
+        return []
+    at = columns.index(returning)
+    return [row[at] for row in rows]
+
+
+def _copy(cur: Any, target: str, names: str, types: list[str], rows: list[tuple[Any, ...]]) -> None:
+    with cur.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        write = copy.write_row
+        for row in rows:
+            write(row)
+
+
+@lru_cache(maxsize=256)
+def _copy_types(table: Table, columns: tuple[str, ...]) -> list[str]:
+    """The PostgreSQL type of each column, for a binary COPY. Times must be aware (UTC in
+    storage is PostgreSQL's doing for timestamptz); a naive one is refused, as `UTCDateTime` does."""
+    return [_pg_type(table.c[c].type) for c in columns]
+
+
+def _pg_type(kind: Any) -> str:
+    if isinstance(kind, UTCDateTime):
+        return "timestamptz"
+    if isinstance(kind, JSON):
+        return "json"
+    if isinstance(kind, Boolean):
+        return "bool"
+    if isinstance(kind, BigInteger):
+        return "int8"
+    if isinstance(kind, Integer):
+        return "int4"
+    return "text"  # String, Text

@@ -146,7 +146,8 @@ _WITHDRAWN_REASON = "no longer applies"
 
 
 def plan_changes_detail(diff: PlanDiff) -> dict[str, Any]:
-    return {"planned": [[m.key, m.kind.value, m.channel.value, m.due_at.isoformat()] for m in diff.add + diff.update],
+    # Kind and Channel are str enums: JSON writes their values
+    return {"planned": [[m.key, m.kind, m.channel, m.due_at.isoformat()] for m in diff.add + diff.update],
             "withdrawn": [[key, key.split("/", 1)[0]] for key in diff.withdraw]}
 
 
