@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-BENCHES = ("ingest", "dispatch", "burst", "steady", "sweep", "memory", "limits")
+BENCHES = ("ingest", "dispatch", "burst", "steady", "sweep", "memory", "limits", "chaos")
 
 
 def run_all() -> int:

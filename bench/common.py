@@ -533,3 +533,169 @@ def describe_cpu(meter: CpuMeter, messages: int) -> tuple[dict[str, float], str]
                  f"at most ~{cores * 1000 / total:.0f} msgs/s. During the run the machine was "
                  f"{meter.machine_busy:.0%} busy, our processes {ours:.2f} of its {cores} cores; the rest was "
                  f"other work on the shared machine.")
+
+
+# --- services of a run's own, to stop and start at will (chaos) -----------------------------------------
+# The machine's PostgreSQL (5432) and Redis (6379) are shared with other tests and benchmarks: a run
+# that stops or restarts a service starts its own cluster and server on free ports and touches only those.
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _as_postgres_user(argv: list[str]) -> list[str]:
+    """initdb and pg_ctl refuse to run as root: run them as the `postgres` account then."""
+    if os.geteuid() != 0:
+        return argv
+    return ["runuser", "-u", "postgres", "--", *argv]
+
+
+def postgres_bindir() -> Path:
+    """The newest installed server's bin folder (Debian: /usr/lib/postgresql/<major>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if found:
+        return found[-1].parent
+    pg_config = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+    if pg_config.returncode == 0 and (Path(pg_config.stdout.strip()) / "initdb").exists():
+        return Path(pg_config.stdout.strip())
+    raise RuntimeError("no PostgreSQL server binaries (initdb, pg_ctl) found")
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the run's own: initdb into a temporary folder, served on a free
+    loopback port with trust authentication; `stop(mode)` and `start()` act on it alone."""
+
+    def __init__(self, *, database: str = "notifier") -> None:
+        import shutil
+        import tempfile
+
+        self.bindir = postgres_bindir()
+        self.root = Path(tempfile.mkdtemp(prefix="notifier-pg-"))
+        self.root.chmod(0o755)
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        self.port = free_port()
+        self.database = database
+        self._shutil = shutil
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(_as_postgres_user([str(self.bindir / argv[0]), *argv[1:]]), capture_output=True,
+                              text=True, check=check, cwd=self.root)
+
+    def __enter__(self) -> "PrivatePostgres":
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.start()
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.database}"')
+        return self
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast`: connections cut, a clean shutdown; `immediate`: as if the server crashed."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop", check=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop("immediate")
+        self._shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PrivateRedis:
+    """A redis-server of the run's own on a free loopback port, with an append-only file as
+    docs/operations.md deploys it (`appendfsync` everysec by default); `restart(crash=...)`
+    stops it with SIGTERM (Redis saves and exits) or SIGKILL (a crash) and starts it again."""
+
+    def __init__(self, *, appendfsync: str = "everysec") -> None:
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="notifier-redis-"))
+        self.port = free_port()
+        self.appendfsync = appendfsync
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--dir", str(self.root), "--appendonly", "yes",
+                                      "--appendfsync", self.appendfsync, "--save", "",
+                                      "--logfile", str(self.root / "redis.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.RedisError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {self.root / 'redis.log'}")
+            time.sleep(0.05)
+        client.close()
+
+    def stop(self, *, crash: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.kill() if crash else self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+    def __enter__(self) -> "PrivateRedis":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+
+        self.stop(crash=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def flapping_provider_process(*, latency_s: float, seed: int | None = None) -> Iterator[Any]:
+    """`provider_process` whose provider can be made to flap: `.flap(error_rate=0.2, ...)`
+    (fields of notifier.fake_providers.Flapping) and `.faults()` (what it injected, by kind)."""
+    import requests
+
+    argv = [sys.executable, "-m", "notifier.fake_providers", "--latency-s", str(latency_s)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if not url:
+            raise RuntimeError("the fake provider process did not start")
+        session = requests.Session()
+
+        def received() -> list[dict[str, Any]]:
+            return session.get(f"{url}/_fake/received", timeout=60).json()["received"]
+
+        def flap(**rates: float) -> dict[str, Any]:
+            return session.post(f"{url}/_fake/faults", json=rates, timeout=10).json()
+
+        def faults() -> dict[str, int]:
+            return session.get(f"{url}/_fake/faults", timeout=10).json()["injected"]
+
+        yield SimpleNamespace(url=url, account_sid="ACtest", auth_token="secret-token", meta_token="meta-token",
+                              received=received, flap=flap, faults=faults)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -5,6 +5,13 @@ token), answer with the real shapes and error codes, and can be told to misbehav
 scripted sequence of answers (503, 429 with Retry-After, ...), latency, numbers that do
 not exist. Every accepted message is recorded, so a test or benchmark can compare what a
 provider received with what the store says. For tests, demos and benchmarks only.
+
+Flapping (`Flapping`, set with `flap()` or POST /_fake/faults): each API request may, at the
+given rates, get a 5xx, a 429 with Retry-After, a slow answer, no answer at all (nothing
+accepted), or a lost answer (the message is accepted and recorded, then the answer hangs
+past the client's timeout, as when a connection dies after the provider committed). What
+was injected is counted (GET /_fake/faults) and a message accepted with a lost answer is
+marked `"fault": "lost_answer"` in the received log.
 """
 
 from __future__ import annotations
@@ -12,19 +19,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextvars
 import json
+import random
 import re
 import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_FAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar("fake_provider_fault", default=None)
+
+
+@dataclass
+class Flapping:
+    """How often each API request misbehaves (fractions of requests, 0 to 1), and how."""
+
+    error_rate: float = 0.0  # 500, 502 or 503: nothing accepted
+    throttle_rate: float = 0.0  # 429 with Retry-After: throttle_s
+    slow_rate: float = 0.0  # the answer comes after slow_s (within a client's timeout)
+    unanswered_rate: float = 0.0  # no answer for hang_s, nothing accepted (the client times out)
+    lost_answer_rate: float = 0.0  # accepted and recorded, then no answer for hang_s (the client times out)
+    slow_s: float = 1.0
+    hang_s: float = 3.0
+    throttle_s: float = 1.0
+
+    def pick(self, roll: float) -> str | None:
+        """The fault for a request whose uniform random draw is `roll`, or None."""
+        for name in ("error", "throttle", "slow", "unanswered", "lost_answer"):
+            rate = getattr(self, f"{name}_rate")
+            if roll < rate:
+                return name
+            roll -= rate
+        return None
 
 
 class FakeProviders:
@@ -34,9 +68,13 @@ class FakeProviders:
     the sender's), where GET /_fake/received gives what it received."""
 
     def __init__(self, *, account_sid: str = "ACtest", auth_token: str = "secret-token",
-                 meta_token: str = "meta-token", latency_s: float = 0.0, port: int = 0) -> None:
+                 meta_token: str = "meta-token", latency_s: float = 0.0, port: int = 0,
+                 seed: int | None = None) -> None:
         self.account_sid, self.auth_token, self.meta_token = account_sid, auth_token, meta_token
         self.latency_s = latency_s
+        self.flapping = Flapping()
+        self.injected: Counter[str] = Counter()  # faults handed out, by kind
+        self._random = random.Random(seed)
         self.invalid_numbers: set[str] = set()
         self.templates: dict[str, int] = {}  # approved WhatsApp template -> parameter count (empty: any)
         self.received: list[dict[str, Any]] = []
@@ -80,20 +118,75 @@ class FakeProviders:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
+        fault = None
         if scope["method"] == "GET" and scope["path"] == "/_fake/received":
             with self._lock:
                 status, extra, payload = 200, {}, {"received": list(self.received), "requests": self.requests}
-        elif scope["method"] == "GET":
-            status, extra, payload = self.handle_get(path, headers)
+        elif scope["path"] == "/_fake/faults":
+            if scope["method"] == "POST":
+                self.flap(**json.loads(body or b"{}"))
+            with self._lock:
+                status, extra, payload = 200, {}, {"flapping": asdict(self.flapping), "injected": dict(self.injected)}
         else:
-            if self.latency_s:
-                await asyncio.sleep(self.latency_s)  # the provider's own latency, simulated
-            status, extra, payload = self.handle(path, headers, body)
+            fault = self._fault()
+            if fault in ("error", "throttle"):
+                status, extra, payload = self._refusal(fault)
+            else:
+                if fault == "slow":
+                    await asyncio.sleep(self.flapping.slow_s)
+                elif fault == "unanswered":
+                    await asyncio.sleep(self.flapping.hang_s)  # the client has given up; nothing accepted
+                    status, extra, payload = 504, {}, {"message": "gave up"}
+                if fault != "unanswered":
+                    if scope["method"] != "GET":
+                        await self._wait_latency()
+                    status, extra, payload = self._answer(scope["method"], path, headers, body, fault)
+                if fault == "lost_answer":
+                    await asyncio.sleep(self.flapping.hang_s)  # accepted; the answer comes too late
         data = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status, "headers": [
             (k.lower().encode(), v.encode()) for k, v in
             {**extra, "Content-Type": "application/json", "Content-Length": str(len(data))}.items()]})
         await send({"type": "http.response.body", "body": data})
+
+    async def _wait_latency(self) -> None:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)  # the provider's own latency, simulated
+
+    def _answer(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                fault: str | None) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if method == "GET":
+            return self.handle_get(path, headers)
+        token = _FAULT.set(fault)
+        try:
+            return self.handle(path, headers, body)
+        finally:
+            _FAULT.reset(token)
+
+    def flap(self, **rates: float) -> Flapping:
+        """Change how the provider misbehaves from now on (fields of `Flapping`; zero: behave)."""
+        known = {f.name for f in fields(Flapping)}
+        unknown = set(rates) - known
+        if unknown:
+            raise ValueError(f"unknown flapping settings: {sorted(unknown)}")
+        with self._lock:
+            for name, value in rates.items():
+                setattr(self.flapping, name, float(value))
+            return Flapping(**asdict(self.flapping))
+
+    def _fault(self) -> str | None:
+        with self._lock:
+            fault = self.flapping.pick(self._random.random())
+            if fault:
+                self.injected[fault] += 1
+            return fault
+
+    def _refusal(self, fault: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if fault == "throttle":
+            return 429, {"Retry-After": f"{self.flapping.throttle_s:g}"}, {
+                "code": 20429, "message": "Too Many Requests", "error": {"code": 130429, "message": "Rate limit hit"}}
+        status = self._random.choice((500, 502, 503))
+        return status, {}, {"code": status, "message": "flapping", "error": {"code": status, "message": "flapping"}}
 
     def script(self, *answers: int | tuple[int, dict[str, str]]) -> None:
         """The next requests get these answers (status, or (status, headers)) before any success."""
@@ -180,6 +273,10 @@ class FakeProviders:
                          "messages": [{"id": wamid}]}
 
     def _record(self, message: dict[str, Any]) -> None:
+        message["received_at"] = time.time()
+        fault = _FAULT.get()
+        if fault:
+            message["fault"] = fault
         with self._lock:
             self.received.append(message)
 
@@ -189,8 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m notifier.fake_providers")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-s", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=None, help="seed of the flapping's random choices")
     args = parser.parse_args(argv)
-    with FakeProviders(latency_s=args.latency_s, port=args.port) as providers:
+    with FakeProviders(latency_s=args.latency_s, port=args.port, seed=args.seed) as providers:
         print(providers.url, flush=True)
         threading.Event().wait()
 
