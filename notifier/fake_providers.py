@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -69,8 +70,9 @@ class FakeProviders:
 
     def __init__(self, *, account_sid: str = "ACtest", auth_token: str = "secret-token",
                  meta_token: str = "meta-token", latency_s: float = 0.0, port: int = 0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, clock: Callable[[], datetime] | None = None) -> None:
         self.account_sid, self.auth_token, self.meta_token = account_sid, auth_token, meta_token
+        self.clock = clock or (lambda: datetime.now(UTC))  # a test's simulated clock stamps what it receives
         self.latency_s = latency_s
         self.flapping = Flapping()
         self.injected: Counter[str] = Counter()  # faults handed out, by kind
@@ -244,7 +246,7 @@ class FakeProviders:
         if not (form.get("Body") or form.get("ContentSid")):
             return 400, {}, {"code": 21602, "message": "Message body is required.", "status": 400}
         sid = "SM" + uuid.uuid4().hex
-        moment = datetime.now(UTC)
+        moment = self.clock()
         self._record({"provider": "twilio", "sid": sid, "to": to, "day": moment.date().isoformat(),
                       "date_created": format_datetime(moment, usegmt=True), "from": form.get("From") or
                       form.get("MessagingServiceSid"), "body": form.get("Body"), "content_sid": form.get("ContentSid"),
