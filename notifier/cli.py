@@ -103,6 +103,7 @@ def ingest(idle_exit: float | None, metrics_port: int | None, metrics_host: str)
         metrics.serve(metrics_port, metrics_host)
         source, on_batch = metrics.MeteredSource(source), metrics.count_ingested
     logging.getLogger("notifier.ingest").info("ingesting from %s", source.name)
+    ingester.tune_gc()
     try:
         total = ingester.run(ctx, source, stop=ingester.stop_on_signals(), idle_exit_s=idle_exit, on_batch=on_batch)
     finally:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from notifier.domain.model import (
@@ -34,8 +35,7 @@ from notifier.domain.model import (
 DAY_S = 86_400
 
 
-@dataclass(frozen=True, order=True)
-class PlannedMessage:
+class PlannedMessage(NamedTuple):  # not a frozen dataclass: an ingester makes tens of thousands a second
     key: str  # unique per booking; stable for the same state
     kind: Kind
     channel: Channel
@@ -43,7 +43,7 @@ class PlannedMessage:
     recipient: str = "customer"  # or "staff"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExistingMessage:
     key: str
     state: MessageState

@@ -45,6 +45,7 @@ class _Message:
     state: MessageState
     due_at: datetime
     new: bool  # not in the database yet
+    changed: bool  # by this batch
 
 
 _MISSING = object()
@@ -212,7 +213,7 @@ class BatchSession:
         channels, states = _CHANNELS, _STATES
         for r in self._select(t.messages, _MESSAGE_COLUMNS, "booking_id", keys):
             self.messages[(r.tenant_id, r.booking_id)][r.key] = _Message(
-                r.key, r.kind, channels[r.channel], r.recipient, states[r.state], r.due_at, False)
+                r.key, r.kind, channels[r.channel], r.recipient, states[r.state], r.due_at, False, False)
 
     def _load_held(self, keys: set[Key]) -> None:
         wanted = {(tenant, f"booking:{bid}") for tenant, bid in keys}
@@ -291,7 +292,7 @@ class BatchSession:
         return sorted(ids)
 
     def existing_messages(self, tenant_id: str, booking_id: str) -> list[ExistingMessage]:
-        return [ExistingMessage(key=m.key, state=m.state, due_at=m.due_at, channel=m.channel)
+        return [ExistingMessage(m.key, m.state, m.due_at, m.channel)
                 for m in self.messages.get((tenant_id, booking_id), {}).values()]
 
     # --- writes (buffered) ---------------------------------------------------------------------
@@ -322,20 +323,21 @@ class BatchSession:
         self._add(self.dirty["resources"], key)
 
     def apply_diff(self, tenant_id: str, booking_id: str, diff: PlanDiff) -> None:
-        box = self.messages.setdefault((tenant_id, booking_id), {})
-        for key in [m.key for m in diff.add + diff.update] + list(diff.withdraw):
-            self._add(self.dirty["messages"], (tenant_id, booking_id, key))
+        """Change the booking's messages as the diff says. The booking's messages are copied
+        once per event and the copy changed (one journal entry, however many messages)."""
+        key = (tenant_id, booking_id)
+        box = dict(self.messages.get(key, ()))
+        self._set(self.messages, key, box)
+        self._add(self.dirty["messages"], key)
+        planned, withdrawn = MessageState.PLANNED, MessageState.WITHDRAWN
         for m in diff.add:
-            self._set(box, m.key, _Message(key=m.key, kind=m.kind.value, channel=m.channel, recipient=m.recipient,
-                                           state=MessageState.PLANNED, due_at=m.due_at, new=True))
+            box[m.key] = _Message(m.key, m.kind.value, m.channel, m.recipient, planned, m.due_at, True, True)
         for m in diff.update:
             old = box[m.key]
-            self._set(box, m.key, _Message(key=m.key, kind=old.kind, channel=m.channel, recipient=old.recipient,
-                                           state=MessageState.PLANNED, due_at=m.due_at, new=old.new))
-        for key in diff.withdraw:
-            old = box[key]
-            self._set(box, key, _Message(key=key, kind=old.kind, channel=old.channel, recipient=old.recipient,
-                                         state=MessageState.WITHDRAWN, due_at=old.due_at, new=old.new))
+            box[m.key] = _Message(m.key, old.kind, m.channel, old.recipient, planned, m.due_at, old.new, True)
+        for k in diff.withdraw:
+            old = box[k]
+            box[k] = _Message(k, old.kind, old.channel, old.recipient, withdrawn, old.due_at, old.new, True)
 
     def add_timeline(self, tenant_id: str, booking_id: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
         self.timeline.append({"tenant_id": tenant_id, "booking_id": booking_id, "at": at, "kind": kind,
@@ -431,16 +433,18 @@ class BatchSession:
     def _flush_messages(self, now: datetime) -> None:
         inserts, replans, withdrawals = [], [], []
         planned, withdrawn = MessageState.PLANNED, MessageState.WITHDRAWN
-        for tenant_id, booking_id, key in sorted(self.dirty["messages"]):
-            m = self.messages[(tenant_id, booking_id)][key]
-            dedup = f"{tenant_id}/{booking_id}/{key}"
-            if m.new:
-                inserts.append((tenant_id, booking_id, key, dedup, m.kind, m.channel.value, m.recipient,
-                                m.state.value, m.due_at, 0, now, now))
-            elif m.state is planned:
-                replans.append({"dk": dedup, "due": m.due_at, "ch": m.channel.value})
-            elif m.state is withdrawn:
-                withdrawals.append({"dk": dedup})
+        for tenant_id, booking_id in sorted(self.dirty["messages"]):
+            box = self.messages[(tenant_id, booking_id)]
+            for key in sorted(k for k, m in box.items() if m.changed):
+                m = box[key]
+                dedup = f"{tenant_id}/{booking_id}/{key}"
+                if m.new:
+                    inserts.append((tenant_id, booking_id, key, dedup, m.kind, m.channel.value, m.recipient,
+                                    m.state.value, m.due_at, 0, now, now))
+                elif m.state is planned:
+                    replans.append({"dk": dedup, "due": m.due_at, "ch": m.channel.value})
+                elif m.state is withdrawn:
+                    withdrawals.append({"dk": dedup})
         c = t.messages.c
         # planned from what was loaded under the booking's lock: a conflict would be a bug, and is skipped
         insert_rows(self.conn, t.messages, _MESSAGE_INSERT, inserts, keys=["dedup_key"], expect_new=True)
