@@ -15,12 +15,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from bench.common import (
     REDIS_URL,
     ROOT,
+    CpuMeter,
     count_rows,
     prepared_store,
     record,
@@ -58,7 +60,7 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 
-def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -> dict[str, float]:
+def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -> dict[str, Any]:
     with scratch_database() as url, redis_prefix() as prefix, tempfile.TemporaryDirectory() as tmp:
         store = _prepare(url, warmup)
         clock = FileClock(Path(tmp) / "clock")
@@ -67,23 +69,59 @@ def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -
         env = _env({"NOTIFIER_DATABASE_URL": url, "NOTIFIER_EVENTS_URL": REDIS_URL, "NOTIFIER_EVENTS_QUEUE": queue,
                     "NOTIFIER_INGEST_BATCH_MAX": str(batch), "NOTIFIER_CLOCK": f"file:{clock.path}",
                     "NOTIFIER_HOLD_S": "3600"})
-        procs = [subprocess.Popen([sys.executable, "-m", "notifier.cli", "ingest"], env=env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(processes)]
+        consumers = [f"bench-{i}" for i in range(processes)]
+        procs = [subprocess.Popen([sys.executable, "-m", "notifier.cli", "ingest"],
+                                  env=dict(env, NOTIFIER_INGEST_CONSUMER=name), cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for name in consumers]
+        client = redis.Redis.from_url(REDIS_URL)
+        lists = [queue] + [f"{queue}:processing:{name}" for name in consumers]
+
+        def drained() -> bool:
+            """Nothing waiting and nothing held: a consumer deletes what it holds only after the commit."""
+            pipe = client.pipeline(transaction=False)
+            for key in lists:
+                pipe.llen(key)
+            return not any(pipe.execute())
+
         try:
             time.sleep(2.0)  # let the processes import and block on the empty list
-            client = redis.Redis.from_url(REDIS_URL)
-            started = time.perf_counter()
-            pipe = client.pipeline(transaction=False)
-            for i in range(0, len(events), 1000):
-                pipe.rpush(queue, *events[i:i + 1000])
-            pipe.execute()
-            wait_until(lambda: _processed(store) >= len(events) + len(warmup), timeout_s=1800, poll_s=0.1)
-            seconds = time.perf_counter() - started
+            with CpuMeter(_cpu_groups(procs, store, client)) as meter:
+                started = time.perf_counter()
+                pipe = client.pipeline(transaction=False)
+                for i in range(0, len(events), 1000):
+                    pipe.rpush(queue, *events[i:i + 1000])
+                pipe.execute()
+                # polled on Redis (LLEN is free), not with count(*) on the database the ingesters write
+                wait_until(drained, timeout_s=1800, poll_s=0.02)
+                seconds = time.perf_counter() - started
+            applied = _processed(store) - len(warmup)
+            if applied != len(events):
+                raise SystemExit(f"ingest: {applied} of {len(events)} events recorded as processed")
             planned = _messages(store)
         finally:
             stop_processes(procs)
+            client.close()
             store.engine.dispose()
-    return {"seconds": seconds, "events_per_s": len(events) / seconds, "messages_planned": planned}
+    cpu_ms = {label: round(used * 1000 / len(events), 3) for label, used in meter.used.items()}
+    return {"seconds": seconds, "events_per_s": len(events) / seconds, "messages_planned": planned,
+            "cpu_ms_per_event": cpu_ms, "machine_busy": meter.machine_busy,
+            "cores_used": sum(meter.used.values()) / meter.elapsed_s}
+
+
+def _cpu_groups(procs, store, client):
+    """For `CpuMeter`: the ingesters, the PostgreSQL backends serving the run's database, Redis, this process."""
+    from sqlalchemy import text
+
+    redis_pid = int(client.info("server")["process_id"])
+
+    def groups() -> dict[str, list[int]]:
+        with store.engine.connect() as conn:
+            backends = [int(pid) for pid in conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )).scalars()]
+        return {"ingesters": [p.pid for p in procs], "PostgreSQL": backends, "Redis": [redis_pid],
+                "bench (publish, poll)": [os.getpid()]}
+    return groups
 
 
 def run_baseline(events: list[str], warmup: list[str], processes: int) -> dict[str, float]:

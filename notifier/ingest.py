@@ -2,8 +2,8 @@
 
 Sources (chosen by the URL in `events_url`):
 - `redis://...`: a plain Redis list (`RPUSH notifier.events '<json>'` from any language).
-  Reliable-queue pattern: events move atomically (LMOVE) to this consumer's own
-  processing list and are deleted from it only after the batch is committed. A
+  Reliable-queue pattern: events move atomically (LMOVE, or a script moving many at
+  once) to this consumer's own processing list and are deleted from it only after the batch is committed. A
   consumer that died leaves its processing list behind; live consumers notice its
   heartbeat is gone and move the events back to the main list.
 - `amqp://...` and kombu's other transports ("embedded" = SQLite): a queue bound
@@ -50,6 +50,21 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+# Moves up to ARGV[1] events from the head of the list KEYS[1] to the tail of KEYS[2] at once
+# and returns them: what LMOVE does for one, atomically for many (a Redis script runs alone),
+# in one round trip and a fraction of the server's work of one command per event.
+_MOVE_MANY = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #items > 0 then
+  redis.call('LTRIM', KEYS[1], #items, -1)
+  for i = 1, #items, 1000 do
+    redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+return items
+"""
+
+
 class RedisListSource:
     """Events pushed onto a Redis list by the booking system, consumed reliably."""
 
@@ -64,6 +79,7 @@ class RedisListSource:
         self.processing = f"{queue}:processing:{consumer}"
         self.name = f"redis:{queue}"
         self._last_beat = 0.0
+        self._move_many = self.client.register_script(_MOVE_MANY)
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
@@ -97,10 +113,7 @@ class RedisListSource:
             held = [first]
             deadline = time.monotonic() + wait_s
             while len(held) < max_n:
-                pipe = self.client.pipeline(transaction=False)
-                for _ in range(min(max_n - len(held), 200)):
-                    pipe.lmove(self.queue, self.processing, "LEFT", "RIGHT")
-                got = [body for body in pipe.execute() if body is not None]
+                got = self._move_many(keys=[self.queue, self.processing], args=[max_n - len(held)])
                 held.extend(got)
                 if len(held) >= max_n or time.monotonic() >= deadline:
                     break
