@@ -153,7 +153,7 @@ class _Envelope(_Strict):
     event_id: Id
     occurred_at: AwareDatetime
     tenant_id: Id
-    revision: int = Field(ge=1)
+    revision: int = Field(ge=1, le=2**31 - 1)  # the store's INTEGER: a larger one would stop the batch (N3)
 
 
 class BookingCreatedEvent(_Envelope):
