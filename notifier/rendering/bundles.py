@@ -87,19 +87,40 @@ def _attribute_uses(tree: nodes.Template) -> Iterable[tuple[str, str | None, int
             yield node.name, None, node.lineno
 
 
+def _manifest(root: Path) -> dict[str, Any]:
+    """bundle.yaml as a mapping, or {} when it is missing or unreadable (`_check_manifest` says why)."""
+    import yaml
+
+    try:
+        manifest = yaml.safe_load((root / "bundle.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
 def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languages: Iterable[str] = LANGUAGES,
                     kinds: Iterable[Kind] = tuple(Kind)) -> list[Problem]:
+    """Every problem of the bundle at `root`, each with file and line. Never raises on a broken
+    bundle: whatever is wrong with it is a problem in the list (N3)."""
     root = Path(root)
-    renderer = Renderer(root)
+    renderer = Renderer(root, manifest=_manifest(root))
     env = renderer.env
     problems: list[Problem] = []
     company_needs: dict[str, set[tuple[str, int]]] = {}
     files = sorted(p for p in root.rglob("*.j2") if p.is_file())
     if not files:
         return [Problem(str(root), 0, "no templates (*.j2) in this folder")]
+    inside = root.resolve()
     for path in files:
         name = str(path.relative_to(root))
-        source = path.read_text(encoding="utf-8")
+        if not path.resolve().is_relative_to(inside):
+            problems.append(Problem(name, 0, "a link to a file outside the bundle"))
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(name, 0, f"not UTF-8 text (byte {exc.start})"))
+            continue
         try:
             tree = env.parse(source, name=name)
         except TemplateSyntaxError as exc:
@@ -124,8 +145,8 @@ def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languag
         for block in sorted(needed - blocks):
             problems.append(Problem(name, 1, f"missing block '{block}' (a {channel or 'message'} needs "
                                              f"{' and '.join(sorted(needed))})"))
-        if channel == "sms" and not [p for p in problems if p.file == name]:
-            problems.extend(_check_sms(renderer, name, path))
+        if not [p for p in problems if p.file == name]:
+            problems.extend(_check_renders(renderer, name, path, channel))
     languages = tuple(languages)
     problems.extend(_check_coverage(root, renderer, languages, kinds))
     problems.extend(_check_manifest(root, renderer, languages, company_needs))
@@ -142,12 +163,19 @@ def _check_manifest(root: Path, renderer: Renderer, languages: tuple[str, ...],
     path = root / "bundle.yaml"
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return [Problem("bundle.yaml", 0, f"not UTF-8 text (byte {exc.start})")]
     try:
         manifest = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         return [Problem("bundle.yaml", mark.line + 1 if mark else 0, f"invalid YAML: {exc}")]
+    if not isinstance(manifest, dict):
+        return [Problem("bundle.yaml", 1, f"must be a mapping (name:, whatsapp:), not {type(manifest).__name__}")]
+    if not isinstance(manifest.get("whatsapp") or {}, dict):
+        return [Problem("bundle.yaml", 1, "'whatsapp' must map message kinds to their approved templates")]
     lines = text.splitlines()
 
     def line_of(key: str) -> int:
@@ -165,7 +193,18 @@ def _check_manifest(root: Path, renderer: Renderer, languages: tuple[str, ...],
             continue
         params = entry.get("params") or []
         approved = entry.get("param_count")
-        if approved is None or int(approved) != len(params):
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
+                                                         f"'params' must be a list of expressions"))
+            continue
+        if not isinstance(entry.get("languages") or {}, dict):
+            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
+                                                         f"'languages' must map our languages to the provider's"))
+            continue
+        if not isinstance(approved, int) or isinstance(approved, bool):
+            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
+                                                         f"'param_count' must be a whole number, not {approved!r}"))
+        elif approved != len(params):
             problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}) was "
                                                          f"approved with {approved} parameters, the bundle gives "
                                                          f"{len(params)}"))
@@ -217,15 +256,23 @@ def read_bundle(root: Path | str) -> Bundle:
                   files=files)
 
 
-def _check_sms(renderer: Renderer, name: str, path: Path) -> list[Problem]:
+def _check_renders(renderer: Renderer, name: str, path: Path, channel: str) -> list[Problem]:
+    """Render the template with a sample booking, as a send would: a template that parses but
+    fails when rendered is reported now, not at its first send (N3); an SMS is measured."""
     kind = path.name.split(".")[0]
-    folder, language = name.split("/")[0], name.split("/")[1] if name.count("/") >= 2 else "en"
+    parts = name.split("/")
+    resource_id = parts[1] if parts[0] == "resources" and len(parts) >= 4 else None
+    folder = "specialist" if resource_id else parts[0]
+    language = parts[-2] if len(parts) >= 3 else "en"
     sample = _sample_context({"name": "Physiotherapie am Stadtpark", "address": "Parkstraße 12, 10115 Berlin",
                               "phone": "+49 30 12345678"})
     try:
-        out = renderer.render(kind, "sms", folder, (language,), sample, timezone="Europe/Berlin", locale=language)
+        out = renderer.render(kind, channel, folder, (language,), sample, timezone="Europe/Berlin", locale=language,
+                              resource_id=resource_id)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         return [Problem(name, 1, f"does not render with a sample booking: {exc.__class__.__name__}: {exc}")]
+    if channel != "sms":
+        return []
     encoding, segments = sms_segments(out.text)
     if segments > MAX_SMS_SEGMENTS:
         return [Problem(name, 1, f"SMS too long: {len(out.text)} characters, {encoding}, {segments} segments "
