@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench limits")
     parser.add_argument("--redis-ops", type=int, default=200_000)
     parser.add_argument("--pg-rows", type=int, default=200_000)
-    parser.add_argument("--celery-tasks", type=int, default=20_000)
+    parser.add_argument("--celery-tasks", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=2, help="Celery worker processes")
     args = parser.parse_args(argv)
 
