@@ -181,11 +181,19 @@ def main(argv: list[str]) -> int:
         "baseline_events": len(baseline_events), "baseline_events_per_s": round(base["events_per_s"]),
         "ratio": round(ours["events_per_s"] / base["events_per_s"], 2),
         "goal_events_per_s": 5000,
+        "cpu_ms_per_event": ours["cpu_ms_per_event"],
+        # what the CPU per event allows with every core to ourselves; the machine is shared
+        "capacity_events_per_s": round((os.cpu_count() or 1) * 1000 / sum(ours["cpu_ms_per_event"].values())),
+        "cores_used": round(ours["cores_used"], 2), "machine_busy": round(ours["machine_busy"], 2),
     }
     command = "python -m bench ingest " + " ".join(argv)
     record("ingest", command.strip(), figures,
            notes="Ours: `notifier ingest` processes on a Redis list, batches of up to `batch` events per "
                  "transaction. Baseline: one Celery task per event on Redis, each in its own transaction, as "
                  "many worker processes. Both start from the same warm-up history (ANALYZEd) and are timed from "
-                 "the first publish until the last event is applied; both must plan the same live messages.")
+                 "the first publish until the last event is applied; both must plan the same live messages. "
+                 "`cpu_ms_per_event`: CPU the ingesters, the PostgreSQL backends of the run's database, Redis and "
+                 "the bench itself used per event while ours ran; `capacity_events_per_s` is what that allows on "
+                 f"{os.cpu_count()} cores to ourselves; `cores_used` is how much of the machine our processes got "
+                 "and `machine_busy` how busy it was in all (the machine is shared with other work).")
     return 0
