@@ -21,11 +21,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import and_, bindparam, func, select, update
 
@@ -106,7 +108,7 @@ class Ready:
     message: MessageRow
     outgoing: Outgoing
     template: str
-    in_doubt: bool  # an earlier claim ended unrecorded: the provider may have it already
+    in_doubt: bool  # an earlier attempt may have reached the provider unrecorded: ask it first
     fallback: bool
 
 
@@ -116,7 +118,7 @@ class _Loaded:
 
     session: BatchSession
     bundle_versions: dict[str, str | None] = field(default_factory=dict)
-    recorded_attempts: dict[int, int] = field(default_factory=dict)
+    in_doubt: set[int] = field(default_factory=set)
     planned: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     settings: dict[tuple[str, str], NotificationSettings] = field(default_factory=dict)
 
@@ -174,12 +176,26 @@ def _load(store: Store, claimed: list[MessageRow], regions: Any) -> _Loaded:
                         {(b.tenant_id, b.resource_id) for b in found})
         tx = Tx(conn)
         loaded = _Loaded(session, bundle_versions={tid: tx.active_bundle_version(tid) for tid in sorted(tenants)})
-        again = [m.id for m in claimed if m.attempts > 1]  # claimed before: was that attempt recorded?
-        if again:
-            a = t.send_attempts.c
-            loaded.recorded_attempts = dict(conn.execute(
-                select(a.message_id, func.count()).where(a.message_id.in_(again)).group_by(a.message_id)).all())
+        loaded.in_doubt = _in_doubt(conn, [m for m in claimed if m.attempts > 1])
     return loaded
+
+
+ANSWER_UNKNOWN = {"timeout", "connection"}  # attempt codes after which the provider may have the message
+
+
+def _in_doubt(conn: Any, again: list[MessageRow]) -> set[int]:
+    """Messages claimed before whose provider may hold a copy: the last claim ended unrecorded
+    (a worker died), or its attempt ended without the provider's answer (a timeout, a
+    connection lost after the request went out)."""
+    if not again:
+        return set()
+    a = t.send_attempts.c
+    recorded: dict[int, list[str | None]] = defaultdict(list)
+    for message_id, code in conn.execute(select(a.message_id, a.provider_code)
+                                         .where(a.message_id.in_([m.id for m in again])).order_by(a.id)):
+        recorded[message_id].append(code)
+    return {m.id for m in again
+            if len(recorded[m.id]) < m.attempts - 1 or (recorded[m.id] and recorded[m.id][-1] in ANSWER_UNKNOWN)}
 
 
 def _planned_keys(loaded: _Loaded, booking: Booking, customer: Customer, resource: Resource, tenant: Tenant,
@@ -313,7 +329,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
                         if message.channel in (Channel.SMS, Channel.WHATSAPP) else None, metadata={
                             "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
                             "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
-    in_doubt = message.attempts > 1 and loaded.recorded_attempts.get(message.id, 0) < message.attempts - 1
+    in_doubt = message.id in loaded.in_doubt
     fallback = message.recipient == "customer" and bool(plan_settings.fallback.get(message.channel))
     return Ready(message, outgoing, f"{renderer.version}:{rendered.template}", in_doubt, fallback)
 
@@ -353,7 +369,7 @@ def transmit(ctx: Any, item: Ready) -> Done:
     try:
         if item.in_doubt and hasattr(adapter, "find_sent"):
             try:
-                found = _unrecorded_copy(ctx.store, adapter.find_sent(item.outgoing, since=message.due_at))
+                found = _unrecorded_copy(ctx.store, adapter, adapter.find_sent(item.outgoing, since=message.due_at))
             except CannotTell:
                 found = None  # at least once: the bound docs/reliability.md describes
             if found is not None:
@@ -372,12 +388,13 @@ def transmit(ctx: Any, item: Ready) -> Done:
 
 
 _copies_lock = threading.Lock()
-_copies_taken: set[str] = set()  # copies this process matched, recorded or about to be (rare: in-doubt only)
+_copies_taken: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()  # per adapter: copies matched here
 
 
-def _unrecorded_copy(store: Store, copies: list[SendResult]) -> SendResult | None:
-    """The provider's copy that no message of ours has recorded yet: two of our messages to
-    one recipient may read the same, and each must find its own copy or be sent."""
+def _unrecorded_copy(store: Store, adapter: Any, copies: list[SendResult]) -> SendResult | None:
+    """The provider's copy that no message of ours has recorded yet (nor matched in this
+    process, about to be recorded): two of our messages to one recipient may read the same,
+    and each must find its own copy or be sent."""
     if not copies:
         return None
     c = t.messages.c
@@ -385,9 +402,10 @@ def _unrecorded_copy(store: Store, copies: list[SendResult]) -> SendResult | Non
         with store.engine.connect() as conn:
             recorded = set(conn.execute(select(c.provider_message_id).where(
                 c.provider_message_id.in_([x.provider_message_id for x in copies]))).scalars())
-        found = next((x for x in copies if x.provider_message_id not in recorded | _copies_taken), None)
+        taken = _copies_taken.setdefault(adapter, set())
+        found = next((x for x in copies if x.provider_message_id not in recorded | taken), None)
         if found is not None:
-            _copies_taken.add(found.provider_message_id)
+            taken.add(found.provider_message_id)
         return found
 
 

@@ -91,7 +91,7 @@ class SMTPChannel:
             raise failure(f"SMTP {exc.smtp_code} {exc.smtp_error!r}", code=str(exc.smtp_code)) from exc
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
-            raise TemporaryFailure(f"SMTP connection: {exc.__class__.__name__}: {exc}") from exc
+            raise TemporaryFailure(f"SMTP connection: {exc.__class__.__name__}: {exc}", code="connection") from exc
         if refused:
             raise PermanentFailure(f"recipient refused: {refused}")
         return SendResult(provider_message_id=mail["Message-ID"], provider_code="250")

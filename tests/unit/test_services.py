@@ -180,6 +180,25 @@ def test_N1_N2_an_attempt_that_ended_unrecorded_is_looked_up_at_the_provider_not
         ("fake-email-1", True), ("fake-email-2", False)]
 
 
+def test_N2_a_send_whose_answer_was_lost_is_looked_up_before_it_is_tried_again(ctx, email):
+    calls = []
+
+    def answer_lost(message):  # the provider took it; its answer never came back
+        calls.append(message)
+        if len(calls) == 1:
+            email.sent.append(message)
+            raise TemporaryFailure("email: timeout after 10 s", code="timeout")
+
+    email.behaviour = answer_lost
+    apply(ctx, created())
+    assert run_due(ctx)["retried"] == 1
+    ctx.clock.set([r for r in messages(ctx) if r.kind == "info"][0].due_at)
+    second = run_due(ctx)
+    assert second["reconciled"] == 1, (second, calls)
+    assert len(email.sent) == 1 and len(calls) == 1  # found, not sent again
+    assert [r.state for r in messages(ctx) if r.kind == "info"] == ["sent"]
+
+
 def test_temporary_failure_is_retried_later_with_an_attempt_row(ctx, email):
     calls = []
 
