@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, or_, select, tuple_, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notifier.domain.model import Booking, BookingStatus, Channel, Customer, MessageState, Resource, Tenant
@@ -448,11 +448,13 @@ class BatchSession:
         c = t.messages.c
         # planned from what was loaded under the booking's lock: a conflict would be a bug, and is skipped
         insert_rows(self.conn, t.messages, _MESSAGE_INSERT, inserts, keys=["dedup_key"], expect_new=True)
-        # replans and withdrawals touch only rows nobody has claimed meanwhile: a sent message is never touched
+        # replans and withdrawals touch only rows nobody has claimed meanwhile: a sent message is never touched;
+        # a message waiting out a retry's backoff keeps its later time (a replan must not undo the backoff)
         if self.conn.dialect.name == "postgresql":  # one statement each, whatever the number of rows
             if replans:
                 self.conn.exec_driver_sql(
-                    "UPDATE messages SET state = 'planned', due_at = v.due, channel = v.ch, lease_until = NULL, "
+                    "UPDATE messages SET state = 'planned', channel = v.ch, lease_until = NULL, "
+                    "due_at = CASE WHEN messages.attempts > 0 THEN GREATEST(messages.due_at, v.due) ELSE v.due END, "
                     "updated_at = %(now)s FROM unnest(%(dk)s::text[], %(due)s::timestamptz[], %(ch)s::text[]) "
                     "AS v(dk, due, ch) WHERE messages.dedup_key = v.dk AND messages.state IN ('planned', 'withdrawn')",
                     {"now": now, "dk": [r["dk"] for r in replans], "due": [r["due"] for r in replans],
@@ -468,8 +470,9 @@ class BatchSession:
                 c.dedup_key == bindparam("dk"),
                 # no IN (...): executemany cannot expand a list
                 or_(c.state == MessageState.PLANNED.value, c.state == MessageState.WITHDRAWN.value),
-            ).values(state=MessageState.PLANNED.value, due_at=bindparam("due"), channel=bindparam("ch"),
-                     lease_until=None, updated_at=now), replans)
+            ).values(state=MessageState.PLANNED.value, channel=bindparam("ch"), lease_until=None, updated_at=now,
+                     due_at=case((c.attempts > 0, func.max(c.due_at, bindparam("due", type_=c.due_at.type))),
+                                 else_=bindparam("due", type_=c.due_at.type))), replans)
         if withdrawals:
             self.conn.execute(update(t.messages).where(
                 and_(c.dedup_key == bindparam("dk"),

@@ -138,3 +138,34 @@ def test_the_timeline_lists_each_change_and_message_in_the_order_it_happened(sto
     ]
     for i in range(200):
         assert timeline_of(store_ctx.store, "salon-berlin", f"b{i}") == expected, f"b{i}"
+
+
+def test_a_replan_does_not_undo_a_retry_backoff(tmp_path, database_url, clock):
+    """A provider said "not before ten minutes" (429, Retry-After); an event that replans the
+    booking meanwhile keeps the wait instead of putting the message back at its planned time."""
+    from notifier.channels.base import TemporaryFailure
+    from notifier.channels.fake import FakeChannel
+    from notifier.domain.model import Channel
+    from tests.conftest import customer
+    from tests.unit.test_services import messages, run_due
+
+    def busy(message):
+        raise TemporaryFailure("429 from provider", code="429", retry_after_s=600)
+
+    email = FakeChannel("email", behaviour=busy)
+    ctx = make_context(make_settings(tmp_path, database_url=database_url), channels={Channel.EMAIL: email})
+
+    def apply(*events):
+        apply_events(ctx.store, [json.dumps(e) for e in events], now=ctx.clock.now(), source="test")
+
+    apply(created(starts_at=START + timedelta(days=2, hours=6)))
+    assert run_due(ctx)["retried"] == 1
+    waiting = START + timedelta(seconds=600)
+    assert [r.due_at for r in messages(ctx) if r.kind == "info"] == [waiting]
+    apply(event("customer.updated", {"customer": customer(name="Erika Muster")}, revision=2))
+    assert [r.due_at for r in messages(ctx) if r.kind == "info"] == [waiting]
+    email.behaviour = None
+    assert run_due(ctx)["sent"] == 0 and not email.sent
+    clock.set(waiting)
+    assert run_due(ctx)["sent"] == 1
+    ctx.close()
