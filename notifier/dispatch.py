@@ -58,7 +58,7 @@ from notifier.rendering.environment import TemplateMissing
 from notifier.services import replan_in, settings_for
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
-from notifier.store.bulk import bulk_insert
+from notifier.store.bulk import insert_rows
 from notifier.store.sql import MessageRow, Store, Tx
 
 # emails that carry the appointment card (R22): new, confirmed, moved, cancelled
@@ -434,32 +434,54 @@ def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
     with the fallback of each permanent failure planned in the same commit (the planner plans
     it from the failed key). A message is only moved out of `sending`, so a late or repeated
     record changes nothing."""
-    c = t.messages.c
-    attempts = [{"message_id": d.message.id, "started_at": d.at, "duration_ms": d.duration_ms,
-                 "outcome": d.outcome, "provider_code": d.code, "error": d.error}
+    attempts = [(d.message.id, d.at, d.duration_ms, d.outcome, d.code, d.error)
                 for d in outcomes if d.outcome is not None]
-    states = [{"mid": d.message.id, "st": d.state.value, "err": d.error, "at": d.at,
-               "sent": d.at if d.state is MessageState.SENT else None, "pid": d.provider_message_id,
-               "tv": d.template, "due": d.retry_at} for d in outcomes]
+    states = [(d.message.id, d.state.value, d.error, d.at, d.at if d.state is MessageState.SENT else None,
+               d.provider_message_id, d.template, d.retry_at) for d in outcomes]
     timeline = [_timeline_entry(d) for d in outcomes]
     with store.transaction() as tx:
-        if attempts:
-            tx.conn.execute(t.send_attempts.insert(), attempts)
-        tx.conn.execute(update(t.messages).where(and_(c.id == bindparam("mid"),
-                                                      c.state == MessageState.SENDING.value)).values(
-            state=bindparam("st"), error=bindparam("err"), updated_at=bindparam("at"), lease_until=None,
-            sent_at=func.coalesce(bindparam("sent", type_=c.sent_at.type), c.sent_at),
-            provider_message_id=func.coalesce(bindparam("pid", type_=c.provider_message_id.type),
-                                              c.provider_message_id),
-            template_version=func.coalesce(bindparam("tv", type_=c.template_version.type), c.template_version),
-            due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at)), states)
-        bulk_insert(tx.conn, t.timeline, timeline, keys=["dedup_key"])
+        insert_rows(tx.conn, t.send_attempts, ATTEMPT_COLUMNS, attempts)
+        _set_states(tx.conn, states)
+        insert_rows(tx.conn, t.timeline, TIMELINE_COLUMNS, timeline, keys=["dedup_key"], expect_new=True)
         for d in outcomes:
             if d.fallback:
                 replan_in(tx.conn, d.message.tenant_id, d.message.booking_id, now=d.at, regions=regions)
 
 
-def _timeline_entry(d: Done) -> dict[str, Any]:
+ATTEMPT_COLUMNS = ["message_id", "started_at", "duration_ms", "outcome", "provider_code", "error"]
+TIMELINE_COLUMNS = ["tenant_id", "booking_id", "at", "kind", "detail", "message_id", "dedup_key"]
+_STATES_PG = (  # one statement for the whole chunk, whatever its size
+    "UPDATE messages SET state = v.st, error = v.err, updated_at = v.at, lease_until = NULL, "
+    "sent_at = COALESCE(v.sent, messages.sent_at), "
+    "provider_message_id = COALESCE(v.pid, messages.provider_message_id), "
+    "template_version = COALESCE(v.tv, messages.template_version), due_at = COALESCE(v.due, messages.due_at) "
+    "FROM unnest(%(mid)s::int8[], %(st)s::text[], %(err)s::text[], %(at)s::timestamptz[], %(sent)s::timestamptz[], "
+    "%(pid)s::text[], %(tv)s::text[], %(due)s::timestamptz[]) AS v(mid, st, err, at, sent, pid, tv, due) "
+    "WHERE messages.id = v.mid AND messages.state = 'sending'")
+
+
+def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> None:
+    """Each message's new state, moved only out of `sending`."""
+    if conn.dialect.name == "postgresql":
+        columns = list(zip(*states, strict=True))
+        conn.exec_driver_sql(_STATES_PG, dict(zip(("mid", "st", "err", "at", "sent", "pid", "tv", "due"),
+                                                  map(list, columns), strict=True)))
+        return
+    c = t.messages.c
+    conn.execute(update(t.messages).where(and_(c.id == bindparam("mid"), c.state == MessageState.SENDING.value))
+                 .values(state=bindparam("st"), error=bindparam("err"), updated_at=bindparam("at"),
+                         lease_until=None,
+                         sent_at=func.coalesce(bindparam("sent", type_=c.sent_at.type), c.sent_at),
+                         provider_message_id=func.coalesce(bindparam("pid", type_=c.provider_message_id.type),
+                                                           c.provider_message_id),
+                         template_version=func.coalesce(bindparam("tv", type_=c.template_version.type),
+                                                        c.template_version),
+                         due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at)),
+                 [dict(zip(("mid", "st", "err", "at", "sent", "pid", "tv", "due"), row, strict=True))
+                  for row in states])
+
+
+def _timeline_entry(d: Done) -> tuple[Any, ...]:
     m = d.message
     detail: dict[str, Any] = {"kind": m.kind, "channel": m.channel.value}
     if d.state is MessageState.PLANNED:  # a retry
@@ -473,6 +495,5 @@ def _timeline_entry(d: Done) -> dict[str, Any]:
         if d.outcome == "reconciled":
             detail["reconciled"] = True  # found at the provider after an unrecorded attempt
         kind, dedup = f"message.{d.state.value}", f"message:{m.id}:{d.state.value}"
-    return {"tenant_id": m.tenant_id, "booking_id": m.booking_id, "at": d.at, "kind": kind, "detail": detail,
-            "message_id": m.id, "dedup_key": dedup}
+    return (m.tenant_id, m.booking_id, d.at, kind, detail, m.id, dedup)
 
