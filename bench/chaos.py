@@ -1126,14 +1126,16 @@ def _duplicate_evidence(key: str, channel: str, row: dict[str, Any], receipts: l
     # one transaction); a copy answered slowly was received up to slow_s after its sender died
     killed = [k for k in kills if first - RECEIPT_AFTER_KILL_S <= k["at"] <= first + RECORD_WITHIN_S]
     db_down = [w for w in pg_down if w[0] - RECORD_WITHIN_S <= first <= w[1]]
-    if any(r.get("fault") == "lost_answer" for r in receipts[:-1]):
+    # the provider took the first copy and the sender saw a timeout: a lost answer, injected as
+    # such, or a slow answer that came too late for the client on a busy machine
+    timed_out = any(a["outcome"] == "temporary" and a["code"] in ("timeout", "connection")
+                    and first - 1 <= a["started_at"] <= first + TIMEOUT_S + HANG_S for a in attempt_rows)
+    if any(r.get("fault") == "lost_answer" for r in receipts[:-1]) or timed_out:
         cause = "answer_lost"
     elif db_down and unrecorded > 0:
         cause = "database_down_when_recording"
     elif killed and unrecorded > 0:
         cause = "worker_killed"
-    elif any(a["outcome"] == "temporary" and a["code"] in ("timeout", "connection") for a in attempt_rows):
-        cause = "timeout_then_resent"
     else:
         cause = "unexplained"
     unavoidable = channel not in ASKABLE and cause in ("answer_lost", "worker_killed")
