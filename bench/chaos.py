@@ -363,6 +363,7 @@ class Processes:
         self.starts: Counter[str] = Counter()
         self.expected_down: set[str] = set()
         self.unexpected_exits: list[dict[str, Any]] = []
+        self.stopped = False
         self._lock = threading.RLock()
 
     def start(self, name: str, *args: str) -> None:
@@ -409,7 +410,10 @@ class Processes:
             return proc.pid
 
     def restart(self, name: str) -> None:
-        self.start(name, *self.args[name])
+        with self._lock:
+            if self.stopped or self.procs[name].poll() is None:  # the run is over, or it is back already
+                return
+            self.start(name, *self.args[name])
 
     def supervise(self) -> None:
         """Restart what exited without being killed by the run (and say so)."""
@@ -425,6 +429,7 @@ class Processes:
 
     def stop(self) -> None:
         with self._lock:
+            self.stopped = True
             for proc in self.procs.values():
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGTERM)
@@ -852,7 +857,12 @@ def _sleep_until(moment: float, stop: threading.Event) -> None:
 
 
 def _kill(procs: Processes, rng: random.Random, faults: FaultLog) -> None:
-    name = rng.choice(["worker-a", "worker-b"])
+    deadline = time.monotonic() + 5
+    while not (standing := [n for n in ("worker-a", "worker-b") if n not in procs.expected_down]):
+        if time.monotonic() > deadline:  # both down, waiting for their restart: a kill fewer
+            return
+        time.sleep(0.2)
+    name = rng.choice(standing)
     if rng.random() < 0.65:
         pid = procs.kill_child(name, rng)
         if pid is not None:
