@@ -13,7 +13,7 @@ message `sending`; when its lease runs out the due sweep hands it out again. Its
 claim sees that the earlier attempt was never recorded, and where the provider can tell
 (`FindsSent`), dispatch asks it first and records the message it finds instead of sending
 a second one (N1, N2). A message renders to the same text on every attempt (its links
-are stamped with its due time), which is what lets the provider's copy be recognised.
+are stamped with its first due time), which is what lets the provider's copy be recognised.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy.exc import DBAPIError
 
 from notifier.channels.base import (
     Attachment,
@@ -135,6 +136,8 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
     store: Store = ctx.store
     now = ctx.clock.now()
     claimed = store.claim_batch_for_send(message_ids, now, lease_s=ctx.settings.lease_s)
+    # outcomes must be recorded while the claims hold: past that, the sweep hands the messages out again
+    record_until = time.monotonic() + ctx.settings.lease_s * 0.8
     report = DispatchReport(skipped=len(set(message_ids)) - len(claimed))
     if not claimed:
         return report
@@ -151,7 +154,7 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
             sending.add(pool.submit(transmit, ctx, step))
         else:
             settled.append(step)
-    for done in _record_as_they_end(store, sending, settled, ctx.settings.unavailable):
+    for done in _record_as_they_end(store, sending, settled, ctx.settings.unavailable, record_until):
         setattr(report, done.report_key, getattr(report, done.report_key) + 1)
     return report
 
@@ -308,7 +311,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     try:
         rendered = renderer.render(
             message.kind, message.channel.value, resource.type, languages,
-            template_context(tenant, resource, customer, booking, ctx.links, issued_at=message.due_at),
+            template_context(tenant, resource, customer, booking, ctx.links, issued_at=_stamp(message)),
             timezone=str(zone_of(tenant, resource)), locale=language, resource_id=resource.id,
         )
     except TemplateMissing as exc:
@@ -318,7 +321,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     attachments: tuple[Attachment, ...] = ()
     if message.channel is Channel.EMAIL and message.kind in CARD_KINDS:  # R22: the card, new or updated
         ics, method = calendar_card(booking, resource, tenant, zone=zone_of(tenant, resource),
-                                    title=rendered.subject or resource.name, stamp=message.due_at)
+                                    title=rendered.subject or resource.name, stamp=_stamp(message))
         attachments = (Attachment("termin.ics" if language == "de" else "appointment.ics",
                                   f"text/calendar; method={method}", ics),)
     outgoing = Outgoing(message_id=message.id, idempotency_key=f"{message.tenant_id}/{message.booking_id}/"
@@ -334,16 +337,25 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     return Ready(message, outgoing, f"{renderer.version}:{rendered.template}", in_doubt, fallback)
 
 
+def _stamp(message: MessageRow) -> datetime:
+    """The moment a message's links and card are stamped with: its due time when it was first
+    claimed, which a retry does not move, so every attempt renders the same text (the provider
+    lookup compares texts); the provider cannot have it from before then either."""
+    return message.stamped_at or message.due_at
+
+
 def _failed(message: MessageRow, now: datetime, reason: str) -> Done:
     return Done(message, MessageState.FAILED, now, error=reason, outcome="permanent")
 
 
 # --- send --------------------------------------------------------------------------------------
 
-def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: list[Done],
-                        regions: Any = None) -> list[Done]:
+def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: list[Done], regions: Any,
+                        record_until: float) -> list[Done]:
     """Wait for the provider calls and record outcomes in chunks as they arrive: at most
-    RECORD_EVERY per transaction, none waiting longer than RECORD_WAIT_S."""
+    RECORD_EVERY per transaction, none waiting longer than RECORD_WAIT_S. A database that is
+    away is waited for (with backoff) until `record_until`: the sends already made are
+    recorded rather than left for the sweep to hand out again."""
     finished: list[Done] = []
     oldest = time.monotonic()
     while pending or unrecorded:
@@ -355,10 +367,23 @@ def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: li
             unrecorded.extend(f.result() for f in done)
         if unrecorded and (not pending or len(unrecorded) >= RECORD_EVERY
                            or time.monotonic() - oldest >= RECORD_WAIT_S):
-            record(store, unrecorded, regions=regions)
+            _record_patiently(store, unrecorded, regions, record_until)
             finished += unrecorded
             unrecorded = []
     return finished
+
+
+def _record_patiently(store: Store, outcomes: list[Done], regions: Any, until: float) -> None:
+    delay_s = 0.2
+    while True:
+        try:
+            record(store, outcomes, regions=regions)
+            return
+        except DBAPIError:
+            if time.monotonic() + delay_s > until:
+                raise  # the claims lapse: these messages are in doubt, and asked about when claimed again
+            time.sleep(delay_s)  # backoff before the next try, not synchronisation
+            delay_s = min(delay_s * 2, 5.0)
 
 
 def transmit(ctx: Any, item: Ready) -> Done:
@@ -369,7 +394,7 @@ def transmit(ctx: Any, item: Ready) -> Done:
     try:
         if item.in_doubt and hasattr(adapter, "find_sent"):
             try:
-                found = _unrecorded_copy(ctx.store, adapter, adapter.find_sent(item.outgoing, since=message.due_at))
+                found = _unrecorded_copy(ctx.store, adapter, adapter.find_sent(item.outgoing, since=_stamp(message)))
             except CannotTell:
                 found = None  # at least once: the bound docs/reliability.md describes
             if found is not None:
@@ -436,8 +461,9 @@ def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
     record changes nothing."""
     attempts = [(d.message.id, d.at, d.duration_ms, d.outcome, d.code, d.error)
                 for d in outcomes if d.outcome is not None]
-    states = [(d.message.id, d.state.value, d.error, d.at, d.at if d.state is MessageState.SENT else None,
-               d.provider_message_id, d.template, d.retry_at) for d in outcomes]
+    states = [(d.message.id, d.message.attempts, d.state.value, d.error, d.at,
+               d.at if d.state is MessageState.SENT else None, d.provider_message_id, d.template, d.retry_at)
+              for d in outcomes]
     timeline = [_timeline_entry(d) for d in outcomes]
     with store.transaction() as tx:
         insert_rows(tx.conn, t.send_attempts, ATTEMPT_COLUMNS, attempts)
@@ -455,20 +481,23 @@ _STATES_PG = (  # one statement for the whole chunk, whatever its size
     "sent_at = COALESCE(v.sent, messages.sent_at), "
     "provider_message_id = COALESCE(v.pid, messages.provider_message_id), "
     "template_version = COALESCE(v.tv, messages.template_version), due_at = COALESCE(v.due, messages.due_at) "
-    "FROM unnest(%(mid)s::int8[], %(st)s::text[], %(err)s::text[], %(at)s::timestamptz[], %(sent)s::timestamptz[], "
-    "%(pid)s::text[], %(tv)s::text[], %(due)s::timestamptz[]) AS v(mid, st, err, at, sent, pid, tv, due) "
-    "WHERE messages.id = v.mid AND messages.state = 'sending'")
+    "FROM unnest(%(mid)s::int8[], %(att)s::int4[], %(st)s::text[], %(err)s::text[], %(at)s::timestamptz[], "
+    "%(sent)s::timestamptz[], %(pid)s::text[], %(tv)s::text[], %(due)s::timestamptz[]) "
+    "AS v(mid, att, st, err, at, sent, pid, tv, due) "
+    "WHERE messages.id = v.mid AND messages.state = 'sending' AND messages.attempts = v.att")
+_STATE_FIELDS = ("mid", "att", "st", "err", "at", "sent", "pid", "tv", "due")
 
 
 def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> None:
-    """Each message's new state, moved only out of `sending`."""
+    """Each message's new state, moved only out of `sending` and only under the claim that
+    made the attempt (a late record after the claim lapsed and was taken again changes nothing)."""
     if conn.dialect.name == "postgresql":
         columns = list(zip(*states, strict=True))
-        conn.exec_driver_sql(_STATES_PG, dict(zip(("mid", "st", "err", "at", "sent", "pid", "tv", "due"),
-                                                  map(list, columns), strict=True)))
+        conn.exec_driver_sql(_STATES_PG, dict(zip(_STATE_FIELDS, map(list, columns), strict=True)))
         return
     c = t.messages.c
-    conn.execute(update(t.messages).where(and_(c.id == bindparam("mid"), c.state == MessageState.SENDING.value))
+    conn.execute(update(t.messages).where(and_(c.id == bindparam("mid"), c.state == MessageState.SENDING.value,
+                                               c.attempts == bindparam("att")))
                  .values(state=bindparam("st"), error=bindparam("err"), updated_at=bindparam("at"),
                          lease_until=None,
                          sent_at=func.coalesce(bindparam("sent", type_=c.sent_at.type), c.sent_at),
@@ -477,8 +506,7 @@ def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> None:
                          template_version=func.coalesce(bindparam("tv", type_=c.template_version.type),
                                                         c.template_version),
                          due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at)),
-                 [dict(zip(("mid", "st", "err", "at", "sent", "pid", "tv", "due"), row, strict=True))
-                  for row in states])
+                 [dict(zip(_STATE_FIELDS, row, strict=True)) for row in states])
 
 
 def _timeline_entry(d: Done) -> tuple[Any, ...]:

@@ -158,6 +158,7 @@ messages = Table(
     Column("sent_at", UTCDateTime),
     Column("error", Text),
     Column("template_version", String(64)),
+    Column("stamped_at", UTCDateTime),  # due_at when first claimed for sending: links and card keep it
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     ForeignKeyConstraint(["tenant_id", "booking_id"], ["bookings.tenant_id", "bookings.id"]),

@@ -85,6 +85,7 @@ class MessageRow:
     provider_message_id: str | None
     sent_at: datetime | None
     error: str | None
+    stamped_at: datetime | None = None  # due_at when first claimed for sending (links, card)
 
 
 def _message(row: Any) -> MessageRow:
@@ -92,7 +93,7 @@ def _message(row: Any) -> MessageRow:
         id=row.id, tenant_id=row.tenant_id, booking_id=row.booking_id, key=row.key, kind=row.kind,
         channel=Channel(row.channel), recipient=row.recipient, state=MessageState(row.state),
         due_at=row.due_at, attempts=row.attempts, provider_message_id=row.provider_message_id,
-        sent_at=row.sent_at, error=row.error,
+        sent_at=row.sent_at, error=row.error, stamped_at=row.stamped_at,
     )
 
 
@@ -518,7 +519,7 @@ class Store:
                 update(t.messages)
                 .where(c.id.in_(ids), c.state == MessageState.QUEUED.value)
                 .values(state=MessageState.SENDING.value, lease_until=now + timedelta(seconds=lease_s),
-                        attempts=c.attempts + 1, updated_at=now)
+                        attempts=c.attempts + 1, updated_at=now, stamped_at=func.coalesce(c.stamped_at, c.due_at))
                 .returning(*t.messages.c)
             ).all()
         return sorted((_message(r) for r in rows), key=lambda m: m.id)

@@ -199,6 +199,52 @@ def test_N2_a_send_whose_answer_was_lost_is_looked_up_before_it_is_tried_again(c
     assert [r.state for r in messages(ctx) if r.kind == "info"] == ["sent"]
 
 
+def test_N2_a_retried_message_renders_as_it_did_so_a_lost_answer_is_still_recognised(ctx, email):
+    """The confirmation carries signed links; its retry (due later) must render the same text,
+    or the provider's copy of the attempt whose answer was lost would not be recognised."""
+    attempts = []
+
+    def answer_lost_once(message):
+        attempts.append(message)
+        if len(attempts) == 1 and message.metadata["kind"] == "confirmation":
+            email.sent.append(message)
+            raise TemporaryFailure("email: timeout after 10 s", code="timeout")
+
+    apply(ctx, created(tenant="studio-roma", starts_at=START + timedelta(days=2, hours=6),
+                       resource={"id": "giulia", "name": "Giulia Conti", "type": "specialist"},
+                       cust=customer(language="it", consents={"email": True})))
+    [due] = [r.due_at for r in messages(ctx) if r.kind == "confirmation"]
+    ctx.clock.set(due)
+    email.behaviour = answer_lost_once
+    run_due(ctx)
+    [first] = [m for m in email.sent if m.metadata["kind"] == "confirmation"]
+    assert "/l/" in first.text  # it carries its links
+    [row] = [r for r in messages(ctx) if r.kind == "confirmation"]
+    assert row.state == "planned" and row.due_at > due
+    ctx.clock.set(row.due_at)
+    assert run_due(ctx)["reconciled"] == 1
+    assert [m.text for m in email.sent if m.metadata["kind"] == "confirmation"] == [first.text]
+
+
+def test_N1_N2_sends_made_while_the_database_is_away_are_recorded_when_it_is_back(ctx, email, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    import notifier.dispatch as dispatch
+
+    apply(ctx, created("b1"), created("b2"))
+    real_record, failures = dispatch.record, []
+
+    def database_away(store, outcomes, **kw):
+        if len(failures) < 2:
+            failures.append(len(outcomes))
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        real_record(store, outcomes, **kw)
+
+    monkeypatch.setattr(dispatch, "record", database_away)
+    assert run_due(ctx)["sent"] == 2 and len(failures) == 2
+    assert len(email.sent) == 2 and {r.state for r in messages(ctx) if r.kind == "info"} == {"sent"}
+
+
 def test_temporary_failure_is_retried_later_with_an_attempt_row(ctx, email):
     calls = []
 
