@@ -15,14 +15,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from datetime import date, datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from notifier import views
 from notifier.domain.planning import zone_of
@@ -77,6 +76,35 @@ def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
 
 def meta_signature(app_secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class MetaError(BaseModel):
+    code: int | str | None = None
+    title: str | None = None
+
+
+class MetaStatus(BaseModel):
+    id: str
+    status: str
+    errors: list[MetaError] = []
+
+
+class MetaValue(BaseModel):
+    statuses: list[MetaStatus] = []  # messages and other fields of the webhook are not ours
+
+
+class MetaChange(BaseModel):
+    value: MetaValue = MetaValue()
+
+
+class MetaEntry(BaseModel):
+    changes: list[MetaChange] = []
+
+
+class MetaWebhook(BaseModel):
+    """The part of Meta's webhook that carries message statuses; other fields are ignored."""
+
+    entry: list[MetaEntry] = []
 
 
 def create_app(ctx: Any) -> FastAPI:
@@ -149,16 +177,15 @@ def create_app(ctx: Any) -> FastAPI:
                                                                                          body)):
             raise HTTPException(status_code=403, detail="invalid signature")
         try:
-            payload = json.loads(body)
-        except ValueError:
-            raise HTTPException(status_code=400, detail="invalid JSON") from None
-        for entry in payload.get("entry", []):
-            for change in entry.get("changes", []):
-                for status in change.get("value", {}).get("statuses", []):
-                    errors = status.get("errors") or []
-                    error = f"whatsapp {errors[0].get('code')}: {errors[0].get('title')}" if errors else None
-                    apply_delivery_status(ctx.store, status.get("id", ""), status.get("status", ""),
-                                          now=ctx.clock.now(), error=error)
+            payload = MetaWebhook.model_validate_json(body)
+        except ValidationError as exc:  # a clear 4xx: Meta retries a 5xx for days
+            raise HTTPException(status_code=400, detail=f"not a WhatsApp webhook: {exc.error_count()} "
+                                                        "problem(s)") from None
+        for entry in payload.entry:
+            for change in entry.changes:
+                for status in change.value.statuses:
+                    error = f"whatsapp {status.errors[0].code}: {status.errors[0].title}" if status.errors else None
+                    apply_delivery_status(ctx.store, status.id, status.status, now=ctx.clock.now(), error=error)
         return Response(status_code=204)
 
     def link_page(token: str, *, act: bool) -> HTMLResponse:

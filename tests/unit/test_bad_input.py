@@ -102,9 +102,6 @@ def test_N5_forged_callbacks_are_refused_and_change_nothing(tmp_path):
         assert tallies[family].tried and tallies[family].bugs == 0, tallies[family].outcomes
 
 
-@pytest.mark.xfail(strict=True, reason="notifier/web/app.py answers 500 to a Meta callback whose (signed) JSON "
-                                       "is not an object of entries/changes/statuses; reported to the dispatch "
-                                       "and callbacks lane with the fix (issue 9 report)")
 def test_N3_N5_a_signed_but_malformed_meta_callback_is_a_clear_4xx_or_ignored(tmp_path):
     tallies = {t.family: t for t in bad_input.fuzz_callbacks(tmp_path, 30, seed=1)}
     assert tallies["Meta, signed, malformed body"].bugs == 0, tallies["Meta, signed, malformed body"].outcomes
