@@ -7,6 +7,7 @@ Configured from the environment (BENCH_BROKER_URL, BENCH_DATABASE_URL, BENCH_KEY
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime
 from functools import cache
 
@@ -38,11 +39,21 @@ def apply_event(body: str) -> None:
     apply_events(_store(), [body], now=NOW, source="baseline")
 
 
+_building = threading.Lock()
+
+
 @cache
-def _context():
+def _built_context():
     from notifier.bootstrap import build
 
     return build()
+
+
+def _context():
+    """One context per worker process: 64 threads asking at once must not build 64 (each with
+    its own connection pool: PostgreSQL ran out of connections)."""
+    with _building:
+        return _built_context()
 
 
 @app.task(name="bench.send_message")

@@ -143,7 +143,8 @@ def run_baseline(n: int, processes: int, concurrency: int) -> dict[str, float]:
         workers = [subprocess.Popen([sys.executable, "-m", "celery", "-A", "bench.baseline", "worker", "-P",
                                      "threads", "-c", str(concurrency), "-Q", "baseline", "--without-gossip",
                                      "--without-mingle", "--loglevel", "WARNING", "-n", f"b{i}@%h"], env=env,
-                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    cwd=ROOT, stdout=subprocess.DEVNULL,
+                                    stderr=open(os.environ.get("BENCH_LOG_DIR", tmp) + f"/baseline-{i}.log", "wb"))
                    for i in range(processes)]
         os.environ.update({k: v for k, v in env.items() if k.startswith(("BENCH_", "NOTIFIER_"))})
         from bench.baseline import app, send_message
