@@ -233,7 +233,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench burst")
     parser.add_argument("--messages", type=int, default=GOAL_MESSAGES)
     parser.add_argument("--processes", type=int, default=2, help="prefork children of the sms worker")
-    parser.add_argument("--concurrency", type=int, default=32, help="sends in flight per worker process")
+    parser.add_argument("--concurrency", type=int, default=64, help="sends in flight per worker process")
     parser.add_argument("--batch", type=int, default=200, help="message ids per dispatch task")
     parser.add_argument("--sweep-batch", type=int, default=5000, help="rows claimed per sweep")
     parser.add_argument("--sweep-interval-s", type=float, default=0.5)

@@ -162,7 +162,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--drain-s", type=float, default=60.0,
                         help="longest wait after the last message fell due (keeps `make bench` bounded)")
     parser.add_argument("--processes", type=int, default=2, help="prefork children of the sms worker")
-    parser.add_argument("--concurrency", type=int, default=32, help="sends in flight per worker process")
+    parser.add_argument("--concurrency", type=int, default=64, help="sends in flight per worker process")
     parser.add_argument("--batch", type=int, default=200, help="message ids per dispatch task")
     parser.add_argument("--sweep-batch", type=int, default=5000)
     parser.add_argument("--sweep-interval-s", type=float, default=0.5)
