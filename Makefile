@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration bench schema clean
+.PHONY: demo test test-unit test-integration bench chaos schema clean
 
 $(STAMP): pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notifier needs Python 3.11 or newer (set PYTHON=...)")'
@@ -24,10 +24,14 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
 
-# every benchmark, each in a process of its own, regenerating docs/benchmarks.md (about 18 minutes
+# every benchmark but chaos, each in a process of its own, regenerating docs/benchmarks.md (about 18 minutes
 # on 2 cores; PostgreSQL and Redis on loopback as for `make test`); one: `$(PY) -m bench NAME --help`
 bench: $(STAMP)
 	$(PY) -m bench all
+
+# the fault-injection run of issue 9 (its own PostgreSQL and Redis; about 6 minutes): docs/reliability.md
+chaos: $(STAMP)
+	$(PY) -m bench chaos
 
 # regenerate docs/events.schema.json from the contract in notifier/domain/events.py
 schema: $(STAMP)

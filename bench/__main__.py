@@ -1,6 +1,6 @@
 """python -m bench NAME [options] | all
 
-`all` (what `make bench` runs) runs every benchmark with its defaults, each in a process of its
+`all` (what `make bench` runs) runs every benchmark but chaos with its defaults, each in a process of its
 own: a bench leaves nothing behind for the next (a Celery app keeps the connection pool, and
 so the Redis key prefix, of its first use; caches stay warm); it says how long each took.
 """
@@ -13,6 +13,7 @@ import sys
 import time
 
 BENCHES = ("ingest", "dispatch", "burst", "steady", "sweep", "memory", "limits", "chaos")
+ALL = BENCHES[:-1]  # `all` stays within make bench's 20 minutes; chaos (about 6 min more) runs by name: make chaos
 
 
 def run_all() -> int:
@@ -21,7 +22,7 @@ def run_all() -> int:
     took: list[str] = []
     failed: list[tuple[str, int]] = []
     started = time.perf_counter()
-    for bench in BENCHES:
+    for bench in ALL:
         begun = time.perf_counter()
         code = subprocess.call([sys.executable, "-m", "bench", bench])
         took.append(f"{bench} {time.perf_counter() - begun:.0f} s" + (f" (failed: exit {code})" if code else ""))
