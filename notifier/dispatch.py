@@ -469,6 +469,10 @@ def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
         insert_rows(tx.conn, t.send_attempts, ATTEMPT_COLUMNS, attempts)
         _set_states(tx.conn, states)
         insert_rows(tx.conn, t.timeline, TIMELINE_COLUMNS, timeline, keys=["dedup_key"], expect_new=True)
+        created = [_activity_created(d) for d in outcomes
+                   if d.message.channel is Channel.ACTIVITY and d.state is MessageState.SENT]
+        if created:  # the booking system's planner learns of the task it was given (outbox, published by the sweep)
+            tx.conn.execute(t.outbox.insert(), created)
         for d in outcomes:
             if d.fallback:
                 replan_in(tx.conn, d.message.tenant_id, d.message.booking_id, now=d.at, regions=regions)
@@ -507,6 +511,13 @@ def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> None:
                                                         c.template_version),
                          due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at)),
                  [dict(zip(_STATE_FIELDS, row, strict=True)) for row in states])
+
+
+def _activity_created(d: Done) -> dict[str, Any]:
+    m = d.message
+    return {"tenant_id": m.tenant_id, "type": "activity.created", "created_at": d.at, "payload": {
+        "booking_id": m.booking_id, "message_id": m.id, "kind": m.kind, "delivered_as": d.provider_message_id,
+        "at": d.at.isoformat()}}
 
 
 def _timeline_entry(d: Done) -> tuple[Any, ...]:

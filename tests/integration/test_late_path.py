@@ -91,6 +91,9 @@ def test_R16_R17_R18_a_customer_who_does_not_come_from_follow_up_to_released_slo
         [activity] = staff("activity_late")
         assert activity["type"] == "notifier.activity" and activity["booking_id"] == "B-7"
         assert activity["title"] == "Anrufen: Erika Mustermann ist nicht da"
+        wait_for(lambda: events("activity.created"), "activity.created to the booking system", group)
+        [told] = events("activity.created")
+        assert (told["booking_id"], told["kind"]) == ("B-7", "activity_late")
 
         # R18: thirty minutes: the slot goes back, the staff hears of it, the booking system too
         now = at(VISIT + 30 * MINUTE)
@@ -112,7 +115,8 @@ def test_R16_R17_R18_a_customer_who_does_not_come_from_follow_up_to_released_slo
                  >= sweeps + 5, "five more state sweeps", group)
         assert [m["Subject"].split(":")[0] for m in mail_sink.messages] == [
             mail_sink.messages[0]["Subject"].split(":")[0], "Wir warten auf Sie"]
-        assert (len(staff("activity_late")), len(staff("staff_released")), len(events("slot.released"))) == (1, 1, 1)
+        assert (len(staff("activity_late")), len(staff("staff_released")), len(events("slot.released")),
+                len(events("activity.created"))) == (1, 1, 1, 1)
         kinds = [e["kind"] for e in timeline_of(ctx.store, TENANT, "B-7")]
         for kind in ("marker.late.on", "marker.orange.on", "slot.released"):
             assert kinds.count(kind) == 1, kind
