@@ -56,7 +56,7 @@ from notifier.domain.retry import compute_backoff_s
 from notifier.links import ACTIONS, LinkSigner
 from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
-from notifier.services import replan_in, settings_for
+from notifier.services import apply_pending_statuses, replan_in, settings_for
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import insert_rows
@@ -457,7 +457,7 @@ def _ms(started: float) -> int:
 def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
     """Attempt rows, message states and timeline entries of many messages, in one transaction,
     with the fallback of each permanent failure planned in the same commit (the planner plans
-    it from the failed key). A message is only moved out of `sending`, so a late or repeated
+    it from the failed key) and the provider's status reports that came before the record. A message is only moved out of `sending`, so a late or repeated
     record changes nothing."""
     attempts = [(d.message.id, d.at, d.duration_ms, d.outcome, d.code, d.error)
                 for d in outcomes if d.outcome is not None]
@@ -469,6 +469,8 @@ def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
         insert_rows(tx.conn, t.send_attempts, ATTEMPT_COLUMNS, attempts)
         _set_states(tx.conn, states)
         insert_rows(tx.conn, t.timeline, TIMELINE_COLUMNS, timeline, keys=["dedup_key"], expect_new=True)
+        apply_pending_statuses(tx.conn, [d.provider_message_id for d in outcomes
+                                         if d.state is MessageState.SENT and d.provider_message_id], outcomes[0].at)
         created = [_activity_created(d) for d in outcomes
                    if d.message.channel is Channel.ACTIVITY and d.state is MessageState.SENT]
         if created:  # the booking system's planner learns of the task it was given (outbox, published by the sweep)

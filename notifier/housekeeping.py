@@ -33,7 +33,10 @@ RETAINED = {
     "processed_events": (t.processed_events, t.processed_events.c.event_id, t.processed_events.c.processed_at),
     "outbox": (t.outbox, t.outbox.c.id, t.outbox.c.published_at),  # published ones only: NULL is never < cutoff
     "attempts": (t.send_attempts, t.send_attempts.c.id, t.send_attempts.c.started_at),
+    # status reports that never found their message (another system's, on a shared provider account)
+    "pending_statuses": (t.pending_statuses, t.pending_statuses.c.id, t.pending_statuses.c.received_at),
 }
+PENDING_STATUSES_S = 86400.0  # a send is recorded long before a day is out
 
 
 @dataclass
@@ -43,6 +46,7 @@ class HousekeepingReport:
     processed_events: int = 0  # rows deleted past retention
     outbox: int = 0
     attempts: int = 0
+    pending_statuses: int = 0
 
 
 def expired_rows_statement(what: str, *, before: datetime, limit: int, dialect: str) -> Delete:
@@ -87,4 +91,4 @@ def housekeeping(store: Store, *, now: datetime, hold_s: float, retention_s: Map
 
 def retention_from(settings: Any) -> dict[str, float]:
     return {"processed_events": settings.retention_processed_events_s, "outbox": settings.retention_outbox_s,
-            "attempts": settings.retention_attempts_s}
+            "attempts": settings.retention_attempts_s, "pending_statuses": PENDING_STATUSES_S}

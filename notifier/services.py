@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 import yaml
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError
 
 from notifier.domain import events as ev
@@ -48,7 +48,7 @@ from notifier.links import LinkClaims
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import insert_rows
-from notifier.store.sql import Store, booking_from, state_checks_statement
+from notifier.store.sql import Store, Tx, booking_from, state_checks_statement
 
 log = logging.getLogger("notifier")
 
@@ -489,29 +489,68 @@ def sweep_due(store: Store, *, now: datetime, lease_s: int, limit: int, batch: i
 def apply_delivery_status(store: Store, provider_message_id: str, status: str, *, now: datetime,
                           error: str | None = None) -> str:
     """A provider's status report: applied forward-only (N5), once (N2). Returns "applied",
-    "ignored" (a duplicate or late news) or "unknown" (not one of ours)."""
+    "ignored" (a duplicate or late news), "pending" (no message of ours has that id yet: the
+    report is kept and applied when the send is recorded) or "unknown" (a status we do not know)."""
     reported = PROVIDER_STATUS.get(status.lower())
+    if reported is None:
+        return "unknown"
     c = t.messages.c
     with store.transaction() as tx:
+        lock_provider_ids(tx.conn, [provider_message_id])  # against a send being recorded this moment
         query = select(t.messages).where(c.provider_message_id == provider_message_id)
         if store.dialect == "postgresql":
             query = query.with_for_update()
         row = tx.conn.execute(query).first()
-        if row is None or reported is None:
-            return "unknown"
-        new = advance(MessageState(row.state), reported)
-        if new is None:
-            return "ignored"
-        values: dict[str, Any] = {"state": new.value, "updated_at": now}
-        if new is MessageState.FAILED:
-            values["error"] = error or f"provider reported {status}"
-        tx.conn.execute(update(t.messages).where(c.id == row.id).values(**values))
-        detail: dict[str, Any] = {"kind": row.kind, "channel": row.channel, "provider_status": status}
-        if error:
-            detail["reason"] = error
-        tx.add_timeline(row.tenant_id, row.booking_id, now, f"message.{new.value}", detail, message_id=row.id,
-                        dedup_key=f"message:{row.id}:{new.value}")
-        return "applied"
+        if row is None:
+            tx.conn.execute(t.pending_statuses.insert().values(provider_message_id=provider_message_id,
+                                                               status=status, error=error, received_at=now))
+            return "pending"
+        return "applied" if _advance_status(tx, row, status, error, now) else "ignored"
+
+
+def lock_provider_ids(conn: Any, provider_message_ids: list[str]) -> None:
+    """PostgreSQL: a status report and the recording of its send take the same lock, so a report
+    is either found by the record or finds the recorded message (SQLite serialises writers)."""
+    if provider_message_ids and conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended('p:' || k, 0) AS h "
+            "FROM unnest(%(ids)s::text[]) AS k ORDER BY k) AS ordered", {"ids": sorted(set(provider_message_ids))})
+
+
+def apply_pending_statuses(conn: Any, provider_message_ids: list[str], now: datetime) -> int:
+    """The reports that came before these sends were recorded, applied forward only and removed."""
+    if not provider_message_ids:
+        return 0
+    p, c = t.pending_statuses.c, t.messages.c
+    lock_provider_ids(conn, provider_message_ids)
+    pending = conn.execute(select(t.pending_statuses).where(p.provider_message_id.in_(provider_message_ids))
+                           .order_by(p.id)).all()
+    if not pending:
+        return 0
+    tx = Tx(conn)
+    for report in pending:
+        row = conn.execute(select(t.messages).where(c.provider_message_id == report.provider_message_id)).first()
+        if row is not None:
+            _advance_status(tx, row, report.status, report.error, now)
+    conn.execute(delete(t.pending_statuses).where(p.id.in_([r.id for r in pending])))
+    return len(pending)
+
+
+def _advance_status(tx: Tx, row: Any, status: str, error: str | None, now: datetime) -> bool:
+    c = t.messages.c
+    new = advance(MessageState(row.state), PROVIDER_STATUS[status.lower()])
+    if new is None:
+        return False
+    values: dict[str, Any] = {"state": new.value, "updated_at": now}
+    if new is MessageState.FAILED:
+        values["error"] = error or f"provider reported {status}"
+    tx.conn.execute(update(t.messages).where(c.id == row.id).values(**values))
+    detail: dict[str, Any] = {"kind": row.kind, "channel": row.channel, "provider_status": status}
+    if error:
+        detail["reason"] = error
+    tx.add_timeline(row.tenant_id, row.booking_id, now, f"message.{new.value}", detail, message_id=row.id,
+                    dedup_key=f"message:{row.id}:{new.value}")
+    return True
 
 
 # --- the customer's links (R11, R14, N4) -------------------------------------------------------

@@ -240,6 +240,18 @@ template_bundles = Table(
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
 )
 
+pending_statuses = Table(
+    "pending_statuses",  # provider status reports that came before their send was recorded
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("provider_message_id", String(200), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("error", Text),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+Index("ix_pending_statuses_provider_id", pending_statuses.c.provider_message_id)
+Index("ix_pending_statuses_received_at", pending_statuses.c.received_at)  # housekeeping
+
 outbox = Table(
     "outbox",  # events for the booking system, written with the change, published after commit
     metadata,

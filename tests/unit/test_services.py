@@ -245,6 +245,30 @@ def test_N1_N2_sends_made_while_the_database_is_away_are_recorded_when_it_is_bac
     assert len(email.sent) == 2 and {r.state for r in messages(ctx) if r.kind == "info"} == {"sent"}
 
 
+def test_N5_a_status_report_that_comes_before_the_send_is_recorded_is_applied_when_it_is(ctx, email,
+                                                                                         monkeypatch):
+    import notifier.dispatch as dispatch
+    from notifier.services import apply_delivery_status
+
+    apply(ctx, created())
+    real_record, early = dispatch.record, []
+
+    def provider_is_quicker(store, outcomes, **kw):  # its callback arrives before our commit
+        for d in outcomes:
+            if d.provider_message_id:
+                early.append(apply_delivery_status(store, d.provider_message_id, "delivered", now=d.at))
+        real_record(store, outcomes, **kw)
+
+    monkeypatch.setattr(dispatch, "record", provider_is_quicker)
+    assert run_due(ctx)["sent"] == 1
+    assert early == ["pending"]
+    assert [r.state for r in messages(ctx) if r.kind == "info"] == ["delivered"]
+    assert [e["kind"] for e in timeline_of(ctx.store, "salon-berlin", "b1")][-2:] == ["message.sent",
+                                                                                   "message.delivered"]
+    with ctx.store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.pending_statuses)).scalar_one() == 0
+
+
 def test_temporary_failure_is_retried_later_with_an_attempt_row(ctx, email):
     calls = []
 
