@@ -1140,12 +1140,14 @@ def _duplicate_evidence(key: str, channel: str, row: dict[str, Any], receipts: l
     # such, or a slow answer that came too late for the client on a busy machine
     timed_out = any(a["outcome"] == "temporary" and a["code"] in ("timeout", "connection")
                     and first - 1 <= a["started_at"] <= first + TIMEOUT_S + HANG_S for a in attempt_rows)
+    # a kill before a database outage: since dispatch waits out an outage while its claims hold
+    # (D2), an outcome lost in an outage is one whose worker was killed while it waited
     if any(r.get("fault") == "lost_answer" for r in receipts[:-1]) or timed_out:
         cause = "answer_lost"
-    elif db_down and unrecorded > 0:
-        cause = "database_down_when_recording"
     elif killed and unrecorded > 0:
         cause = "worker_killed"
+    elif db_down and unrecorded > 0:
+        cause = "database_down_when_recording"
     else:
         cause = "unexplained"
     unavoidable = channel not in ASKABLE and cause in ("answer_lost", "worker_killed")
