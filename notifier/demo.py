@@ -128,14 +128,18 @@ def run_demo(keep: bool = False) -> int:
         def ingested() -> bool:
             return count(t.processed_events) + count(t.dead_letters) >= published
 
-        def settled() -> bool:
+        def busy() -> list[Any]:
             c = t.messages.c
-            current = clock.now()
             with ctx.store.engine.connect() as conn:
-                busy = conn.execute(select(func.count()).select_from(t.messages).where(
-                    ((c.state == "planned") & (c.due_at <= current)) | c.state.in_(["queued", "sending"]))
-                ).scalar_one()
-            return busy == 0
+                return conn.execute(select(c.id, c.booking_id, c.kind, c.channel, c.state, c.due_at, c.attempts)
+                                    .where(((c.state == "planned") & (c.due_at <= clock.now()))
+                                           | c.state.in_(["queued", "sending"]))).all()
+
+        def settled() -> bool:
+            return not busy()
+
+        def explain() -> str:
+            return "still busy:\n" + "\n".join(f"  {row}" for row in busy())
 
         try:
             pipeline.start("worker", "worker", "-P", "threads", "-c", "4")
@@ -160,7 +164,7 @@ def run_demo(keep: bool = False) -> int:
                     published += len(batch)
                     print(f"  {moment.astimezone(BERLIN):%a %H:%M} published {len(batch)} events")
                     wait_for(ingested, "the ingester", pipeline)
-                wait_for(settled, f"messages due at {moment.isoformat()}", pipeline)
+                wait_for(settled, f"messages due at {moment.isoformat()}", pipeline, explain=explain)
         finally:
             pipeline.stop()
 

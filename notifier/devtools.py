@@ -72,6 +72,15 @@ class ProcessGroup:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.root / (name + '.log')}")
 
+    def tails(self, lines: int = 15) -> str:
+        """The last lines of each process's log: what a timeout reports, so a failure on CI says why."""
+        parts = []
+        for name in self.procs:
+            path = self.root / f"{name}.log"
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+            parts.append(f"--- {name}.log (last {len(text)} lines)\n" + "\n".join(text))
+        return "\n".join(parts)
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -85,12 +94,16 @@ class ProcessGroup:
                 proc.wait()
 
 
-def wait_for(condition: Callable[[], bool], what: str, pipeline: ProcessGroup, timeout_s: float = 60.0) -> None:
+def wait_for(condition: Callable[[], bool], what: str, pipeline: ProcessGroup, timeout_s: float = 60.0,
+             explain: Callable[[], str] | None = None) -> None:
+    """Poll `condition` until it holds; past the deadline, fail with what `explain` says and the
+    processes' log tails."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         pipeline.check()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what}")
+            detail = explain() if explain else ""
+            raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s\n{detail}\n{pipeline.tails()}")
         time.sleep(0.05)
 
 

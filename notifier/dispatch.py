@@ -18,6 +18,7 @@ are stamped with its first due time), which is what lets the provider's copy be 
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -66,6 +67,7 @@ from notifier.store.sql import MessageRow, Store, Tx
 CARD_KINDS = {Kind.INFO.value, Kind.REQUEST_ACCEPTED.value, Kind.CHANGE.value, Kind.CANCELLATION.value}
 RECORD_EVERY = 64  # outcomes per recording transaction, at most
 RECORD_WAIT_S = 0.2  # and no outcome waits longer than this for its commit
+log = logging.getLogger("notifier.dispatch")
 
 
 @dataclass
@@ -183,7 +185,7 @@ def _load(store: Store, claimed: list[MessageRow], regions: Any) -> _Loaded:
     return loaded
 
 
-ANSWER_UNKNOWN = {"timeout", "connection"}  # attempt codes after which the provider may have the message
+ANSWER_UNKNOWN = {"timeout", "connection", "unexpected"}  # attempt codes after which the provider may have the message
 
 
 def _in_doubt(conn: Any, again: list[MessageRow]) -> set[int]:
@@ -408,6 +410,11 @@ def transmit(ctx: Any, item: Ready) -> Done:
     except PermanentFailure as exc:
         return Done(message, MessageState.FAILED, ctx.clock.now(), error=exc.reason, outcome="permanent",
                     code=exc.code, duration_ms=_ms(started), fallback=item.fallback)
+    except Exception as exc:  # noqa: BLE001 - an adapter's bug must not sink the rest of the batch
+        # the request may have gone out before it broke: "unexpected" puts the message in doubt
+        log.exception("%s adapter failed unexpectedly on message %s", message.channel.value, message.id)
+        return _retry(ctx, message, ctx.clock.now(), f"unexpected {exc.__class__.__name__}: {exc}", "unexpected",
+                      duration_ms=_ms(started))
     return Done(message, MessageState.SENT, ctx.clock.now(), outcome="sent", code=result.provider_code,
                 duration_ms=_ms(started), provider_message_id=result.provider_message_id, template=item.template)
 

@@ -24,9 +24,15 @@ def sweep_due_task() -> int:
     s = ctx.settings
     batches = sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
                         batch=s.dispatch_batch)
-    for channel, ids in batches:
-        dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel],
-                                   argsrepr=dispatch_argsrepr(channel, ids), kwargsrepr="{}")
+    for number, (channel, ids) in enumerate(batches):
+        try:
+            dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel],
+                                       argsrepr=dispatch_argsrepr(channel, ids), kwargsrepr="{}")
+        except Exception:
+            # the broker refused (after Celery's own retries): what was not handed out goes back
+            # to the plan for the next sweep instead of waiting out its lease
+            ctx.store.release_claims([i for _, rest in batches[number:] for i in rest], now=ctx.clock.now())
+            raise
     publish_outbox(ctx.store, OutboundPublisher(s), now=ctx.clock.now())  # after their commit, at least once
     return sum(len(ids) for _, ids in batches)
 

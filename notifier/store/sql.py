@@ -524,6 +524,18 @@ class Store:
             ).all()
         return sorted((_message(r) for r in rows), key=lambda m: m.id)
 
+    def release_claims(self, message_ids: Iterable[int], now: datetime) -> int:
+        """Claims the due sweep made but could not hand out (the broker refused the dispatch
+        task) go back to the plan at once rather than waiting for their lease. A task that did
+        reach the broker then finds nothing queued to take, so nothing is sent twice."""
+        c = t.messages.c
+        ids = sorted(set(message_ids))
+        if not ids:
+            return 0
+        with self.engine.begin() as conn:
+            return conn.execute(update(t.messages).where(c.id.in_(ids), c.state == MessageState.QUEUED.value)
+                                .values(state=MessageState.PLANNED.value, lease_until=None, updated_at=now)).rowcount
+
     def count_by_state(self) -> dict[str, int]:
         c = t.messages.c
         with self.engine.connect() as conn:

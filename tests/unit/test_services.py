@@ -152,6 +152,25 @@ def test_N1_an_expired_claim_comes_back_to_the_sweep(ctx, email):
     assert again == ids
 
 
+def test_N1_a_batch_the_broker_refused_goes_back_to_the_plan_at_once(ctx, email, monkeypatch):
+    from kombu.exceptions import OperationalError
+
+    import tasks.sweep
+
+    def refused(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    apply(ctx, created("b1"), created("b2"))
+    monkeypatch.setattr(tasks.sweep, "context", lambda: ctx)
+    monkeypatch.setattr(tasks.sweep.dispatch_batch, "apply_async", refused)
+    with pytest.raises(OperationalError):
+        tasks.sweep.sweep_due_task()
+    due = [r for r in messages(ctx) if r.due_at <= ctx.clock.now()]
+    assert len(due) == 2 and {r.state for r in due} == {"planned"}  # not stuck `queued` for a lease
+    monkeypatch.undo()
+    assert run_due(ctx)["sent"] == 2
+
+
 def test_N1_N2_an_attempt_that_ended_unrecorded_is_looked_up_at_the_provider_not_sent_again(ctx, email,
                                                                                           monkeypatch):
     import notifier.dispatch as dispatch
@@ -311,6 +330,26 @@ def test_N3_a_message_that_cannot_be_prepared_is_retried_and_the_rest_of_its_bat
     assert retry["detail"]["reason"] == "could not prepare: RuntimeError: bundle store unreachable"
     [row] = [r for r in messages(ctx) if r.booking_id == "b2" and r.kind == "info"]
     assert row.state == "planned" and row.due_at > START  # back in the plan, after a backoff
+
+
+def test_N1_N2_an_adapter_that_breaks_unexpectedly_costs_one_message_a_lookup_not_the_batch(ctx, email):
+    def broken_after_sending(message):  # a bug in an adapter, after the provider took b2's message
+        if message.metadata["booking_id"] == "b2" and message.metadata["kind"] == "info":
+            email.sent.append(message)
+            raise KeyError("status")
+
+    email.behaviour = broken_after_sending
+    apply(ctx, created("b1"), created("b2"))
+    first = run_due(ctx)
+    assert first["retried"] == 1 and first["sent"] == 1, first  # b1's went out and was recorded
+    [row] = [r for r in messages(ctx) if r.booking_id == "b2" and r.kind == "info"]
+    assert row.state == "planned"
+    [retry] = [e for e in timeline_of(ctx.store, "salon-berlin", "b2") if e["kind"] == "message.retry"]
+    assert retry["detail"]["reason"] == "unexpected KeyError: 'status'"
+    email.behaviour = None
+    ctx.clock.set(row.due_at)
+    assert run_due(ctx)["reconciled"] == 1  # in doubt: found at the provider, not sent twice
+    assert sum(o.metadata["booking_id"] == "b2" and o.metadata["kind"] == "info" for o in email.sent) == 1
 
 
 def test_permanent_failure_fails_once_with_the_reason_on_the_timeline(ctx, email):
