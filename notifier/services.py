@@ -89,6 +89,7 @@ class IngestReport:
     held: int = 0
     dead: int = 0
     dead_reasons: list[str] = field(default_factory=list)
+    deferred: list[int] = field(default_factory=list)  # positions of the bodies left for the next batch
 
     def merge(self, other: "IngestReport") -> None:
         for name in ("applied", "duplicates", "stale", "held", "dead"):
@@ -101,27 +102,35 @@ def _text(body: bytes | str) -> str:
 
 
 def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, source: str,
-                 regions: Mapping[str, Iterable[str]] | None = None) -> IngestReport:
+                 regions: Mapping[str, Iterable[str]] | None = None, wait_for_locks: bool = True) -> IngestReport:
     """Apply raw events in one transaction. Bad ones go to the dead-letter store; a database
     error propagates so the caller keeps the batch unacknowledged and retries it (N1).
 
     The batch is a unit of work (`BatchSession`): everything it names is loaded in a few
     queries, changed in memory, and written back in bulk. Events are applied in revision
-    order per aggregate, so a batch that carries a booking's whole history holds nothing."""
+    order per aggregate, so a batch that carries a booking's whole history holds nothing.
+
+    A booking or customer another ingester's batch holds is waited for, or with
+    `wait_for_locks=False` left alone: its events are neither applied nor recorded, and
+    their positions in `bodies` come back in `report.deferred` for the caller to offer again."""
     report = IngestReport()
-    parsed: list[tuple[ev.Event, str]] = []
-    with store.transaction() as tx:
+    parsed: list[tuple[ev.Event, str, int]] = []
+    bodies = list(bodies)
+    with store.transaction(session_locks=not wait_for_locks) as tx:
         session = BatchSession(tx.conn)
         session.regions = dict(regions or {})
-        for body in bodies:
+        for position, body in enumerate(bodies):
             try:
-                parsed.append((ev.parse_event(body), _text(body)))
+                parsed.append((ev.parse_event(body), _text(body), position))
             except ev.InvalidEvent as exc:
                 _dead(session, report, source, f"invalid event: {exc.reason}", _text(body), now)
         parsed.sort(key=lambda item: (item[0].tenant_id, ev.aggregate_of(item[0]), item[0].revision))
-        _preload(session, [e for e, _ in parsed])
-        fresh = _claim(session, [e for e, _ in parsed if session.tenant(e.tenant_id) is not None], now)
-        for event, text in parsed:
+        busy = _preload(session, [e for e, _, _ in parsed], wait=wait_for_locks)
+        if busy:
+            report.deferred = sorted(position for event, _, position in parsed if event.event_id in busy)
+            parsed = [item for item in parsed if item[0].event_id not in busy]
+        fresh = _claim(session, [e for e, _, _ in parsed if session.tenant(e.tenant_id) is not None], now)
+        for event, text, _ in parsed:
             if session.tenant(event.tenant_id) is None:
                 _dead(session, report, source, f"unknown tenant {event.tenant_id!r}", text, now)
                 continue
@@ -146,7 +155,27 @@ def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, 
     return report
 
 
-def _preload(session: BatchSession, events: list[ev.Event]) -> None:
+def _lock_keys(event: ev.Event) -> list[str]:
+    """The advisory locks an event's application needs before anything is loaded: its booking,
+    and the customer it names (a booking's own customer is only known once it is loaded)."""
+    kind, aggregate_id = ev.aggregate_of(event)
+    keys = [f"b:{event.tenant_id}:{aggregate_id}"] if kind == "booking" else []
+    if isinstance(event, (ev.BookingCreatedEvent, ev.CustomerUpdatedEvent)):
+        keys.append(f"c:{event.tenant_id}:{event.data.customer.id}")
+    return keys
+
+
+def _preload(session: BatchSession, events: list[ev.Event], *, wait: bool = True) -> set[str]:
+    """Lock and load what the batch's events touch. Returns the ids of the events left alone
+    because another transaction holds one of their locks (only when not `wait`)."""
+    needs = {e.event_id: _lock_keys(e) for e in events}
+    if wait:
+        session.lock(k for keys in needs.values() for k in keys)
+        busy: set[str] = set()
+    else:
+        refused = session.try_lock(k for keys in needs.values() for k in keys)
+        busy = {event_id for event_id, keys in needs.items() if refused.intersection(keys)}
+        events = [e for e in events if e.event_id not in busy]
     bookings, customers, resources = set(), set(), set()
     for event in events:
         kind, aggregate_id = ev.aggregate_of(event)
@@ -157,15 +186,48 @@ def _preload(session: BatchSession, events: list[ev.Event]) -> None:
             resources.add((event.tenant_id, event.data.resource.id))
         elif isinstance(event, ev.CustomerUpdatedEvent):
             customers.add((event.tenant_id, event.data.customer.id))
-    session.lock([f"b:{t}:{b}" for t, b in bookings] + [f"c:{t}:{c}" for t, c in customers])
     session.preload({e.tenant_id for e in events}, bookings, customers, resources)
-    session.prefetch_active_of_customers({(e.tenant_id, e.data.customer.id) for e in events
-                                          if isinstance(e, ev.CustomerUpdatedEvent)})
+    updated = {(e.tenant_id, e.data.customer.id) for e in events
+               if isinstance(e, ev.CustomerUpdatedEvent) or _changes_reach(session, e)}
+    siblings = session.active_of_customers(updated) if updated else {}
+    if not wait and (refused := session.try_lock(f"b:{t}:{b}" for (t, _), bs in siblings.items() for b in bs)):
+        # a customer one of whose bookings another batch holds: their events wait for the next batch
+        blocked = {f"c:{t}:{c}" for (t, c), bs in siblings.items() if any(f"b:{t}:{b}" in refused for b in bs)}
+        busy |= {event_id for event_id, keys in needs.items() if blocked.intersection(keys)}
+        events = [e for e in events if e.event_id not in busy]
+        siblings = {k: v for k, v in siblings.items() if f"c:{k[0]}:{k[1]}" not in blocked}
+    session.prefetch_active_of_customers(set(siblings), siblings)
     # the customers and resources of the bookings the batch touches, for planning
     known = [b for b in (session.bookings.get(k) for k in bookings) if b is not None]
-    session.lock(f"c:{b.tenant_id}:{b.customer_id}" for b in known)
+    customer_keys = {f"c:{b.tenant_id}:{b.customer_id}" for b in known}
+    if wait:
+        session.lock(customer_keys)
+    elif refused := session.try_lock(customer_keys):
+        held_by_others = {(b.tenant_id, b.id) for b in known if f"c:{b.tenant_id}:{b.customer_id}" in refused}
+        busy |= {e.event_id for e in events if ev.aggregate_of(e)[0] == "booking"
+                 and (e.tenant_id, ev.aggregate_of(e)[1]) in held_by_others}
+        known = [b for b in known if (b.tenant_id, b.id) not in held_by_others]
     session.preload((), (), {(b.tenant_id, b.customer_id) for b in known},
                     {(b.tenant_id, b.resource_id) for b in known})
+    if busy:  # what only the deferred events took goes back now, for the batch that holds the rest
+        needed = {k for e in events if e.event_id not in busy for k in needs[e.event_id]}
+        needed |= {f"c:{b.tenant_id}:{b.customer_id}" for b in known}
+        needed |= {f"b:{t}:{b}" for (t, _), bs in siblings.items() for b in bs}
+        session.unlock(session.tried - needed)
+    return busy
+
+
+def _changes_reach(session: BatchSession, event: ev.Event) -> bool:
+    """A new booking whose customer data changes what the customer's other bookings send: they
+    are replanned (`_apply_one`), so they are locked and loaded with the batch."""
+    if not isinstance(event, ev.BookingCreatedEvent):
+        return False
+    tenant = session.tenant(event.tenant_id)
+    known = session.customer(event.tenant_id, event.data.customer.id) if tenant is not None else None
+    if known is None:
+        return False
+    customer, _ = _customer(tenant, event.data.customer, 0, event.occurred_at)
+    return customer.newer_than(known) and _reach(known) != _reach(customer)
 
 
 def _claim(session: BatchSession, events: list[ev.Event], now: datetime) -> set[str]:

@@ -151,16 +151,25 @@ class MeteredSource:
         batch = self.source.fetch(max_n, wait_s, block_s)
         if batch is None:
             return None
-        started, ack = time.perf_counter(), batch.ack
+        started, ack, keep = time.perf_counter(), batch.ack, batch.keep
         m = metrics()
+
+        def observe(settled: int) -> None:
+            m.ingest_batch_seconds.observe(time.perf_counter() - started)
+            m.ingest_batch_events.observe(settled)
+            m.ingest_last_batch.set(time.time())
 
         def timed_ack() -> None:
             ack()
-            m.ingest_batch_seconds.observe(time.perf_counter() - started)
-            m.ingest_batch_events.observe(len(batch.bodies))
-            m.ingest_last_batch.set(time.time())
+            observe(len(batch.bodies))
+
+        def timed_keep(positions: list[int]) -> None:
+            keep(positions)
+            observe(len(batch.bodies) - len(positions))
 
         batch.ack = timed_ack
+        if keep is not None:
+            batch.keep = timed_keep
         return batch
 
     def close(self) -> None:

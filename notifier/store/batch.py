@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from notifier.domain.model import Booking, BookingStatus, Channel, Customer, MessageState, Resource, Tenant
 from notifier.domain.planning import ExistingMessage, PlanDiff
 from notifier.store import schema as t
-from notifier.store.bulk import bulk_insert, insert_rows
+from notifier.store.bulk import bulk_insert, driver_errors, insert_rows
 from notifier.store.sql import (
     PLAN_CHANGES,
     Tx,
@@ -83,6 +83,7 @@ class BatchSession:
         self.released: set[str] = set()
         self._active_of_customer: dict[Key, list[str]] = {}  # as loaded, before this batch's changes
         self._locked: set[str] = set()
+        self._tried: set[str] = set()  # session locks from try_lock, released after the commit
         self.regions: dict[str, Any] = {}  # channel -> regions where it is not offered (R6)
         self.memo: dict[Any, Any] = {}  # the services' per-batch caches
         self._journal: list[tuple[Any, Any, Any]] | None = None
@@ -150,6 +151,39 @@ class BatchSession:
             "FROM unnest(%(keys)s::text[]) AS k ORDER BY k) AS ordered", {"keys": wanted})
         self._locked.update(wanted)
 
+    def try_lock(self, keys: Iterable[str]) -> set[str]:
+        """`lock` without waiting: takes what is free and returns the keys another transaction
+        holds. An ingester defers the events behind those to its next batch instead of waiting
+        for the other batch to commit, which with big batches would serialise the ingesters.
+
+        These are session locks, so that `unlock` can give back at once what only deferred
+        events took (two ingesters each holding half of what the other's deferred event needs
+        would otherwise defer it for ever); the caller releases the rest after the commit
+        (`Store.transaction(session_locks=True)`)."""
+        wanted = sorted(set(keys) - self._locked)
+        if not wanted or self.conn.dialect.name != "postgresql":
+            return set()
+        rows = self.conn.exec_driver_sql(
+            "SELECT k, pg_try_advisory_lock(hashtextextended(k, 0)) FROM unnest(%(keys)s::text[]) AS k",
+            {"keys": wanted}).all()
+        self._locked.update(k for k, got in rows if got)
+        self._tried.update(k for k, got in rows if got)
+        return {k for k, got in rows if not got}
+
+    def unlock(self, keys: Iterable[str]) -> None:
+        """Give back locks `try_lock` took that no event of this batch needs after all."""
+        unneeded = sorted(set(keys) & self._tried)
+        if unneeded:
+            self.conn.exec_driver_sql(
+                "SELECT pg_advisory_unlock(hashtextextended(k, 0)) FROM unnest(%(keys)s::text[]) AS k",
+                {"keys": unneeded})
+            self._tried.difference_update(unneeded)
+            self._locked.difference_update(unneeded)
+
+    @property
+    def tried(self) -> set[str]:
+        return set(self._tried)
+
     # --- bulk loading -----------------------------------------------------------------------
     def preload(self, tenant_ids: Iterable[str], bookings: Iterable[Key], customers: Iterable[Key],
                 resources: Iterable[Key]) -> None:
@@ -179,7 +213,7 @@ class BatchSession:
                 sql += f' ORDER BY x.tenant_id, x."{id_column}" FOR UPDATE OF x'
             from psycopg.rows import namedtuple_row
 
-            with self.conn.connection.driver_connection.cursor(row_factory=namedtuple_row) as cur:
+            with driver_errors(sql), self.conn.connection.driver_connection.cursor(row_factory=namedtuple_row) as cur:
                 cur.execute(sql, params)
                 return cur.fetchall()
         c = table.c
@@ -261,14 +295,22 @@ class BatchSession:
             self._load_resources({(tenant_id, resource_id)})
         return self.resources[(tenant_id, resource_id)]
 
-    def prefetch_active_of_customers(self, keys: set[Key]) -> None:
-        """Load, in one query, the active bookings of customers the batch updates."""
-        if not keys:
-            return
-        found: dict[Key, list[str]] = defaultdict(list)
+    def active_of_customers(self, keys: set[Key]) -> dict[Key, list[str]]:
+        """The ids of these customers' active bookings, in one query, locking nothing."""
+        found: dict[Key, list[str]] = {key: [] for key in keys}
         for row in self._select(t.bookings, ["tenant_id", "customer_id", "id"], "customer_id", keys,
                                 equal=("status", BookingStatus.ACTIVE.value)):
             found[(row.tenant_id, row.customer_id)].append(row.id)
+        return found
+
+    def prefetch_active_of_customers(self, keys: set[Key], found: dict[Key, list[str]] | None = None) -> None:
+        """Lock and load the active bookings of customers the batch updates (`found`: their ids,
+        when the caller has already asked). Each booking's lock is taken before its row's, as
+        everywhere: row locks taken under a customer's lock alone let two ingesters deadlock."""
+        if not keys:
+            return
+        found = self.active_of_customers(keys) if found is None else found
+        self.lock(f"b:{tid}:{b}" for (tid, _), bs in found.items() for b in bs)
         for key in keys:
             self._active_of_customer[key] = found.get(key, [])
         self._load_bookings({(tid, b) for (tid, _), bs in found.items() for b in bs} - set(self.bookings))
@@ -281,7 +323,10 @@ class BatchSession:
             ids = set(known)
         else:
             ids = set(self.tx.active_bookings(tenant_id, customer_id=customer_id, resource_id=resource_id))
-        self._load_bookings({(tenant_id, i) for i in ids} - set(self.bookings))
+        unloaded = {(tenant_id, i) for i in ids} - set(self.bookings)
+        if self.lock_bookings:
+            self.lock(f"b:{tid}:{bid}" for tid, bid in sorted(unloaded))
+        self._load_bookings(unloaded)
         for (tid, bid), booking in self.bookings.items():
             if tid != tenant_id or booking is None:
                 continue

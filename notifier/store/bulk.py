@@ -10,11 +10,14 @@ dumper per value, and rows can be handed over as tuples (`insert_rows`) without 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Connection, Integer, Table
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
 
 from notifier.store.schema import UTCDateTime
 
@@ -61,8 +64,27 @@ def insert_rows(conn: Connection, table: Table, columns: list[str], rows: list[t
                        update=update, returning=returning)
 
 
+@contextmanager
+def driver_errors(what: str) -> Iterator[None]:
+    """Work on psycopg's own cursor raises psycopg's errors, which SQLAlchemy never saw: they
+    are raised as SQLAlchemy's (`DBAPIError` and its kinds), so a database outage or a
+    deadlock there is retried by the callers like any other, not taken for a bug."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(what, None, exc, psycopg.Error) from exc
+
+
 def _copy_insert(conn: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
                  keys: list[str] | None, update: bool, returning: str | None) -> list[Any]:
+    with driver_errors(f"COPY {table.name}"):
+        return _copy_insert_raw(conn, table, columns, rows, keys, update, returning)
+
+
+def _copy_insert_raw(conn: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
+                     keys: list[str] | None, update: bool, returning: str | None) -> list[Any]:
     raw = conn.connection.driver_connection
     names = ", ".join(f'"{c}"' for c in columns)
     types = _copy_types(table, tuple(columns))
@@ -97,7 +119,7 @@ def _copy_unless_conflict(conn: Connection, table: Table, columns: list[str], ro
 
     raw = conn.connection.driver_connection
     names = ", ".join(f'"{c}"' for c in columns)
-    with raw.cursor() as cur:
+    with driver_errors(f"COPY {table.name}"), raw.cursor() as cur:
         cur.execute("SAVEPOINT _bulk_copy")
         try:
             _copy(cur, table.name, names, _copy_types(table, tuple(columns)), rows)

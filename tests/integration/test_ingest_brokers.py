@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from notifier import ingest
 from notifier.store import schema as t
-from tests.conftest import ROOT, START, created, event, make_context, make_settings, settings_env
+from tests.conftest import ROOT, START, created, customer, event, make_context, make_settings, settings_env
 
 
 def count(ctx, table):
@@ -77,3 +77,92 @@ def test_N1_events_held_by_a_dead_consumer_are_recovered_and_applied_once(tmp_pa
     assert client.llen(f"{key_prefix}.events") == 0
     assert not list(client.scan_iter(match=f"{key_prefix}.events:processing:*"))
     ctx.close()
+
+
+def test_N1_N2_an_event_whose_booking_another_batch_holds_opens_the_next_batch_instead_of_waiting(
+        tmp_path, pg_url, redis_url, key_prefix, clock):
+    """P1: two ingesters do not queue behind each other's transactions. The event of a booking
+    another batch holds is left in this consumer's processing list, the rest is applied at once,
+    and the left event is applied, once, as soon as the other batch commits."""
+    import threading
+    import time
+
+    from notifier.store.batch import BatchSession
+
+    def wait_until(condition, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            time.sleep(0.02)
+
+    settings = make_settings(tmp_path, database_url=pg_url, events_url=redis_url,
+                             events_queue=f"{key_prefix}.events")
+    ctx = make_context(settings)
+    client = redis.Redis.from_url(redis_url)
+    first = json.dumps(created("b1"))
+    client.rpush(f"{key_prefix}.events", first, json.dumps(created("b2")))
+
+    def bookings() -> set[str]:
+        with ctx.store.engine.connect() as conn:
+            return set(conn.execute(select(t.bookings.c.id)).scalars())
+
+    other = ctx.store.engine.connect()
+    other_batch = other.begin()
+    BatchSession(other).lock(["b:salon-berlin:b1"])  # another ingester's open batch holds b1
+    source = ingest.RedisListSource(redis_url, f"{key_prefix}.events", "a")
+    stop = threading.Event()
+    total: list = []
+    consumer = threading.Thread(target=lambda: total.append(ingest.run(ctx, source, stop=stop.is_set)))
+    consumer.start()
+    try:
+        wait_until(lambda: bookings() == {"b2"}, timeout_s=20)  # b2 did not wait for b1's holder
+        assert client.lrange(f"{key_prefix}.events:processing:a", 0, -1) == [first.encode()]  # kept, not acked
+        other_batch.commit()  # the other batch ends
+        wait_until(lambda: bookings() == {"b1", "b2"}, timeout_s=20)
+    finally:
+        stop.set()
+        consumer.join(timeout=30)
+        other.close()
+    assert total[0].applied == 2 and total[0].duplicates == 0
+    assert client.llen(f"{key_prefix}.events") == 0 and client.llen(f"{key_prefix}.events:processing:a") == 0
+    source.close()
+    ctx.close()
+
+
+def test_P1_a_deferred_event_gives_back_the_locks_it_took_so_two_ingesters_cannot_defer_each_other_for_ever(
+        tmp_path, pg_url, clock):
+    """Ingester A holds customer c1 and defers an event that also needs booking b1; B holds b1 and
+    defers one that needs c1. If each kept what its deferred event took, both would defer again
+    on every batch. A gives back b1 at once, and every lock it took after its transaction."""
+    from sqlalchemy import text
+
+    from notifier.domain import events as ev
+    from notifier.services import _preload
+    from notifier.store.batch import BatchSession
+
+    ctx = make_context(make_settings(tmp_path, database_url=pg_url))
+
+    def free(key: str) -> bool:  # asked from a third connection; given back at once if taken
+        with ctx.store.engine.connect() as conn:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"), {"k": key}).scalar()
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": key})
+            return got
+
+    holder = ctx.store.engine.connect()
+    holder_batch = holder.begin()
+    BatchSession(holder).lock(["c:salon-berlin:c1"])  # the other ingester's batch
+    try:
+        with ctx.store.transaction(session_locks=True) as tx:
+            session = BatchSession(tx.conn)
+            event = ev.parse_event(json.dumps(created("b1")))  # needs b:b1 and c:c1
+            assert _preload(session, [event], wait=False) == {event.event_id}
+            assert free("b:salon-berlin:b1")  # what only the deferred event took is back
+            kept = ev.parse_event(json.dumps(created("b2", cust=customer("c2"))))
+            assert _preload(BatchSession(tx.conn), [kept], wait=False) == set()
+            assert not free("b:salon-berlin:b2")  # held for the event being applied
+        assert free("b:salon-berlin:b2") and free("c:salon-berlin:c2")  # and released after the transaction
+    finally:
+        holder_batch.rollback()
+        holder.close()
+        ctx.close()
