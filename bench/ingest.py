@@ -92,7 +92,7 @@ def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -
                     pipe.rpush(queue, *events[i:i + 1000])
                 pipe.execute()
                 # polled on Redis (LLEN is free), not with count(*) on the database the ingesters write
-                wait_until(drained, timeout_s=1800, poll_s=0.02)
+                wait_until(drained, timeout_s=1800, poll_s=0.02, check=lambda: _all_alive(procs))
                 seconds = time.perf_counter() - started
             applied = _processed(store) - len(warmup)
             if applied != len(events):
@@ -106,6 +106,14 @@ def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -
     return {"seconds": seconds, "events_per_s": len(events) / seconds, "messages_planned": planned,
             "cpu_ms_per_event": cpu_ms, "machine_busy": meter.machine_busy,
             "cores_used": sum(meter.used.values()) / meter.elapsed_s}
+
+
+def _all_alive(procs) -> None:
+    """An ingester that died (a deadlock once killed one) would leave the others to do its share
+    and the figure would be of fewer processes than it says."""
+    dead = [p.args for p in procs if p.poll() is not None]
+    if dead:
+        raise SystemExit(f"ingest: {len(dead)} of {len(procs)} ingester processes exited during the run")
 
 
 def _cpu_groups(procs, store, client):
