@@ -24,6 +24,7 @@ from notifier.domain.planning import ExistingMessage, PlanDiff
 from notifier.store import schema as t
 from notifier.store.bulk import bulk_insert, driver_errors, insert_rows
 from notifier.store.sql import (
+    MESSAGE_KEY,
     PLAN_CHANGES,
     Tx,
     booking_from,
@@ -490,12 +491,13 @@ class BatchSession:
                     inserts.append((tenant_id, booking_id, key, dedup, m.kind, _VALUE[m.channel], m.recipient,
                                     _VALUE[m.state], m.due_at, 0, now, now))
                 elif m.state is planned:
-                    replans.append({"dk": dedup, "due": m.due_at, "ch": _VALUE[m.channel]})
+                    replans.append({"t": tenant_id, "b": booking_id, "k": key, "due": m.due_at,
+                                    "ch": _VALUE[m.channel]})
                 elif m.state is withdrawn:
-                    withdrawals.append({"dk": dedup})
+                    withdrawals.append({"t": tenant_id, "b": booking_id, "k": key})
         c = t.messages.c
         # planned from what was loaded under the booking's lock: a conflict would be a bug, and is skipped
-        insert_rows(self.conn, t.messages, _MESSAGE_INSERT, inserts, keys=["dedup_key"], expect_new=True)
+        insert_rows(self.conn, t.messages, _MESSAGE_INSERT, inserts, keys=MESSAGE_KEY, expect_new=True)
         # replans and withdrawals touch only rows nobody has claimed meanwhile: a sent message is never touched;
         # a message waiting out a retry's backoff keeps its later time (a replan must not undo the backoff)
         if self.conn.dialect.name == "postgresql":  # one statement each, whatever the number of rows
@@ -503,19 +505,22 @@ class BatchSession:
                 self.conn.exec_driver_sql(
                     "UPDATE messages SET state = 'planned', channel = v.ch, lease_until = NULL, "
                     "due_at = CASE WHEN messages.attempts > 0 THEN GREATEST(messages.due_at, v.due) ELSE v.due END, "
-                    "updated_at = %(now)s FROM unnest(%(dk)s::text[], %(due)s::timestamptz[], %(ch)s::text[]) "
-                    "AS v(dk, due, ch) WHERE messages.dedup_key = v.dk AND messages.state IN ('planned', 'withdrawn')",
-                    {"now": now, "dk": [r["dk"] for r in replans], "due": [r["due"] for r in replans],
-                     "ch": [r["ch"] for r in replans]})
+                    "updated_at = %(now)s FROM unnest(%(t)s::text[], %(b)s::text[], %(k)s::text[], "
+                    "%(due)s::timestamptz[], %(ch)s::text[]) AS v(t, b, k, due, ch) "
+                    "WHERE (messages.tenant_id, messages.booking_id, messages.key) = (v.t, v.b, v.k) "
+                    "AND messages.state IN ('planned', 'withdrawn')",
+                    {"now": now, **{name: [r[name] for r in replans] for name in ("t", "b", "k", "due", "ch")}})
             if withdrawals:
                 self.conn.exec_driver_sql(
                     "UPDATE messages SET state = 'withdrawn', lease_until = NULL, updated_at = %(now)s "
-                    "WHERE dedup_key = ANY(%(dk)s::text[]) AND state IN ('planned', 'queued')",
-                    {"now": now, "dk": [r["dk"] for r in withdrawals]})
+                    "FROM unnest(%(t)s::text[], %(b)s::text[], %(k)s::text[]) AS v(t, b, k) "
+                    "WHERE (messages.tenant_id, messages.booking_id, messages.key) = (v.t, v.b, v.k) "
+                    "AND messages.state IN ('planned', 'queued')",
+                    {"now": now, **{name: [r[name] for r in withdrawals] for name in ("t", "b", "k")}})
             return
         if replans:
             self.conn.execute(update(t.messages).where(
-                c.dedup_key == bindparam("dk"),
+                c.tenant_id == bindparam("t"), c.booking_id == bindparam("b"), c.key == bindparam("k"),
                 # no IN (...): executemany cannot expand a list
                 or_(c.state == MessageState.PLANNED.value, c.state == MessageState.WITHDRAWN.value),
             ).values(state=MessageState.PLANNED.value, channel=bindparam("ch"), lease_until=None, updated_at=now,
@@ -523,6 +528,6 @@ class BatchSession:
                                  else_=bindparam("due", type_=c.due_at.type))), replans)
         if withdrawals:
             self.conn.execute(update(t.messages).where(
-                and_(c.dedup_key == bindparam("dk"),
+                and_(c.tenant_id == bindparam("t"), c.booking_id == bindparam("b"), c.key == bindparam("k"),
                      or_(c.state == MessageState.PLANNED.value, c.state == MessageState.QUEUED.value)),
             ).values(state=MessageState.WITHDRAWN.value, lease_until=None, updated_at=now), withdrawals)

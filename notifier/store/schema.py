@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 
@@ -146,7 +147,7 @@ messages = Table(
     Column("tenant_id", String(128), nullable=False),
     Column("booking_id", String(128), nullable=False),
     Column("key", String(200), nullable=False),  # planning key, unique per booking
-    Column("dedup_key", String(500), nullable=False, unique=True),  # tenant/booking/key
+    Column("dedup_key", String(500), nullable=False),  # tenant/booking/key, for reading: the unique key is below
     Column("kind", String(32), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("recipient", String(16), nullable=False),
@@ -161,6 +162,8 @@ messages = Table(
     Column("stamped_at", UTCDateTime),  # due_at when first claimed for sending: links and card keep it
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # one index both finds a booking's messages and keeps each planning key once per booking
+    UniqueConstraint("tenant_id", "booking_id", "key", name="uq_messages_booking_key"),
     # (tenant_id, booking_id) names a booking, but is not a foreign key: the check it costs on every
     # planned message was a fifth of PostgreSQL's work in `bench ingest`. A message is written only
     # by the unit of work that has written its booking, and neither is ever deleted; a test checks
@@ -172,7 +175,6 @@ Index("ix_messages_due", messages.c.due_at, postgresql_where=messages.c.state ==
 Index("ix_messages_lease", messages.c.lease_until,
       postgresql_where=messages.c.state.in_(["queued", "sending"]),
       sqlite_where=messages.c.state.in_(["queued", "sending"]))
-Index("ix_messages_booking", messages.c.tenant_id, messages.c.booking_id)
 # status callbacks find their message; a message has an id only once sent, so planned ones stay out
 Index("ix_messages_provider_id", messages.c.provider_message_id,
       postgresql_where=messages.c.provider_message_id.isnot(None),

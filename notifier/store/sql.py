@@ -169,6 +169,7 @@ def _utc(moment: datetime | None) -> datetime | None:
 # wrote were these entries) and expanded, in the same order, when the timeline is read.
 
 PLAN_CHANGES = "plan.changed"
+MESSAGE_KEY = ["tenant_id", "booking_id", "key"]  # a message's unique key (uq_messages_booking_key)
 _WITHDRAWN_REASON = "no longer applies"
 
 
@@ -356,14 +357,14 @@ class Tx:
             "created_at": now, "updated_at": now,
         } for m in planned]
         if rows:
-            _insert_ignore(self.conn, t.messages, rows, ["dedup_key"])
+            _insert_ignore(self.conn, t.messages, rows, MESSAGE_KEY)
 
     def replan_messages(self, tenant_id: str, booking_id: str, planned: Iterable[PlannedMessage],
                         now: datetime) -> None:
         c = t.messages.c
         for m in planned:
             self.conn.execute(update(t.messages).where(
-                c.dedup_key == f"{tenant_id}/{booking_id}/{m.key}",
+                c.tenant_id == tenant_id, c.booking_id == booking_id, c.key == m.key,
                 c.state.in_([MessageState.PLANNED.value, MessageState.WITHDRAWN.value]),
             ).values(state=MessageState.PLANNED.value, due_at=m.due_at, channel=m.channel.value, updated_at=now,
                      lease_until=None))
