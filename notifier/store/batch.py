@@ -85,6 +85,9 @@ class BatchSession:
         self.new_holds: dict[str, dict[str, Any]] = {}
         self.released: set[str] = set()
         self._active_of_customer: dict[Key, list[str]] = {}  # as loaded, before this batch's changes
+        # (tenant, customer) -> every booking of theirs this session has held (never shrinks, so an
+        # event rolled back cannot hide one; `active_bookings` checks each against `bookings`)
+        self._of_customer: dict[Key, set[Key]] = defaultdict(set)
         self._locked: set[str] = set()
         self._tried: set[str] = set()  # session locks from try_lock, released after the commit
         self.regions: dict[str, Any] = {}  # channel -> regions where it is not offered (R6)
@@ -151,7 +154,7 @@ class BatchSession:
             return
         self.conn.exec_driver_sql(
             "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(k, 0) AS h "
-            "FROM unnest(%(keys)s::text[]) AS k ORDER BY k) AS ordered", {"keys": wanted})
+            "FROM unnest(%(keys)b::text[]) AS k ORDER BY k) AS ordered", {"keys": wanted})
         self._locked.update(wanted)
 
     def try_lock(self, keys: Iterable[str]) -> set[str]:
@@ -167,7 +170,7 @@ class BatchSession:
         if not wanted or self.conn.dialect.name != "postgresql":
             return set()
         rows = self.conn.exec_driver_sql(
-            "SELECT k, pg_try_advisory_lock(hashtextextended(k, 0)) FROM unnest(%(keys)s::text[]) AS k",
+            "SELECT k, pg_try_advisory_lock(hashtextextended(k, 0)) FROM unnest(%(keys)b::text[]) AS k",
             {"keys": wanted}).all()
         self._locked.update(k for k, got in rows if got)
         self._tried.update(k for k, got in rows if got)
@@ -178,7 +181,7 @@ class BatchSession:
         unneeded = sorted(set(keys) & self._tried)
         if unneeded:
             self.conn.exec_driver_sql(
-                "SELECT pg_advisory_unlock(hashtextextended(k, 0)) FROM unnest(%(keys)s::text[]) AS k",
+                "SELECT pg_advisory_unlock(hashtextextended(k, 0)) FROM unnest(%(keys)b::text[]) AS k",
                 {"keys": unneeded})
             self._tried.difference_update(unneeded)
             self._locked.difference_update(unneeded)
@@ -241,6 +244,7 @@ class BatchSession:
             self.bookings[key] = None
         for row in self._select(t.bookings, _BOOKING_COLUMNS, "id", keys, lock=self.lock_bookings):
             self.bookings[(row.tenant_id, row.id)] = booking_from(row)
+            self._of_customer[(row.tenant_id, row.customer_id)].add((row.tenant_id, row.id))
         # a booking not in the database has no messages (they reference it); it may have held events
         self._load_messages({key for key in keys if self.bookings[key] is not None})
         self._load_held(keys)
@@ -331,7 +335,11 @@ class BatchSession:
         if self.lock_bookings:
             self.lock(f"b:{tid}:{bid}" for tid, bid in sorted(unloaded))
         self._load_bookings(unloaded)
-        for (tid, bid), booking in self.bookings.items():
+        if customer_id is not None and resource_id is None:  # the bookings this customer ever had here
+            candidates = ((k, self.bookings[k]) for k in self._of_customer.get((tenant_id, customer_id), ()))
+        else:
+            candidates = self.bookings.items()
+        for (tid, bid), booking in candidates:
             if tid != tenant_id or booking is None:
                 continue
             matches = (booking.status is BookingStatus.ACTIVE
@@ -353,6 +361,7 @@ class BatchSession:
         key = (booking.tenant_id, booking.id)
         self._set(self.bookings, key, booking)
         self._add(self.dirty["bookings"], key)
+        self._of_customer[(booking.tenant_id, booking.customer_id)].add(key)  # a superset: read back with care
         if key not in self.messages:
             self._set(self.messages, key, {})
         self.held.setdefault((booking.tenant_id, f"booking:{booking.id}"), {})
@@ -505,15 +514,15 @@ class BatchSession:
                 self.conn.exec_driver_sql(
                     "UPDATE messages SET state = 'planned', channel = v.ch, lease_until = NULL, "
                     "due_at = CASE WHEN messages.attempts > 0 THEN GREATEST(messages.due_at, v.due) ELSE v.due END, "
-                    "updated_at = %(now)s FROM unnest(%(t)s::text[], %(b)s::text[], %(k)s::text[], "
-                    "%(due)s::timestamptz[], %(ch)s::text[]) AS v(t, b, k, due, ch) "
+                    "updated_at = %(now)s FROM unnest(%(t)b::text[], %(b)b::text[], %(k)b::text[], "
+                    "%(due)b::timestamptz[], %(ch)b::text[]) AS v(t, b, k, due, ch) "
                     "WHERE (messages.tenant_id, messages.booking_id, messages.key) = (v.t, v.b, v.k) "
                     "AND messages.state IN ('planned', 'withdrawn')",
                     {"now": now, **{name: [r[name] for r in replans] for name in ("t", "b", "k", "due", "ch")}})
             if withdrawals:
                 self.conn.exec_driver_sql(
                     "UPDATE messages SET state = 'withdrawn', lease_until = NULL, updated_at = %(now)s "
-                    "FROM unnest(%(t)s::text[], %(b)s::text[], %(k)s::text[]) AS v(t, b, k) "
+                    "FROM unnest(%(t)b::text[], %(b)b::text[], %(k)b::text[]) AS v(t, b, k) "
                     "WHERE (messages.tenant_id, messages.booking_id, messages.key) = (v.t, v.b, v.k) "
                     "AND messages.state IN ('planned', 'queued')",
                     {"now": now, **{name: [r[name] for r in withdrawals] for name in ("t", "b", "k")}})
