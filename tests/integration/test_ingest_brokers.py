@@ -129,6 +129,66 @@ def test_N1_N2_an_event_whose_booking_another_batch_holds_opens_the_next_batch_i
     ctx.close()
 
 
+def test_N1_N2_on_rabbitmq_an_event_whose_booking_another_batch_holds_stays_unacknowledged_until_applied(
+        tmp_path, pg_url, amqp_url, clock):
+    """The same on AMQP: the left event is not acknowledged (the broker would redeliver it if this
+    consumer died) and opens the next batch; the queue is empty once both are applied."""
+    import threading
+    import time
+
+    from notifier.store.batch import BatchSession
+
+    def wait_until(condition, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            time.sleep(0.02)
+
+    name = f"nt-{uuid.uuid4().hex[:8]}"
+    settings = make_settings(tmp_path, database_url=pg_url, events_url=amqp_url, events_queue=name,
+                             events_exchange=name)
+    ctx = make_context(settings)
+    exchange = Exchange(name, type="topic", durable=True)
+    queue = Queue(name, exchange=exchange, routing_key="#", durable=True)
+    with Connection(amqp_url) as conn:
+        producer = conn.Producer()
+        for body in (json.dumps(created("b1")), json.dumps(created("b2"))):
+            producer.publish(body.encode(), exchange=exchange, routing_key="booking.created",
+                             content_type="application/json", declare=[queue])
+
+    def bookings() -> set[str]:
+        with ctx.store.engine.connect() as conn:
+            return set(conn.execute(select(t.bookings.c.id)).scalars())
+
+    other = ctx.store.engine.connect()
+    other_batch = other.begin()
+    BatchSession(other).lock(["b:salon-berlin:b1"])
+    source = ingest.open_source(settings)
+    stop = threading.Event()
+    total: list = []
+    consumer = threading.Thread(target=lambda: total.append(ingest.run(ctx, source, stop=stop.is_set)))
+    consumer.start()
+    try:
+        wait_until(lambda: bookings() == {"b2"}, timeout_s=20)
+        other_batch.commit()
+        wait_until(lambda: bookings() == {"b1", "b2"}, timeout_s=20)
+    finally:
+        stop.set()
+        consumer.join(timeout=30)
+        other.close()
+        source.close()
+    try:
+        assert total[0].applied == 2 and total[0].duplicates == 0
+        with Connection(amqp_url) as conn:  # both acknowledged: nothing ready, nothing to redeliver
+            _, waiting, _ = queue(conn.default_channel).queue_declare(passive=True)
+        assert waiting == 0
+    finally:
+        with Connection(amqp_url) as conn:
+            queue(conn.default_channel).delete()
+            exchange(conn.default_channel).delete()
+        ctx.close()
+
+
 def test_P1_a_deferred_event_gives_back_the_locks_it_took_so_two_ingesters_cannot_defer_each_other_for_ever(
         tmp_path, pg_url, clock):
     """Ingester A holds customer c1 and defers an event that also needs booking b1; B holds b1 and
