@@ -105,6 +105,7 @@ def _localize(wall: datetime, zone: ZoneInfo) -> datetime:
     return aware.astimezone(UTC)
 
 
+@lru_cache(maxsize=16_384)  # the zone conversion is most of a plan's date arithmetic; due times repeat
 def in_quiet_hours(moment: datetime, start: time, end: time, zone: ZoneInfo) -> bool:
     local = moment.astimezone(zone).time()
     if start <= end:
