@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import redis
@@ -14,6 +15,13 @@ from sqlalchemy import func, select
 from notifier import ingest
 from notifier.store import schema as t
 from tests.conftest import ROOT, START, created, customer, event, make_context, make_settings, settings_env
+
+
+def wait_until(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
 
 
 def count(ctx, table):
@@ -85,15 +93,8 @@ def test_N1_N2_an_event_whose_booking_another_batch_holds_opens_the_next_batch_i
     another batch holds is left in this consumer's processing list, the rest is applied at once,
     and the left event is applied, once, as soon as the other batch commits."""
     import threading
-    import time
 
     from notifier.store.batch import BatchSession
-
-    def wait_until(condition, timeout_s):
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, "condition not reached in time"
-            time.sleep(0.02)
 
     settings = make_settings(tmp_path, database_url=pg_url, events_url=redis_url,
                              events_queue=f"{key_prefix}.events")
@@ -134,15 +135,8 @@ def test_N1_N2_on_rabbitmq_an_event_whose_booking_another_batch_holds_stays_unac
     """The same on AMQP: the left event is not acknowledged (the broker would redeliver it if this
     consumer died) and opens the next batch; the queue is empty once both are applied."""
     import threading
-    import time
 
     from notifier.store.batch import BatchSession
-
-    def wait_until(condition, timeout_s):
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, "condition not reached in time"
-            time.sleep(0.02)
 
     name = f"nt-{uuid.uuid4().hex[:8]}"
     settings = make_settings(tmp_path, database_url=pg_url, events_url=amqp_url, events_queue=name,
