@@ -189,9 +189,10 @@ ANSWER_UNKNOWN = {"timeout", "connection", "unexpected"}  # attempt codes after 
 
 
 def _in_doubt(conn: Any, again: list[MessageRow]) -> set[int]:
-    """Messages claimed before whose provider may hold a copy: the last claim ended unrecorded
-    (a worker died), or its attempt ended without the provider's answer (a timeout, a
-    connection lost after the request went out)."""
+    """Messages claimed before whose provider may hold a copy: a claim ended unrecorded (a
+    worker died), or an attempt ended without the provider's answer (a timeout, a connection
+    lost after the request went out). Any such attempt, not only the last: a lookup that was
+    itself refused (429) settles nothing, and the attempt after it must ask again."""
     if not again:
         return set()
     a = t.send_attempts.c
@@ -200,7 +201,7 @@ def _in_doubt(conn: Any, again: list[MessageRow]) -> set[int]:
                                          .where(a.message_id.in_([m.id for m in again])).order_by(a.id)):
         recorded[message_id].append(code)
     return {m.id for m in again
-            if len(recorded[m.id]) < m.attempts - 1 or (recorded[m.id] and recorded[m.id][-1] in ANSWER_UNKNOWN)}
+            if len(recorded[m.id]) < m.attempts - 1 or any(code in ANSWER_UNKNOWN for code in recorded[m.id])}
 
 
 def _planned_keys(loaded: _Loaded, booking: Booking, customer: Customer, resource: Resource, tenant: Tenant,

@@ -218,6 +218,39 @@ def test_N2_a_send_whose_answer_was_lost_is_looked_up_before_it_is_tried_again(c
     assert [r.state for r in messages(ctx) if r.kind == "info"] == ["sent"]
 
 
+def test_N2_a_lookup_that_was_refused_is_made_again_before_the_next_send(ctx, email):
+    """Chaos run, 2026-11-26 08:17: an SMS's answer was lost (timeout), the lookup before the
+    retry was answered 429, and the attempt after that sent a second copy without asking."""
+    calls = []
+
+    def answer_lost(message):
+        calls.append(message)
+        if len(calls) == 1:
+            email.sent.append(message)
+            raise TemporaryFailure("email: timeout after 10 s", code="timeout")
+
+    lookups = []
+    find_sent = email.find_sent
+
+    def throttled_once(message, *, since):
+        lookups.append(message)
+        if len(lookups) == 1:
+            raise TemporaryFailure("429 Too Many Requests", code="429", retry_after_s=1)
+        return find_sent(message, since=since)
+
+    email.behaviour = answer_lost
+    email.find_sent = throttled_once
+    apply(ctx, created())
+    info = lambda: [r for r in messages(ctx) if r.kind == "info"][0]  # noqa: E731
+    assert run_due(ctx)["retried"] == 1
+    ctx.clock.set(info().due_at)
+    assert run_due(ctx)["retried"] == 1  # the lookup was refused: nothing sent
+    ctx.clock.set(info().due_at)
+    assert run_due(ctx)["reconciled"] == 1  # asked again, found, not sent again
+    assert len(email.sent) == 1 and len(calls) == 1 and len(lookups) == 2
+    assert info().state == "sent"
+
+
 def test_N2_a_retried_message_renders_as_it_did_so_a_lost_answer_is_still_recognised(ctx, email):
     """The confirmation carries signed links; its retry (due later) must render the same text,
     or the provider's copy of the attempt whose answer was lost would not be recognised."""
