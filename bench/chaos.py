@@ -84,6 +84,7 @@ STORM = dict(error_rate=0.3, throttle_rate=0.05, slow_rate=0.2, unanswered_rate=
 OFF = {k: 0.0 for k in CALM}
 RECEIPT_AFTER_KILL_S = 1.5  # a copy answered slowly (slow_s) reaches its sink after its sender died
 RECORD_WITHIN_S = 3.0  # a received copy's outcome is committed within this (RECORD_WAIT_S, a transaction)
+LEASE_S = 30  # NOTIFIER_LEASE_S of the run: dispatch waits out a database outage for 80 % of it
 
 
 def tenant_yaml(hook_url: str) -> str:
@@ -657,7 +658,7 @@ def _env(folder: Path, pg: PrivatePostgres, redis_url: str, providers: Any, mail
         # compressed for a run of minutes: sweeps every second, claims back after 30 s, retries
         # after 2 s doubling up to 20 s (production: 2 s, 120 s, 30 s to an hour)
         "NOTIFIER_SWEEP_INTERVAL_S": "1", "NOTIFIER_SWEEP_BATCH": "2000", "NOTIFIER_DISPATCH_BATCH": "50",
-        "NOTIFIER_DISPATCH_CONCURRENCY": str(DISPATCH_CONCURRENCY), "NOTIFIER_LEASE_S": "30", "NOTIFIER_MAX_ATTEMPTS": "10",
+        "NOTIFIER_DISPATCH_CONCURRENCY": str(DISPATCH_CONCURRENCY), "NOTIFIER_LEASE_S": str(LEASE_S), "NOTIFIER_MAX_ATTEMPTS": "10",
         "NOTIFIER_RETRY_BASE_S": "2", "NOTIFIER_RETRY_MAX_S": "20", "NOTIFIER_HOUSEKEEPING_INTERVAL_S": "60",
     })
     return env
@@ -1134,8 +1135,12 @@ def _duplicate_evidence(key: str, channel: str, row: dict[str, Any], receipts: l
     unrecorded = (row.get("attempts") or 0) - len(attempt_rows)
     # the first copy's outcome is recorded within a second or two of its receipt (RECORD_WAIT_S,
     # one transaction); a copy answered slowly was received up to slow_s after its sender died
-    killed = [k for k in kills if first - RECEIPT_AFTER_KILL_S <= k["at"] <= first + RECORD_WITHIN_S]
     db_down = [w for w in pg_down if w[0] - RECORD_WITHIN_S <= first <= w[1]]
+    # with the database down the sender holds the outcome until it is back (D2): a kill any time
+    # before then (within 80 % of the lease) loses the outcome just as a kill at the copy does
+    recorded_by = max([first + RECORD_WITHIN_S] + [min(w[1] + RECORD_WITHIN_S, first + 0.8 * LEASE_S)
+                                                   for w in db_down])
+    killed = [k for k in kills if first - RECEIPT_AFTER_KILL_S <= k["at"] <= recorded_by]
     # the provider took the first copy and the sender saw a timeout: a lost answer, injected as
     # such, or a slow answer that came too late for the client on a busy machine
     timed_out = any(a["outcome"] == "temporary" and a["code"] in ("timeout", "connection")
