@@ -133,7 +133,17 @@ def _copy_unless_conflict(conn: Connection, table: Table, columns: list[str], ro
     return [row[at] for row in rows]
 
 
+INT4 = range(-2**31, 2**31)
+
+
 def _copy(cur: Any, target: str, names: str, types: list[str], rows: list[tuple[Any, ...]]) -> None:
+    # psycopg's binary int4 dumper wraps what does not fit (2**40 is stored as 0): refused here
+    narrow = [i for i, kind in enumerate(types) if kind == "int4"]
+    for row in rows if narrow else ():
+        for i in narrow:
+            if row[i] is not None and row[i] not in INT4:
+                column = names.split(", ")[i].strip('"')
+                raise ValueError(f"{target}.{column}: {row[i]} does not fit a 4-byte integer column")
     with cur.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
         write = copy.write_row

@@ -196,3 +196,21 @@ def test_every_message_has_its_booking_though_no_foreign_key_says_so(store_ctx):
         orphans = conn.execute(select(func.count()).select_from(t.messages.outerjoin(
             t.bookings, (b.tenant_id == m.tenant_id) & (b.id == m.booking_id))).where(b.id.is_(None))).scalar_one()
     assert planned > 1000 and orphans == 0
+
+
+@pytest.mark.integration
+def test_N3_a_number_too_big_for_its_column_is_refused_not_stored_wrapped(pg_url, clock, tmp_path):
+    """psycopg's binary COPY stores 2**40 in a 4-byte column as 0; the bulk writer refuses it."""
+    from notifier.store.bulk import insert_rows
+
+    ctx = make_context(make_settings(tmp_path, database_url=pg_url), channels={})
+    columns = ["event_id", "tenant_id", "type", "aggregate", "revision", "outcome", "processed_at"]
+    try:
+        with pytest.raises(ValueError, match=r"processed_events.revision: 1099511627776 does not fit"):
+            with ctx.store.transaction() as tx:
+                insert_rows(tx.conn, t.processed_events, columns,
+                            [("e1", "salon-berlin", "booking.created", "booking:b1", 2**40, "applied", START)])
+        with ctx.store.engine.connect() as conn:
+            assert conn.execute(select(t.processed_events)).all() == []
+    finally:
+        ctx.close()
