@@ -116,7 +116,7 @@ def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, 
     report = IngestReport()
     parsed: list[tuple[ev.Event, str, int]] = []
     bodies = list(bodies)
-    with store.transaction(session_locks=not wait_for_locks) as tx:
+    with store.transaction() as tx:
         session = BatchSession(tx.conn)
         session.regions = dict(regions or {})
         for position, body in enumerate(bodies):
@@ -209,11 +209,6 @@ def _preload(session: BatchSession, events: list[ev.Event], *, wait: bool = True
         known = [b for b in known if (b.tenant_id, b.id) not in held_by_others]
     session.preload((), (), {(b.tenant_id, b.customer_id) for b in known},
                     {(b.tenant_id, b.resource_id) for b in known})
-    if busy:  # what only the deferred events took goes back now, for the batch that holds the rest
-        needed = {k for e in events if e.event_id not in busy for k in needs[e.event_id]}
-        needed |= {f"c:{b.tenant_id}:{b.customer_id}" for b in known}
-        needed |= {f"b:{t}:{b}" for (t, _), bs in siblings.items() for b in bs}
-        session.unlock(session.tried - needed)
     return busy
 
 

@@ -89,7 +89,6 @@ class BatchSession:
         # event rolled back cannot hide one; `active_bookings` checks each against `bookings`)
         self._of_customer: dict[Key, set[Key]] = defaultdict(set)
         self._locked: set[str] = set()
-        self._tried: set[str] = set()  # session locks from try_lock, released after the commit
         self.regions: dict[str, Any] = {}  # channel -> regions where it is not offered (R6)
         self.memo: dict[Any, Any] = {}  # the services' per-batch caches
         self._journal: list[tuple[Any, Any, Any]] | None = None
@@ -161,34 +160,18 @@ class BatchSession:
         """`lock` without waiting: takes what is free and returns the keys another transaction
         holds. An ingester defers the events behind those to its next batch instead of waiting
         for the other batch to commit, which with big batches would serialise the ingesters.
-
-        These are session locks, so that `unlock` can give back at once what only deferred
-        events took (two ingesters each holding half of what the other's deferred event needs
-        would otherwise defer it for ever); the caller releases the rest after the commit
-        (`Store.transaction(session_locks=True)`)."""
+        Transaction locks like `lock`'s: nothing outlives the transaction, so a pooler that hands
+        the connection on after it (PgBouncer in transaction mode) is safe. What a deferred event
+        took is held until the commit; two ingesters that keep taking halves of what each
+        other's deferred event needs are ended by `notifier.ingest.DEFER_ROUNDS`."""
         wanted = sorted(set(keys) - self._locked)
         if not wanted or self.conn.dialect.name != "postgresql":
             return set()
         rows = self.conn.exec_driver_sql(
-            "SELECT k, pg_try_advisory_lock(hashtextextended(k, 0)) FROM unnest(%(keys)b::text[]) AS k",
+            "SELECT k, pg_try_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(%(keys)b::text[]) AS k",
             {"keys": wanted}).all()
         self._locked.update(k for k, got in rows if got)
-        self._tried.update(k for k, got in rows if got)
         return {k for k, got in rows if not got}
-
-    def unlock(self, keys: Iterable[str]) -> None:
-        """Give back locks `try_lock` took that no event of this batch needs after all."""
-        unneeded = sorted(set(keys) & self._tried)
-        if unneeded:
-            self.conn.exec_driver_sql(
-                "SELECT pg_advisory_unlock(hashtextextended(k, 0)) FROM unnest(%(keys)b::text[]) AS k",
-                {"keys": unneeded})
-            self._tried.difference_update(unneeded)
-            self._locked.difference_update(unneeded)
-
-    @property
-    def tried(self) -> set[str]:
-        return set(self._tried)
 
     # --- bulk loading -----------------------------------------------------------------------
     def preload(self, tenant_ids: Iterable[str], bookings: Iterable[Key], customers: Iterable[Key],

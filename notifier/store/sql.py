@@ -31,7 +31,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 
 from notifier.domain.model import (
     Booking,
@@ -502,24 +501,9 @@ class Store:
         return self.engine.dialect.name
 
     @contextmanager
-    def transaction(self, *, session_locks: bool = False) -> Iterator[Tx]:
-        """One transaction. `session_locks`: advisory locks taken at session level in it
-        (`BatchSession.try_lock`) are released once it has ended, committed or not; a
-        connection that cannot release them is discarded, which releases them too."""
-        if not session_locks or self.dialect != "postgresql":
-            with self.engine.begin() as conn:
-                yield Tx(conn)
-            return
-        with self.engine.connect() as conn:
-            try:
-                with conn.begin():
-                    yield Tx(conn)
-            finally:
-                try:
-                    conn.exec_driver_sql("SELECT pg_advisory_unlock_all()")
-                    conn.commit()
-                except DBAPIError:
-                    conn.invalidate()
+    def transaction(self) -> Iterator[Tx]:
+        with self.engine.begin() as conn:
+            yield Tx(conn)
 
     def migrate(self) -> None:
         from notifier.store.migrate import upgrade
