@@ -168,6 +168,22 @@ def _lock_keys(event: ev.Event) -> list[str]:
 def _preload(session: BatchSession, events: list[ev.Event], *, wait: bool = True) -> set[str]:
     """Lock and load what the batch's events touch. Returns the ids of the events left alone
     because another transaction holds one of their locks (only when not `wait`)."""
+    if wait or session.conn.dialect.name != "postgresql":
+        return _lock_and_load(session, events, wait=wait)
+    session.conn.exec_driver_sql("SAVEPOINT ingest_locks")
+    try:
+        busy = _lock_and_load(session, events, wait=False)
+    except Exception:
+        # session locks are not undone by a rollback: dropped here, inside the transaction (if the
+        # connection itself is gone, the server dropped them with it)
+        session.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT ingest_locks")
+        session.drop_session_locks()
+        raise
+    session.conn.exec_driver_sql("RELEASE SAVEPOINT ingest_locks")
+    return busy
+
+
+def _lock_and_load(session: BatchSession, events: list[ev.Event], *, wait: bool) -> set[str]:
     needs = {e.event_id: _lock_keys(e) for e in events}
     if wait:
         session.lock(k for keys in needs.values() for k in keys)
@@ -209,6 +225,11 @@ def _preload(session: BatchSession, events: list[ev.Event], *, wait: bool = True
         known = [b for b in known if (b.tenant_id, b.id) not in held_by_others]
     session.preload((), (), {(b.tenant_id, b.customer_id) for b in known},
                     {(b.tenant_id, b.resource_id) for b in known})
+    if not wait:  # what only the deferred events took goes back now; the rest ends with the transaction
+        needed = {k for e in events if e.event_id not in busy for k in needs[e.event_id]}
+        needed |= {f"c:{b.tenant_id}:{b.customer_id}" for b in known}
+        needed |= {f"b:{t}:{b}" for (t, _), bs in siblings.items() for b in bs}
+        session.settle_locks(needed)
     return busy
 
 

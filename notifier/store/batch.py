@@ -89,6 +89,7 @@ class BatchSession:
         # event rolled back cannot hide one; `active_bookings` checks each against `bookings`)
         self._of_customer: dict[Key, set[Key]] = defaultdict(set)
         self._locked: set[str] = set()
+        self._tried: set[str] = set()  # session locks from try_lock, until settle_locks
         self.regions: dict[str, Any] = {}  # channel -> regions where it is not offered (R6)
         self.memo: dict[Any, Any] = {}  # the services' per-batch caches
         self._journal: list[tuple[Any, Any, Any]] | None = None
@@ -160,18 +161,44 @@ class BatchSession:
         """`lock` without waiting: takes what is free and returns the keys another transaction
         holds. An ingester defers the events behind those to its next batch instead of waiting
         for the other batch to commit, which with big batches would serialise the ingesters.
-        Transaction locks like `lock`'s: nothing outlives the transaction, so a pooler that hands
-        the connection on after it (PgBouncer in transaction mode) is safe. What a deferred event
-        took is held until the commit; two ingesters that keep taking halves of what each
-        other's deferred event needs are ended by `notifier.ingest.DEFER_ROUNDS`."""
+
+        These are session locks, so that what only deferred events took can be given back at
+        once (two ingesters each holding half of what the other's deferred event needs would
+        otherwise defer it again and again); `settle_locks` turns the rest into transaction locks
+        before anything is written."""
         wanted = sorted(set(keys) - self._locked)
         if not wanted or self.conn.dialect.name != "postgresql":
             return set()
         rows = self.conn.exec_driver_sql(
-            "SELECT k, pg_try_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(%(keys)b::text[]) AS k",
+            "SELECT k, pg_try_advisory_lock(hashtextextended(k, 0)) FROM unnest(%(keys)b::text[]) AS k",
             {"keys": wanted}).all()
-        self._locked.update(k for k, got in rows if got)
+        taken = {k for k, got in rows if got}
+        self._locked |= taken
+        self._tried |= taken
         return {k for k, got in rows if not got}
+
+    def settle_locks(self, needed: set[str]) -> None:
+        """Keep what `try_lock` took and `needed` names as transaction locks (taken at once: this
+        session holds them) and drop every session lock, all in this transaction: nothing outlives
+        it, so a pooler that hands the server connection on after it (PgBouncer in transaction
+        mode) is safe."""
+        if not self._tried:
+            return
+        keep = sorted(self._tried & needed)
+        if keep:
+            self.conn.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(%(keys)b::text[]) AS k",
+                {"keys": keep})
+        self.conn.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+        self._locked = (self._locked - self._tried) | set(keep)
+        self._tried = set()
+
+    def drop_session_locks(self) -> None:
+        """After a failure while locking: no session lock may outlive the transaction."""
+        if self._tried:
+            self.conn.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+            self._locked -= self._tried
+            self._tried = set()
 
     # --- bulk loading -----------------------------------------------------------------------
     def preload(self, tenant_ids: Iterable[str], bookings: Iterable[Key], customers: Iterable[Key],

@@ -185,9 +185,10 @@ def test_N1_N2_on_rabbitmq_an_event_whose_booking_another_batch_holds_stays_unac
 
 def test_P1_locks_taken_without_waiting_end_with_the_transaction_so_a_transaction_pooler_is_safe(
         tmp_path, pg_url, clock):
-    """A batch that does not wait defers the event whose customer another batch holds, applies
-    the rest, and holds nothing once its transaction has ended: PgBouncer in transaction mode may
-    hand the server connection to anyone after the commit."""
+    """A batch that does not wait defers the event whose customer another batch holds, gives back
+    at once what only that event took (two ingesters cannot defer each other for ever), keeps the
+    rest, and holds nothing once its transaction has ended: PgBouncer in transaction mode may hand
+    the server connection to anyone after the commit."""
     from sqlalchemy import text
 
     from notifier.domain import events as ev
@@ -200,14 +201,23 @@ def test_P1_locks_taken_without_waiting_end_with_the_transaction_so_a_transactio
     BatchSession(holder).lock(["c:salon-berlin:c1"])  # the other ingester's batch
     deferred = ev.parse_event(json.dumps(created("b1")))  # needs b:b1 and c:c1
     applied = ev.parse_event(json.dumps(created("b2", cust=customer("c2"))))
+    def free(key: str) -> bool:  # asked from a third connection; given back at once if taken
+        with ctx.store.engine.connect() as other:
+            got = other.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:k, 0))"), {"k": key}).scalar()
+            if got:
+                other.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": key})
+            return got
+
     try:
         with ctx.store.engine.connect() as conn:
             with conn.begin():
                 assert _preload(BatchSession(conn), [deferred, applied], wait=False) == {deferred.event_id}
+                assert free("b:salon-berlin:b1")  # what only the deferred event took is back at once
+                assert not free("b:salon-berlin:b2") and not free("c:salon-berlin:c2")  # held for the rest
             held = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                                      "AND pid = pg_backend_pid()")).scalar()
             conn.rollback()
-        assert held == 0
+        assert held == 0  # nothing outlives the transaction
     finally:
         holder_batch.rollback()
         holder.close()
