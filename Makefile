@@ -24,7 +24,7 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -m integration
 
-# every benchmark but chaos, each in a process of its own, regenerating docs/benchmarks.md (about 14 minutes
+# every benchmark but chaos, each in a process of its own, regenerating docs/benchmarks.md (about 11 minutes
 # on 2 cores; PostgreSQL and Redis on loopback as for `make test`); one: `$(PY) -m bench NAME --help`
 bench: $(STAMP)
 	$(PY) -m bench all
