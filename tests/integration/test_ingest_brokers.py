@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 
+import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 from sqlalchemy import func, select
@@ -24,26 +25,76 @@ def wait_until(condition, timeout_s: float) -> None:
         time.sleep(0.02)
 
 
+@pytest.fixture
+def amqp_events(amqp_url):
+    """A fresh events queue and exchange on RabbitMQ: (name, publish(*bodies), ready()), removed afterwards."""
+    name = f"nt-{uuid.uuid4().hex[:8]}"
+    exchange = Exchange(name, type="topic", durable=True)
+    queue = Queue(name, exchange=exchange, routing_key="#", durable=True)
+
+    def publish(*bodies: bytes | str) -> None:
+        with Connection(amqp_url) as conn:
+            producer = conn.Producer()
+            for body in bodies:
+                # a plain AMQP message as any language's client sends it: bytes, a content type, no Celery envelope
+                producer.publish(body if isinstance(body, bytes) else body.encode(), exchange=exchange,
+                                 routing_key="booking.created", content_type="application/json", declare=[queue])
+
+    def ready() -> int:
+        with Connection(amqp_url) as conn:
+            _, waiting, _ = queue(conn.default_channel).queue_declare(passive=True)
+        return waiting
+
+    yield name, publish, ready
+    with Connection(amqp_url) as conn:
+        queue(conn.default_channel).delete()
+        exchange(conn.default_channel).delete()
+
+
+def bookings(ctx) -> set[str]:
+    with ctx.store.engine.connect() as conn:
+        return set(conn.execute(select(t.bookings.c.id)).scalars())
+
+
+def consume_while_another_batch_holds_b1(ctx, source, while_held=lambda: None):
+    """Run the ingester on `source` (which holds created b1 and b2) while another ingester's open
+    batch holds booking b1: b2 must be applied without waiting; then that batch ends and b1 follows."""
+    import threading
+
+    from notifier.store.batch import BatchSession
+
+    other = ctx.store.engine.connect()
+    other_batch = other.begin()
+    BatchSession(other).lock(["b:salon-berlin:b1"])
+    stop = threading.Event()
+    total: list = []
+    consumer = threading.Thread(target=lambda: total.append(ingest.run(ctx, source, stop=stop.is_set)))
+    consumer.start()
+    try:
+        wait_until(lambda: bookings(ctx) == {"b2"}, timeout_s=20)  # b2 did not wait for b1's holder
+        while_held()
+        other_batch.commit()  # the other batch ends
+        wait_until(lambda: bookings(ctx) == {"b1", "b2"}, timeout_s=20)
+    finally:
+        stop.set()
+        consumer.join(timeout=30)
+        other.close()
+    return total[0]
+
+
 def count(ctx, table):
     with ctx.store.engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
 
-def test_P1_raw_json_on_rabbitmq_is_applied_and_bad_bodies_are_dead_lettered(tmp_path, pg_url, amqp_url, clock):
-    name = f"nt-{uuid.uuid4().hex[:8]}"
+def test_P1_raw_json_on_rabbitmq_is_applied_and_bad_bodies_are_dead_lettered(tmp_path, pg_url, amqp_url, clock,
+                                                                          amqp_events):
+    name, publish, ready = amqp_events
     settings = make_settings(tmp_path, database_url=pg_url, events_url=amqp_url, events_queue=name,
                              events_exchange=name)
     ctx = make_context(settings)
-    exchange = Exchange(name, type="topic", durable=True)
-    queue = Queue(name, exchange=exchange, routing_key="#", durable=True)
-    with Connection(amqp_url) as conn:
-        producer = conn.Producer()
-        bodies = [json.dumps(created("b1")), b"\xff not json", json.dumps(created("b2")),
-                  json.dumps(event("booking.cancelled", {"booking_id": "b1", "by": "customer"}, revision=2))]
-        for body in bodies:
-            # a plain AMQP message as any language's client sends it: bytes, a content type, no Celery envelope
-            producer.publish(body if isinstance(body, bytes) else body.encode(), exchange=exchange,
-                             routing_key="booking.created", content_type="application/json", declare=[queue])
+    publish(json.dumps(created("b1")), b"\xff not json", json.dumps(created("b2")),
+            json.dumps(event("booking.cancelled", {"booking_id": "b1", "by": "customer"}, revision=2)))
     try:
         done = subprocess.run([sys.executable, "-m", "notifier.cli", "ingest", "--idle-exit", "1.5"],
                               env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -51,13 +102,8 @@ def test_P1_raw_json_on_rabbitmq_is_applied_and_bad_bodies_are_dead_lettered(tmp
         summary = json.loads(done.stdout.strip().splitlines()[-1])
         assert (summary["applied"], summary["dead"]) == (3, 1)
         assert count(ctx, t.bookings) == 2 and count(ctx, t.dead_letters) == 1
-        with Connection(amqp_url) as conn:  # everything was acked: the queue is empty
-            _, waiting, _ = queue(conn.default_channel).queue_declare(passive=True)
-        assert waiting == 0
+        assert ready() == 0  # everything was acked: the queue is empty
     finally:
-        with Connection(amqp_url) as conn:
-            queue(conn.default_channel).delete()
-            exchange(conn.default_channel).delete()
         ctx.close()
 
 
@@ -92,94 +138,42 @@ def test_N1_N2_an_event_whose_booking_another_batch_holds_opens_the_next_batch_i
     """P1: two ingesters do not queue behind each other's transactions. The event of a booking
     another batch holds is left in this consumer's processing list, the rest is applied at once,
     and the left event is applied, once, as soon as the other batch commits."""
-    import threading
-
-    from notifier.store.batch import BatchSession
-
     settings = make_settings(tmp_path, database_url=pg_url, events_url=redis_url,
                              events_queue=f"{key_prefix}.events")
     ctx = make_context(settings)
     client = redis.Redis.from_url(redis_url)
     first = json.dumps(created("b1"))
     client.rpush(f"{key_prefix}.events", first, json.dumps(created("b2")))
-
-    def bookings() -> set[str]:
-        with ctx.store.engine.connect() as conn:
-            return set(conn.execute(select(t.bookings.c.id)).scalars())
-
-    other = ctx.store.engine.connect()
-    other_batch = other.begin()
-    BatchSession(other).lock(["b:salon-berlin:b1"])  # another ingester's open batch holds b1
     source = ingest.RedisListSource(redis_url, f"{key_prefix}.events", "a")
-    stop = threading.Event()
-    total: list = []
-    consumer = threading.Thread(target=lambda: total.append(ingest.run(ctx, source, stop=stop.is_set)))
-    consumer.start()
-    try:
-        wait_until(lambda: bookings() == {"b2"}, timeout_s=20)  # b2 did not wait for b1's holder
-        assert client.lrange(f"{key_prefix}.events:processing:a", 0, -1) == [first.encode()]  # kept, not acked
-        other_batch.commit()  # the other batch ends
-        wait_until(lambda: bookings() == {"b1", "b2"}, timeout_s=20)
-    finally:
-        stop.set()
-        consumer.join(timeout=30)
-        other.close()
-    assert total[0].applied == 2 and total[0].duplicates == 0
+
+    def kept_not_acked():
+        assert client.lrange(f"{key_prefix}.events:processing:a", 0, -1) == [first.encode()]
+
+    total = consume_while_another_batch_holds_b1(ctx, source, kept_not_acked)
+    assert total.applied == 2 and total.duplicates == 0
     assert client.llen(f"{key_prefix}.events") == 0 and client.llen(f"{key_prefix}.events:processing:a") == 0
     source.close()
     ctx.close()
 
 
 def test_N1_N2_on_rabbitmq_an_event_whose_booking_another_batch_holds_stays_unacknowledged_until_applied(
-        tmp_path, pg_url, amqp_url, clock):
+        tmp_path, pg_url, amqp_url, clock, amqp_events):
     """The same on AMQP: the left event is not acknowledged (the broker would redeliver it if this
     consumer died) and opens the next batch; the queue is empty once both are applied."""
-    import threading
-
-    from notifier.store.batch import BatchSession
-
-    name = f"nt-{uuid.uuid4().hex[:8]}"
+    name, publish, ready = amqp_events
     settings = make_settings(tmp_path, database_url=pg_url, events_url=amqp_url, events_queue=name,
                              events_exchange=name)
     ctx = make_context(settings)
-    exchange = Exchange(name, type="topic", durable=True)
-    queue = Queue(name, exchange=exchange, routing_key="#", durable=True)
-    with Connection(amqp_url) as conn:
-        producer = conn.Producer()
-        for body in (json.dumps(created("b1")), json.dumps(created("b2"))):
-            producer.publish(body.encode(), exchange=exchange, routing_key="booking.created",
-                             content_type="application/json", declare=[queue])
-
-    def bookings() -> set[str]:
-        with ctx.store.engine.connect() as conn:
-            return set(conn.execute(select(t.bookings.c.id)).scalars())
-
-    other = ctx.store.engine.connect()
-    other_batch = other.begin()
-    BatchSession(other).lock(["b:salon-berlin:b1"])
+    publish(json.dumps(created("b1")), json.dumps(created("b2")))
     source = ingest.open_source(settings)
-    stop = threading.Event()
-    total: list = []
-    consumer = threading.Thread(target=lambda: total.append(ingest.run(ctx, source, stop=stop.is_set)))
-    consumer.start()
     try:
-        wait_until(lambda: bookings() == {"b2"}, timeout_s=20)
-        other_batch.commit()
-        wait_until(lambda: bookings() == {"b1", "b2"}, timeout_s=20)
+        total = consume_while_another_batch_holds_b1(ctx, source)
     finally:
-        stop.set()
-        consumer.join(timeout=30)
-        other.close()
         source.close()
     try:
-        assert total[0].applied == 2 and total[0].duplicates == 0
-        with Connection(amqp_url) as conn:  # both acknowledged: nothing ready, nothing to redeliver
-            _, waiting, _ = queue(conn.default_channel).queue_declare(passive=True)
-        assert waiting == 0
+        assert total.applied == 2 and total.duplicates == 0
+        assert ready() == 0  # both acknowledged: nothing ready, nothing to redeliver
     finally:
-        with Connection(amqp_url) as conn:
-            queue(conn.default_channel).delete()
-            exchange(conn.default_channel).delete()
         ctx.close()
 
 
