@@ -185,13 +185,9 @@ def _preload(session: BatchSession, events: list[ev.Event], *, wait: bool = True
 
 def _lock_and_load(session: BatchSession, events: list[ev.Event], *, wait: bool) -> set[str]:
     needs = {e.event_id: _lock_keys(e) for e in events}
-    if wait:
-        session.lock(k for keys in needs.values() for k in keys)
-        busy: set[str] = set()
-    else:
-        refused = session.try_lock(k for keys in needs.values() for k in keys)
-        busy = {event_id for event_id, keys in needs.items() if refused.intersection(keys)}
-        events = [e for e in events if e.event_id not in busy]
+    refused = session.take((k for keys in needs.values() for k in keys), wait=wait)
+    busy = {event_id for event_id, keys in needs.items() if refused.intersection(keys)}
+    events = [e for e in events if e.event_id not in busy]
     bookings, customers, resources = set(), set(), set()
     for event in events:
         kind, aggregate_id = ev.aggregate_of(event)
@@ -206,7 +202,7 @@ def _lock_and_load(session: BatchSession, events: list[ev.Event], *, wait: bool)
     updated = {(e.tenant_id, e.data.customer.id) for e in events
                if isinstance(e, ev.CustomerUpdatedEvent) or _changes_reach(session, e)}
     siblings = session.active_of_customers(updated) if updated else {}
-    if not wait and (refused := session.try_lock(f"b:{t}:{b}" for (t, _), bs in siblings.items() for b in bs)):
+    if refused := session.take((f"b:{t}:{b}" for (t, _), bs in siblings.items() for b in bs), wait=wait):
         # a customer one of whose bookings another batch holds: their events wait for the next batch
         blocked = {f"c:{t}:{c}" for (t, c), bs in siblings.items() if any(f"b:{t}:{b}" in refused for b in bs)}
         busy |= {event_id for event_id, keys in needs.items() if blocked.intersection(keys)}
@@ -215,10 +211,7 @@ def _lock_and_load(session: BatchSession, events: list[ev.Event], *, wait: bool)
     session.prefetch_active_of_customers(set(siblings), siblings)
     # the customers and resources of the bookings the batch touches, for planning
     known = [b for b in (session.bookings.get(k) for k in bookings) if b is not None]
-    customer_keys = {f"c:{b.tenant_id}:{b.customer_id}" for b in known}
-    if wait:
-        session.lock(customer_keys)
-    elif refused := session.try_lock(customer_keys):
+    if refused := session.take({f"c:{b.tenant_id}:{b.customer_id}" for b in known}, wait=wait):
         held_by_others = {(b.tenant_id, b.id) for b in known if f"c:{b.tenant_id}:{b.customer_id}" in refused}
         busy |= {e.event_id for e in events if ev.aggregate_of(e)[0] == "booking"
                  and (e.tenant_id, ev.aggregate_of(e)[1]) in held_by_others}
@@ -242,8 +235,16 @@ def _changes_reach(session: BatchSession, event: ev.Event) -> bool:
     known = session.customer(event.tenant_id, event.data.customer.id) if tenant is not None else None
     if known is None:
         return False
-    customer, _ = _customer(tenant, event.data.customer, 0, event.occurred_at)
+    customer, _ = _snapshot(session, tenant, event)
     return customer.newer_than(known) and _reach(known) != _reach(customer)
+
+
+def _snapshot(s: BatchSession, tenant: Tenant, event: ev.BookingCreatedEvent) -> tuple[Customer, str | None]:
+    """The customer as a new booking tells it, built once per event (preload asks too)."""
+    key = ("snapshot", event.event_id)
+    if key not in s.memo:
+        s.memo[key] = _customer(tenant, event.data.customer, 0, event.occurred_at)
+    return s.memo[key]
 
 
 def _claim(session: BatchSession, events: list[ev.Event], now: datetime) -> set[str]:
@@ -309,7 +310,7 @@ def _apply_one(s: BatchSession, event: ev.Event, body: str, now: datetime) -> st
         if booking is not None:
             return _stale(s, event)
         data = event.data
-        customer, phone_error = _customer(tenant, data.customer, 0, event.occurred_at)
+        customer, phone_error = _snapshot(s, tenant, event)
         known = s.customer(tenant.id, customer.id)
         if customer.newer_than(known):
             s.put_customer(customer, phone_error)

@@ -157,6 +157,13 @@ class BatchSession:
             "FROM unnest(%(keys)b::text[]) AS k ORDER BY k) AS ordered", {"keys": wanted})
         self._locked.update(wanted)
 
+    def take(self, keys: Iterable[str], *, wait: bool) -> set[str]:
+        """`lock` (waiting, nothing refused) or `try_lock`: the keys another transaction holds."""
+        if wait:
+            self.lock(keys)
+            return set()
+        return self.try_lock(keys)
+
     def try_lock(self, keys: Iterable[str]) -> set[str]:
         """`lock` without waiting: takes what is free and returns the keys another transaction
         holds. An ingester defers the events behind those to its next batch instead of waiting
