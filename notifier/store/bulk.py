@@ -79,16 +79,10 @@ def driver_errors(what: str) -> Iterator[None]:
 
 def _copy_insert(conn: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
                  keys: list[str] | None, update: bool, returning: str | None) -> list[Any]:
-    with driver_errors(f"COPY {table.name}"):
-        return _copy_insert_raw(conn, table, columns, rows, keys, update, returning)
-
-
-def _copy_insert_raw(conn: Connection, table: Table, columns: list[str], rows: list[tuple[Any, ...]],
-                     keys: list[str] | None, update: bool, returning: str | None) -> list[Any]:
     raw = conn.connection.driver_connection
     names = ", ".join(f'"{c}"' for c in columns)
     types = _copy_types(table, tuple(columns))
-    with raw.cursor() as cur:
+    with driver_errors(f"COPY {table.name}"), raw.cursor() as cur:
         if not keys and not returning:  # nothing to decide per row: straight into the table, in order
             _copy(cur, table.name, names, types, rows)
             return []
