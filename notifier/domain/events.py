@@ -17,6 +17,7 @@ Pure: pydantic and the standard library only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -247,13 +248,15 @@ def parse_event(body: bytes | str) -> Event:
 
 def aggregate_of(event: Event) -> tuple[str, str]:
     """The (kind, id) whose revision the event carries: a booking, customer, resource or tenant."""
-    if isinstance(event, CustomerUpdatedEvent):
-        return ("customer", event.data.customer.id)
-    if isinstance(event, ResourceUpdatedEvent):
-        return ("resource", event.data.resource.id)
-    if isinstance(event, TenantSettingsUpdatedEvent):
-        return ("tenant", event.tenant_id)
-    return ("booking", event.data.booking_id)
+    of = _AGGREGATE_OF.get(type(event))  # by exact type: an ingester asks several times per event
+    return of(event) if of is not None else ("booking", event.data.booking_id)  # type: ignore[union-attr]
+
+
+_AGGREGATE_OF: dict[type, Callable[[Any], tuple[str, str]]] = {
+    CustomerUpdatedEvent: lambda e: ("customer", e.data.customer.id),
+    ResourceUpdatedEvent: lambda e: ("resource", e.data.resource.id),
+    TenantSettingsUpdatedEvent: lambda e: ("tenant", e.tenant_id),
+}
 
 
 def json_schema() -> dict:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 from notifier.domain.model import (
@@ -41,6 +41,20 @@ class PlannedMessage(NamedTuple):  # not a frozen dataclass: an ingester makes t
     channel: Channel
     due_at: datetime  # UTC
     recipient: str = "customer"  # or "staff"
+
+
+class StoredMessage(Protocol):
+    """What planning needs to know of a message the store holds (`ExistingMessage`, or a
+    store's own record of it, so an ingester need not copy each one it loaded)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def state(self) -> MessageState: ...
+    @property
+    def due_at(self) -> datetime: ...
+    @property
+    def channel(self) -> Channel: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +158,15 @@ def reachable_channels(tenant: Tenant, customer: Customer,
     return frozenset(out)
 
 
-def _pick(channels: Iterable[Channel], reachable: frozenset[Channel], policy: str) -> list[tuple[str, Channel]]:
+@lru_cache(maxsize=1024)  # a handful of distinct (channels, reachable, policy) sets; asked per message
+def _pick(channels: tuple[Channel, ...], reachable: frozenset[Channel], policy: str) -> tuple[tuple[str, Channel], ...]:
     """(slot, channel) pairs: under "first" one slot for the kind, under "all" one per channel."""
     usable = [c for c in channels if c in reachable]
     if not usable:
-        return []
+        return ()
     if policy == "all":
-        return [(c.value, c) for c in usable]
-    return [("customer", usable[0])]
+        return tuple((c.value, c) for c in usable)
+    return (("customer", usable[0]),)
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -302,7 +317,7 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
                       anchor)
 
 
-def diff_plan(existing: Iterable[ExistingMessage], planned: Iterable[PlannedMessage]) -> PlanDiff:
+def diff_plan(existing: Iterable[StoredMessage], planned: Iterable[PlannedMessage]) -> PlanDiff:
     """What to change so the store matches the plan; sent messages are never touched."""
     have = {m.key: m for m in existing}
     want = {m.key: m for m in planned}
@@ -321,18 +336,17 @@ def diff_plan(existing: Iterable[ExistingMessage], planned: Iterable[PlannedMess
     return PlanDiff(add=tuple(add), update=tuple(update), withdraw=tuple(sorted(withdraw)))
 
 
-def sent_keys(existing: Iterable[ExistingMessage]) -> frozenset[str]:
+def sent_keys(existing: Iterable[StoredMessage]) -> frozenset[str]:
     return frozenset(m.key for m in existing if m.state in SENT_STATES)
 
 
-def failed_keys(existing: Iterable[ExistingMessage]) -> frozenset[str]:
+def failed_keys(existing: Iterable[StoredMessage]) -> frozenset[str]:
     return frozenset(m.key for m in existing if m.state is MessageState.FAILED)
 
 
 # --- time-dependent states (R12, R16, R18) -------------------------------------------------------
 
-@dataclass(frozen=True)
-class BookingFlags:
+class BookingFlags(NamedTuple):
     unconfirmed: bool  # clock marker: the customer has not confirmed (R12)
     red: bool  # counts in the red counter: unconfirmed, and the visit is near (R12)
     late: bool  # started, not marked arrived (R16)
@@ -372,6 +386,9 @@ def apply_flags(booking: Booking, settings: NotificationSettings, now: datetime)
     from dataclasses import replace
 
     flags = booking_flags(booking, settings, now)
+    if (flags.red == (booking.red_since is not None) and flags.late == (booking.late_since is not None)
+            and flags.orange == (booking.orange_since is not None) and not flags.release_due):
+        return booking, []  # most events: no marker changes
     c, late, starts = settings.confirmation, settings.late, booking.starts_at
     lit = {"red_since": (flags.red, starts - timedelta(seconds=c.counter_offset_s)),
            "late_since": (flags.late, starts + timedelta(seconds=late.delay_s)),

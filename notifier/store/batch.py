@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notifier.domain.model import Booking, BookingStatus, Channel, Customer, Kind, MessageState, Resource, Tenant
-from notifier.domain.planning import ExistingMessage, PlanDiff
+from notifier.domain.planning import PlanDiff, StoredMessage
 from notifier.store import schema as t
-from notifier.store.bulk import bulk_insert, driver_errors, insert_rows
+from notifier.store.bulk import driver_errors, insert_rows
 from notifier.store.sql import (
     MESSAGE_KEY,
     PLAN_CHANGES,
@@ -37,8 +36,7 @@ from notifier.store.sql import (
 Key = tuple[str, str]  # (tenant_id, id)
 
 
-@dataclass(slots=True)
-class _Message:
+class _Message(NamedTuple):  # a `StoredMessage` to planning: handed to it as it is, not copied
     key: str
     kind: str
     channel: Channel
@@ -53,11 +51,19 @@ _MISSING = object()
 _CHANNELS = {c.value: c for c in Channel}
 _STATES = {s.value: s for s in MessageState}
 # an enum's `.value` is a descriptor call; this lookup is a tenth of it, on the hottest loops
-_VALUE: dict[Any, str] = {m: m.value for enum in (Channel, MessageState, Kind) for m in enum}
+_VALUE: dict[Any, str] = {m: m.value for enum in (Channel, MessageState, Kind, BookingStatus) for m in enum}
 _BOOKING_COLUMNS = [c.name for c in t.bookings.c]
 _CUSTOMER_COLUMNS = [c.name for c in t.customers.c]
 _RESOURCE_COLUMNS = [c.name for c in t.resources.c]
 _MESSAGE_COLUMNS = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at"]
+_RESOURCE_WRITE = ["tenant_id", "id", "name", "type", "timezone", "settings", "revision"]
+_CUSTOMER_WRITE = ["tenant_id", "id", "name", "phone", "phone_error", "email", "language", "consents",
+                   "privacy_accepted", "created_via_online_booking", "revision", "snapshot_at"]
+_BOOKING_WRITE = ["tenant_id", "id", "customer_id", "resource_id", "starts_at", "ends_at", "created_at",
+                  "scheduled_at", "source", "service", "status", "workflow_status", "confirmed_at", "visit_outcome",
+                  "revision", "cancelled_by", "cancelled_at", "cancel_reason", "needs_approval", "approved_at",
+                  "red_since", "late_since", "orange_since", "released_at", "next_check_at"]
+_TIMELINE_WRITE = ["tenant_id", "booking_id", "at", "kind", "detail"]
 _MESSAGE_INSERT = ["tenant_id", "booking_id", "key", "dedup_key", "kind", "channel", "recipient", "state", "due_at",
                    "attempts", "created_at", "updated_at"]
 
@@ -76,7 +82,7 @@ class BatchSession:
         self.messages: dict[Key, dict[str, _Message]] = {}
         self.held: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}  # (tenant, aggregate) -> id -> (rev, body)
         self.dirty: dict[str, set] = defaultdict(set)
-        self.timeline: list[dict[str, Any]] = []
+        self.timeline: list[tuple[Any, ...]] = []  # rows in `_TIMELINE_WRITE` order
         self.dead: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
         self.next_check: dict[Key, datetime | None] = {}
@@ -365,9 +371,8 @@ class BatchSession:
             (ids.add if matches else ids.discard)(bid)
         return sorted(ids)
 
-    def existing_messages(self, tenant_id: str, booking_id: str) -> list[ExistingMessage]:
-        return [ExistingMessage(m.key, m.state, m.due_at, m.channel)
-                for m in self.messages.get((tenant_id, booking_id), {}).values()]
+    def existing_messages(self, tenant_id: str, booking_id: str) -> list[StoredMessage]:
+        return list(self.messages.get((tenant_id, booking_id), {}).values())
 
     # --- writes (buffered) ---------------------------------------------------------------------
     def put_tenant(self, tenant: Tenant) -> None:
@@ -415,8 +420,7 @@ class BatchSession:
             box[k] = _Message(k, old.kind, old.channel, old.recipient, withdrawn, old.due_at, old.new, True)
 
     def add_timeline(self, tenant_id: str, booking_id: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
-        self.timeline.append({"tenant_id": tenant_id, "booking_id": booking_id, "at": at, "kind": kind,
-                              "detail": detail, "message_id": None, "dedup_key": None})
+        self.timeline.append((tenant_id, booking_id, at, kind, detail))
 
     def add_plan_changes(self, tenant_id: str, booking_id: str, at: datetime, diff: PlanDiff) -> None:
         """The timeline entries of a replan (`message.planned` per added or changed message,
@@ -461,30 +465,24 @@ class BatchSession:
         if self.dirty["tenants"]:
             for tenant_id in sorted(self.dirty["tenants"]):
                 self.tx.save_tenant(self.tenants[tenant_id], now)  # type: ignore[arg-type]
-        self._upsert(t.resources, ["tenant_id", "id"], [
-            {"tenant_id": r.tenant_id, "id": r.id, "name": r.name, "type": r.type, "timezone": r.timezone,
-             "settings": dict(r.settings), "revision": r.revision}
+        # rows as tuples in the columns' order: no dict per row, on the way to a COPY
+        self._upsert(t.resources, _RESOURCE_WRITE, [
+            (r.tenant_id, r.id, r.name, r.type, r.timezone, dict(r.settings), r.revision)
             for r in (self.resources[k] for k in sorted(self.dirty["resources"])) if r is not None])
-        self._upsert(t.customers, ["tenant_id", "id"], [
-            {"tenant_id": c.tenant_id, "id": c.id, "name": c.name, "phone": c.phone,
-             "phone_error": self.phone_errors.get((c.tenant_id, c.id)), "email": c.email, "language": c.language,
-             "consents": sorted(x.value for x in c.consents), "privacy_accepted": c.privacy_accepted,
-             "created_via_online_booking": c.created_via_online_booking, "revision": c.revision,
-             "snapshot_at": c.snapshot_at}
+        self._upsert(t.customers, _CUSTOMER_WRITE, [
+            (c.tenant_id, c.id, c.name, c.phone, self.phone_errors.get((c.tenant_id, c.id)), c.email, c.language,
+             sorted(x.value for x in c.consents), c.privacy_accepted, c.created_via_online_booking, c.revision,
+             c.snapshot_at)
             for c in (self.customers[k] for k in sorted(self.dirty["customers"])) if c is not None])
-        self._upsert(t.bookings, ["tenant_id", "id"], [
-            {"tenant_id": b.tenant_id, "id": b.id, "customer_id": b.customer_id, "resource_id": b.resource_id,
-             "starts_at": b.starts_at, "ends_at": b.ends_at, "created_at": b.created_at,
-             "scheduled_at": b.scheduled_at, "source": b.source, "service": b.service, "status": b.status.value,
-             "workflow_status": dict(b.workflow_status) if b.workflow_status else None,
-             "confirmed_at": b.confirmed_at, "visit_outcome": b.visit_outcome, "revision": b.revision,
-             "cancelled_by": b.cancelled_by, "cancelled_at": b.cancelled_at, "cancel_reason": b.cancel_reason,
-             "needs_approval": b.needs_approval, "approved_at": b.approved_at, "red_since": b.red_since,
-             "late_since": b.late_since, "orange_since": b.orange_since, "released_at": b.released_at,
-             "next_check_at": self.next_check.get((b.tenant_id, b.id))}
+        self._upsert(t.bookings, _BOOKING_WRITE, [
+            (b.tenant_id, b.id, b.customer_id, b.resource_id, b.starts_at, b.ends_at, b.created_at, b.scheduled_at,
+             b.source, b.service, _VALUE[b.status], dict(b.workflow_status) if b.workflow_status else None,
+             b.confirmed_at, b.visit_outcome, b.revision, b.cancelled_by, b.cancelled_at, b.cancel_reason,
+             b.needs_approval, b.approved_at, b.red_since, b.late_since, b.orange_since, b.released_at,
+             self.next_check.get((b.tenant_id, b.id)))
             for b in (self.bookings[k] for k in sorted(self.dirty["bookings"])) if b is not None])
         self._flush_messages(now)
-        bulk_insert(conn, t.timeline, self.timeline)
+        insert_rows(conn, t.timeline, _TIMELINE_WRITE, self.timeline)
         if self.dead:
             conn.execute(t.dead_letters.insert(), self.dead)
         if self.outbox:
@@ -502,8 +500,8 @@ class BatchSession:
             conn.execute(update(t.processed_events).where(pe.event_id == bindparam("eid"))
                          .values(outcome=bindparam("outcome")), outcomes)
 
-    def _upsert(self, table: Any, keys: list[str], rows: list[dict[str, Any]]) -> None:
-        bulk_insert(self.conn, table, rows, keys=keys, update=True)
+    def _upsert(self, table: Any, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+        insert_rows(self.conn, table, columns, rows, keys=["tenant_id", "id"], update=True)
 
     def _flush_messages(self, now: datetime) -> None:
         inserts, replans, withdrawals = [], [], []

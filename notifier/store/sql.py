@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +45,21 @@ from notifier.store import schema as t
 
 
 def _json_bytes(value: Any) -> bytes:
-    """orjson: a tenth of the json module's time on the timeline's details (a few a booking);
-    anything it will not write (a dict with non-string keys) goes through json."""
+    """orjson: a tenth of the json module's time on the timeline's details (a few a booking),
+    and it writes times (ISO 8601) and enums (their values) itself; anything it will not write
+    (a dict with non-string keys) goes through json, which is taught the times."""
     import orjson
 
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value).encode()
+        return json.dumps(value, default=_json_default).encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _json_text(value: Any) -> str:
@@ -72,12 +78,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             from psycopg.types.json import set_json_dumps
 
             set_json_dumps(_json_bytes, dbapi_conn)
+            # times come back in UTC, whatever the server's TimeZone (often 'Etc/UTC', which psycopg
+            # loads as a ZoneInfo: converted on every timestamptz read, and again by us to UTC).
+            # A SET, not a startup option: PgBouncer keeps a client's TimeZone across server connections
+            cur = dbapi_conn.cursor()
+            cur.execute("SET TIME ZONE 'UTC'")
+            cur.close()
+            dbapi_conn.commit()
 
         return engine
     path = url.split("///", 1)[-1]
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+    engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=_json_text, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):  # SQLAlchemy's documented pysqlite recipe
@@ -172,16 +185,10 @@ MESSAGE_KEY = ["tenant_id", "booking_id", "key"]  # a message's unique key (uq_m
 _WITHDRAWN_REASON = "no longer applies"
 
 
-@lru_cache(maxsize=65_536)
-def _iso(moment: datetime) -> str:
-    """ISO 8601 in UTC, once per distinct instant: a day's plans share their due times (8:00,
-    the evening before). Equal instants in other zones hash alike, hence the UTC."""
-    return moment.astimezone(UTC).isoformat()
-
-
 def plan_changes_detail(diff: PlanDiff) -> dict[str, Any]:
     # Kind and Channel are str enums: JSON writes their values
-    return {"planned": [[m.key, m.kind, m.channel, _iso(m.due_at)] for m in diff.add + diff.update],
+    # due times are UTC (`PlannedMessage`): the JSON writer formats them as `isoformat` would
+    return {"planned": [[m.key, m.kind, m.channel, m.due_at] for m in diff.add + diff.update],
             "withdrawn": [[key, key.split("/", 1)[0]] for key in diff.withdraw]}
 
 
