@@ -102,19 +102,6 @@ def machine() -> dict[str, object]:
             "postgres_client": pg}
 
 
-def host_pace_ms() -> float:
-    """How fast this (shared, virtual) machine runs Python right now: milliseconds for a fixed
-    pure-Python loop, median of three. The same code's figures swing with it (on 2026-11-26 it
-    went from 90 to 200 within an hour), so a figure read beside it can be compared across runs."""
-    times = []
-    for _ in range(3):
-        started, total = time.perf_counter(), 0
-        for i in range(1_000_000):
-            total += i
-        times.append((time.perf_counter() - started) * 1000)
-    return round(sorted(times)[1], 1)
-
-
 def record(name: str, command: str, figures: dict[str, object], notes: str = "", *, summary: str = "",
            images: list[dict[str, str]] | None = None) -> None:
     """Save the figures (docs/bench/NAME.json), regenerate docs/benchmarks.md, print the JSON line.

@@ -24,7 +24,6 @@ from bench.common import (
     ROOT,
     CpuMeter,
     count_rows,
-    host_pace_ms,
     prepared_store,
     record,
     redis_prefix,
@@ -92,7 +91,6 @@ def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -
 
         try:
             time.sleep(2.0)  # let the processes import and block on the empty list
-            pace_before = host_pace_ms()
             with CpuMeter(_cpu_groups(procs, store, client)) as meter:
                 started = time.perf_counter()
                 pipe = client.pipeline(transaction=False)
@@ -102,7 +100,6 @@ def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -
                 # polled on Redis (LLEN is free), not with count(*) on the database the ingesters write
                 wait_until(drained, timeout_s=1800, poll_s=0.02, check=lambda: _all_alive(procs))
                 seconds = time.perf_counter() - started
-            pace = (pace_before + host_pace_ms()) / 2
             applied = _processed(store) - len(warmup)
             if applied != len(events):
                 raise SystemExit(f"ingest: {applied} of {len(events)} events recorded as processed")
@@ -114,7 +111,7 @@ def run_ours(events: list[str], warmup: list[str], processes: int, batch: int) -
     cpu_ms = {label: round(used * 1000 / len(events), 3) for label, used in meter.used.items()}
     return {"seconds": seconds, "events_per_s": len(events) / seconds, "messages_planned": planned,
             "cpu_ms_per_event": cpu_ms, "machine_busy": meter.machine_busy,
-            "cores_used": sum(meter.used.values()) / meter.elapsed_s, "host_pace_ms": round(pace, 1)}
+            "cores_used": sum(meter.used.values()) / meter.elapsed_s}
 
 
 def _all_alive(procs) -> None:
@@ -202,8 +199,6 @@ def main(argv: list[str]) -> int:
         "repeat": len(runs),
         "events_per_s": round(ours["events_per_s"]), "seconds": round(ours["seconds"], 2),
         "events_per_s_runs": [round(r["events_per_s"]) for r in runs],
-        # the machine's pace around each run (`bench.common.host_pace_ms`: lower is faster)
-        "host_pace_ms_runs": [r["host_pace_ms"] for r in runs],
         "messages_planned": ours["messages_planned"],
         "baseline_events": len(baseline_events), "baseline_events_per_s": round(base["events_per_s"]),
         "ratio": round(ours["events_per_s"] / base["events_per_s"], 2),
@@ -223,7 +218,5 @@ def main(argv: list[str]) -> int:
                  "`cpu_ms_per_event`: CPU the ingesters, the PostgreSQL backends of the run's database, Redis and "
                  "the bench itself used per event while ours ran; `capacity_events_per_s` is what that allows on "
                  f"{os.cpu_count()} cores to ourselves; `cores_used` is how much of the machine our processes got "
-                 "and `machine_busy` how busy it was in all (the machine is shared with other work). "
-                 "`host_pace_ms_runs`: how fast the machine ran a fixed Python loop around each run (lower is "
-                 "faster): the same code's events/s moves with it." + HISTORY)
+                 "and `machine_busy` how busy it was in all (the machine is shared with other work)." + HISTORY)
     return 0

@@ -14,9 +14,10 @@ red and orange counters, late, release due) and `next_flag_change` when they nex
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
+from operator import itemgetter
 from typing import NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
@@ -55,6 +56,9 @@ class StoredMessage(Protocol):
     def due_at(self) -> datetime: ...
     @property
     def channel(self) -> Channel: ...
+
+
+_BY_DUE_THEN_KEY = itemgetter(3, 0)  # (due_at, key) of a PlannedMessage, in C
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +233,7 @@ def plan_booking(
         _plan_request(plan, booking, settings)  # R23, R32: nothing else until it is accepted
     else:
         _plan_active(plan, booking, customer, settings, zone, sent)
-    return tuple(sorted(plan.messages, key=lambda m: (m.due_at, m.key)))
+    return tuple(sorted(plan.messages, key=_BY_DUE_THEN_KEY))
 
 
 def _plan_request(plan: _Plan, booking: Booking, s: NotificationSettings) -> None:
@@ -383,8 +387,6 @@ def next_flag_change(booking: Booking, settings: NotificationSettings, now: date
 def apply_flags(booking: Booking, settings: NotificationSettings, now: datetime) -> tuple[Booking, list[tuple[str, dict]]]:
     """Bring the booking's markers to what `booking_flags` says at `now`; a due release cancels
     it (R18). Returns the new booking and what changed, as (timeline kind, detail)."""
-    from dataclasses import replace
-
     flags = booking_flags(booking, settings, now)
     if (flags.red == (booking.red_since is not None) and flags.late == (booking.late_since is not None)
             and flags.orange == (booking.orange_since is not None) and not flags.release_due):
