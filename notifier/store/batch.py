@@ -63,7 +63,7 @@ _BOOKING_WRITE = ["tenant_id", "id", "customer_id", "resource_id", "starts_at", 
                   "scheduled_at", "source", "service", "status", "workflow_status", "confirmed_at", "visit_outcome",
                   "revision", "cancelled_by", "cancelled_at", "cancel_reason", "needs_approval", "approved_at",
                   "red_since", "late_since", "orange_since", "released_at", "next_check_at"]
-_TIMELINE_WRITE = ["tenant_id", "booking_id", "at", "kind", "detail"]
+_TIMELINE_WRITE = ["tenant_id", "booking_id", "at", "kind", "detail", "plan"]
 _MESSAGE_INSERT = ["tenant_id", "booking_id", "key", "dedup_key", "kind", "channel", "recipient", "state", "due_at",
                    "attempts", "created_at", "updated_at"]
 
@@ -420,12 +420,18 @@ class BatchSession:
             box[k] = _Message(k, old.kind, old.channel, old.recipient, withdrawn, old.due_at, old.new, True)
 
     def add_timeline(self, tenant_id: str, booking_id: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
-        self.timeline.append((tenant_id, booking_id, at, kind, detail))
+        self.timeline.append((tenant_id, booking_id, at, kind, detail, None))
 
     def add_plan_changes(self, tenant_id: str, booking_id: str, at: datetime, diff: PlanDiff) -> None:
         """The timeline entries of a replan (`message.planned` per added or changed message,
-        `message.withdrawn` per withdrawn one) as one row: `Tx.timeline` expands it."""
-        self.add_timeline(tenant_id, booking_id, at, PLAN_CHANGES, plan_changes_detail(diff))
+        `message.withdrawn` per withdrawn one), stored together (`Tx.timeline` expands them):
+        on the row this event just wrote for the booking, or, where it wrote none, a row of their own."""
+        plan = plan_changes_detail(diff)
+        last = self.timeline[-1] if len(self.timeline) > self._marks[0] else None
+        if last is not None and last[0] == tenant_id and last[1] == booking_id and last[2] == at and last[5] is None:
+            self.timeline[-1] = (*last[:5], plan)
+        else:
+            self.timeline.append((tenant_id, booking_id, at, PLAN_CHANGES, plan, None))
 
     def add_outbox(self, tenant_id: str, type_: str, payload: dict[str, Any], now: datetime) -> None:
         self.outbox.append({"tenant_id": tenant_id, "type": type_, "payload": payload, "created_at": now})

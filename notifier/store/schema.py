@@ -205,6 +205,8 @@ timeline = Table(
     Column("message_id", BigId),
     Column("detail", JSON, nullable=False),
     Column("dedup_key", String(300), unique=True),  # set where a retry could record it twice
+    # the messages the entry's event planned and withdrew (`plan_changes_detail`), shown after it
+    Column("plan", JSON),
 )
 Index("ix_timeline_booking", timeline.c.tenant_id, timeline.c.booking_id, timeline.c.at)
 

@@ -418,6 +418,9 @@ class Tx:
                                for kind, detail in expand_plan_changes(r.detail))
             else:
                 entries.append({"at": r.at, "kind": r.kind, "detail": r.detail, "message_id": r.message_id})
+            if r.plan:  # what the entry's event planned and withdrew (migration 0006)
+                entries.extend({"at": r.at, "kind": kind, "detail": detail, "message_id": None}
+                               for kind, detail in expand_plan_changes(r.plan))
         return entries
 
     # --- template bundles (R40) -------------------------------------------------------------

@@ -138,6 +138,26 @@ def test_the_timeline_lists_each_change_and_message_in_the_order_it_happened(sto
     ]
     for i in range(200):
         assert timeline_of(store_ctx.store, "salon-berlin", f"b{i}") == expected, f"b{i}"
+    # stored as one row per event: what an event planned rides on its own row (migration 0006)
+    with store_ctx.store.engine.connect() as conn:
+        kinds = conn.execute(select(t.timeline.c.kind).where(t.timeline.c.booking_id == "b7")
+                             .order_by(t.timeline.c.id)).scalars().all()
+    assert kinds == ["booking.created", "booking.rescheduled"]
+
+
+def test_plan_changes_stored_as_a_row_of_their_own_are_still_shown(store_ctx):
+    """Timelines written before migration 0006 keep a `plan.changed` row after the event's."""
+    apply_events(store_ctx.store, [json.dumps(created("b1"))], now=START, source="test")
+    with store_ctx.store.engine.begin() as conn:
+        conn.execute(t.timeline.insert().values(
+            tenant_id="salon-berlin", booking_id="b1", at=START + timedelta(minutes=1), kind="plan.changed",
+            detail={"planned": [["late/customer/x", "late", "email", "2026-12-04T10:15:00+00:00"]],
+                    "withdrawn": [["info/customer", "info"]]}))
+    entries = timeline_of(store_ctx.store, "salon-berlin", "b1")
+    assert [e["kind"] for e in entries][-2:] == ["message.planned", "message.withdrawn"]
+    assert entries[-2]["detail"] == {"key": "late/customer/x", "kind": "late", "channel": "email",
+                                     "due_at": "2026-12-04T10:15:00+00:00"}
+    assert entries[-1]["detail"]["reason"] == "no longer applies"
 
 
 def test_a_replan_does_not_undo_a_retry_backoff(tmp_path, database_url, clock):
