@@ -174,13 +174,25 @@ def _preload(session: BatchSession, events: list[ev.Event], *, wait: bool = True
     try:
         busy = _lock_and_load(session, events, wait=False)
     except Exception:
-        # session locks are not undone by a rollback: dropped here, inside the transaction (if the
-        # connection itself is gone, the server dropped them with it)
-        session.conn.exec_driver_sql("ROLLBACK TO SAVEPOINT ingest_locks")
-        session.drop_session_locks()
+        _drop_tried_locks(session)
         raise
     session.conn.exec_driver_sql("RELEASE SAVEPOINT ingest_locks")
     return busy
+
+
+def _drop_tried_locks(session: BatchSession) -> None:
+    """After a failed lock step: session locks are not undone by a rollback, so they are dropped
+    here, inside the transaction. A connection that is gone took them with it (the server drops
+    a closed session's locks); one that cannot drop them is closed, for the same effect. The
+    caller's error is what propagates (a database outage is retried, N1)."""
+    conn = session.conn
+    if conn.invalidated:
+        return
+    try:
+        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT ingest_locks")
+        session.drop_session_locks()
+    except DBAPIError:
+        conn.invalidate()
 
 
 def _lock_and_load(session: BatchSession, events: list[ev.Event], *, wait: bool) -> set[str]:

@@ -216,3 +216,34 @@ def test_P1_locks_taken_without_waiting_end_with_the_transaction_so_a_transactio
         holder_batch.rollback()
         holder.close()
         ctx.close()
+
+
+def test_N1_a_connection_lost_while_an_ingester_takes_its_locks_is_an_outage_to_retry_not_a_crash(
+        tmp_path, pg_url, clock, monkeypatch):
+    """The database connection dies in the middle of a batch's lock step: the batch fails with
+    the database's error (the ingester backs off and retries it) instead of a cleanup error
+    that stopped the ingester; the retry applies it."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from notifier.services import apply_events
+    from notifier.store.batch import BatchSession
+
+    ctx = make_context(make_settings(tmp_path, database_url=pg_url))
+    settle = BatchSession.settle_locks
+
+    def connection_lost(self, needed):
+        with ctx.store.engine.connect() as other:  # the server ends this batch's session
+            other.execute(text("SELECT pg_terminate_backend(:pid)"),
+                          {"pid": self.conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()})
+        return settle(self, needed)
+
+    body = json.dumps(created("b1"))
+    try:
+        monkeypatch.setattr(BatchSession, "settle_locks", connection_lost)
+        with pytest.raises(DBAPIError):
+            apply_events(ctx.store, [body], now=START, source="test", wait_for_locks=False)
+        monkeypatch.setattr(BatchSession, "settle_locks", settle)
+        assert apply_events(ctx.store, [body], now=START, source="test", wait_for_locks=False).applied == 1
+    finally:
+        ctx.close()

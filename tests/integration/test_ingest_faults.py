@@ -59,10 +59,12 @@ def test_N1_database_connection_cut_mid_stream_loses_nothing(tmp_path, pg_url, r
     group.start("ingester", "ingest")
     events = stream(600)
     client = redis.Redis.from_url(redis_url)
-    client.rpush(f"{key_prefix}.events", *events)
+    client.rpush(f"{key_prefix}.events", *events[:300])
     try:
         wait_for(lambda: count(ctx, t.processed_events) >= 200, "the first batches", group, timeout_s=60)
         proxy.cut()  # the database is gone for the ingester: open connections dropped, new ones refused
+        # the rest arrives during the outage (a fast ingester could otherwise finish before the cut)
+        client.rpush(f"{key_prefix}.events", *events[300:])
         log = tmp_path / "ingester.log"
         # the outage lasts until the ingester has failed, backed off and failed again
         wait_for(lambda: log.read_text().count("database unavailable") >= 2, "the ingester to meet the outage",
