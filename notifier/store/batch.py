@@ -82,6 +82,7 @@ class BatchSession:
         self.messages: dict[Key, dict[str, _Message]] = {}
         self.held: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}  # (tenant, aggregate) -> id -> (rev, body)
         self.dirty: dict[str, set] = defaultdict(set)
+        self.stored: dict[str, set[Key]] = defaultdict(set)  # keys found in the database, by table
         self.timeline: list[tuple[Any, ...]] = []  # rows in `_TIMELINE_WRITE` order
         self.dead: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
@@ -265,8 +266,10 @@ class BatchSession:
             return
         for key in keys:
             self.bookings[key] = None
+        stored = self.stored["bookings"]
         for row in self._select(t.bookings, _BOOKING_COLUMNS, "id", keys, lock=self.lock_bookings):
             self.bookings[(row.tenant_id, row.id)] = booking_from(row)
+            stored.add((row.tenant_id, row.id))
             self._of_customer[(row.tenant_id, row.customer_id)].add((row.tenant_id, row.id))
         # a booking not in the database has no messages (they reference it); it may have held events
         self._load_messages({key for key in keys if self.bookings[key] is not None})
@@ -293,8 +296,10 @@ class BatchSession:
             return
         for key in keys:
             self.customers[key] = None
+        stored = self.stored["customers"]
         for row in self._select(t.customers, _CUSTOMER_COLUMNS, "id", keys):
             self.customers[(row.tenant_id, row.id)] = customer_from(row)
+            stored.add((row.tenant_id, row.id))
             self.phone_errors[(row.tenant_id, row.id)] = row.phone_error
 
     def _load_resources(self, keys: set[Key]) -> None:
@@ -302,8 +307,10 @@ class BatchSession:
             return
         for key in keys:
             self.resources[key] = None
+        stored = self.stored["resources"]
         for row in self._select(t.resources, _RESOURCE_COLUMNS, "id", keys):
             self.resources[(row.tenant_id, row.id)] = resource_from(row)
+            stored.add((row.tenant_id, row.id))
 
     # --- reads (loading what was not preloaded) ------------------------------------------------
     def tenant(self, tenant_id: str) -> Tenant | None:
@@ -507,7 +514,13 @@ class BatchSession:
                          .values(outcome=bindparam("outcome")), outcomes)
 
     def _upsert(self, table: Any, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-        insert_rows(self.conn, table, columns, rows, keys=["tenant_id", "id"], update=True)
+        """Rows the batch found in the database are upserted; the rest (most bookings: new ones)
+        are expected new, so on PostgreSQL they are COPYed straight in, not through the upsert."""
+        stored = self.stored[table.name]
+        new = [row for row in rows if (row[0], row[1]) not in stored]  # (tenant_id, id) lead every row
+        old = [row for row in rows if (row[0], row[1]) in stored] if len(new) < len(rows) else []
+        insert_rows(self.conn, table, columns, new, keys=["tenant_id", "id"], update=True, expect_new=True)
+        insert_rows(self.conn, table, columns, old, keys=["tenant_id", "id"], update=True)
 
     def _flush_messages(self, now: datetime) -> None:
         inserts, replans, withdrawals = [], [], []

@@ -50,12 +50,12 @@ def insert_rows(conn: Connection, table: Table, columns: list[str], rows: list[t
     """`bulk_insert` for rows given as tuples in the order of `columns`. `expect_new`: the rows
     are not expected to conflict on `keys` (a conflict is a rare duplicate), so on PostgreSQL they
     are COPYed straight into the table in a savepoint, and only if that meets a conflict are they
-    written again through the temporary table with the conflict rule: the common case writes
-    each row once instead of twice."""
+    written again through the temporary table with the conflict rule (skip, or with `update`
+    overwrite): the common case writes each row once instead of twice."""
     if not rows:
         return []
     if conn.dialect.name == "postgresql":
-        if expect_new and keys and not update:
+        if expect_new and keys:
             written = _copy_unless_conflict(conn, table, columns, rows, returning)
             if written is not None:
                 return written
