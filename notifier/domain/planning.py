@@ -192,22 +192,21 @@ class _Plan:
             return
         for slot, channel in _pick(channels, self.reachable, self.settings.channel_policy):
             key = kind + "/" + slot + ("/" + anchor if anchor else "")  # str enums: their values
-            self.messages.append(PlannedMessage(key=key, kind=kind, channel=channel, due_at=due_at))
-            backup = self.settings.fallback.get(channel)
-            if key in self.failed and backup in self.reachable and backup is not channel:
-                # failed for good on its channel: once more on the fallback, as soon as possible
-                self.messages.append(PlannedMessage(key=f"{key}/{FALLBACK}", kind=kind, channel=backup,
-                                                    due_at=max(due_at, self.now)))
+            self.messages.append(PlannedMessage(key, kind, channel, due_at))  # positional: the hot path
+            if key in self.failed:
+                backup = self.settings.fallback.get(channel)
+                if backup in self.reachable and backup is not channel:
+                    # failed for good on its channel: once more on the fallback, as soon as possible
+                    self.messages.append(PlannedMessage(key=f"{key}/{FALLBACK}", kind=kind, channel=backup,
+                                                        due_at=max(due_at, self.now)))
 
     def staff(self, kind: Kind, due_at: datetime, anchor: str = "") -> None:
         staff = self.settings.staff
-        channels = (Channel.ACTIVITY,) if kind.startswith("activity_") else staff.channels
         if not staff.enabled:
             return
-        for channel in channels:
+        for channel in (Channel.ACTIVITY,) if kind.startswith("activity_") else staff.channels:
             key = kind + "/" + channel + ("/" + anchor if anchor else "")
-            self.messages.append(PlannedMessage(key=key, kind=kind, channel=channel, due_at=due_at,
-                                                recipient="staff"))
+            self.messages.append(PlannedMessage(key, kind, channel, due_at, "staff"))
 
 
 def plan_booking(
