@@ -920,6 +920,11 @@ def _open_messages(store: Any) -> int:
 
 # --- what should have happened, and what did -------------------------------------------------------------
 
+def _dedup_key(c: Any) -> Any:
+    """A message's identity as one string, tenant/booking/key (what its unique index says)."""
+    return (c.tenant_id + "/" + c.booking_id + "/" + c.key).label("dedup_key")
+
+
 def reference_plan(work: Workload, folder: Path) -> dict[str, dict[str, Any]]:
     """The messages the events imply: each event once, in order, applied to an SQLite store with
     no faults. dedup_key -> the planned message."""
@@ -936,7 +941,7 @@ def reference_plan(work: Workload, folder: Path) -> dict[str, dict[str, Any]]:
         apply_events(store, bodies, now=work.wave_at(w), source="reference")
     c = t.messages.c
     with store.engine.connect() as conn:
-        rows = conn.execute(select(c.dedup_key, c.booking_id, c.key, c.kind, c.channel, c.due_at)
+        rows = conn.execute(select(_dedup_key(c), c.booking_id, c.key, c.kind, c.channel, c.due_at)
                             .where(c.state == "planned")).all()
     store.engine.dispose()
     return {r.dedup_key: dict(r._mapping) for r in rows}
@@ -954,7 +959,7 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
     m, a, cu, b = t.messages.c, t.send_attempts.c, t.customers.c, t.bookings.c
     with store.engine.connect() as conn:
         live = {r.dedup_key: dict(r._mapping) for r in conn.execute(
-            select(m.id, m.dedup_key, m.booking_id, m.kind, m.channel, m.state, m.attempts, m.provider_message_id,
+            select(m.id, _dedup_key(m), m.booking_id, m.kind, m.channel, m.state, m.attempts, m.provider_message_id,
                    m.sent_at, m.error, cu.phone)
             .join(t.bookings, (b.tenant_id == m.tenant_id) & (b.id == m.booking_id))
             .join(t.customers, (cu.tenant_id == b.tenant_id) & (cu.id == b.customer_id)))}

@@ -306,10 +306,9 @@ def fill_future_messages(store, n: int, *, after: datetime, span_s: float = 60 *
             "p.after, p.after, 'staff', 'active', false, 1 "
             "FROM p, generate_series(1, :bookings) AS g, "
             "LATERAL (SELECT p.after + make_interval(secs => 3600 + g::float8 / :bookings * :span) AS s) AS b",
-        p + "INSERT INTO messages (tenant_id, booking_id, key, dedup_key, kind, channel, recipient, state, "
+        p + "INSERT INTO messages (tenant_id, booking_id, key, kind, channel, recipient, state, "
             "due_at, attempts, created_at, updated_at) "
-            "SELECT p.tenant, p.tag || 'b' || b, k || '/customer', p.tenant || '/' || p.tag || 'b' || b || '/' || k "
-            "|| '/customer', split_part(k, '.', 1), 'sms', 'customer', 'planned', "
+            "SELECT p.tenant, p.tag || 'b' || b, k || '/customer', split_part(k, '.', 1), 'sms', 'customer', 'planned', "
             "p.after + make_interval(secs => g::float8 / :n * :span), 0, p.after, p.after "
             "FROM p, generate_series(1, :n) AS g, "
             "LATERAL (SELECT (g - 1) / :per + 1 AS b, (ARRAY['info', 'confirmation', 'reminder', 'late', "

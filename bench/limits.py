@@ -107,7 +107,7 @@ def redis_rates(n: int, prefix: str) -> tuple[float, float]:
 
 
 def pg_copy_rate(url: str, n: int, per_transaction: int = 10_000) -> float:
-    """Rows a second COPYed into `messages` (indexes, unique dedup key and foreign key included)."""
+    """Rows a second COPYed into `messages` (its indexes included)."""
     from datetime import UTC, datetime
 
     from bench.workload import START
@@ -117,7 +117,7 @@ def pg_copy_rate(url: str, n: int, per_transaction: int = 10_000) -> float:
     fill_future_messages(store, bookings, after=START, per_booking=1, tag="x")  # the bookings they belong to
     raw = store.engine.raw_connection()
     now = datetime.now(UTC)
-    columns = ("tenant_id", "booking_id", "key", "dedup_key", "kind", "channel", "recipient", "state", "due_at",
+    columns = ("tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at",
                "attempts", "created_at", "updated_at")
     try:
         cur = raw.cursor()
@@ -127,7 +127,7 @@ def pg_copy_rate(url: str, n: int, per_transaction: int = 10_000) -> float:
                 for i in range(first, min(n, first + per_transaction)):
                     booking = f"xb{i % bookings + 1}"
                     key = f"reminder/customer/{i}"
-                    copy.write_row(("salon-berlin", booking, key, f"salon-berlin/{booking}/{key}", "reminder", "sms",
+                    copy.write_row(("salon-berlin", booking, key, "reminder", "sms",
                                     "customer", "planned", START + timedelta(days=1, seconds=i), 0, now, now))
             raw.commit()
         seconds = time.perf_counter() - started

@@ -64,7 +64,7 @@ _BOOKING_WRITE = ["tenant_id", "id", "customer_id", "resource_id", "starts_at", 
                   "revision", "cancelled_by", "cancelled_at", "cancel_reason", "needs_approval", "approved_at",
                   "red_since", "late_since", "orange_since", "released_at", "next_check_at"]
 _TIMELINE_WRITE = ["tenant_id", "booking_id", "at", "kind", "detail", "plan"]
-_MESSAGE_INSERT = ["tenant_id", "booking_id", "key", "dedup_key", "kind", "channel", "recipient", "state", "due_at",
+_MESSAGE_INSERT = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at",
                    "attempts", "created_at", "updated_at"]
 
 
@@ -529,9 +529,8 @@ class BatchSession:
             box = self.messages[(tenant_id, booking_id)]
             for key in sorted(k for k, m in box.items() if m.changed):
                 m = box[key]
-                dedup = f"{tenant_id}/{booking_id}/{key}"
                 if m.new:
-                    inserts.append((tenant_id, booking_id, key, dedup, m.kind, _VALUE[m.channel], m.recipient,
+                    inserts.append((tenant_id, booking_id, key, m.kind, _VALUE[m.channel], m.recipient,
                                     _VALUE[m.state], m.due_at, 0, now, now))
                 elif m.state is planned:
                     replans.append({"t": tenant_id, "b": booking_id, "k": key, "due": m.due_at,

@@ -147,7 +147,6 @@ messages = Table(
     Column("tenant_id", String(128), nullable=False),
     Column("booking_id", String(128), nullable=False),
     Column("key", String(200), nullable=False),  # planning key, unique per booking
-    Column("dedup_key", String(500), nullable=False),  # tenant/booking/key, for reading: the unique key is below
     Column("kind", String(32), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("recipient", String(16), nullable=False),

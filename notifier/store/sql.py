@@ -358,7 +358,7 @@ class Tx:
     def add_messages(self, tenant_id: str, booking_id: str, planned: Iterable[PlannedMessage], now: datetime) -> None:
         rows = [{
             "tenant_id": tenant_id, "booking_id": booking_id, "key": m.key,
-            "dedup_key": f"{tenant_id}/{booking_id}/{m.key}", "kind": m.kind.value, "channel": m.channel.value,
+            "kind": m.kind.value, "channel": m.channel.value,
             "recipient": m.recipient, "state": MessageState.PLANNED.value, "due_at": m.due_at, "attempts": 0,
             "created_at": now, "updated_at": now,
         } for m in planned]

@@ -71,9 +71,9 @@ def filled(pg_admin: str) -> Iterator[Engine]:
                            ELSE %(now)s + g * interval '1 second' END
                FROM generate_series(1, %(many)s) g""", p)
         # messages: planned for later, sent long ago, claimed under a live lease; and a few due
-        sql("""INSERT INTO messages (tenant_id, booking_id, key, dedup_key, kind, channel, recipient, state, due_at,
+        sql("""INSERT INTO messages (tenant_id, booking_id, key, kind, channel, recipient, state, due_at,
                                      lease_until, attempts, created_at, updated_at)
-               SELECT 't', 'b' || (1 + mod(g, %(many)s)), 'k' || g, 'd' || g, 'info', 'email', 'customer', s.state,
+               SELECT 't', 'b' || (1 + mod(g, %(many)s)), 'k' || g, 'info', 'email', 'customer', s.state,
                       CASE s.state WHEN 'planned' THEN %(now)s + g * interval '1 second'
                                    ELSE %(now)s - g * interval '1 second' END,
                       CASE WHEN s.state IN ('queued', 'sending') THEN %(now)s + g * interval '1 second' END,
@@ -81,13 +81,13 @@ def filled(pg_admin: str) -> Iterator[Engine]:
                FROM generate_series(1, 2 * %(many)s) g,
                     LATERAL (SELECT (ARRAY['planned', 'sent', 'sent', 'delivered', 'withdrawn', 'failed',
                                            'queued', 'sending'])[1 + mod(g, 8)] AS state) s""", p)
-        sql("""INSERT INTO messages (tenant_id, booking_id, key, dedup_key, kind, channel, recipient, state, due_at,
+        sql("""INSERT INTO messages (tenant_id, booking_id, key, kind, channel, recipient, state, due_at,
                                      lease_until, attempts, created_at, updated_at)
-               SELECT 't', 'b1', 'due' || g, 'due' || g, 'info', 'email', 'customer', 'planned',
+               SELECT 't', 'b1', 'due' || g, 'info', 'email', 'customer', 'planned',
                       %(now)s - g * interval '1 minute', NULL, 0, %(now)s, %(now)s
                FROM generate_series(1, %(n_due)s) g
                UNION ALL
-               SELECT 't', 'b1', 'lapsed' || g, 'lapsed' || g, 'info', 'email', 'customer', 'sending',
+               SELECT 't', 'b1', 'lapsed' || g, 'info', 'email', 'customer', 'sending',
                       %(now)s - interval '1 hour', %(now)s - g * interval '1 minute', 1, %(now)s, %(now)s
                FROM generate_series(1, %(n_lease)s) g""", p)
         # housekeeping: recent rows everywhere, a few past retention

@@ -158,18 +158,18 @@ def filled(pg_admin: str) -> Iterator[Engine]:
                VALUES ('t', 'b', 'c', 'r', %(now)s, %(now)s, %(now)s, %(now)s, 'api', 'active', 1)""", p)
         # ids 1..MANY: sent and delivered long ago (the first RECENT of them within the window);
         # then MANY planned for later, DUE planned and due, IN_FLIGHT queued
-        sql("""INSERT INTO messages (tenant_id, booking_id, key, dedup_key, kind, channel, recipient, state, due_at,
+        sql("""INSERT INTO messages (tenant_id, booking_id, key, kind, channel, recipient, state, due_at,
                                      sent_at, attempts, created_at, updated_at)
-               SELECT 't', 'b', 'k' || g, 'd' || g, 'info', CASE WHEN mod(g, 2) = 0 THEN 'email' ELSE 'sms' END,
+               SELECT 't', 'b', 'k' || g, 'info', CASE WHEN mod(g, 2) = 0 THEN 'email' ELSE 'sms' END,
                       'customer', 'delivered', s - interval '30 seconds', s, 1, s, s
                FROM generate_series(1, %(many)s) g,
                     LATERAL (SELECT CASE WHEN g <= %(recent)s THEN %(now)s - g * interval '1 minute'
                                          ELSE %(now)s - interval '2 days' - g * interval '1 minute' END AS s) t""", p)
         sql("""INSERT INTO send_attempts (message_id, started_at, duration_ms, outcome)
                SELECT id, sent_at, 40, 'sent' FROM messages ORDER BY id""")
-        sql("""INSERT INTO messages (tenant_id, booking_id, key, dedup_key, kind, channel, recipient, state, due_at,
+        sql("""INSERT INTO messages (tenant_id, booking_id, key, kind, channel, recipient, state, due_at,
                                      lease_until, attempts, created_at, updated_at)
-               SELECT 't', 'b', 'p' || g, 'p' || g, 'reminder', 'email', 'customer',
+               SELECT 't', 'b', 'p' || g, 'reminder', 'email', 'customer',
                       CASE WHEN g <= %(due)s + %(flying)s AND g > %(due)s THEN 'queued' ELSE 'planned' END,
                       CASE WHEN g <= %(due)s + %(flying)s THEN %(now)s - g * interval '1 second'
                            ELSE %(now)s + g * interval '1 minute' END,
