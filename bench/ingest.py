@@ -40,8 +40,8 @@ HISTORY = (" Earlier on 2026-11-26: 2,412/s before the ingesters stopped waiting
            " two took turns); after, single runs of 5,000-5,500/s at 0.34 ms of CPU per event, and 4,605/s (median of"
            " three) at 0.39 ms. From 09:45 the same code took 0.58-0.85 ms per event on this machine (PostgreSQL's"
            " share as much as the ingesters': the machine, not the code, had slowed) and ran at 2,000-3,000/s. The"
-           " commits after cut the ingester's instructions per event by 13% (valgrind --tool=callgrind, 1,500"
-           " events in one process: 1,161k to 1,008k) and the timeline rows per event by half.")
+           " commits after cut the ingester's instructions per event by 15% (1,161k to 990k: `python -m bench"
+           " ingest_cost`), the timeline rows per event by half and a quarter of each message row.")
 
 
 def _prepare(url: str, warmup: list[str]):
