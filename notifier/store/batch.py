@@ -56,13 +56,6 @@ _BOOKING_COLUMNS = [c.name for c in t.bookings.c]
 _CUSTOMER_COLUMNS = [c.name for c in t.customers.c]
 _RESOURCE_COLUMNS = [c.name for c in t.resources.c]
 _MESSAGE_COLUMNS = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at"]
-_RESOURCE_WRITE = ["tenant_id", "id", "name", "type", "timezone", "settings", "revision"]
-_CUSTOMER_WRITE = ["tenant_id", "id", "name", "phone", "phone_error", "email", "language", "consents",
-                   "privacy_accepted", "created_via_online_booking", "revision", "snapshot_at"]
-_BOOKING_WRITE = ["tenant_id", "id", "customer_id", "resource_id", "starts_at", "ends_at", "created_at",
-                  "scheduled_at", "source", "service", "status", "workflow_status", "confirmed_at", "visit_outcome",
-                  "revision", "cancelled_by", "cancelled_at", "cancel_reason", "needs_approval", "approved_at",
-                  "red_since", "late_since", "orange_since", "released_at", "next_check_at"]
 _TIMELINE_WRITE = ["tenant_id", "booking_id", "at", "kind", "detail", "plan"]
 _MESSAGE_INSERT = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at",
                    "attempts", "created_at", "updated_at"]
@@ -478,20 +471,20 @@ class BatchSession:
         if self.dirty["tenants"]:
             for tenant_id in sorted(self.dirty["tenants"]):
                 self.tx.save_tenant(self.tenants[tenant_id], now)  # type: ignore[arg-type]
-        # rows as tuples in the columns' order: no dict per row, on the way to a COPY
-        self._upsert(t.resources, _RESOURCE_WRITE, [
+        # rows as tuples in the tables' column order (the `_*_COLUMNS` the loads read): no dict per row
+        self._upsert(t.resources, _RESOURCE_COLUMNS, [
             (r.tenant_id, r.id, r.name, r.type, r.timezone, dict(r.settings), r.revision)
             for r in (self.resources[k] for k in sorted(self.dirty["resources"])) if r is not None])
-        self._upsert(t.customers, _CUSTOMER_WRITE, [
+        self._upsert(t.customers, _CUSTOMER_COLUMNS, [
             (c.tenant_id, c.id, c.name, c.phone, self.phone_errors.get((c.tenant_id, c.id)), c.email, c.language,
              sorted(x.value for x in c.consents), c.privacy_accepted, c.created_via_online_booking, c.revision,
              c.snapshot_at)
             for c in (self.customers[k] for k in sorted(self.dirty["customers"])) if c is not None])
-        self._upsert(t.bookings, _BOOKING_WRITE, [
+        self._upsert(t.bookings, _BOOKING_COLUMNS, [
             (b.tenant_id, b.id, b.customer_id, b.resource_id, b.starts_at, b.ends_at, b.created_at, b.scheduled_at,
-             b.source, b.service, _VALUE[b.status], dict(b.workflow_status) if b.workflow_status else None,
-             b.confirmed_at, b.visit_outcome, b.revision, b.cancelled_by, b.cancelled_at, b.cancel_reason,
-             b.needs_approval, b.approved_at, b.red_since, b.late_since, b.orange_since, b.released_at,
+             b.source, b.service, _VALUE[b.status], b.cancelled_by, b.cancelled_at, b.cancel_reason,
+             b.needs_approval, b.approved_at, dict(b.workflow_status) if b.workflow_status else None,
+             b.confirmed_at, b.visit_outcome, b.revision, b.red_since, b.late_since, b.orange_since, b.released_at,
              self.next_check.get((b.tenant_id, b.id)))
             for b in (self.bookings[k] for k in sorted(self.dirty["bookings"])) if b is not None])
         self._flush_messages(now)
