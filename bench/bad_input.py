@@ -429,7 +429,10 @@ def fuzz_links(folder: Path, examples: int, seed: int) -> list[Tally]:
     ctx = _web_context(folder, "links")
     client = TestClient(create_app(ctx))
     starts = START + timedelta(days=2, hours=3)
-    good = {(b, a): ctx.links.token(TENANT, b, a, starts) for b in ("b1", "b2") for a in ("confirm", "cancel")}
+    # issued at the simulated clock the app verifies against (a token of the real clock would be days
+    # "in the future" of START, and refused as expired, once the real date passed it)
+    good = {(b, a): ctx.links.token(TENANT, b, a, starts, issued_at=START) for b in ("b1", "b2")
+            for a in ("confirm", "cancel")}
     claims = {token: ctx.links.verify(token, now=START) for token in good.values()}
     before = _booking_states(ctx)
 
@@ -493,12 +496,12 @@ def fuzz_links(folder: Path, examples: int, seed: int) -> list[Tally]:
     wrong = LinkSigner("another-secret-of-some-other-install", "https://x")
     for b in ("b1", "b2"):
         for action in ("confirm", "cancel"):
-            attempt(other, wrong.token(TENANT, b, action, starts))
+            attempt(other, wrong.token(TENANT, b, action, starts, issued_at=START))
             attempt(other, ctx.links.token(TENANT, b, action, starts, issued_at=START - timedelta(days=61)))
             attempt(other, ctx.links.token(TENANT, b, action, starts, issued_at=START + timedelta(days=1)))
             # genuinely signed, for a tenant that has no such booking, or for another time of it
-            attempt(other, ctx.links.token("studio-roma", b, action, starts), signed_by_us=True)
-            attempt(other, ctx.links.token(TENANT, b, action, starts + timedelta(hours=1)), signed_by_us=True)
+            attempt(other, ctx.links.token("studio-roma", b, action, starts, issued_at=START), signed_by_us=True)
+            attempt(other, ctx.links.token(TENANT, b, action, starts + timedelta(hours=1), issued_at=START), signed_by_us=True)
     # a genuine link acts on its own booking once, and only for its own action
     answer = client.post(f"/l/{good[('b2', 'cancel')]}")
     states = _booking_states(ctx)
