@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import Connection, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from notifier.domain.model import Booking, BookingStatus, Channel, Customer, Kind, MessageState, Resource, Tenant
@@ -43,7 +43,7 @@ class _Message(NamedTuple):  # a `StoredMessage` to planning: handed to it as it
     recipient: str
     state: MessageState
     due_at: datetime
-    new: bool  # not in the database yet
+    id: int | None  # None: not in the database yet
     changed: bool  # by this batch
 
 
@@ -55,10 +55,28 @@ _VALUE: dict[Any, str] = {m: m.value for enum in (Channel, MessageState, Kind, B
 _BOOKING_COLUMNS = [c.name for c in t.bookings.c]
 _CUSTOMER_COLUMNS = [c.name for c in t.customers.c]
 _RESOURCE_COLUMNS = [c.name for c in t.resources.c]
-_MESSAGE_COLUMNS = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at"]
+_MESSAGE_COLUMNS = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at", "id"]
 _TIMELINE_WRITE = ["tenant_id", "booking_id", "at", "kind", "detail", "plan"]
 _MESSAGE_INSERT = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at",
                    "attempts", "created_at", "updated_at"]
+
+
+def key_lookup_sql(table: str, columns: list[str], id_column: str, *, equal: str | None = None,
+                   lock: bool = False) -> str:
+    """PostgreSQL: the rows of `table` whose (tenant_id, `id_column`) pair is in two parallel text
+    arrays (parameters 1 and 2; `equal`: and that column equals parameter 3).
+
+    Each pair is looked up in the index on its own, in the arrays' order (a LATERAL subquery,
+    which OFFSET 0 keeps the planner from flattening into a join): as a join, once a batch named
+    a thousand keys the planner chose a merge or hash join over the whole table, and a batch's
+    cost grew with the table. The arrays' elements compare as the identifier columns do
+    (COLLATE "C", `schema.Ident`), or no index would apply."""
+    names = ", ".join(f'y."{c}"' for c in columns)
+    where = f'y.tenant_id = k.t COLLATE "C" AND y."{id_column}" = k.i COLLATE "C"'
+    if equal is not None:
+        where += f' AND y."{equal}" = %s'
+    return (f'SELECT x.* FROM unnest(%b::text[], %b::text[]) AS k(t, i) CROSS JOIN LATERAL '
+            f'(SELECT {names} FROM {table} AS y WHERE {where} OFFSET 0{" FOR UPDATE" if lock else ""}) AS x')
 
 
 class BatchSession:
@@ -218,23 +236,16 @@ class BatchSession:
     def _select(self, table: Any, columns: list[str], id_column: str, keys: Iterable[Key], *,
                 lock: bool = False, equal: tuple[str, str] | None = None) -> list[Any]:
         """Rows (`columns` of `table`) whose (tenant_id, `id_column`) is one of `keys`, in one
-        statement whatever the number of tenants (`equal`: and this column has this value). PostgreSQL: a join on two unnested arrays,
-        run on the driver's cursor (rows as named tuples, no per-row processing); `lock` takes
-        the rows FOR UPDATE in key order, so two ingesters cannot deadlock on them."""
+        statement whatever the number of tenants (`equal`: and this column has this value).
+        PostgreSQL: `key_lookup_sql` on the driver's cursor (rows as named tuples, no per-row
+        processing); `lock` takes the rows FOR UPDATE, in key order."""
         keys = sorted(keys)
         if not keys:
             return []
         if self.conn.dialect.name == "postgresql":
-            names = ", ".join(f'x."{c}"' for c in columns)
+            sql = key_lookup_sql(table.name, columns, id_column, equal=equal[0] if equal else None, lock=lock)
             # %b: the key arrays go binary, without the quoting scan psycopg runs on each text element
-            sql = (f'SELECT {names} FROM {table.name} AS x JOIN unnest(%b::text[], %b::text[]) AS k(t, i) '
-                   f'ON x.tenant_id = k.t AND x."{id_column}" = k.i')
-            params = [[k[0] for k in keys], [k[1] for k in keys]]
-            if equal is not None:
-                sql += f' WHERE x."{equal[0]}" = %s'
-                params.append(equal[1])
-            if lock:
-                sql += f' ORDER BY x.tenant_id, x."{id_column}" FOR UPDATE OF x'
+            params: list[Any] = [[k[0] for k in keys], [k[1] for k in keys], *([equal[1]] if equal else [])]
             from psycopg.rows import namedtuple_row
 
             with driver_errors(sql), self.conn.connection.driver_connection.cursor(row_factory=namedtuple_row) as cur:
@@ -274,7 +285,7 @@ class BatchSession:
         channels, states = _CHANNELS, _STATES
         for r in self._select(t.messages, _MESSAGE_COLUMNS, "booking_id", keys):
             self.messages[(r.tenant_id, r.booking_id)][r.key] = _Message(
-                r.key, r.kind, channels[r.channel], r.recipient, states[r.state], r.due_at, False, False)
+                r.key, r.kind, channels[r.channel], r.recipient, states[r.state], r.due_at, r.id, False)
 
     def _load_held(self, keys: set[Key]) -> None:
         wanted = {(tenant, f"booking:{bid}") for tenant, bid in keys}
@@ -411,13 +422,16 @@ class BatchSession:
         self._add(self.dirty["messages"], key)
         planned, withdrawn = MessageState.PLANNED, MessageState.WITHDRAWN
         for m in diff.add:
-            box[m.key] = _Message(m.key, _VALUE[m.kind], m.channel, m.recipient, planned, m.due_at, True, True)
+            box[m.key] = _Message(m.key, _VALUE[m.kind], m.channel, m.recipient, planned, m.due_at, None, True)
         for m in diff.update:
             old = box[m.key]
-            box[m.key] = _Message(m.key, old.kind, m.channel, old.recipient, planned, m.due_at, old.new, True)
+            box[m.key] = _Message(m.key, old.kind, m.channel, old.recipient, planned, m.due_at, old.id, True)
         for k in diff.withdraw:
             old = box[k]
-            box[k] = _Message(k, old.kind, old.channel, old.recipient, withdrawn, old.due_at, old.new, True)
+            if old.id is None:  # planned by this batch: it never reaches the database
+                del box[k]
+            else:
+                box[k] = _Message(k, old.kind, old.channel, old.recipient, withdrawn, old.due_at, old.id, True)
 
     def add_timeline(self, tenant_id: str, booking_id: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
         self.timeline.append((tenant_id, booking_id, at, kind, detail, None))
@@ -516,53 +530,68 @@ class BatchSession:
         insert_rows(self.conn, table, columns, old, keys=["tenant_id", "id"], update=True)
 
     def _flush_messages(self, now: datetime) -> None:
+        """Planned messages are inserted; stored ones changed by this batch are planned again
+        (new time or channel, or revived) or withdrawn. A withdrawn message that was never
+        attempted is deleted: nothing refers to it, and the timeline keeps the withdrawal (a
+        third of the rows an ingester touched were such, and an update costs a new row version
+        in every index). One attempted (retrying) or already claimed for dispatch stays, as
+        `withdrawn`, so the attempts keep their message and dispatch sees it is off."""
         inserts, replans, withdrawals = [], [], []
-        planned, withdrawn = MessageState.PLANNED, MessageState.WITHDRAWN
+        planned = MessageState.PLANNED
         for tenant_id, booking_id in sorted(self.dirty["messages"]):
             box = self.messages[(tenant_id, booking_id)]
             for key in sorted(k for k, m in box.items() if m.changed):
                 m = box[key]
-                if m.new:
+                if m.id is None:
                     inserts.append((tenant_id, booking_id, key, m.kind, _VALUE[m.channel], m.recipient,
                                     _VALUE[m.state], m.due_at, 0, now, now))
                 elif m.state is planned:
-                    replans.append({"t": tenant_id, "b": booking_id, "k": key, "due": m.due_at,
-                                    "ch": _VALUE[m.channel]})
-                elif m.state is withdrawn:
-                    withdrawals.append({"t": tenant_id, "b": booking_id, "k": key})
-        c = t.messages.c
+                    replans.append((m.id, m.due_at, _VALUE[m.channel]))
+                else:
+                    withdrawals.append(m.id)
         # planned from what was loaded under the booking's lock: a conflict would be a bug, and is skipped
         insert_rows(self.conn, t.messages, _MESSAGE_INSERT, inserts, keys=MESSAGE_KEY, expect_new=True)
         # replans and withdrawals touch only rows nobody has claimed meanwhile: a sent message is never touched;
         # a message waiting out a retry's backoff keeps its later time (a replan must not undo the backoff)
-        if self.conn.dialect.name == "postgresql":  # one statement each, whatever the number of rows
-            if replans:
-                self.conn.exec_driver_sql(
-                    "UPDATE messages SET state = 'planned', channel = v.ch, lease_until = NULL, "
-                    "due_at = CASE WHEN messages.attempts > 0 THEN GREATEST(messages.due_at, v.due) ELSE v.due END, "
-                    "updated_at = %(now)s FROM unnest(%(t)b::text[], %(b)b::text[], %(k)b::text[], "
-                    "%(due)b::timestamptz[], %(ch)b::text[]) AS v(t, b, k, due, ch) "
-                    "WHERE (messages.tenant_id, messages.booking_id, messages.key) = (v.t, v.b, v.k) "
-                    "AND messages.state IN ('planned', 'withdrawn')",
-                    {"now": now, **{name: [r[name] for r in replans] for name in ("t", "b", "k", "due", "ch")}})
-            if withdrawals:
+        if replans:
+            self._replan_stored(replans, now)
+        if withdrawals:
+            self._withdraw_stored(withdrawals, now)
+
+    def _replan_stored(self, replans: list[tuple[int, datetime, str]], now: datetime) -> None:
+        if self.conn.dialect.name == "postgresql":  # one statement, whatever the number of rows
+            ids, dues, channels = map(list, zip(*replans, strict=True))
+            self.conn.exec_driver_sql(
+                "UPDATE messages SET state = 'planned', channel = v.ch, lease_until = NULL, "
+                "due_at = CASE WHEN messages.attempts > 0 THEN GREATEST(messages.due_at, v.due) ELSE v.due END, "
+                "updated_at = %(now)s FROM unnest(%(id)b::int8[], %(due)b::timestamptz[], %(ch)b::text[]) "
+                "AS v(id, due, ch) WHERE messages.id = v.id AND messages.state IN ('planned', 'withdrawn')",
+                {"now": now, "id": ids, "due": dues, "ch": channels})
+            return
+        c = t.messages.c
+        due = bindparam("due", type_=c.due_at.type)
+        self.conn.execute(update(t.messages).where(
+            c.id == bindparam("mid"),  # no IN (...): executemany cannot expand a list
+            or_(c.state == MessageState.PLANNED.value, c.state == MessageState.WITHDRAWN.value),
+        ).values(state=MessageState.PLANNED.value, channel=bindparam("ch"), lease_until=None, updated_at=now,
+                 due_at=case((c.attempts > 0, func.max(c.due_at, due)), else_=due)),
+            [{"mid": i, "due": d, "ch": ch} for i, d, ch in replans])
+
+    def _withdraw_stored(self, ids: list[int], now: datetime) -> None:
+        if self.conn.dialect.name == "postgresql":
+            kept = set(ids).difference(self.conn.exec_driver_sql(
+                "DELETE FROM messages WHERE id = ANY(%(ids)b::int8[]) AND state = 'planned' AND attempts = 0 "
+                "RETURNING id", {"ids": ids}).scalars())
+            if kept:  # attempted, or claimed by a sweep meanwhile: they stay, withdrawn
                 self.conn.exec_driver_sql(
                     "UPDATE messages SET state = 'withdrawn', lease_until = NULL, updated_at = %(now)s "
-                    "FROM unnest(%(t)b::text[], %(b)b::text[], %(k)b::text[]) AS v(t, b, k) "
-                    "WHERE (messages.tenant_id, messages.booking_id, messages.key) = (v.t, v.b, v.k) "
-                    "AND messages.state IN ('planned', 'queued')",
-                    {"now": now, **{name: [r[name] for r in withdrawals] for name in ("t", "b", "k")}})
+                    "WHERE id = ANY(%(ids)b::int8[]) AND state IN ('planned', 'queued')",
+                    {"now": now, "ids": sorted(kept)})
             return
-        if replans:
+        c = t.messages.c
+        for chunk in (ids[i:i + 10_000] for i in range(0, len(ids), 10_000)):  # SQLite binds each id
+            self.conn.execute(delete(t.messages).where(
+                c.id.in_(chunk), c.state == MessageState.PLANNED.value, c.attempts == 0))
             self.conn.execute(update(t.messages).where(
-                c.tenant_id == bindparam("t"), c.booking_id == bindparam("b"), c.key == bindparam("k"),
-                # no IN (...): executemany cannot expand a list
-                or_(c.state == MessageState.PLANNED.value, c.state == MessageState.WITHDRAWN.value),
-            ).values(state=MessageState.PLANNED.value, channel=bindparam("ch"), lease_until=None, updated_at=now,
-                     due_at=case((c.attempts > 0, func.max(c.due_at, bindparam("due", type_=c.due_at.type))),
-                                 else_=bindparam("due", type_=c.due_at.type))), replans)
-        if withdrawals:
-            self.conn.execute(update(t.messages).where(
-                and_(c.tenant_id == bindparam("t"), c.booking_id == bindparam("b"), c.key == bindparam("k"),
-                     or_(c.state == MessageState.PLANNED.value, c.state == MessageState.QUEUED.value)),
-            ).values(state=MessageState.WITHDRAWN.value, lease_until=None, updated_at=now), withdrawals)
+                c.id.in_(chunk), or_(c.state == MessageState.PLANNED.value, c.state == MessageState.QUEUED.value),
+            ).values(state=MessageState.WITHDRAWN.value, lease_until=None, updated_at=now))

@@ -40,7 +40,7 @@ from notifier.domain.model import (
     Resource,
     Tenant,
 )
-from notifier.domain.planning import ExistingMessage, PlanDiff, PlannedMessage
+from notifier.domain.planning import PlanDiff
 from notifier.store import schema as t
 
 
@@ -348,45 +348,6 @@ class Tx:
         self.conn.execute(t.held_events.delete().where(t.held_events.c.event_id == event_id))
 
     # --- messages ------------------------------------------------------------------------
-    def existing_messages(self, tenant_id: str, booking_id: str) -> list[ExistingMessage]:
-        c = t.messages.c
-        rows = self.conn.execute(select(c.key, c.state, c.due_at, c.channel)
-                                 .where(c.tenant_id == tenant_id, c.booking_id == booking_id))
-        return [ExistingMessage(key=r.key, state=MessageState(r.state), due_at=r.due_at, channel=Channel(r.channel))
-                for r in rows]
-
-    def add_messages(self, tenant_id: str, booking_id: str, planned: Iterable[PlannedMessage], now: datetime) -> None:
-        rows = [{
-            "tenant_id": tenant_id, "booking_id": booking_id, "key": m.key,
-            "kind": m.kind.value, "channel": m.channel.value,
-            "recipient": m.recipient, "state": MessageState.PLANNED.value, "due_at": m.due_at, "attempts": 0,
-            "created_at": now, "updated_at": now,
-        } for m in planned]
-        if rows:
-            _insert_ignore(self.conn, t.messages, rows, MESSAGE_KEY)
-
-    def replan_messages(self, tenant_id: str, booking_id: str, planned: Iterable[PlannedMessage],
-                        now: datetime) -> None:
-        c = t.messages.c
-        for m in planned:
-            self.conn.execute(update(t.messages).where(
-                c.tenant_id == tenant_id, c.booking_id == booking_id, c.key == m.key,
-                c.state.in_([MessageState.PLANNED.value, MessageState.WITHDRAWN.value]),
-            ).values(state=MessageState.PLANNED.value, due_at=m.due_at, channel=m.channel.value, updated_at=now,
-                     lease_until=None))
-
-    def withdraw_messages(self, tenant_id: str, booking_id: str, keys: Iterable[str], now: datetime) -> list[int]:
-        """Withdraw unsent messages; returns the ids actually withdrawn (a worker may have won)."""
-        c = t.messages.c
-        keys = list(keys)
-        if not keys:
-            return []
-        result = self.conn.execute(update(t.messages).where(
-            c.tenant_id == tenant_id, c.booking_id == booking_id, c.key.in_(keys),
-            c.state.in_([MessageState.PLANNED.value, MessageState.QUEUED.value]),
-        ).values(state=MessageState.WITHDRAWN.value, lease_until=None, updated_at=now).returning(c.id, c.key))
-        return [r.id for r in result]
-
     def message(self, message_id: int) -> MessageRow | None:
         row = self.conn.execute(select(t.messages).where(t.messages.c.id == message_id)).first()
         return _message(row) if row else None

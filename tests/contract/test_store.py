@@ -9,7 +9,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from notifier.services import apply_events, timeline_of
 from notifier.store import schema as t
@@ -54,8 +54,16 @@ def test_schema_matches_the_models_after_migration(database_url):
     upgrade(engine)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), t.metadata)
+        # autogenerate does not compare collations: the identifier columns' byte order is checked here
+        collated = {(c.table_name, c.column_name): c.collation_name for c in conn.execute(text(
+            "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema()"))} if engine.dialect.name == "postgresql" else {}
     engine.dispose()
     assert diff == []
+    for table in t.metadata.tables.values():
+        for column in table.c if collated else ():
+            wanted = getattr(column.type.dialect_impl(engine.dialect), "collation", None)
+            assert collated[(table.name, column.name)] == wanted, (table.name, column.name)
 
 
 def test_concurrent_claims_take_each_due_row_once(store_ctx):
@@ -191,6 +199,50 @@ def test_a_replan_does_not_undo_a_retry_backoff(tmp_path, database_url, clock):
     ctx.close()
 
 
+def test_N1_N2_a_withdrawn_message_is_deleted_unless_attempted_or_claimed(tmp_path, database_url, clock):
+    """Withdrawing deletes a message nothing refers to. One that was attempted (waiting for its
+    retry) keeps its row, as `withdrawn`, and its attempts keep their message; one a sweep has
+    claimed for dispatch stays too, so the dispatch finds it withdrawn and does not send it. The
+    timeline lists every withdrawal either way."""
+    from notifier.channels.base import TemporaryFailure
+    from notifier.channels.fake import FakeChannel
+    from notifier.domain.model import Channel
+    from tests.unit.test_services import messages, run_due
+
+    def busy(message):
+        raise TemporaryFailure("503 from provider", code="503")
+
+    email = FakeChannel("email", behaviour=busy)
+    ctx = make_context(make_settings(tmp_path, database_url=database_url), channels={Channel.EMAIL: email})
+    try:
+        booking = created(tenant="clinic-full", starts_at=START + timedelta(days=2, hours=6),
+                          resource={"id": "dr-weiss", "name": "Dr. Weiss", "type": "specialist"})
+        apply_events(ctx.store, [json.dumps(booking)], now=START, source="test")
+        ctx.clock.set(START + timedelta(hours=1))  # the info message waits for the end of the quiet hours
+        assert run_due(ctx)["retried"] == 1  # the info message: one attempt, planned again for later
+        planned = {r.kind: r for r in messages(ctx)}
+        assert planned["info"].attempts == 1 and {"reminder", "confirmation", "late"} < set(planned)
+        with ctx.store.engine.begin() as conn:  # the reminder as a sweep's claim leaves it
+            conn.execute(t.messages.update().where(t.messages.c.id == planned["reminder"].id)
+                         .values(state="queued", lease_until=START + timedelta(minutes=5)))
+        apply_events(ctx.store, [json.dumps(event("booking.cancelled", {"booking_id": "b1", "by": "staff"},
+                                                  tenant="clinic-full", revision=2))], now=START, source="test")
+        assert {(r.kind, r.state) for r in messages(ctx)} == {("info", "withdrawn"), ("reminder", "withdrawn")}
+        a, m = t.send_attempts.c, t.messages.c
+        with ctx.store.engine.connect() as conn:
+            attempts = conn.execute(select(a.message_id)).scalars().all()
+            kept = conn.execute(select(m.id).where(m.id.in_(attempts))).scalars().all()
+        assert attempts == [planned["info"].id] and kept == attempts  # no attempt lost its message
+        withdrawn = [e["detail"]["kind"] for e in timeline_of(ctx.store, "clinic-full", "b1")
+                     if e["kind"] == "message.withdrawn"]
+        assert sorted(withdrawn) == sorted(planned)
+        email.behaviour = None
+        ctx.clock.set(START + timedelta(days=3))
+        assert run_due(ctx)["sent"] == 0 and not email.sent
+    finally:
+        ctx.close()
+
+
 def test_every_message_has_its_booking_though_no_foreign_key_says_so(store_ctx):
     """messages -> bookings is not a foreign key (the check cost a fifth of PostgreSQL's ingest
     work): the unit of work writes a booking before its messages, whatever order, duplication
@@ -232,5 +284,34 @@ def test_N3_a_number_too_big_for_its_column_is_refused_not_stored_wrapped(pg_url
                             [("e1", "salon-berlin", "booking.created", "booking:b1", 2**40, "applied", START)])
         with ctx.store.engine.connect() as conn:
             assert conn.execute(select(t.processed_events)).all() == []
+    finally:
+        ctx.close()
+
+
+@pytest.mark.integration
+def test_P1_a_batch_looks_its_keys_up_in_the_indexes_whatever_its_size(pg_url, clock, tmp_path):
+    """An ingester loads a batch's bookings and their messages by key. With two thousand
+    keys against a table of tens of thousands of rows, a join let the planner scan the whole
+    table (merge or hash join), so a batch cost what the table held: each key is an index probe."""
+    from sqlalchemy import text
+
+    from bench.common import fill_future_messages
+    from notifier.store.batch import key_lookup_sql
+
+    ctx = make_context(make_settings(tmp_path, database_url=pg_url), channels={})
+    try:
+        fill_future_messages(ctx.store, 60_000, after=START, per_booking=4)  # 15,000 bookings, ANALYZEd
+        with ctx.store.engine.connect() as conn:
+            keys = conn.execute(text("SELECT tenant_id, id FROM bookings ORDER BY random() LIMIT 2000")).all()
+            cur = conn.connection.driver_connection.cursor()
+            for table, id_column, lock in (("bookings", "id", True), ("messages", "booking_id", False)):
+                sql = key_lookup_sql(table, ["tenant_id", id_column], id_column, lock=lock)
+                cur.execute("EXPLAIN " + sql, [[k[0] for k in keys], [k[1] for k in keys]])
+                plan = "\n".join(row[0] for row in cur.fetchall())
+                assert "Index" in plan and "Seq Scan" not in plan and " Join" not in plan, plan
+                cur.execute(sql, [[k[0] for k in keys], [k[1] for k in keys]])
+                found = cur.fetchall()
+                assert len(found) == {"bookings": 2000, "messages": 8000}[table]
+            conn.rollback()
     finally:
         ctx.close()
