@@ -307,7 +307,11 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
             plan.customer(Kind.REMINDER, r.channels, booking.scheduled_at, anchor)
 
     late = s.late
-    if booking.visit_outcome is None:  # R16-R18: planned now, withdrawn when the visit is marked
+    # R16-R18 are about a visit that began and was not marked: planned from its start (the state
+    # sweep wakes every active booking then, `next_flag_change`), withdrawn when it is marked. Most
+    # visits are marked on time, so planning them with the booking wrote three messages a booking,
+    # and moved them again with every reschedule, for nothing.
+    if booking.visit_outcome is None and plan.now >= starts:
         if late.enabled:
             plan.customer(Kind.LATE, late.channels, starts + timedelta(seconds=late.delay_s), anchor)
         if late.activity_enabled:

@@ -221,7 +221,7 @@ def test_N1_N2_a_withdrawn_message_is_deleted_unless_attempted_or_claimed(tmp_pa
         ctx.clock.set(START + timedelta(hours=1))  # the info message waits for the end of the quiet hours
         assert run_due(ctx)["retried"] == 1  # the info message: one attempt, planned again for later
         planned = {r.kind: r for r in messages(ctx)}
-        assert planned["info"].attempts == 1 and {"reminder", "confirmation", "late"} < set(planned)
+        assert planned["info"].attempts == 1 and {"reminder", "confirmation", "feedback"} < set(planned)
         with ctx.store.engine.begin() as conn:  # the reminder as a sweep's claim leaves it
             conn.execute(t.messages.update().where(t.messages.c.id == planned["reminder"].id)
                          .values(state="queued", lease_until=START + timedelta(minutes=5)))

@@ -116,7 +116,8 @@ def test_a_whole_day_through_the_ingester_matches_the_pure_planner(tmp_path, pg_
         stored = {(r.booking_id, r.key, r.kind, r.channel, r.due_at) for r in conn.execute(
             select(m.booking_id, m.key, m.kind, m.channel, m.due_at).where(m.state == "planned"))}
     expected = predicted(ctx, day)
-    assert len(expected) > 100 and {k[2] for k in expected} >= {"info", "confirmation", "reminder", "late",
-                                                               "feedback", "activity_late", "staff_released"}
+    # at 07:00 no visit has begun, so no late path yet (test_late_path follows one through its start)
+    assert len(expected) > 100 and {k[2] for k in expected} >= {"info", "confirmation", "reminder", "feedback",
+                                                               "change", "activity_unconfirmed"}
     assert stored == expected
     ctx.close()

@@ -177,16 +177,28 @@ def test_R21_moving_withdraws_what_no_longer_applies_and_keeps_what_was_sent():
     state = [replace(m, state=MessageState.SENT) if m.key.startswith("info/") else m for m in state]
     diff = diff_plan(state, plan(moved, now=at(2026, 12, 1, 12)))
     assert not any(k.startswith("info/") for k in diff.withdraw)
-    assert {m.kind for m in diff.add} >= {Kind.REMINDER, Kind.CONFIRMATION, Kind.CHANGE, Kind.LATE}
-    assert {k.split("/")[0] for k in diff.withdraw} >= {"reminder", "confirmation", "late", "activity_unconfirmed"}
+    assert {m.kind for m in diff.add} >= {Kind.REMINDER, Kind.CONFIRMATION, Kind.CHANGE}
+    assert {k.split("/")[0] for k in diff.withdraw} >= {"reminder", "confirmation", "activity_unconfirmed"}
 
 
 # --- R16-R18 late ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("delay_s", [300, 600])
 def test_R16_late_follow_up_5_or_10_minutes_after_the_start(delay_s):
-    [late] = of(plan(booking(VISIT, BOOKED), conf(late={"delay_s": delay_s})), Kind.LATE)
+    b, s = booking(VISIT, BOOKED), conf(late={"delay_s": delay_s})
+    [late] = of(plan(b, s, now=VISIT), Kind.LATE)  # the state sweep replans every booking at its start
     assert late.due_at == VISIT + timedelta(seconds=delay_s) and late.recipient == "customer"
+    assert next_flag_change(b, s, VISIT - timedelta(minutes=1)) == VISIT  # the sweep wakes the booking then
+
+
+def test_R16_R17_R18_the_late_path_is_planned_only_once_the_visit_began():
+    """Planned ahead, the late path was withdrawn again for nearly every visit (marked on time) and
+    moved with every reschedule: it is planned when the visit starts unmarked, not before."""
+    b = booking(VISIT, BOOKED)
+    late_path = {Kind.LATE, Kind.ACTIVITY_LATE, Kind.STAFF_RELEASED}
+    assert not late_path & {m.kind for m in plan(b, now=VISIT - timedelta(minutes=1))}
+    assert late_path <= {m.kind for m in plan(b, now=VISIT)}
+    assert not late_path & {m.kind for m in plan(replace(b, visit_outcome="arrived"), now=VISIT)}
 
 
 def test_R16_late_and_orange_counter_that_may_light_later():
@@ -200,7 +212,7 @@ def test_R16_late_and_orange_counter_that_may_light_later():
 
 def test_R16_R17_R18_marking_the_visit_withdraws_the_late_path():
     b = booking(VISIT, BOOKED)
-    first = plan(b)
+    first = plan(b, now=VISIT)
     assert due(first, Kind.ACTIVITY_LATE) == [VISIT + timedelta(minutes=15)]  # R17
     assert due(first, Kind.STAFF_RELEASED) == [VISIT + timedelta(minutes=30)]  # R18
     assert booking_flags(b, NotificationSettings(), VISIT + timedelta(minutes=30)).release_due
@@ -309,7 +321,7 @@ def test_quiet_hours_move_customer_messages_to_the_morning_or_drop_them():
 
 def test_quiet_hours_do_not_hold_back_the_late_follow_up():
     evening = booking(at(2026, 12, 3, 21, 30), BOOKED)
-    assert due(plan(evening), Kind.LATE) == [at(2026, 12, 3, 21, 35)]
+    assert due(plan(evening, now=evening.starts_at), Kind.LATE) == [at(2026, 12, 3, 21, 35)]
 
 
 # --- DST (issue 4, acceptance 3) -------------------------------------------------------------------------
@@ -437,8 +449,12 @@ def test_property_moving_a_visit_whose_reminder_was_sent_yields_exactly_one_new_
 ])
 def test_R24_the_admin_can_switch_off_any_kind(section, kinds):
     b = booking(VISIT, BOOKED)
-    assert kinds & {m.kind for m in plan(b)}
-    assert not kinds & {m.kind for m in plan(b, conf(**{section: {"enabled": False}}))}
+
+    def planned(s=None):  # at the booking, and at the visit's start (the late path)
+        return {m.kind for m in plan(b, s)} | {m.kind for m in plan(b, s, now=VISIT)}
+
+    assert kinds & planned()
+    assert not kinds & planned(conf(**{section: {"enabled": False}}))
     staff_off = plan(b, conf(staff={"enabled": False}))
     assert all(m.recipient == "customer" for m in staff_off)
 
