@@ -10,16 +10,26 @@ does (`bench.baseline.apply_event`, without Celery's own cost). PostgreSQL's wor
 counted. Each figure is the difference between a run that applies `--events` events after a
 warm-up and one that stops after the warm-up, each on a fresh database, so start-up and imports
 cancel out. Needs valgrind (Debian: `apt-get install valgrind`); not part of `make bench`.
+
+PostgreSQL's own instructions are counted too (`PrivatePostgres`): a throw-away cluster of the
+bench's own (initdb in a temporary directory, a free port on loopback) is given the warm-up
+natively, then restarted under callgrind, and the backend that applies the events is measured
+(less what an idle backend costs). It needs the server's binaries (`pg_config --bindir`, or
+Debian's /usr/lib/postgresql/N/bin); as root the server runs as the `postgres` user.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, prepared_store, record, scratch_database
@@ -63,6 +73,117 @@ def per_event(warmup: int, events: int, batch: int) -> float:
     return (_instructions(warmup, events, batch, generated) - _instructions(warmup, 0, batch, generated)) / events
 
 
+class PrivatePostgres:
+    """A PostgreSQL cluster of the bench's own, started natively or under callgrind."""
+
+    def __init__(self) -> None:
+        self.bindir = _pg_bindir()
+        self.dir = Path(tempfile.mkdtemp(prefix="notifier-pgcost-"))
+        self.user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # it refuses root
+        if self.user:
+            shutil.chown(self.dir, "postgres")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.proc: subprocess.Popen | None = None
+        self._run([str(self.bindir / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres",
+                   "-E", "UTF8", "--locale=C.UTF-8"])
+
+    def _run(self, argv: list[str]) -> None:
+        subprocess.run(self.user + argv, check=True, capture_output=True, cwd=self.dir)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self, *, callgrind: bool) -> None:
+        self.stop()
+        server = [str(self.bindir / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+                  "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "autovacuum=off",
+                  "-c", "checkpoint_timeout=1h", "-c", "max_wal_size=8GB", "-c", "shared_buffers=128MB"]
+        wrap = (["valgrind", "--tool=callgrind", "--dump-instr=no", f"--callgrind-out-file={self.dir}/cg.%p"]
+                if callgrind else [])
+        self.proc = subprocess.Popen(self.user + wrap + server, cwd=self.dir, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while subprocess.run([str(self.bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+                             ).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("bench ingest_cost: the private PostgreSQL did not start")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self._run([str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop"])
+            self.proc.wait(timeout=300)
+            self.proc = None
+
+    def instructions(self, backend_pid: int) -> int:
+        """What a backend that has exited retired, from its callgrind output."""
+        path = self.dir / f"cg.{backend_pid}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if path.exists():
+                for line in path.read_text().splitlines():
+                    if line.startswith(("summary:", "totals:")):
+                        return int(line.split()[1])
+            time.sleep(0.2)
+        raise SystemExit(f"bench ingest_cost: no callgrind output for backend {backend_pid}")
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pg_bindir() -> Path:
+    found = shutil.which("pg_config")
+    if found:
+        bindir = Path(subprocess.run([found, "--bindir"], capture_output=True, text=True).stdout.strip())
+        if (bindir / "postgres").exists():
+            return bindir
+    servers = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3]))
+    if not servers:
+        raise SystemExit("bench ingest_cost: no PostgreSQL server binaries (apt-get install postgresql)")
+    return Path(servers[-1]).parent
+
+
+def postgres_per_event(warmup: int, events: int, batch: int) -> float:
+    """Instructions PostgreSQL's backend retires per event applied in batches of `batch`, after
+    `warmup` events given natively."""
+    import psycopg
+    from sqlalchemy import text
+
+    from bench.workload import START, booking_events
+    from notifier.services import apply_events
+    from notifier.store.sql import Store, make_engine
+
+    stream = booking_events(warmup + events)
+    pg = PrivatePostgres()
+    try:
+        pg.start(callgrind=False)
+        admin = f"postgresql://postgres@127.0.0.1:{pg.port}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE warm")
+        prepared_store(pg.url("warm"), stream[:warmup]).engine.dispose()
+        pg.start(callgrind=True)
+        store = Store(make_engine(pg.url("warm")))
+
+        def backend() -> int:
+            with store.engine.connect() as conn:
+                pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                conn.commit()
+            return pid
+
+        idle = backend()
+        store.engine.dispose()
+        pid = backend()
+        for i in range(warmup, warmup + events, batch):
+            apply_events(store, stream[i:min(i + batch, warmup + events)], now=START, source="bench")
+        store.engine.dispose()
+        return (pg.instructions(pid) - pg.instructions(idle)) / events
+    finally:
+        pg.close()
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         _child(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]))
@@ -81,22 +202,31 @@ def main(argv: list[str]) -> int:
     print(f"ours: {ours / 1000:,.0f}k instructions per event", file=sys.stderr)
     base = per_event(args.warmup, args.baseline_events, 1)
     print(f"one event per transaction: {base / 1000:,.0f}k instructions per event", file=sys.stderr)
+    pg_ours = postgres_per_event(args.warmup, args.events, args.batch)
+    print(f"PostgreSQL: {pg_ours / 1000:,.0f}k instructions per event", file=sys.stderr)
+    pg_base = postgres_per_event(args.warmup, args.baseline_events, 1)
+    print(f"PostgreSQL, one event per transaction: {pg_base / 1000:,.0f}k instructions per event", file=sys.stderr)
     figures: dict[str, Any] = {
         "events": args.events, "batch": args.batch, "warmup_events": args.warmup,
         "instructions_per_event": round(ours), "baseline_events": args.baseline_events,
         "baseline_instructions_per_event": round(base), "ratio": round(base / ours, 2),
+        "postgres_instructions_per_event": round(pg_ours),
+        "postgres_baseline_instructions_per_event": round(pg_base),
+        "postgres_ratio": round(pg_base / pg_ours, 2),
         "seconds": round(time.perf_counter() - started),
     }
     record("ingest_cost", "python -m bench ingest_cost " + " ".join(argv), figures,
-           notes="Instructions the ingester's process retires per event (`valgrind --tool=callgrind`), PostgreSQL's "
-                 "work not counted: `apply_events` in batches of `batch` (as `notifier ingest`), and one event per "
-                 "transaction (as the baseline Celery task, without Celery's own cost), each the difference between "
-                 "a run with the events and one without, after the same warm-up, on fresh databases. The same on a "
-                 "busy machine as on a quiet one, unlike `bench ingest`. On 2026-11-26, measured the same way by "
-                 "hand: 1,161k per event before that afternoon's commits, 985k after them (1,500 events, batches of "
-                 "500).",
-           summary=f"ingester {ours / 1000:,.0f}k instructions per event vs {base / 1000:,.0f}k one event per "
-                   f"transaction (x{base / ours:.1f})")
+           notes="Instructions the ingester's process retires per event (`valgrind --tool=callgrind`): `apply_events` "
+                 "in batches of `batch` (as `notifier ingest`), and one event per transaction (as the baseline Celery "
+                 "task, without Celery's own cost), each the difference between a run with the events and one without, "
+                 "after the same warm-up, on fresh databases. `postgres_*`: the instructions of the PostgreSQL backend "
+                 "that applied the same events, on a private cluster restarted under callgrind after the warm-up "
+                 "(autovacuum off), less an idle backend's. The same on a busy machine as on a quiet one, unlike "
+                 "`bench ingest`. History (ingester, then PostgreSQL, per event): 2026-11-26 1,161k before that "
+                 "afternoon's commits, 985k after them; 2026-12-03, measured the same way after a 25,000-event "
+                 "history, 1,126k and 1,200k before that day's commits, 964k and 693k after them.",
+           summary=f"ingester {ours / 1000:,.0f}k + PostgreSQL {pg_ours / 1000:,.0f}k instructions per event vs "
+                   f"{base / 1000:,.0f}k + {pg_base / 1000:,.0f}k one event per transaction")
     return 0
 
 

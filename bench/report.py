@@ -32,7 +32,7 @@ a bench that waits has a deadline, so a slow run ends and says what it did not f
 | `sweep` | claim 10,000 due rows beside 10,000, and beside 1,000,000 future rows | 1 min |
 | `memory` | 1,000,000 messages planned ahead; 100,000 Celery ETA tasks | 4 min |
 | `limits` | 200,000 Redis pushes and pops, 200,000 COPY rows, 10,000 Celery no-ops | 1 min |
-| `ingest_cost` | 1,500 events in batches of 500, 300 one per transaction, under valgrind (not in `make bench`; needs valgrind) | 6 min |
+| `ingest_cost` | 1,500 events in batches of 500, 300 one per transaction; the ingester, then a private PostgreSQL, under valgrind (not in `make bench`; needs valgrind and the server binaries) | 3 min |
 """
 
 
