@@ -35,13 +35,15 @@ from bench.workload import START, booking_events
 from notifier.clock import FileClock
 
 # what the notes say of the figure's past (benchmarks.md is rewritten on every run)
-HISTORY = (" Earlier on 2026-11-26: 2,412/s before the ingesters stopped waiting for each other's locks and"
-           " migration 0005 lightened the messages table (one of the two ingesters had died of a deadlock, and the"
-           " two took turns); after, single runs of 5,000-5,500/s at 0.34 ms of CPU per event, and 4,605/s (median of"
-           " three) at 0.39 ms. From 09:45 the same code took 0.58-0.85 ms per event on this machine (PostgreSQL's"
-           " share as much as the ingesters': the machine, not the code, had slowed) and ran at 2,000-3,000/s. The"
-           " commits after cut the ingester's instructions per event by 15% (1,161k to 990k: `python -m bench"
-           " ingest_cost`), the timeline rows per event by half and a quarter of each message row.")
+HISTORY = (" Earlier: 2026-11-26, 2,412/s before the ingesters stopped waiting for each other's locks; after,"
+           " single runs of 5,000-5,500/s when the machine was quick and 2,000-3,000/s when it had slowed twofold"
+           " (2,181/s recorded). 2026-12-03, the same code: 3,265/s (3,164 / 3,265 / 4,637) at 0.53 ms of CPU per"
+           " event. That night's commits cut PostgreSQL's instructions per event by 42% and the ingester's by 14%"
+           " (`python -m bench ingest_cost`, after a 25,000-event history: 1,200k to 693k and 1,126k to 964k): withdrawn"
+           " messages nothing refers to are deleted, not rewritten (migration 0008 drops the attempts' foreign key that"
+           " made each delete a query), identifier columns compare in byte order (COLLATE \"C\"), and the late path"
+           " (R16-R18) is planned when a visit starts unmarked instead of with every booking (8 messages a booking"
+           " become 5, and a reschedule moves 3 fewer).")
 
 
 def _prepare(url: str, warmup: list[str]):
