@@ -72,7 +72,7 @@ def morning_events(now: datetime) -> list[dict[str, Any]]:
 
 def late_morning_events(now: datetime) -> list[dict[str, Any]]:
     return [
-        # Lena arrived for her 10:00 haircut: the late follow-up and the staff's calls are withdrawn
+        # Lena arrived for her 10:00 haircut: no late follow-up, no call for the staff (withdrawn if planned)
         _event("booking.visit_marked", "salon-berlin", 2, now,
                {"booking_id": "B-1001", "outcome": "arrived"}),
         # Giulia confirmed on the phone: no more confirmation requests, no call for the staff
@@ -135,8 +135,9 @@ def run_demo(keep: bool = False) -> int:
                                     .where(((c.state == "planned") & (c.due_at <= clock.now()))
                                            | c.state.in_(["queued", "sending"]))).all()
 
-        def settled() -> bool:
-            return not busy()
+        def settled() -> bool:  # nothing due unsent, and the state sweep has seen every booking due a check
+            checked = ctx.store.next_check_at()
+            return not busy() and (checked is None or checked > clock.now())
 
         def explain() -> str:
             return "still busy:\n" + "\n".join(f"  {row}" for row in busy())
@@ -150,9 +151,11 @@ def run_demo(keep: bool = False) -> int:
             actions = [(now, morning_events), (_at(0, 10, 0, BERLIN) + timedelta(minutes=2), late_morning_events)]
             end = _at(2, 0, 0, BERLIN)
             while True:
-                next_due = ctx.store.next_due_at()
+                # the clock stops at each due message, each event batch and each marker change (a visit's
+                # start, when the state sweep plans the late path of one not marked arrived)
+                next_due, next_check = ctx.store.next_due_at(), ctx.store.next_check_at()
                 next_action = actions[0][0] if actions else None
-                candidates = [m for m in (next_due, next_action) if m is not None and m <= end]
+                candidates = [m for m in (next_due, next_check, next_action) if m is not None and m <= end]
                 if not candidates:
                     break
                 moment = max(min(candidates), clock.now())

@@ -549,3 +549,8 @@ class Store:
         c = t.messages.c
         with self.engine.connect() as conn:
             return conn.execute(select(func.min(c.due_at)).where(c.state == MessageState.PLANNED.value)).scalar()
+
+    def next_check_at(self) -> datetime | None:
+        """The next moment a booking's markers change without an event (the state sweep's next work)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.min(t.bookings.c.next_check_at))).scalar()
