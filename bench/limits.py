@@ -4,7 +4,7 @@ our ingest and dispatch rates come to them.
 - Redis: single-item RPUSH, then LPOP, of event-sized payloads (~600 bytes), pipelined (1,000
   commands a round trip) from one Python client (redis-py): the most a Python consumer of a
   Redis list can move.
-- PostgreSQL: COPY into the real `messages` table (its indexes and foreign key included),
+- PostgreSQL: COPY into the real `messages` table (its indexes and unique key included),
   10,000 rows a transaction: the most rows a second a writer of planned messages can get in.
 - Celery: no-op tasks a second through a plain Celery worker on Redis with 2 prefork processes
   (published beforehand, timed from the first task taken until the queue is empty): the most
@@ -218,7 +218,7 @@ def main(argv: list[str]) -> int:
     record("limits", ("python -m bench limits " + " ".join(argv)).strip(), figures, summary=summary,
            notes="Ceilings measured in this run: single-item RPUSH / LPOP of ~600-byte event bodies, pipelined "
                  "1,000 to a round trip, from one redis-py client; COPY into the real `messages` table (indexes, "
-                 "unique key, foreign key) 10,000 rows a transaction from psycopg; no-op tasks through a plain "
+                 "unique key) 10,000 rows a transaction from psycopg; no-op tasks through a plain "
                  f"Celery worker on Redis with {args.processes} prefork processes, published beforehand, timed from "
                  "the first taken until the queue is empty. `provider_in_flight_ceiling_per_s` is what "
                  "`processes` x `concurrency_per_process` sends in flight allow at 50 ms each. Our rates are not "
