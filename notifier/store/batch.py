@@ -537,7 +537,7 @@ class BatchSession:
         in every index). One attempted (retrying) or already claimed for dispatch stays, as
         `withdrawn`, so the attempts keep their message and dispatch sees it is off."""
         inserts, replans, withdrawals = [], [], []
-        planned = MessageState.PLANNED
+        planned, withdrawn = MessageState.PLANNED, MessageState.WITHDRAWN
         for tenant_id, booking_id in sorted(self.dirty["messages"]):
             box = self.messages[(tenant_id, booking_id)]
             for key in sorted(k for k, m in box.items() if m.changed):
@@ -547,7 +547,7 @@ class BatchSession:
                                     _VALUE[m.state], m.due_at, 0, now, now))
                 elif m.state is planned:
                     replans.append((m.id, m.due_at, _VALUE[m.channel]))
-                else:
+                elif m.state is withdrawn:
                     withdrawals.append(m.id)
         # planned from what was loaded under the booking's lock: a conflict would be a bug, and is skipped
         insert_rows(self.conn, t.messages, _MESSAGE_INSERT, inserts, keys=MESSAGE_KEY, expect_new=True)
@@ -581,7 +581,7 @@ class BatchSession:
         if self.conn.dialect.name == "postgresql":
             kept = set(ids).difference(self.conn.exec_driver_sql(
                 "DELETE FROM messages WHERE id = ANY(%(ids)b::int8[]) AND state = 'planned' AND attempts = 0 "
-                "RETURNING id", {"ids": ids}).scalars())
+                "RETURNING id", {"ids": ids}).scalars().all())  # one fetch, not one per deleted row
             if kept:  # attempted, or claimed by a sweep meanwhile: they stay, withdrawn
                 self.conn.exec_driver_sql(
                     "UPDATE messages SET state = 'withdrawn', lease_until = NULL, updated_at = %(now)s "

@@ -57,8 +57,8 @@ def Ident(length: int) -> TypeEngine:  # noqa: N802 - a column type, named like 
     memcmp instead of the locale's strcoll (which copies both strings first). That was a tenth
     of PostgreSQL's work in `bench ingest` even on a C.UTF-8 database; on a en_US.UTF-8 one it
     costs more. SQLite compares bytes (BINARY) already. Queries that compare such a column
-    with values of their own collation (an unnested text array) say COLLATE "C" (`store.sql.C`)
-    so the index still applies."""
+    with values of their own collation (an unnested text array) say COLLATE "C"
+    (`store.batch.key_lookup_sql`), so the index still applies."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 metadata = MetaData(
