@@ -131,7 +131,7 @@ def build(settings: Settings | None = None, *, channels: dict[Channel, ChannelAd
         renderer=Renderer(settings.templates_dir),
         clock=clock_from(settings.clock),
         channels=channels if channels is not None else build_channels(settings),
-        links=LinkSigner(link_secret(settings.link_secret, settings.data_dir), settings.public_url),
+        links=LinkSigner(settings.link_secrets or [link_secret("", settings.data_dir)], settings.public_url),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from notifier.settings import load_settings
+from notifier.settings import SettingsError, load_settings
 
 
 def _ctx():
@@ -27,7 +27,14 @@ def main(log_level: str | None, log_format: str) -> None:
     """notifier: plans, renders and sends the messages bookings need."""
     from notifier.observability.logs import configure_logging
 
-    configure_logging(log_level or load_settings().log_level, fmt=log_format)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:  # every problem at once, each naming its variable; no traceback
+        click.echo(f"notifier: cannot start: {len(exc.problems)} problem(s) with the settings", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        raise SystemExit(2) from None
+    configure_logging(log_level or settings.log_level, fmt=log_format)
 
 
 def _log_level_name() -> str:
@@ -323,6 +330,55 @@ def templates_samples(path: Path | None, out: Path) -> None:
     for language in NAMES:
         (out / f"{language}.md").write_text(render_samples(renderer, language), encoding="utf-8")
     click.echo(f"wrote {', '.join(f'{out}/{lang}.md' for lang in NAMES)}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys: a tenant's reads that tenant's /api routes; an operator's reads all (docs/security.md)."""
+
+
+@keys.command("create")
+@click.option("--tenant", "tenant_id", default=None, help="The tenant whose data the key may read.")
+@click.option("--operator", is_flag=True, help="A key for every tenant and the cross-tenant routes (dead letters).")
+@click.option("--name", default="", help="What the key is for (shown by `keys list`).")
+def keys_create(tenant_id: str | None, operator: bool, name: str) -> None:
+    """Make a key and print it once (stdout); only its hash is stored."""
+    from notifier.access import create_key
+
+    if operator == (tenant_id is not None):
+        raise click.UsageError("give either --tenant TENANT or --operator")
+    ctx = _ctx()
+    try:
+        issued = create_key(ctx.store, tenant_id=tenant_id, name=name, now=ctx.clock.now())
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    who = f"tenant {tenant_id}" if tenant_id else "the operator"
+    click.echo(f"{issued.id} for {who}: keep the key now, it is not shown again "
+               "(send it as Authorization: Bearer <key>)", err=True)
+    click.echo(issued.key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: id, tenant (or operator), name, created, revoked."""
+    from notifier.access import list_keys
+
+    for row in list_keys(_ctx().store):
+        click.echo(json.dumps({"id": row["id"], "tenant": row["tenant_id"] or "(operator)", "name": row["name"],
+                               "created_at": row["created_at"].isoformat(),
+                               "revoked_at": row["revoked_at"].isoformat() if row["revoked_at"] else None}))
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke key KEY_ID (from `keys list`): refused from the next request on."""
+    from notifier.access import revoke_key
+
+    ctx = _ctx()
+    if not revoke_key(ctx.store, key_id, now=ctx.clock.now()):
+        raise click.ClickException(f"no live key {key_id!r}")
+    click.echo(f"{key_id} revoked")
 
 
 @main.group()

@@ -3,12 +3,16 @@
 A token carries tenant, booking, action and the booking's start it was made for, signed
 with itsdangerous (HMAC-SHA256) and timestamped. A moved booking's old links stop
 working for confirming (the start differs), and a link for one action cannot do another.
+
+Secrets rotate without breaking outstanding links: the signer takes a list, newest first,
+signs with the first and accepts a link signed with any of them (itsdangerous' key rotation).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -48,11 +52,12 @@ class LinkClaims:
 
 
 class LinkSigner:
-    def __init__(self, secret: str, base_url: str, *, max_age_s: int = 60 * 24 * 3600) -> None:
-        if len(secret) < 16:
-            raise ValueError("the link secret must be at least 16 characters")
-        self.secret = secret
-        self.serializer = URLSafeTimedSerializer(secret, salt=SALT)
+    def __init__(self, secret: str | Sequence[str], base_url: str, *, max_age_s: int = 60 * 24 * 3600) -> None:
+        secrets_newest_first = [secret] if isinstance(secret, str) else list(secret)
+        if not secrets_newest_first or any(len(s) < 16 for s in secrets_newest_first):
+            raise ValueError("each link secret must be at least 16 characters")
+        self.secret = secrets_newest_first[::-1]  # itsdangerous: oldest first, signs with the last
+        self.serializer = URLSafeTimedSerializer(self.secret, salt=SALT)
         self.base_url = base_url.rstrip("/")
         self.max_age_s = max_age_s
 

@@ -4,10 +4,18 @@
 then lets every `NOTIFIER_<FIELD>` variable override the field of that name, and
 returns a frozen `Settings`. Secrets (SMTP password, provider tokens) belong in the
 environment only. Nothing here runs at import time.
+
+`NOTIFIER_ENV=production` (the compose file and the Kubernetes manifests set it) makes the
+loader refuse what is only fit for a developer's machine, naming each problem at once: SQLite,
+the embedded broker, a missing link or webhook secret, a broker URL without a password, and any
+`NOTIFIER_*` variable that is not a setting (a typo would otherwise leave its default in force).
+In development those are warnings, and missing secrets are generated per data folder.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import sys
 import tomllib
@@ -15,6 +23,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("notifier.settings")
+ENVIRONMENTS = ("development", "production")
+# NOTIFIER_* variables that are not settings: the loader's own, the compose file's, the tests'
+OTHER_VARIABLES = frozenset({"NOTIFIER_CONFIG", "NOTIFIER_DEMO_DIR", "NOTIFIER_IMAGE", "NOTIFIER_WEB_PORT",
+                             "NOTIFIER_REQUIRE_SERVICES"})
+OTHER_PREFIXES = ("NOTIFIER_TEST_",)
+_warned: set[str] = set()
+
+
+class SettingsError(ValueError):
+    """The settings cannot be used; `problems` names each one (variable, what is wrong, what to do)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def shipped_path(name: str) -> Path:
@@ -28,6 +53,8 @@ def shipped_path(name: str) -> Path:
 
 @dataclass(frozen=True)
 class Settings:
+    # development (the default: embedded stores, generated secrets) or production (refuses them)
+    env: str = "development"
     # where state lives
     database_url: str = "sqlite:///var/notifier.db"
     data_dir: str = "var"
@@ -80,8 +107,10 @@ class Settings:
     webhook_secret: str = ""
     webhook_timeout_s: float = 10.0
     # customer links: where the web app is reachable, and the signing secret (environment)
+    # the web app's /metrics and /health details: `Authorization: Bearer <metrics_token>` (unset: /metrics is off)
+    metrics_token: str = ""
     public_url: str = "http://127.0.0.1:8000"
-    link_secret: str = ""
+    link_secret: str = ""  # comma-separated: links are signed with the first, accepted with any (rotation)
     # defaults for tenants that do not say
     default_timezone: str = "Europe/Berlin"
     default_language: str = "en"
@@ -112,6 +141,15 @@ class Settings:
         return {str(k): [str(r) for r in v] for k, v in dict(self.extra.get("unavailable", {})).items()}
 
     @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def link_secrets(self) -> tuple[str, ...]:
+        """The link secrets, newest first: sign with the first, accept every one (rotation)."""
+        return tuple(part.strip() for part in self.link_secret.split(",") if part.strip())
+
+    @property
     def templates_dir(self) -> Path:
         return Path(self.templates_path) if self.templates_path else shipped_path("templates")
 
@@ -134,7 +172,75 @@ def _coerce(raw: Any, to: type | str) -> Any:
         return int(raw)
     if kind == "float":
         return float(raw)
+    if isinstance(raw, list | tuple):  # a TOML list, e.g. link_secret = ["new", "old"]
+        return ",".join(str(item).strip() for item in raw)
     return raw if not isinstance(raw, str) else raw.strip()
+
+
+def _variable(name: str) -> str:
+    return f"NOTIFIER_{name.upper()}"
+
+
+def _unknown_variables(env: Mapping[str, str], known: set[str]) -> list[str]:
+    problems = []
+    names = sorted(_variable(n) for n in known)
+    for key in sorted(env):
+        if not key.startswith("NOTIFIER_") or key in OTHER_VARIABLES or key.startswith(OTHER_PREFIXES):
+            continue
+        if key[len("NOTIFIER_"):].lower() in known:
+            continue
+        close = difflib.get_close_matches(key, names, n=1)
+        problems.append(f"{key} is not a setting" + (f" (did you mean {close[0]}?)" if close else ""))
+    return problems
+
+
+def _no_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme.startswith(("redis", "rediss", "amqp", "amqps")) and not parts.password
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What a production process must not start with, each named with what to do instead."""
+    problems = []
+    if settings.database_url.startswith("sqlite"):
+        problems.append("NOTIFIER_DATABASE_URL is SQLite (the development default): set "
+                        "postgresql+psycopg://user:password@host/db")
+    brokers = {"broker_url": settings.broker_url, "events_url": settings.events_url}
+    if settings.outbound_url:
+        brokers["outbound_url"] = settings.outbound_url
+    for name, url in brokers.items():
+        if url == "embedded":
+            problems.append(f"{_variable(name)} is the embedded broker (the development default): set "
+                            "redis://:password@host:6379/0 or amqp://user:password@host:5672//")
+        elif _no_password(url):
+            problems.append(f"{_variable(name)} has no password: a broker reachable by others needs one")
+    if not settings.link_secrets:
+        problems.append("NOTIFIER_LINK_SECRET is not set: customers' links need one secret shared by every "
+                        "process (at least 16 characters; python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if not settings.webhook_secret:
+        problems.append("NOTIFIER_WEBHOOK_SECRET is not set: staff notices are signed with it (at least 16 "
+                        "characters)")
+    return problems
+
+
+def _check(settings: Settings, env: Mapping[str, str], known: set[str]) -> None:
+    problems = []
+    if settings.env not in ENVIRONMENTS:
+        problems.append(f"NOTIFIER_ENV is {settings.env!r}: one of {', '.join(ENVIRONMENTS)}")
+    short = [i for i, secret in enumerate(settings.link_secrets) if len(secret) < 16]
+    if short:
+        problems.append(f"NOTIFIER_LINK_SECRET: each secret needs at least 16 characters "
+                        f"(number {', '.join(str(i + 1) for i in short)} is shorter)")
+    unknown = _unknown_variables(env, known)
+    if settings.production:
+        problems += production_problems(settings) + unknown
+    else:
+        for problem in unknown:
+            if problem not in _warned:
+                _warned.add(problem)
+                log.warning("%s; ignored", problem)
+    if problems:
+        raise SettingsError(problems)
 
 
 def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
@@ -152,4 +258,6 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
         if key in env:
             values[name] = env[key]
     typed = {name: _coerce(value, known[name].type) for name, value in values.items()}
-    return Settings(**typed, extra=extra)
+    settings = Settings(**typed, extra=extra)
+    _check(settings, env, set(known))
+    return settings

@@ -114,6 +114,7 @@ def mail_sink():
 # --- stores and contexts ---------------------------------------------------------------------
 
 START = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)  # 07:00 in Berlin
+METRICS_TOKEN = "test-metrics-token-0123456789"  # the web app's /metrics and /health details
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -123,6 +124,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "NOTIFIER_TENANTS_PATH": str(TENANTS),
         "NOTIFIER_CLOCK": f"file:{tmp_path / 'clock'}",
         "NOTIFIER_DISPATCH_CONCURRENCY": "4",
+        "NOTIFIER_METRICS_TOKEN": METRICS_TOKEN,
     }
     env.update({f"NOTIFIER_{k.upper()}": str(v) for k, v in overrides.items()})
     return load_settings(env)
@@ -145,6 +147,26 @@ def clock(tmp_path: Path) -> FileClock:
     clock = FileClock(tmp_path / "clock")
     clock.set(START)
     return clock
+
+
+def operator_headers(ctx: Context) -> dict[str, str]:
+    """The Authorization header of a new operator key: every /api route (docs/security.md)."""
+    from notifier.access import create_key
+
+    key = create_key(ctx.store, tenant_id=None, name="tests", now=ctx.clock.now()).key
+    return {"Authorization": f"Bearer {key}"}
+
+
+def api_client(ctx: Context, app: Any = None) -> Any:
+    """A test client of ctx's web app that presents an operator key."""
+    from fastapi.testclient import TestClient
+
+    from notifier.web.app import create_app
+
+    return TestClient(app or create_app(ctx), headers=operator_headers(ctx))
+
+
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def make_context(settings: Settings, channels: dict | None = None) -> Context:

@@ -83,6 +83,8 @@ tenants = Table(
     Column("settings", JSON, nullable=False),  # notification defaults (R26, R43)
     Column("revision", Integer, nullable=False, server_default="0"),  # of tenant.settings_updated
     Column("updated_at", UTCDateTime, nullable=False),
+    # where staff notices and activities go: set by the operator's tenant file only, never by an event
+    Column("webhook_url", String(2000)),
 )
 
 resources = Table(
@@ -304,4 +306,15 @@ dead_letters = Table(
     Column("reason", Text, nullable=False),
     Column("body", Text, nullable=False),
     Column("replayed_at", UTCDateTime),
+)
+
+api_keys = Table(
+    "api_keys",  # who may call /api: a tenant's key reads that tenant; an operator's key (tenant NULL) all
+    metadata,
+    Column("id", String(32), primary_key=True),  # public: shown by `keys list`, named by `keys revoke`
+    Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 of the key; the key itself is not kept
+    Column("tenant_id", Ident(128)),
+    Column("name", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
 )

@@ -403,6 +403,29 @@ class Tx:
                                 ).first()
         return dict(row._mapping) if row else None
 
+    # --- API keys (notifier/access.py) ------------------------------------------------------
+    def add_api_key(self, key_id: str, key_hash: str, tenant_id: str | None, name: str, now: datetime) -> None:
+        self.conn.execute(t.api_keys.insert().values(id=key_id, key_hash=key_hash, tenant_id=tenant_id, name=name,
+                                                     created_at=now))
+
+    def api_key(self, key_hash: str) -> Any:
+        """The unrevoked key with this hash, or None."""
+        c = t.api_keys.c
+        return self.conn.execute(select(c.id, c.tenant_id).where(c.key_hash == key_hash, c.revoked_at.is_(None))
+                                 ).first()
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        c = t.api_keys.c
+        rows = self.conn.execute(select(c.id, c.tenant_id, c.name, c.created_at, c.revoked_at)
+                                 .order_by(c.created_at, c.id))
+        return [dict(row._mapping) for row in rows]
+
+    def revoke_api_key(self, key_id: str, now: datetime) -> bool:
+        c = t.api_keys.c
+        done = self.conn.execute(update(t.api_keys).where(c.id == key_id, c.revoked_at.is_(None))
+                                 .values(revoked_at=now))
+        return done.rowcount == 1
+
     # --- attempts ------------------------------------------------------------------------
     def add_attempt(self, message_id: int, started_at: datetime, duration_ms: int, outcome: str,
                     provider_code: str | None, error: str | None) -> None:

@@ -1,6 +1,10 @@
 """The web app: customer link pages (N4), provider status callbacks (N5), the JSON API for
 booking systems and ops (timeline, counters, markers, dead letters, health) and `/metrics`.
 
+Who may call what is in docs/security.md: link pages and callbacks are public and carry their
+own signatures; every `/api` route and `/openapi.json` need an API key (notifier/web/auth.py);
+`/metrics` and the details of `/health` need the metrics token.
+
 FastAPI because it validates requests, documents the API as OpenAPI without extra work
 (docs/openapi.json), and runs on uvicorn; the handlers are thin and call notifier.services
 (use cases) or notifier.views (read-only queries).
@@ -19,7 +23,7 @@ from datetime import date, datetime
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
@@ -28,6 +32,7 @@ from notifier.domain.planning import zone_of
 from notifier.links import LinkError
 from notifier.services import apply_delivery_status, counters, look_up_link, timeline_of, use_link
 from notifier.web import health as probes
+from notifier.web.auth import api_router, caller_dependency, has_metrics_token
 from notifier.web.pages import render_page
 
 Day = Annotated[date | None, Query(description="local day in the tenant's time zone (default: today there)")]
@@ -42,7 +47,7 @@ class Check(BaseModel):
 
 class Health(BaseModel):
     status: str  # ok | unavailable
-    checks: dict[str, Check]
+    checks: dict[str, Check] | None = None  # with the metrics token only
 
 
 class DeadLetter(BaseModel):
@@ -109,26 +114,47 @@ class MetaWebhook(BaseModel):
 
 def create_app(ctx: Any) -> FastAPI:
     settings = ctx.settings
-    app = FastAPI(title="notifier", version="1", description="Status callbacks and the booking API of notifier.")
+    # no Swagger page (it cannot send a key); /openapi.json is served to key holders below, and
+    # redirect_slashes off: its redirects were built from the request's Host header
+    app = FastAPI(title="notifier", version="1", description="Status callbacks and the booking API of notifier.",
+                  openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
+    caller = caller_dependency(ctx)
+    api = api_router(ctx)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_: Any = Depends(caller)) -> JSONResponse:
+        """This API as OpenAPI, for key holders (docs/openapi.json is the same document)."""
+        return JSONResponse(app.openapi())
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "a dependency "
                                                                   "is down; `checks` says which and why"}})
-    def health() -> JSONResponse:
+    def health(request: Request) -> JSONResponse:
         """The database and the Celery broker, probed at once with a deadline: 200 when both
-        answer, 503 (for load balancers and orchestrators) when one does not."""
+        answer, 503 (for load balancers and orchestrators) when one does not. Which one is down
+        and why (`checks`) only with the metrics token: the public learns up or down."""
         checks = probes.check({"database": lambda: probes.probe_database(ctx.store.engine),
                                "broker": lambda: probes.probe_broker(settings)})
         ok = all(c["status"] == "ok" for c in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                            status_code=200 if ok else 503)
+        body: dict[str, Any] = {"status": "ok" if ok else "unavailable"}
+        if has_metrics_token(settings, request):
+            body["checks"] = checks
+        return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={401: {"description": "no metrics token, or a wrong one"},
+                        404: {"description": "metrics_token is not set: /metrics is off"}})
     def metrics(request: Request) -> Response:
         """Prometheus exposition (text or OpenMetrics, as the scraper asks): queue lag, due-to-sent
         lateness, sends by channel and status, Celery queue lengths; read from the store and the
-        broker at scrape time (notifier/web/metrics.py lists them)."""
+        broker at scrape time (notifier/web/metrics.py lists them). Needs
+        `Authorization: Bearer <metrics_token>`; off while no token is set."""
         from prometheus_client.exposition import choose_encoder
 
+        if not settings.metrics_token:
+            raise HTTPException(status_code=404, detail="/metrics is off: set metrics_token")
+        if not has_metrics_token(settings, request):
+            raise HTTPException(status_code=401, detail="the metrics token is needed: Authorization: Bearer "
+                                                        "<metrics_token>", headers={"WWW-Authenticate": "Bearer"})
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(registry()), media_type=content_type)
 
@@ -227,7 +253,7 @@ def create_app(ctx: Any) -> FastAPI:
             raise HTTPException(status_code=404, detail="no such tenant")
         return ctx.clock.now().astimezone(ZoneInfo(tenant.timezone)).date()
 
-    @app.get("/api/tenants/{tenant_id}/counters")
+    @api.get("/tenants/{tenant_id}/counters")
     def counters_api(tenant_id: str, day: Day = None, resource: ResourceFilter = None) -> dict[str, dict[str, int]]:
         """Red (unconfirmed, near), late and orange counts per resource for a local day (R12, R16),
         exact at the moment of asking. `/markers` lists the bookings behind them."""
@@ -238,7 +264,7 @@ def create_app(ctx: Any) -> FastAPI:
             raise HTTPException(status_code=404, detail="no such tenant") from None
         return {r: c for r, c in out.items() if resource is None or r == resource}
 
-    @app.get("/api/tenants/{tenant_id}/markers")
+    @api.get("/tenants/{tenant_id}/markers")
     def markers_api(tenant_id: str, day: Day = None, resource: ResourceFilter = None) -> list[Marker]:
         """The bookings of a local day that count in a counter now, with the time each marker lit
         (R12 red, R16 late and orange): the time the store recorded, else the moment the rule
@@ -250,7 +276,7 @@ def create_app(ctx: Any) -> FastAPI:
             raise HTTPException(status_code=404, detail="no such tenant") from None
         return [Marker(**m) for m in found]
 
-    @app.get("/api/dead-letters")
+    @api.get("/dead-letters")
     def dead_letters_api(after: Annotated[int, Query(ge=0, description="list ids above this one")] = 0,
                          limit: Annotated[int, Query(ge=1, le=views.DEAD_LETTER_PAGE_MAX)] = 50) -> DeadLetterPage:
         """Events that could not be applied (N3), oldest first, with the reason and where they came
@@ -260,13 +286,14 @@ def create_app(ctx: Any) -> FastAPI:
         return DeadLetterPage(items=[DeadLetter(**i) for i in items],
                               next_after=items[-1]["id"] if len(items) == limit else None)
 
-    @app.get("/api/tenants/{tenant_id}/bookings/{booking_id}/timeline")
+    @api.get("/tenants/{tenant_id}/bookings/{booking_id}/timeline")
     def timeline(tenant_id: str, booking_id: str) -> list[dict[str, Any]]:
         entries = timeline_of(ctx.store, tenant_id, booking_id)
         if not entries:
             raise HTTPException(status_code=404, detail="no such booking")
         return [{"at": e["at"].isoformat(), "kind": e["kind"], "detail": e["detail"]} for e in entries]
 
+    app.include_router(api)  # after its routes: including copies them
     return app
 
 

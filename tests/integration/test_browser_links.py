@@ -46,7 +46,7 @@ from notifier.clock import FileClock
 from notifier.devtools import HttpSink
 from notifier.services import apply_events, publish_outbox, sweep_states
 from notifier.store import schema as t
-from tests.conftest import START, created, customer, make_context, make_settings, unavailable
+from tests.conftest import START, created, customer, make_context, make_settings, operator_headers, unavailable
 from tests.unit.test_services import run_due
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -159,9 +159,10 @@ class World:
     outbound_queue: str
     staff: HttpSink
     mail: Any  # MailSink
+    api_headers: dict[str, str]  # an operator key's
 
     def api(self, path: str, **params: Any) -> Any:
-        response = httpx.get(self.base_url + path, params=params, timeout=WAIT_S)
+        response = httpx.get(self.base_url + path, params=params, headers=self.api_headers, timeout=WAIT_S)
         response.raise_for_status()
         return response.json()
 
@@ -258,7 +259,7 @@ def world(tmp_path: Path, pg_url: str, redis_url: str, key_prefix: str, mail_sin
         stop = serve(create_app(ctx), sock)
         client = redis.Redis.from_url(redis_url)
         try:
-            yield World(ctx, base_url, client, settings.outbound_queue, staff, mail_sink)
+            yield World(ctx, base_url, client, settings.outbound_queue, staff, mail_sink, operator_headers(ctx))
         finally:
             stop()
             client.close()

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from notifier.bootstrap import build_channels
 from notifier.fake_providers import FakeProviders
 from notifier.store import schema as t
 from notifier.web.app import meta_signature, twilio_signature
-from tests.conftest import make_context, make_settings
+from tests.conftest import api_client, make_context, make_settings
 from tests.integration.test_providers import book, info_row, run_due
 
 PUBLIC = "https://notifier.example.org"
@@ -30,9 +29,8 @@ def sent(tmp_path, pg_url, clock):
         book(ctx, "+39 06 6982 1234")
         clock.set(info_row(ctx).due_at)
         assert run_due(ctx)["sent"] == 1
-        from notifier.web.app import create_app
 
-        yield ctx, TestClient(create_app(ctx)), info_row(ctx)
+        yield ctx, api_client(ctx), info_row(ctx)
         ctx.close()
 
 

@@ -32,7 +32,7 @@ from notifier.store.sql import Store, make_engine
 from notifier.views import metric_statements
 from notifier.web.app import create_app
 from notifier.web.metrics import WINDOW_S, StoreCollector
-from tests.conftest import START, created, customer, make_context, make_settings
+from tests.conftest import METRICS_HEADERS, START, api_client, created, customer, make_context, make_settings
 from tests.integration.test_sweep_plans import brief, explain, scans
 from tests.unit.test_services import run_due
 from tests.unit.test_web_api import metrics
@@ -58,7 +58,7 @@ def test_P5_a_scrape_shows_lag_lateness_sends_and_the_celery_queues_on_redis(pg_
     body = created("b1", starts_at=START + timedelta(days=2), cust=customer("c1"))
     apply_events(ctx.store, [json.dumps(body)], now=START, source="test")
     ctx.clock.set(START + timedelta(seconds=75))  # the new-booking info, due at START, waits
-    client = TestClient(create_app(ctx))
+    client = api_client(ctx)
     waiting = metrics(client)
     assert waiting["notifier_queue_lag_seconds"][()] == 75.0
     assert waiting["notifier_due_unsent_messages"][(("state", "planned"),)] == 1
@@ -112,7 +112,7 @@ def test_health_names_the_database_or_the_broker_that_is_cut_off(pg_ctx, pg_url,
     store = Store(make_engine(proxied(pg_url, db_proxy)))
     web = TestClient(create_app(SimpleNamespace(
         settings=replace(pg_ctx.settings, broker_url=proxied(redis_url, broker_proxy)), store=store,
-        clock=pg_ctx.clock, links=pg_ctx.links)))
+        clock=pg_ctx.clock, links=pg_ctx.links)), headers=METRICS_HEADERS)
     try:
         assert web.get("/health").status_code == 200
         db_proxy.cut()

@@ -1,6 +1,24 @@
-"""Settings: one loader, environment over the TOML file."""
+"""Settings: one loader, environment over the TOML file; production mode (issue 16)."""
 
-from notifier.settings import load_settings
+import logging
+from contextlib import contextmanager
+
+import pytest
+
+from notifier.settings import SettingsError, load_settings
+
+
+@contextmanager
+def caplog_of(name: str):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_environment_overrides_the_file(tmp_path):
@@ -15,3 +33,74 @@ def test_shipped_defaults_are_the_embedded_ones():
     s = load_settings({})
     assert s.database_url.startswith("sqlite") and s.broker_url == "embedded" and s.events_url == "embedded"
     assert (s.templates_dir / "specialist" / "de" / "info.email.j2").is_file()
+
+
+# --- production mode (issue 16) ------------------------------------------------------------------
+
+def _cli(env: dict[str, str], *args: str):
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    return subprocess.run([sys.executable, "-m", "notifier.cli", *args], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_production_worker_with_the_defaults_exits_naming_each_missing_setting():
+    """`NOTIFIER_ENV=production notifier worker` on the development defaults refuses to start."""
+    run = _cli({"NOTIFIER_ENV": "production"}, "worker")
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    for variable in ("NOTIFIER_DATABASE_URL", "NOTIFIER_BROKER_URL", "NOTIFIER_EVENTS_URL", "NOTIFIER_LINK_SECRET",
+                     "NOTIFIER_WEBHOOK_SECRET"):
+        assert variable in run.stderr, variable
+
+
+def test_production_names_a_mistyped_variable_and_development_warns_about_it():
+    good = {"NOTIFIER_ENV": "production", "NOTIFIER_DATABASE_URL": "postgresql+psycopg://n:pw@db/n",
+            "NOTIFIER_BROKER_URL": "redis://:pw@redis:6379/0", "NOTIFIER_EVENTS_URL": "amqp://n:pw@mq:5672//",
+            "NOTIFIER_LINK_SECRET": "x" * 32, "NOTIFIER_WEBHOOK_SECRET": "y" * 32}
+    load_settings(good)  # nothing missing: no error
+    typo = {**good, "NOTIFIER_DATABSE_URL": "postgresql+psycopg://n:pw@db/other"}
+    run = _cli(typo, "worker")
+    assert run.returncode != 0
+    assert "NOTIFIER_DATABSE_URL is not a setting (did you mean NOTIFIER_DATABASE_URL?)" in run.stderr
+    with pytest.raises(SettingsError) as refused:
+        load_settings(typo)
+    assert len(refused.value.problems) == 1
+    with caplog_of("notifier.settings") as records:
+        s = load_settings({"NOTIFIER_DATABSE_URL": "sqlite:///elsewhere.db"})
+    assert s.database_url == "sqlite:///var/notifier.db"
+    assert any("NOTIFIER_DATABSE_URL is not a setting" in r.getMessage() for r in records)
+
+
+def test_production_refuses_brokers_without_a_password_and_short_link_secrets():
+    base = {"NOTIFIER_ENV": "production", "NOTIFIER_DATABASE_URL": "postgresql+psycopg://n:pw@db/n",
+            "NOTIFIER_BROKER_URL": "redis://redis:6379/0", "NOTIFIER_EVENTS_URL": "amqp://notifier:@mq:5672//",
+            "NOTIFIER_LINK_SECRET": "short", "NOTIFIER_WEBHOOK_SECRET": "y" * 32}
+    with pytest.raises(SettingsError) as refused:
+        load_settings(base)
+    text = "\n".join(refused.value.problems)
+    assert "NOTIFIER_BROKER_URL has no password" in text and "NOTIFIER_EVENTS_URL has no password" in text
+    assert "NOTIFIER_LINK_SECRET: each secret needs at least 16 characters" in text
+
+
+def test_N4_link_secrets_rotate_sign_with_the_first_and_accept_all(tmp_path):
+    """A link signed before the rotation still works after it; a new link uses the new secret."""
+    from datetime import UTC, datetime
+
+    from notifier.links import LinkError, LinkSigner
+
+    old, new = "old-secret-0123456789abcdef", "new-secret-0123456789abcdef"
+    starts = datetime(2026, 12, 2, 9, tzinfo=UTC)
+    before = LinkSigner(load_settings({"NOTIFIER_LINK_SECRET": old}).link_secrets, "http://x")
+    after = LinkSigner(load_settings({"NOTIFIER_LINK_SECRET": f"{new}, {old}"}).link_secrets, "http://x")
+    outstanding = before.token("t", "b", "confirm", starts)
+    assert after.verify(outstanding).booking_id == "b"
+    fresh = after.token("t", "b", "confirm", starts)
+    assert LinkSigner([new], "http://x").verify(fresh).booking_id == "b"
+    with pytest.raises(LinkError):
+        before.verify(fresh)  # signed with the new secret, which the old signer does not know
+    config = tmp_path / "n.toml"
+    config.write_text(f'[notifier]\nlink_secret = ["{new}", "{old}"]\n')
+    assert load_settings({}, config_file=config).link_secrets == (new, old)

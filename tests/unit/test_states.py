@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from notifier.services import apply_events, publish_outbox, sweep_states, timeline_of
 from notifier.store import schema as t
-from notifier.web.app import create_app
-from tests.conftest import START, created, customer, event
+from tests.conftest import START, api_client, created, customer, event
 from tests.unit.test_services import run_due
 
 TENANT = "clinic-full"
@@ -77,7 +75,7 @@ def test_R12_R16_counters_are_exact_whenever_they_are_read(ctx):
     book(ctx, "b2")
     apply_events(ctx.store, [json.dumps(event("booking.confirmed", {"booking_id": "b2", "via": "desk"},
                                               tenant=TENANT, revision=2))], now=START, source="test")
-    client = TestClient(create_app(ctx))
+    client = api_client(ctx)
     ctx.clock.set(VISIT - timedelta(minutes=90))  # no sweep has run: the counters are right anyway
     assert client.get(f"/api/tenants/{TENANT}/counters", params={"day": "2026-12-02"}).json() == {
         "dr-weiss": {"red": 1, "late": 0, "orange": 0, "unconfirmed": 1}}

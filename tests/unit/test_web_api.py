@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 from notifier.services import apply_events, sweep_states
 from notifier.store.sql import Store
 from notifier.web.app import create_app
-from tests.conftest import START, created, customer
+from tests.conftest import METRICS_HEADERS, START, api_client, created, customer
 from tests.unit.test_services import run_due
 
 TENANT = "clinic-full"
@@ -33,12 +33,12 @@ def book(ctx, booking_id, resource="dr-weiss", starts_at=VISIT, tenant=TENANT):
 
 @pytest.fixture
 def client(ctx):
-    return TestClient(create_app(ctx))
+    return api_client(ctx)
 
 
 def metrics(client) -> dict[str, dict[tuple, float]]:
     """Samples by name, then by their labels (sorted pairs)."""
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=METRICS_HEADERS)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     out: dict[str, dict[tuple, float]] = {}
     for family in text_string_to_metric_families(response.text):
@@ -76,7 +76,7 @@ def test_N3_dead_letters_are_listed_page_by_page_with_reason_and_source_and_no_p
 # --- health ------------------------------------------------------------------------------------
 
 def test_health_answers_ok_when_the_database_and_the_broker_answer(client):
-    body = client.get("/health")
+    body = client.get("/health", headers=METRICS_HEADERS)
     assert body.status_code == 200
     assert body.json()["status"] == "ok"
     assert {name: c["status"] for name, c in body.json()["checks"].items()} == {"database": "ok", "broker": "ok"}
@@ -85,7 +85,7 @@ def test_health_answers_ok_when_the_database_and_the_broker_answer(client):
 def test_health_is_503_and_names_the_broker_when_it_is_down(ctx):
     down = SimpleNamespace(settings=replace(ctx.settings, broker_url="redis://127.0.0.1:1/0"), store=ctx.store,
                            clock=ctx.clock, links=ctx.links)
-    answer = TestClient(create_app(down)).get("/health")
+    answer = TestClient(create_app(down)).get("/health", headers=METRICS_HEADERS)
     assert answer.status_code == 503
     checks = answer.json()["checks"]
     assert answer.json()["status"] == "unavailable" and checks["database"]["status"] == "ok"
@@ -95,7 +95,7 @@ def test_health_is_503_and_names_the_broker_when_it_is_down(ctx):
 def test_health_is_503_and_names_the_database_when_it_is_down(ctx, tmp_path):
     gone = Store(create_engine(f"sqlite:///{tmp_path / 'no-such-folder' / 'notifier.db'}"))  # cannot be opened
     answer = TestClient(create_app(SimpleNamespace(settings=ctx.settings, store=gone, clock=ctx.clock,
-                                                   links=ctx.links))).get("/health")
+                                                   links=ctx.links))).get("/health", headers=METRICS_HEADERS)
     assert answer.status_code == 503
     checks = answer.json()["checks"]
     assert checks["database"]["status"] == "down" and "unable to open database" in checks["database"]["error"]
