@@ -70,11 +70,9 @@ def migrate() -> None:
 @main.command()
 def init() -> None:
     """Migrate, then load the tenants from the tenants folder (config/tenants/*.yaml)."""
-    from notifier.services import load_tenants
-
     ctx = _ctx()
     ctx.store.migrate()
-    loaded = load_tenants(ctx.store, ctx.settings.tenants_dir, now=ctx.clock.now())
+    loaded = _load_tenants(ctx, ctx.settings.tenants_dir)
     click.echo(f"schema up to date; tenants: {', '.join(loaded) or 'none'}")
 
 
@@ -86,11 +84,22 @@ def tenants() -> None:
 @tenants.command("load")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def tenants_load(folder: Path) -> None:
-    """Create or update tenants from FOLDER/*.yaml."""
-    from notifier.services import load_tenants
+    """Create or update tenants from FOLDER/*.yaml (a file with a problem loads nothing: exit 1)."""
+    click.echo(", ".join(_load_tenants(_ctx(), folder)))
 
-    ctx = _ctx()
-    click.echo(", ".join(load_tenants(ctx.store, folder, now=ctx.clock.now())))
+
+def _load_tenants(ctx: Any, folder: Path) -> list[str]:
+    """The valid files are loaded; each problem of the others is printed (file, key, reason): exit 1."""
+    from notifier.services import TenantFilesInvalid, load_tenants
+
+    try:
+        return load_tenants(ctx.store, folder, now=ctx.clock.now())
+    except TenantFilesInvalid as exc:
+        if exc.loaded:
+            click.echo(f"loaded: {', '.join(exc.loaded)}")
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(1) from None
 
 
 @main.command()

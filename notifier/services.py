@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from notifier.domain import events as ev
 from notifier.domain import transitions as tr
+from notifier.domain.config import InvalidConfig, tenant_config
 from notifier.domain.delivery import PROVIDER_STATUS, advance
 from notifier.domain.model import (
     Booking,
@@ -55,27 +56,42 @@ log = logging.getLogger("notifier")
 
 # --- tenants -----------------------------------------------------------------------------
 
+class TenantFilesInvalid(ValueError):
+    """Some tenant files did not fit (each line: file, key path, reason); the others were loaded."""
+
+    def __init__(self, problems: list[str], loaded: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems, self.loaded = problems, loaded
+
+
 def load_tenants(store: Store, folder: Path, *, now: datetime) -> list[str]:
-    """Create or update tenants and their resources from `<folder>/*.yaml`."""
-    loaded = []
+    """Create or update tenants and their resources from `<folder>/*.yaml`, each file in one
+    transaction. A file that does not fit the model (`domain.config`) loads nothing; the others
+    load, and `TenantFilesInvalid` then names every problem with its file and key path (N3)."""
+    loaded, problems = [], []
     for path in sorted(folder.glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        tenant = Tenant(
-            id=doc["id"], name=doc["name"], timezone=doc.get("timezone", "Europe/Berlin"),
-            home_region=doc.get("home_region", "DE"), language=doc.get("language", "en"),
-            channels=frozenset(Channel(c) for c in doc.get("channels", ["email"])),
-            company=doc.get("company", {}), settings=doc.get("settings", {}),
-        )
+        try:
+            doc = tenant_config(yaml.safe_load(path.read_text(encoding="utf-8")))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}: not a YAML file: {' '.join(str(exc).split())}")
+            continue
+        except InvalidConfig as exc:
+            problems += [f"{path}: {problem}" for problem in exc.problems]
+            continue
+        tenant = Tenant(id=doc.id, name=doc.name, timezone=doc.timezone, home_region=doc.home_region,
+                        language=doc.language, channels=frozenset(Channel(c) for c in doc.channels),
+                        company=dict(doc.company), settings=doc.settings.overrides())
         with store.transaction() as tx:
             tx.save_tenant(tenant, now)
-            for item in doc.get("resources", []):
-                existing = tx.resource(tenant.id, item["id"])
-                tx.save_resource(Resource(
-                    id=item["id"], tenant_id=tenant.id, name=item["name"], type=item.get("type", "specialist"),
-                    timezone=item.get("timezone"),
-                    settings=item.get("settings", existing.settings if existing else {}),
-                ))
+            for item in doc.resources:
+                existing = tx.resource(tenant.id, item.id)
+                settings = item.settings.overrides() if item.settings is not None else \
+                    (existing.settings if existing else {})
+                tx.save_resource(Resource(id=item.id, tenant_id=tenant.id, name=item.name, type=item.type,
+                                          timezone=item.timezone, settings=settings))
         loaded.append(tenant.id)
+    if problems:
+        raise TenantFilesInvalid(problems, loaded)
     return loaded
 
 

@@ -17,15 +17,76 @@ Pure: pydantic and the standard library only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from notifier.domain.model import NotificationSettings, TenantSettings, validation_problems
 
 SCHEMA_VERSION = 1
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
+
+# What the store cannot hold, or a header or a line must not carry, is refused here with its
+# position (N3): C0 control characters (NUL fails PostgreSQL's text type; CR and LF split mail
+# headers and SMS lines), DEL, and lone surrogates (not UTF-8 at all). Free text (a reason, an
+# address) may hold tabs and line breaks.
+_NOT_IN_LINE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_NOT_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+
+
+def _refuse(pattern: re.Pattern[str]) -> AfterValidator:
+    def check(value: str) -> str:
+        found = pattern.search(value)
+        if found:
+            raise ValueError(f"control character U+{ord(found.group()):04X} at position {found.start()} not allowed")
+        return value
+    return AfterValidator(check)
+
+
+Line = Annotated[str, _refuse(_NOT_IN_LINE)]  # a name, a phone number: one line
+Text = Annotated[str, _refuse(_NOT_IN_TEXT)]  # free text: tabs and line breaks allowed
+
+
+@lru_cache(maxsize=65_536)
+def _one_address(value: str) -> str:
+    """Exactly one email address, as mail systems read it (no list, no display name)."""
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not one email address: {exc}") from None
+
+
+@lru_cache(maxsize=1024)
+def _zone(value: str) -> str:
+    """An IANA time zone this system knows (planning and rendering need it)."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from None
+    return value
+
+
+Email = Annotated[str, Field(max_length=254), _refuse(_NOT_IN_LINE), AfterValidator(_one_address)]
+Zone = Annotated[str, Field(max_length=64), _refuse(_NOT_IN_LINE), AfterValidator(_zone)]
+# company details for templates (R42): name, address, phone, ... merged key by key
+Company = Annotated[dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")],
+                         Annotated[Text, Field(max_length=500)]], Field(max_length=30)]
 
 
 class _Strict(BaseModel):
@@ -42,9 +103,9 @@ class Consents(_Strict):
 
 class CustomerData(_Strict):
     id: Id
-    name: str = Field(max_length=200)
-    phone: str | None = Field(default=None, max_length=40)
-    email: str | None = Field(default=None, max_length=254)
+    name: Annotated[Line, Field(max_length=200)]
+    phone: Annotated[Line, Field(max_length=40)] | None = None
+    email: Email | None = None
     language: str = Field(default="en", pattern=r"^[a-z]{2}$")
     consents: Consents = Consents()
     privacy_accepted: bool = False
@@ -53,13 +114,13 @@ class CustomerData(_Strict):
 
 class ResourceData(_Strict):
     id: Id
-    name: str = Field(max_length=200)
+    name: Annotated[Line, Field(max_length=200)]
     type: Literal["specialist", "equipment"] = "specialist"
 
 
 class WorkflowStatus(_Strict):
     id: Id
-    name: str = Field(max_length=100)
+    name: Annotated[Line, Field(max_length=100)]
     kind: Literal["start", "confirmation", "cancellation", "none"] = "none"
 
 
@@ -70,7 +131,7 @@ class BookingCreated(_Strict):
     starts_at: AwareDatetime
     ends_at: AwareDatetime
     source: Literal["staff", "online"] = "staff"
-    service: str | None = Field(default=None, max_length=200)
+    service: Annotated[Line, Field(max_length=200)] | None = None
     # an online request the business accepts or rejects later (R23); under a status workflow
     # (R30-R32) the booking starts in its start status: pass it here
     needs_approval: bool = False
@@ -99,13 +160,13 @@ class BookingRescheduled(_Strict):
 class BookingCancelled(_Strict):
     booking_id: Id
     by: Literal["customer", "staff"]
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Annotated[Text, Field(max_length=500)] | None = None
 
 
 class BookingStatusChanged(_Strict):
     booking_id: Id
     status: WorkflowStatus
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Annotated[Text, Field(max_length=500)] | None = None
 
     @model_validator(mode="after")
     def _cancellation_needs_reason(self) -> "BookingStatusChanged":
@@ -132,21 +193,22 @@ class BookingConfirmed(_Strict):
 
 class ResourceUpdated(_Strict):
     resource: ResourceData
-    timezone: str | None = Field(default=None, max_length=64)
+    timezone: Zone | None = None
     # per-resource overrides of the tenant's notification settings (R26, R41); replaces the old ones
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: NotificationSettings = NotificationSettings()
 
 
 class TenantSettingsUpdated(_Strict):
-    """New tenant defaults (R43): every field given replaces the stored one."""
+    """New tenant defaults (R43): every field given replaces the stored one; `company` is merged
+    key by key (an empty value removes a key)."""
 
-    name: str | None = Field(default=None, max_length=200)
-    timezone: str | None = Field(default=None, max_length=64)
+    name: Annotated[Line, Field(max_length=200)] | None = None
+    timezone: Zone | None = None
     home_region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
     language: str | None = Field(default=None, pattern=r"^[a-z]{2}$")
     channels: list[Literal["email", "sms", "whatsapp"]] | None = None
-    company: dict[str, str] | None = None
-    settings: dict[str, Any] | None = None
+    company: Company | None = None
+    settings: TenantSettings | None = None
 
 
 class _Envelope(_Strict):
@@ -234,16 +296,10 @@ def parse_event(body: bytes | str) -> Event:
     """Parse one raw JSON body into a typed event, or raise `InvalidEvent`."""
     try:
         return _adapter.validate_json(body)
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        errors = getattr(exc, "errors", None)
-        if callable(errors):
-            first = errors()[:3]
-            reason = "; ".join(
-                f"{'.'.join(str(p) for p in e.get('loc', ())) or '<body>'}: {e.get('msg')}" for e in first
-            )
-        else:
-            reason = str(exc)
-        raise InvalidEvent(reason) from None
+    except ValidationError as exc:
+        raise InvalidEvent("; ".join(validation_problems(exc, limit=3))) from None
+    except ValueError as exc:
+        raise InvalidEvent(str(exc)) from None
 
 
 def aggregate_of(event: Event) -> tuple[str, str]:

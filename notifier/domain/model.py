@@ -1,7 +1,9 @@
 """The model: tenants, resources, customers, bookings and their notification settings.
 
-Plain frozen dataclasses, built from and turned back into mappings by the store.
-Times are aware datetimes in UTC; zones are IANA names.
+Plain frozen dataclasses, built from and turned back into mappings by the store; the
+notification settings are a typed, bounded pydantic model, the one every surface that accepts
+settings validates against (events, tenant files). Times are aware datetimes in UTC; zones
+are IANA names.
 """
 
 from __future__ import annotations
@@ -10,7 +12,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    Strict,
+    ValidationError,
+)
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
@@ -162,126 +176,171 @@ class Booking:
 
 # --- settings ---------------------------------------------------------------------------
 # Per kind, a superset of Bitrix24's resource-type fields (R26); tenant defaults, resource
-# overrides. Times are seconds; "offset" is before the visit, "delay" after its reference.
+# overrides, merged key by key (`NotificationSettings.from_layers`). Times are seconds; "offset"
+# is before the visit, "delay" after its reference.
+#
+# One model, used wherever settings come in: `resource.updated` and `tenant.settings_updated`
+# events, `config/tenants/*.yaml` (`notifier tenants load`, `init`). Unknown keys, wrong types
+# (a string for a number, 1.5 for a count, "yes" for a flag) and numbers out of their bounds are
+# refused with the key path and the reason (N3): a value the planner could not use must never
+# reach the store, where it would fail every later event of the tenant. To add a setting, add
+# the field (with its bounds) to its section: validation, the event schema and the docs follow.
 
 CUSTOMER_DEFAULT = (Channel.WHATSAPP, Channel.SMS, Channel.EMAIL)
+MAX_SPAN_S = 366 * 86_400  # no delay or offset is longer than a year: beyond, a typo or an attack
 
 
-@dataclass(frozen=True)
-class InfoSettings:
+def _clock_time(value: Any) -> Any:
+    """A time of day as "HH:MM" (YAML: quote it; unquoted 10:30 is read as a number)."""
+    if isinstance(value, time):
+        return value
+    if not isinstance(value, str) or len(value) != 5 or value[2] != ":" or not value.replace(":", "").isdigit():
+        raise ValueError('a time of day must be text "HH:MM" (in YAML, quoted)')
+    try:
+        return time.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f'{value!r} is not a time of day "HH:MM"') from None
+
+
+def _only(*allowed: Channel) -> Any:
+    def check(channels: tuple[Channel, ...]) -> tuple[Channel, ...]:
+        wrong = [c.value for c in channels if c not in allowed]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} not allowed here (one of: {', '.join(c.value for c in allowed)})")
+        return channels
+    return AfterValidator(check)
+
+
+Seconds = Annotated[int, Strict(), Field(ge=0, le=MAX_SPAN_S)]
+Count = Annotated[int, Strict(), Field(ge=0, le=10)]
+Flag = Annotated[bool, Strict()]
+ClockTime = Annotated[time, BeforeValidator(_clock_time), PlainSerializer(lambda t: t.strftime("%H:%M"), when_used="json")]
+CustomerChannels = Annotated[tuple[Channel, ...], Field(min_length=1, max_length=3),
+                             _only(Channel.WHATSAPP, Channel.SMS, Channel.EMAIL)]
+
+
+def _customer_pairs(pairs: dict[Channel, Channel]) -> dict[Channel, Channel]:
+    wrong = sorted({c.value for pair in pairs.items() for c in pair if not c.to_customer})
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} not allowed here (customer channels only)")
+    return pairs
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InfoSettings(_Section):
     """R10: new-booking info, `delay_s` after the booking was made (Bitrix24 infoDelay)."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = CUSTOMER_DEFAULT
-    delay_s: int = 0
+    enabled: Flag = True
+    channels: CustomerChannels = CUSTOMER_DEFAULT
+    delay_s: Seconds = 0
 
 
-@dataclass(frozen=True)
-class ConfirmationSettings:
+class ConfirmationSettings(_Section):
     """R11-R13: the request to confirm, its repetitions, the red counter, the staff activity."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = CUSTOMER_DEFAULT
-    offset_s: int = 86_400  # confirmationDelay; whole days count on the local calendar
-    repetitions: int = 0  # confirmationRepetitions
-    repetition_interval_s: int = 3_600  # confirmationRepetitionsInterval
-    counter_offset_s: int = 7_200  # confirmationCounterDelay: red counter from this long before
-    activity_enabled: bool = True  # R13
-    activity_offset_s: int = 10_800  # 3 hours before
+    enabled: Flag = True
+    channels: CustomerChannels = CUSTOMER_DEFAULT
+    offset_s: Seconds = 86_400  # confirmationDelay; whole days count on the local calendar
+    repetitions: Count = 0  # confirmationRepetitions
+    repetition_interval_s: Annotated[int, Strict(), Field(ge=60, le=MAX_SPAN_S)] = 3_600
+    counter_offset_s: Seconds = 7_200  # confirmationCounterDelay: red counter from this long before
+    activity_enabled: Flag = True  # R13
+    activity_offset_s: Seconds = 10_800  # 3 hours before
 
 
-@dataclass(frozen=True)
-class ReminderSettings:
+class ReminderSettings(_Section):
     """R15: at a time of day on the visit's day ("morning") or an offset before (reminderDelay)."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = CUSTOMER_DEFAULT
-    offset_s: int = -1  # -1: morning of the day (as Bitrix24's reminderDelay); else seconds before
-    morning_at: time = time(8, 0)
+    enabled: Flag = True
+    channels: CustomerChannels = CUSTOMER_DEFAULT
+    # -1: morning of the day (as Bitrix24's reminderDelay); else seconds before
+    offset_s: Annotated[int, Strict(), Field(ge=-1, le=MAX_SPAN_S)] = -1
+    morning_at: ClockTime = time(8, 0)
 
 
-@dataclass(frozen=True)
-class LateSettings:
+class LateSettings(_Section):
     """R16-R18: follow-up to the customer, orange counter, staff activity, auto-release."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = CUSTOMER_DEFAULT
-    delay_s: int = 300  # delayedDelay: 5 or 10 minutes after the start
-    counter_delay_s: int = 7_200  # delayedCounterDelay: the orange counter may light later
-    activity_enabled: bool = True  # R17
-    activity_delay_s: int = 900
-    release_enabled: bool = True  # R18
-    release_delay_s: int = 1_800
+    enabled: Flag = True
+    channels: CustomerChannels = CUSTOMER_DEFAULT
+    delay_s: Seconds = 300  # delayedDelay: 5 or 10 minutes after the start
+    counter_delay_s: Seconds = 7_200  # delayedCounterDelay: the orange counter may light later
+    activity_enabled: Flag = True  # R17
+    activity_delay_s: Seconds = 900
+    release_enabled: Flag = True  # R18
+    release_delay_s: Seconds = 1_800
 
 
-@dataclass(frozen=True)
-class ChangeSettings:
+class ChangeSettings(_Section):
     """R20: notice of a moved visit."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = (Channel.EMAIL, Channel.SMS)
+    enabled: Flag = True
+    channels: CustomerChannels = (Channel.EMAIL, Channel.SMS)
 
 
-@dataclass(frozen=True)
-class CancellationSettings:
+class CancellationSettings(_Section):
     """R14, R19, R23, R34: who hears of a cancellation, and until when customers may cancel."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = (Channel.EMAIL, Channel.SMS)
-    inform_customer_on_staff_cancel: bool = False  # R19 default: not informed
-    inform_staff_on_customer_cancel: bool = True  # R14
-    customer_may_cancel: bool = True  # R23: the link may cancel
-    window_s: int = 86_400  # R23: ... until this long before the visit
+    enabled: Flag = True
+    channels: CustomerChannels = (Channel.EMAIL, Channel.SMS)
+    inform_customer_on_staff_cancel: Flag = False  # R19 default: not informed
+    inform_staff_on_customer_cancel: Flag = True  # R14
+    customer_may_cancel: Flag = True  # R23: the link may cancel
+    window_s: Seconds = 86_400  # R23: ... until this long before the visit
 
 
-@dataclass(frozen=True)
-class RequestSettings:
+class RequestSettings(_Section):
     """R23, R32, R33: online requests that need approval."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = (Channel.EMAIL,)
-    accepted_channels: tuple[Channel, ...] = (Channel.EMAIL, Channel.SMS)
+    enabled: Flag = True
+    channels: CustomerChannels = (Channel.EMAIL,)
+    accepted_channels: CustomerChannels = (Channel.EMAIL, Channel.SMS)
 
 
-@dataclass(frozen=True)
-class FeedbackSettings:
+class FeedbackSettings(_Section):
     """R25: ask for feedback `delay_s` after the visit ended."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = (Channel.EMAIL,)
-    delay_s: int = 7_200
+    enabled: Flag = True
+    channels: CustomerChannels = (Channel.EMAIL,)
+    delay_s: Seconds = 7_200
 
 
-@dataclass(frozen=True)
-class StaffSettings:
+class StaffSettings(_Section):
     """Notices and activities for the staff (R1): on or off per kind."""
 
-    enabled: bool = True
-    channels: tuple[Channel, ...] = (Channel.STAFF,)
-    new_request: bool = True
-    confirmed: bool = True
-    cancelled: bool = True
-    released: bool = True
+    enabled: Flag = True
+    channels: Annotated[tuple[Channel, ...], Field(min_length=1, max_length=1), _only(Channel.STAFF)] = (
+        Channel.STAFF,)
+    new_request: Flag = True
+    confirmed: Flag = True
+    cancelled: Flag = True
+    released: Flag = True
 
 
-@dataclass(frozen=True)
-class QuietHours:
+class QuietHours(_Section):
     """Customer messages wait for the morning (none of the anchors has this; ours)."""
 
-    enabled: bool = True
-    start: time = time(21, 0)
-    end: time = time(8, 0)
+    enabled: Flag = True
+    start: ClockTime = time(21, 0)
+    end: ClockTime = time(8, 0)
 
 
-SECTIONS: dict[str, type] = {  # `fallback` is a mapping of its own, read separately
+SECTIONS: dict[str, type[_Section]] = {
     "info": InfoSettings, "confirmation": ConfirmationSettings, "reminder": ReminderSettings,
     "late": LateSettings, "change": ChangeSettings, "cancellation": CancellationSettings,
     "request": RequestSettings, "feedback": FeedbackSettings, "staff": StaffSettings, "quiet_hours": QuietHours,
 }
 
 
-@dataclass(frozen=True)
-class NotificationSettings:
+class NotificationSettings(BaseModel):
+    """A resource's settings: the tenant's defaults with the resource's overrides (R26, R43).
+    Validating a partial mapping fills in the defaults; `overrides` gives back only what was set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     info: InfoSettings = InfoSettings()
     confirmation: ConfirmationSettings = ConfirmationSettings()
     reminder: ReminderSettings = ReminderSettings()
@@ -294,46 +353,64 @@ class NotificationSettings:
     quiet_hours: QuietHours = QuietHours()
     # one message per kind: the first channel of the list the customer can be reached on;
     # "all" sends on every reachable channel
-    channel_policy: str = "first"
-    # channels not offered in the tenant's region (R6); set by the platform, not the tenant
-    unavailable: frozenset[Channel] = frozenset()
+    channel_policy: Literal["first", "all"] = "first"
     # a customer message that failed for good on one channel goes out once more on another,
     # where the customer consented: {"whatsapp": "sms"} (none of the anchors has this)
-    fallback: Mapping[Channel, Channel] = field(default_factory=dict)
+    fallback: Annotated[dict[Channel, Channel], Field(max_length=3), AfterValidator(_customer_pairs)] = Field(
+        default_factory=dict)
+    # channels not offered in the tenant's region (R6): set by the platform, never by a tenant
+    _unavailable: frozenset[Channel] = PrivateAttr(default=frozenset())
+
+    @property
+    def unavailable(self) -> frozenset[Channel]:
+        return self._unavailable
+
+    def overrides(self) -> dict[str, Any]:
+        """What was given, as stored (JSON types): the mapping the store keeps for a layer."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
     @classmethod
     def from_layers(cls, *layers: Mapping[str, Any] | None, unavailable: frozenset[Channel] = frozenset()
                     ) -> "NotificationSettings":
-        """Merge tenant defaults and resource overrides (later layers win), key by key."""
-        merged: dict[str, dict[str, Any]] = {}
-        top: dict[str, Any] = {}
+        """Merge tenant defaults and resource overrides (later layers win), key by key. A
+        tenant's own keys (`TenantSettings`) are not a resource's concern and are left out."""
+        merged: dict[str, Any] = {}
         for layer in layers:
             for key, value in (layer or {}).items():
-                if isinstance(value, Mapping):
-                    merged.setdefault(key, {}).update(value)
+                if key in TENANT_ONLY:
+                    continue
+                if key in SECTIONS and isinstance(value, Mapping):
+                    merged[key] = {**merged.get(key, {}), **value}
                 else:
-                    top[key] = value
-        sections = {name: _section(kind, merged.get(name, {})) for name, kind in SECTIONS.items()}
-        fallback = {Channel(a): Channel(b) for a, b in merged.get("fallback", {}).items()}
-        return cls(**sections, channel_policy=str(top.get("channel_policy", "first")), unavailable=unavailable,
-                   fallback=fallback)
+                    merged[key] = value
+        settings = cls.model_validate(merged)
+        settings._unavailable = frozenset(unavailable)
+        return settings
 
 
-def _section(cls: type, values: Mapping[str, Any]) -> Any:
-    fields = cls.__dataclass_fields__
-    known: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in fields:
-            continue
-        default = fields[key].default
-        if key.endswith("channels"):
-            known[key] = tuple(Channel(c) for c in value)
-        elif isinstance(default, time):
-            known[key] = value if isinstance(value, time) else time.fromisoformat(str(value))
-        elif isinstance(default, bool):
-            known[key] = bool(value)
-        elif isinstance(default, int):
-            known[key] = int(value)
-        else:
-            known[key] = value
-    return cls(**known)
+class TenantSettings(NotificationSettings):
+    """A tenant's defaults: a resource's settings, and what only a tenant has."""
+
+    # where staff notices and activities of this tenant are POSTed (else the `staff_webhook_url` config)
+    webhook_url: Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")] | None = None
+
+
+TENANT_ONLY = frozenset(TenantSettings.model_fields) - frozenset(NotificationSettings.model_fields)
+
+
+def validation_problems(exc: ValidationError, *, limit: int = 5, show_input: bool = False) -> list[str]:
+    """One line per problem: the key path and the reason (N3); `show_input`: and what was given
+    (not for events, whose values may be personal data, N7)."""
+    out = []
+    for error in exc.errors()[:limit]:
+        path = ".".join(str(part) for part in error.get("loc", ())) or "<top>"
+        kind, message = error.get("type", ""), str(error.get("msg", "")).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif show_input and kind not in ("missing", "value_error") and "input" in error:
+            given = repr(error["input"])
+            message += f" (got {given[:60]}{'...' if len(given) > 60 else ''})"
+        out.append(f"{path}: {message}")
+    if len(exc.errors()) > limit:
+        out.append(f"... and {len(exc.errors()) - limit} more")
+    return out

@@ -5,6 +5,7 @@ Each returns the new state and the timeline entries the change deserves.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -50,20 +51,30 @@ def resource_from(data: ev.ResourceData, tenant_id: str) -> Resource:
 def resource_updated(event: ev.ResourceUpdatedEvent) -> Resource:
     data = event.data
     return Resource(id=data.resource.id, tenant_id=event.tenant_id, name=data.resource.name,
-                    type=data.resource.type, timezone=data.timezone, settings=dict(data.settings),
+                    type=data.resource.type, timezone=data.timezone, settings=data.settings.overrides(),
                     revision=event.revision)
 
 
 def tenant_updated(tenant: Tenant, event: ev.TenantSettingsUpdatedEvent) -> Tenant:
     data = event.data
     changes: dict[str, Any] = {"revision": event.revision}
-    for name in ("name", "timezone", "home_region", "language", "company", "settings"):
+    for name in ("name", "timezone", "home_region", "language"):
         value = getattr(data, name)
         if value is not None:
             changes[name] = value
+    if data.settings is not None:
+        changes["settings"] = data.settings.overrides()
+    if data.company is not None:
+        changes["company"] = merged_company(tenant.company, data.company)
     if data.channels is not None:
         changes["channels"] = frozenset(Channel(c) for c in data.channels) | {Channel.EMAIL}
     return replace(tenant, **changes)
+
+
+def merged_company(company: Mapping[str, str], update: Mapping[str, str]) -> dict[str, str]:
+    """Company details change field by field; an empty value removes the field (R42)."""
+    merged = {**company, **update}
+    return {key: value for key, value in merged.items() if value.strip()}
 
 
 def booking_created(event: ev.BookingCreatedEvent) -> tuple[Booking, list[Note]]:

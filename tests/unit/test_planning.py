@@ -359,8 +359,8 @@ def scenarios(draw):
         confirmation={"repetitions": draw(st.integers(0, 3)), "offset_s": draw(st.sampled_from([3600, 86_400]))},
         late={"delay_s": draw(st.sampled_from([300, 600]))},
         quiet_hours={"enabled": draw(st.booleans())},
+        channel_policy=draw(st.sampled_from(["first", "all"])),
     )
-    s = replace(s, channel_policy=draw(st.sampled_from(["first", "all"])))
     consents = frozenset(draw(st.sets(st.sampled_from([Channel.EMAIL, Channel.SMS, Channel.WHATSAPP]))))
     c = replace(CUSTOMER, consents=consents, created_via_online_booking=draw(st.booleans()),
                 privacy_accepted=draw(st.booleans()))
@@ -413,7 +413,7 @@ def test_property_replanning_the_same_state_changes_nothing(scenario):
 @given(scenarios())
 def test_property_every_customer_message_but_the_late_follow_up_respects_quiet_hours(scenario):
     b, s, c, now = scenario
-    s = replace(s, quiet_hours=replace(s.quiet_hours, enabled=True))
+    s = s.model_copy(update={"quiet_hours": s.quiet_hours.model_copy(update={"enabled": True})})
     for m in plan(b, s, customer=c, now=now):
         if m.recipient == "customer" and m.kind is not Kind.LATE:
             assert not in_quiet_hours(m.due_at, time(21), time(8), BERLIN)
@@ -424,8 +424,8 @@ def test_property_every_customer_message_but_the_late_follow_up_respects_quiet_h
 def test_property_moving_a_visit_whose_reminder_was_sent_yields_exactly_one_new_reminder(scenario, shift_min):
     b, s, c, _ = scenario
     b = replace(b, needs_approval=False, approved_at=None)
-    s = replace(s, reminder=replace(s.reminder, enabled=True), quiet_hours=replace(s.quiet_hours, enabled=False),
-                channel_policy="first")
+    s = s.model_copy(update={"reminder": s.reminder.model_copy(update={"enabled": True}),
+                             "quiet_hours": s.quiet_hours.model_copy(update={"enabled": False}), "channel_policy": "first"})
     c = replace(c, consents=c.consents | {Channel.EMAIL}, privacy_accepted=True)
     reminders = of(plan(b, s, customer=c, now=b.created_at), Kind.REMINDER)
     if not reminders:
