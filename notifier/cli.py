@@ -11,15 +11,47 @@ from typing import Any
 import click
 
 from notifier.settings import SettingsError, load_settings
+from notifier.store.migrate import DatabaseNotReady, first_line, shown_url
 
 
-def _ctx():
+def _ctx(*, initialised: bool = True):
+    """The composition root for a command; with `initialised`, refuse a database notifier has not
+    set up (a missing SQLite file is not created, an empty database is not written to)."""
     from notifier.bootstrap import build
+    from notifier.store.migrate import require_file, require_schema
 
-    return build()
+    settings = load_settings()
+    if initialised:
+        require_file(settings.database_url)
+    ctx = build(settings)
+    if initialised:
+        try:
+            require_schema(ctx.store.engine)
+        except BaseException:
+            ctx.close()
+            raise
+    return ctx
 
 
-@click.group()
+class _Commands(click.Group):
+    """What a user can get wrong with the database ends in one line naming the cause and what to
+    do, with exit status 1, never in a traceback (settings: `main` below, exit status 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DatabaseNotReady as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            sql = sys.modules.get("sqlalchemy.exc")  # not loaded: the error cannot be the database's
+            if sql is None or not isinstance(exc, (sql.OperationalError, sql.InterfaceError)):
+                raise
+            # the connection was checked when the command started: this failed on the way
+            raise click.ClickException(f"the database {shown_url(load_settings().database_url)} failed: "
+                                       f"{first_line(exc)}") from None
+
+
+@click.group(cls=_Commands)
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default from settings).")
 @click.option("--log-format", type=click.Choice(["json", "console"]), default="json", show_default=True,
               help="JSON lines (for log collectors) or key=value for people; personal data masked in both (N7).")
@@ -35,6 +67,8 @@ def main(log_level: str | None, log_format: str) -> None:
             click.echo(f"  - {problem}", err=True)
         raise SystemExit(2) from None
     configure_logging(log_level or settings.log_level, fmt=log_format)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # Alembic's INFO lines say what `init` says
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _log_level_name() -> str:
@@ -59,21 +93,42 @@ def _metrics_options(command):
                         help="Serve Prometheus metrics on this port (/metrics); off when not given.")(command)
 
 
+def _migrate(ctx) -> None:
+    """Migrate and say what ran (Alembic's own lines stay in the logs at DEBUG)."""
+    from notifier.store.migrate import upgrade_report
+
+    before, applied = upgrade_report(ctx.store.engine)
+    where = shown_url(ctx.settings.database_url)
+    if not applied:
+        click.echo(f"database {where}: schema up to date (revision {before}), nothing to migrate")
+        return
+    start = f"from revision {before}" if before else "from an empty database"
+    click.echo(f"database {where}: applied {len(applied)} migration{'s' if len(applied) != 1 else ''} {start}:")
+    for line in applied:
+        click.echo(f"  {line}")
+
+
 @main.command()
 def migrate() -> None:
     """Bring the database schema to the newest version (Alembic)."""
-    ctx = _ctx()
-    ctx.store.migrate()
-    click.echo(f"schema up to date ({ctx.store.dialect})")
+    ctx = _ctx(initialised=False)
+    try:
+        _migrate(ctx)
+    finally:
+        ctx.close()
 
 
 @main.command()
 def init() -> None:
     """Migrate, then load the tenants from the tenants folder (config/tenants/*.yaml)."""
-    ctx = _ctx()
-    ctx.store.migrate()
-    loaded = _load_tenants(ctx, ctx.settings.tenants_dir)
-    click.echo(f"schema up to date; tenants: {', '.join(loaded) or 'none'}")
+    ctx = _ctx(initialised=False)
+    try:
+        _migrate(ctx)
+        folder = ctx.settings.tenants_dir
+        loaded = _load_tenants(ctx, folder)
+    finally:
+        ctx.close()
+    click.echo(f"tenants from {folder}: {', '.join(loaded) or 'none (no *.yaml there)'}")
 
 
 @main.group()
@@ -157,6 +212,13 @@ def publish(source, url: str | None) -> None:
 def worker(queues: str | None, concurrency: int | None, pool: str | None, hostname: str | None, events: bool,
            metrics_port: int | None, metrics_host: str) -> None:
     """Run a Celery worker (sweep and dispatch queues)."""
+    from tasks.celery_app import ALL_QUEUES
+
+    wanted = [name.strip() for name in (queues or ",".join(ALL_QUEUES)).split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in ALL_QUEUES]
+    if unknown or not wanted:
+        raise click.BadParameter(f"unknown queue{'s' if len(unknown) > 1 else ''} {', '.join(unknown) or '(none)'}: "
+                                 f"the queues are {', '.join(ALL_QUEUES)}", param_hint="'-Q' / '--queues'")
     if metrics_port is not None:  # before prometheus_client is imported: the pool's children share a folder
         from notifier.observability import metrics
 
@@ -164,9 +226,9 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None, hostna
         metrics.serve(metrics_port, metrics_host, multiprocess=True)
         metrics.connect_worker_signals()
     _keep_our_logging()
-    from tasks.celery_app import ALL_QUEUES, app
+    from tasks.celery_app import app
 
-    argv = ["--quiet", "worker", "-Q", queues or ",".join(ALL_QUEUES), "--without-gossip", "--without-mingle",
+    argv = ["--quiet", "worker", "-Q", ",".join(wanted), "--without-gossip", "--without-mingle",
             "--loglevel", _log_level_name()]
     if concurrency:
         argv += ["-c", str(concurrency)]
@@ -259,12 +321,35 @@ def sweep() -> None:
 @main.command()
 @click.argument("tenant_id")
 @click.argument("booking_id")
-def timeline(tenant_id: str, booking_id: str) -> None:
-    """Print a booking's timeline as JSON lines."""
-    from notifier.services import timeline_of
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, times in UTC (for machines).")
+def timeline(tenant_id: str, booking_id: str, as_json: bool) -> None:
+    """Print a booking's timeline: a table in the tenant's local time (JSON lines with --json).
+    Exits 1 when the tenant or the booking is unknown."""
+    from zoneinfo import ZoneInfo
 
-    for entry in timeline_of(_ctx().store, tenant_id, booking_id):
-        click.echo(json.dumps(entry, default=str))
+    from notifier.services import timeline_of
+    from notifier.views import timeline_lines
+
+    ctx = _ctx()
+    try:
+        with ctx.store.transaction() as tx:
+            tenant = tx.tenant(tenant_id)
+            booking = tx.booking(tenant_id, booking_id) if tenant else None
+        entries = timeline_of(ctx.store, tenant_id, booking_id) if tenant else []
+    finally:
+        ctx.close()
+    if tenant is None:
+        raise click.ClickException(f"unknown tenant {tenant_id!r} (`notifier init` or `notifier tenants load` "
+                                   "loads tenants)")
+    if booking is None and not entries:
+        raise click.ClickException(f"no booking {booking_id!r} for tenant {tenant_id!r}")
+    if as_json:
+        for entry in entries:
+            click.echo(json.dumps(entry, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
+        return
+    click.echo(f"{tenant_id} / {booking_id} (times in {tenant.timezone})")
+    for line in timeline_lines(entries, ZoneInfo(tenant.timezone)):
+        click.echo(f"  {line}")
 
 
 @main.group()

@@ -162,19 +162,78 @@ class Settings:
         return Path(self.data_dir) / "broker"
 
 
+# the expected form of each kind of value, as a user reads it in an error
+_FORMS = {"int": "a whole number", "float": "a number", "bool": "true or false (also 1/0, yes/no, on/off)"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+_DATABASE_FORM = "sqlite:///PATH or postgresql://user:password@host:5432/dbname"
+_BROKER_FORM = "embedded, redis://host:6379/0 or amqp://user:password@host:5672//"
+_SCHEMES = {
+    "database_url": (("sqlite://", "postgresql://", "postgresql+psycopg://"), _DATABASE_FORM),
+    "broker_url": (("embedded", "redis://", "rediss://", "amqp://", "amqps://", "pyamqp://", "memory://"),
+                   _BROKER_FORM),
+    "events_url": (("embedded", "redis://", "rediss://", "amqp://", "amqps://", "pyamqp://"), _BROKER_FORM),
+    "outbound_url": (("", "embedded", "redis://", "rediss://", "amqp://", "amqps://", "pyamqp://"), _BROKER_FORM),
+    "clock": (("system", "file:"), "system or file:PATH"),
+}
+_CHOICES = {"whatsapp_provider": ("meta", "twilio"),
+            "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
+_PORTS = ("smtp_port",)
+
+
+def normalise_database_url(url: str) -> str:
+    """The URL SQLAlchemy needs: `postgres://` and `postgresql://` (the forms hosting providers and
+    libpq hand out) mean PostgreSQL through psycopg 3, the driver notifier ships with."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
 def _coerce(raw: Any, to: type | str) -> Any:
     kind = to if isinstance(to, str) else to.__name__
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
-        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        word = str(raw).strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise ValueError(raw)
+        return word in _TRUE
     if kind == "int":
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(raw)
         return int(raw)
     if kind == "float":
+        if isinstance(raw, bool):
+            raise ValueError(raw)
         return float(raw)
     if isinstance(raw, list | tuple):  # a TOML list, e.g. link_secret = ["new", "old"]
         return ",".join(str(item).strip() for item in raw)
     return raw if not isinstance(raw, str) else raw.strip()
+
+
+def _checked(name: str, value: Any, kind: str) -> Any:
+    """The value of one setting, typed and checked; ValueError with the expected form if it is not."""
+    try:
+        value = _coerce(value, kind)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected {_FORMS[kind]}") from None
+    if kind in ("int", "float") and value < 0:
+        raise ValueError("expected a number of at least 0")
+    if name in _PORTS and not 0 < value < 65536:
+        raise ValueError("expected a port number between 1 and 65535")
+    if name == "database_url":
+        value = normalise_database_url(value)
+    if name in _SCHEMES:
+        prefixes, form = _SCHEMES[name]
+        if not (value in prefixes or any(p.endswith(("/", ":")) and value.startswith(p) for p in prefixes)):
+            raise ValueError(f"expected {form}")
+    if name in _CHOICES:
+        choices = _CHOICES[name]
+        match = next((c for c in choices if c.lower() == str(value).lower()), None)
+        if match is None:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        value = match
+    return value
 
 
 def _variable(name: str) -> str:
@@ -244,20 +303,39 @@ def _check(settings: Settings, env: Mapping[str, str], known: set[str]) -> None:
 
 
 def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
+    """Raises SettingsError naming every unusable value: its variable (or the file's key) and the
+    form it expects, and in production what production refuses."""
     env = os.environ if environ is None else environ
     path = Path(config_file or env.get("NOTIFIER_CONFIG") or shipped_path("config") / "notifier.toml")
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     if path.is_file():
-        with path.open("rb") as handle:
-            values.update(tomllib.load(handle).get("notifier", {}))
+        try:
+            with path.open("rb") as handle:
+                values.update(tomllib.load(handle).get("notifier", {}))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError([f"{path}: not valid TOML ({exc})"]) from None
+        origin = {key: f"{key} (in {path})" for key in values}
+    elif config_file or env.get("NOTIFIER_CONFIG"):
+        raise SettingsError([f"NOTIFIER_CONFIG: no such file {str(path)!r} (expected the path of a TOML file)"])
     known = {f.name: f for f in fields(Settings) if f.name != "extra"}
     extra = {k: v for k, v in values.items() if k not in known}
     values = {k: v for k, v in values.items() if k in known}
     for name in known:
-        key = f"NOTIFIER_{name.upper()}"
+        key = _variable(name)
         if key in env:
             values[name] = env[key]
-    typed = {name: _coerce(value, known[name].type) for name, value in values.items()}
+            origin[name] = key
+    typed: dict[str, Any] = {}
+    problems = []
+    for name, value in values.items():
+        kind = known[name].type if isinstance(known[name].type, str) else known[name].type.__name__
+        try:
+            typed[name] = _checked(name, value, kind)
+        except ValueError as exc:
+            problems.append(f"{origin[name]} = {str(value)!r}: {exc}")
+    if problems:
+        raise SettingsError(problems)
     settings = Settings(**typed, extra=extra)
     _check(settings, env, set(known))
     return settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -195,3 +195,34 @@ def metric_statements(*, now: datetime, window_s: float, dialect: str) -> dict[s
     """Every statement a scrape runs, by name (for the query-plan test)."""
     return {**backlog_statements(now=now), "lateness": lateness_statement(now=now, window_s=window_s, dialect=dialect),
             "recent_sends": recent_sends_statement(now=now, window_s=window_s, dialect=dialect)}
+
+
+# --- a booking's timeline for people (`notifier timeline`, the demo) -------------------------------
+
+def local_time(moment: datetime, zone: ZoneInfo) -> str:
+    """An instant as a person in `zone` reads it: "Tue 2026-12-01 08:00" (stored times are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return f"{moment.astimezone(zone):%a %Y-%m-%d %H:%M}"
+
+
+def _local_value(value: Any, zone: ZoneInfo) -> Any:
+    if isinstance(value, datetime):
+        return local_time(value, zone)
+    if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and value[10:11] == "T":
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        return local_time(moment, zone) if moment.tzinfo is not None else value
+    return value
+
+
+def timeline_lines(entries: Iterable[Mapping[str, Any]], zone: ZoneInfo) -> list[str]:
+    """One line per entry: when (local time), what, and its details with their times local too."""
+    lines = []
+    for entry in entries:
+        detail = entry.get("detail") or {}
+        what = ", ".join(f"{k}={_local_value(v, zone)}" for k, v in detail.items() if v not in (None, "") and k != "key")
+        lines.append(f"{local_time(entry['at'], zone)}  {entry['kind']:<22} {what}".rstrip())
+    return lines

@@ -104,3 +104,37 @@ def test_N4_link_secrets_rotate_sign_with_the_first_and_accept_all(tmp_path):
     config = tmp_path / "n.toml"
     config.write_text(f'[notifier]\nlink_secret = ["{new}", "{old}"]\n')
     assert load_settings({}, config_file=config).link_secrets == (new, old)
+
+
+def test_values_are_checked_and_typed():
+    s = load_settings({"NOTIFIER_SMTP_STARTTLS": "On", "NOTIFIER_SMTP_SSL": "False", "NOTIFIER_LEASE_S": "90",
+                       "NOTIFIER_LOG_LEVEL": "debug", "NOTIFIER_WHATSAPP_PROVIDER": "Twilio"})
+    assert (s.smtp_starttls, s.smtp_ssl, s.lease_s, s.log_level, s.whatsapp_provider) == (True, False, 90, "DEBUG",
+                                                                                           "twilio")
+
+
+@pytest.mark.parametrize("url", ["postgres://u:pw@db.example.com:5432/app", "postgresql://u:pw@db.example.com:5432/app",
+                                 "postgresql+psycopg://u:pw@db.example.com:5432/app"])
+def test_every_usual_postgresql_url_means_psycopg(url):
+    assert load_settings({"NOTIFIER_DATABASE_URL": url}).database_url == "postgresql+psycopg://u:pw@db.example.com:5432/app"
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("NOTIFIER_SMTP_PORT", "70000", "a port number between 1 and 65535"),
+    ("NOTIFIER_SWEEP_INTERVAL_S", "2s", "a number"),
+    ("NOTIFIER_RETRY_BASE_S", "-1", "a number of at least 0"),
+    ("NOTIFIER_DATABASE_URL", "mysql://db/notifier", "sqlite:///PATH or postgresql://user:password@host:5432/dbname"),
+    ("NOTIFIER_EVENTS_URL", "kafka://k:9092", "embedded, redis://host:6379/0 or amqp://user:password@host:5672//"),
+    ("NOTIFIER_CLOCK", "fast", "system or file:PATH"),
+    ("NOTIFIER_WHATSAPP_PROVIDER", "vonage", "one of meta, twilio"),
+    ("NOTIFIER_LOG_LEVEL", "loud", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+])
+def test_a_bad_value_is_refused_by_name(variable, value, expected):
+    with pytest.raises(SettingsError) as refused:
+        load_settings({variable: value})
+    assert str(refused.value) == f"{variable} = {value!r}: expected {expected}"
+
+
+def test_a_missing_config_file_is_named():
+    with pytest.raises(SettingsError, match="NOTIFIER_CONFIG: no such file '/nowhere.toml'"):
+        load_settings({"NOTIFIER_CONFIG": "/nowhere.toml"})
