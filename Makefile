@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-integration bench chaos schema clean
+.PHONY: demo test test-unit test-integration bench chaos schema requirements clean
 
 $(STAMP): pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notifier needs Python 3.11 or newer (set PYTHON=...)")'
@@ -37,6 +37,10 @@ chaos: $(STAMP)
 schema: $(STAMP)
 	$(PY) -c 'import json; from notifier.domain.events import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/events.schema.json
 	$(PY) -c 'import json; from notifier.web.app import openapi_document; print(json.dumps(openapi_document(), indent=2))' > docs/openapi.json
+
+# rewrite the "Tests:" lines of docs/requirements.md from the IDs the tests name
+requirements: $(STAMP)
+	$(PY) -m tests.requirements
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
