@@ -350,7 +350,7 @@ def _apply_one(s: BatchSession, event: ev.Event, body: str, now: datetime) -> st
                                                           "phone_valid": phone_error is None}))
         if s.resource(tenant.id, data.resource.id) is None:
             s.put_resource(tr.resource_from(data.resource, tenant.id))
-        booking, notes = tr.booking_created(event)
+        booking, notes = tr.booking_created(event, received_at=now)
         if phone_error:
             notes.append(tr.Note("customer.phone_invalid", {"reason": phone_error}))  # R5
         _save(s, tenant, booking, notes, now)
@@ -496,7 +496,8 @@ def _save(s: BatchSession, tenant: Tenant, booking: Booking, notes: list[tr.Note
         if changes:
             payload = {"booking_id": booking.id, "resource_id": booking.resource_id,
                        "starts_at": booking.starts_at.isoformat(), "red": booking.red_since is not None,
-                       "late": booking.late_since is not None, "orange": booking.orange_since is not None}
+                       "late": booking.late_since is not None,
+                       "late_counter": booking.late_counter_since is not None}
             s.add_outbox(tenant.id, "counters.changed", payload, now)
             if booking.released_at is not None and before.released_at is None:  # R18: the slot is free
                 s.add_outbox(tenant.id, "slot.released", dict(payload, reason="not_marked_arrived"), now)
@@ -737,7 +738,7 @@ def _link_state(s: BatchSession, claims: LinkClaims, now: datetime | None) -> Li
 
 def sweep_states(store: Store, *, now: datetime, limit: int = 500,
                  regions: Mapping[str, Iterable[str]] | None = None) -> int:
-    """The state sweep: bookings whose markers change at this time (red, late, orange, release)."""
+    """The state sweep: bookings whose markers change at this time (red, late, late counter, release)."""
     with store.transaction() as tx:
         due = tx.conn.execute(state_checks_statement(now=now, limit=limit, dialect=store.dialect)).all()
         if not due:
@@ -754,7 +755,7 @@ def sweep_states(store: Store, *, now: datetime, limit: int = 500,
 
 def counters(store: Store, tenant_id: str, day: date, *, now: datetime,
              regions: Mapping[str, Iterable[str]] | None = None) -> dict[str, dict[str, int]]:
-    """R12, R16: red, late and orange counts per resource for a local day, exact at `now`
+    """R12, R16: unconfirmed, red counter, late marker and late counter per resource for a local day, exact at `now`
     (computed from the bookings, not from what the last sweep saw)."""
     b = t.bookings.c
     with store.transaction() as tx:
@@ -772,7 +773,7 @@ def counters(store: Store, tenant_id: str, day: date, *, now: datetime,
         booking = booking_from(row)
         resource = resources[booking.resource_id]
         flags = booking_flags(booking, settings_for(tenant, resource, regions), now)
-        counts = out.setdefault(booking.resource_id, {"red": 0, "late": 0, "orange": 0, "unconfirmed": 0})
+        counts = out.setdefault(booking.resource_id, {"unconfirmed": 0, "red": 0, "late": 0, "late_counter": 0})
         if flags.release_due:
             continue  # released (or about to be, at the next sweep): off the board
         for name in counts:

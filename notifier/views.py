@@ -72,13 +72,13 @@ def lit_markers(store: Store, tenant_id: str, day: date, *, now: datetime,
             continue
         settings = settings_for(tenant, resource, regions)
         flags = booking_flags(booking, settings, now)
-        if flags.release_due or not (flags.unconfirmed or flags.red or flags.late or flags.orange):
+        if flags.release_due or not (flags.unconfirmed or flags.red or flags.late or flags.late_counter):
             continue
         lit, _ = apply_flags(booking, settings, now)
         out.append({"booking_id": booking.id, "resource_id": booking.resource_id,
                     "starts_at": booking.starts_at.isoformat(), "unconfirmed": flags.unconfirmed,
                     "red_since": _iso(lit.red_since), "late_since": _iso(lit.late_since),
-                    "orange_since": _iso(lit.orange_since)})
+                    "late_counter_since": _iso(lit.late_counter_since)})
     return out
 
 

@@ -6,7 +6,7 @@ importing this module opens nothing and reads no file.
 Queues:  sweep (beat's scans and housekeeping), email, sms, whatsapp, staff, activity (dispatch
          per channel). Tasks, as Flower lists them:
   notifier.sweep_due       claim due messages, hand them to the channel queues, publish the outbox
-  notifier.sweep_states    markers that change with time (red, late, orange, auto-release)
+  notifier.sweep_states    markers that change with time (red counter, late marker and counter, auto-release)
   notifier.housekeeping    expired holds, old processed event ids / outbox rows / attempts
   notifier.dispatch_batch  send a batch of one channel; its args read "sms: 100 messages" (ids only, N7)
 """

@@ -39,7 +39,7 @@ def sweep_due_task() -> int:
 
 @app.task(name="notifier.sweep_states")
 def sweep_states_task() -> int:
-    """Markers that change with time: red and orange counters, late, auto-release (R12, R16, R18)."""
+    """Markers that change with time: the red counter, the late marker and counter, auto-release (R12, R16, R18)."""
     ctx = context()
     changed = sweep_states(ctx.store, now=ctx.clock.now(), limit=ctx.settings.sweep_batch,
                            regions=ctx.settings.unavailable)

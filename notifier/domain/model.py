@@ -165,10 +165,15 @@ class Booking:
     visit_outcome: str | None = None  # arrived | no_show
     revision: int = 0
     # the planner's board (R12, R16, R18): when each marker lit up, None while off
-    red_since: datetime | None = None
-    late_since: datetime | None = None
-    orange_since: datetime | None = None
+    red_since: datetime | None = None  # counts in the red counter (R12)
+    late_since: datetime | None = None  # the orange "late" marker, lit with the follow-up message (R16)
+    late_counter_since: datetime | None = None  # counts in the late counter (R16; may light later)
     released_at: datetime | None = None
+    received_at: datetime | None = None  # when notifier first applied it (None: as `created_at`)
+    # the booking system's choices for this booking when it was made (salon seed): the appointment
+    # card by email (None: the settings decide, R22), reminders on or off (R15)
+    send_card: bool | None = None
+    reminders: bool = True
 
     def moved(self, **changes: Any) -> "Booking":
         return replace(self, **changes)
@@ -226,6 +231,9 @@ def _customer_pairs(pairs: dict[Channel, Channel]) -> dict[Channel, Channel]:
     return pairs
 
 
+Policy = Literal["first", "all"]  # one message on the first reachable channel of the list, or one on each
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -235,6 +243,7 @@ class InfoSettings(_Section):
 
     enabled: Flag = True
     channels: CustomerChannels = CUSTOMER_DEFAULT
+    channel_policy: Policy = "first"
     delay_s: Seconds = 0
 
 
@@ -243,6 +252,7 @@ class ConfirmationSettings(_Section):
 
     enabled: Flag = True
     channels: CustomerChannels = CUSTOMER_DEFAULT
+    channel_policy: Policy = "first"
     offset_s: Seconds = 86_400  # confirmationDelay; whole days count on the local calendar
     repetitions: Count = 0  # confirmationRepetitions
     repetition_interval_s: Annotated[int, Strict(), Field(ge=60, le=MAX_SPAN_S)] = 3_600
@@ -256,18 +266,22 @@ class ReminderSettings(_Section):
 
     enabled: Flag = True
     channels: CustomerChannels = CUSTOMER_DEFAULT
+    channel_policy: Policy = "first"
     # -1: morning of the day (as Bitrix24's reminderDelay); else seconds before
     offset_s: Annotated[int, Strict(), Field(ge=-1, le=MAX_SPAN_S)] = -1
     morning_at: ClockTime = time(8, 0)
 
 
 class LateSettings(_Section):
-    """R16-R18: follow-up to the customer, orange counter, staff activity, auto-release."""
+    """R16-R18: follow-up to the customer, late marker and counter, staff activity, auto-release."""
 
     enabled: Flag = True
     channels: CustomerChannels = CUSTOMER_DEFAULT
-    delay_s: Seconds = 300  # delayedDelay: 5 or 10 minutes after the start
-    counter_delay_s: Seconds = 7_200  # delayedCounterDelay: the orange counter may light later
+    channel_policy: Policy = "first"
+    delay_s: Seconds = 300  # delayedDelay: 5 or 10 minutes after the start; the orange "late" marker
+    # delayedCounterDelay: the late counter may light later than the marker, but before the release
+    # (R27): Bitrix24's 7200 s came after the slot was released at 1800 s, so it never lit
+    counter_delay_s: Seconds = 600
     activity_enabled: Flag = True  # R17
     activity_delay_s: Seconds = 900
     release_enabled: Flag = True  # R18
@@ -279,6 +293,7 @@ class ChangeSettings(_Section):
 
     enabled: Flag = True
     channels: CustomerChannels = (Channel.EMAIL, Channel.SMS)
+    channel_policy: Policy = "all"  # R20, R27: on every channel the customer consented to
 
 
 class CancellationSettings(_Section):
@@ -286,18 +301,23 @@ class CancellationSettings(_Section):
 
     enabled: Flag = True
     channels: CustomerChannels = (Channel.EMAIL, Channel.SMS)
+    channel_policy: Policy = "all"
     inform_customer_on_staff_cancel: Flag = False  # R19 default: not informed
     inform_staff_on_customer_cancel: Flag = True  # R14
     customer_may_cancel: Flag = True  # R23: the link may cancel
-    window_s: Seconds = 86_400  # R23: ... until this long before the visit
+    # R11, R23, R27: ... until this long before the visit. Closes after the confirmation request
+    # (a day before), so the request's link can cancel; 24 h would close with the request's arrival
+    window_s: Seconds = 7_200
 
 
 class RequestSettings(_Section):
     """R23, R32, R33: online requests that need approval."""
 
     enabled: Flag = True
-    channels: CustomerChannels = (Channel.EMAIL,)
+    channels: CustomerChannels = (Channel.EMAIL,)  # "request received" (email only, as the seed)
     accepted_channels: CustomerChannels = (Channel.EMAIL, Channel.SMS)
+    rejected_channels: CustomerChannels = (Channel.EMAIL, Channel.SMS)
+    channel_policy: Policy = "all"  # R23, R27: the answer goes on every consented channel
 
 
 class FeedbackSettings(_Section):
@@ -305,6 +325,7 @@ class FeedbackSettings(_Section):
 
     enabled: Flag = True
     channels: CustomerChannels = (Channel.EMAIL,)
+    channel_policy: Policy = "first"
     delay_s: Seconds = 7_200
 
 
@@ -351,9 +372,9 @@ class NotificationSettings(BaseModel):
     feedback: FeedbackSettings = FeedbackSettings()
     staff: StaffSettings = StaffSettings()
     quiet_hours: QuietHours = QuietHours()
-    # one message per kind: the first channel of the list the customer can be reached on;
-    # "all" sends on every reachable channel
-    channel_policy: Literal["first", "all"] = "first"
+    # the default `channel_policy` of every section that does not set its own (None: each section's
+    # own default: "first", but "all" for change notices, cancellations and answers to requests)
+    channel_policy: Policy | None = None
     # a customer message that failed for good on one channel goes out once more on another,
     # where the customer consented: {"whatsapp": "sms"} (none of the anchors has this)
     fallback: Annotated[dict[Channel, Channel], Field(max_length=3), AfterValidator(_customer_pairs)] = Field(
@@ -383,6 +404,11 @@ class NotificationSettings(BaseModel):
                     merged[key] = {**merged.get(key, {}), **value}
                 else:
                     merged[key] = value
+        policy = merged.get("channel_policy")
+        if isinstance(policy, str):  # the tenant-wide policy, under each section's own
+            for name, section in SECTIONS.items():
+                if "channel_policy" in section.model_fields and isinstance(merged.get(name, {}), Mapping):
+                    merged[name] = {"channel_policy": policy, **merged.get(name, {})}
         settings = cls.model_validate(merged)
         settings._unavailable = frozenset(unavailable)
         return settings

@@ -8,7 +8,8 @@ particular start time carry that time, so moving a visit plans new ones and with
 old ones (R21).
 
 `booking_flags` tells the time-dependent states the planner's board shows (unconfirmed,
-red and orange counters, late, release due) and `next_flag_change` when they next change.
+red counter, the orange "late" marker, the late counter, release due) and `next_flag_change` when
+they next change.
 """
 
 from __future__ import annotations
@@ -182,15 +183,14 @@ class _Plan:
         self.failed = failed
         self.messages: list[PlannedMessage] = []
 
-    def customer(self, kind: Kind, channels: Iterable[Channel], due_at: datetime, anchor: str = "") -> None:
-        quiet = self.settings.quiet_hours
-        if quiet.enabled and kind is not Kind.LATE:  # the late follow-up cannot wait for the morning
-            due_at = after_quiet_hours(due_at, quiet.start, quiet.end, self.zone)
+    def customer(self, kind: Kind, channels: Iterable[Channel], due_at: datetime, anchor: str = "",
+                 policy: str = "first") -> None:
+        due_at = self.after_quiet(kind, due_at)
         starts = self.booking.starts_at
         # a message about a visit is useless once the visit has begun (R16/R25 kinds excepted)
         if kind not in _AFTER_VISIT_ALLOWED and (due_at >= starts or self.now >= starts):
             return
-        for slot, channel in _pick(channels, self.reachable, self.settings.channel_policy):
+        for slot, channel in _pick(tuple(channels), self.reachable, policy):
             key = kind + "/" + slot + ("/" + anchor if anchor else "")  # str enums: their values
             self.messages.append(PlannedMessage(key, kind, channel, due_at))  # positional: the hot path
             if key in self.failed:
@@ -199,6 +199,14 @@ class _Plan:
                     # failed for good on its channel: once more on the fallback, as soon as possible
                     self.messages.append(PlannedMessage(key=f"{key}/{FALLBACK}", kind=kind, channel=backup,
                                                         due_at=max(due_at, self.now)))
+
+    def after_quiet(self, kind: Kind, due_at: datetime) -> datetime:
+        """When a customer message due at `due_at` may go: after the quiet hours (the late
+        follow-up cannot wait for the morning)."""
+        quiet = self.settings.quiet_hours
+        if quiet.enabled and kind is not Kind.LATE:
+            return after_quiet_hours(due_at, quiet.start, quiet.end, self.zone)
+        return due_at
 
     def staff(self, kind: Kind, due_at: datetime, anchor: str = "") -> None:
         staff = self.settings.staff
@@ -237,7 +245,7 @@ def plan_booking(
 
 def _plan_request(plan: _Plan, booking: Booking, s: NotificationSettings) -> None:
     if s.request.enabled:
-        plan.customer(Kind.REQUEST_RECEIVED, s.request.channels, booking.created_at)
+        plan.customer(Kind.REQUEST_RECEIVED, s.request.channels, booking.created_at, policy=s.request.channel_policy)
     if s.staff.new_request:
         plan.staff(Kind.STAFF_NEW_REQUEST, booking.created_at)
 
@@ -254,14 +262,16 @@ def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings) -
         if s.cancellation.inform_staff_on_customer_cancel and s.staff.cancelled:  # R14, R19
             plan.staff(Kind.STAFF_CANCELLED, at)
         return
+    if booking.needs_approval and booking.approved_at is None:
+        # R23, R34: a request turned down, by a cancellation-kind status or by the staff cancelling
+        # it, always tells the customer (with the reason): they are waiting for an answer
+        if s.request.enabled:
+            plan.customer(Kind.REQUEST_REJECTED, s.request.rejected_channels, at, policy=s.request.channel_policy)
+        return
     if not s.cancellation.enabled:
         return
-    if by == "workflow":  # R34: a cancellation-kind status always tells the customer, with the reason
-        rejected = booking.needs_approval and booking.approved_at is None
-        plan.customer(Kind.REQUEST_REJECTED if rejected else Kind.CANCELLATION,
-                      s.request.channels if rejected else s.cancellation.channels, at)
-    elif s.cancellation.inform_customer_on_staff_cancel:  # R19
-        plan.customer(Kind.CANCELLATION, s.cancellation.channels, at)
+    if by == "workflow" or s.cancellation.inform_customer_on_staff_cancel:  # R34 (with the reason); R19
+        plan.customer(Kind.CANCELLATION, s.cancellation.channels, at, policy=s.cancellation.channel_policy)
 
 
 def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: NotificationSettings, zone: ZoneInfo,
@@ -271,23 +281,33 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
     if booking.needs_approval:  # accepted (R23, R33): the confirmation instead of the info message
         assert booking.approved_at is not None
         if s.request.enabled:
-            plan.customer(Kind.REQUEST_ACCEPTED, s.request.accepted_channels, booking.approved_at)
+            plan.customer(Kind.REQUEST_ACCEPTED, s.request.accepted_channels, booking.approved_at,
+                          policy=s.request.channel_policy)
         if s.staff.confirmed:
             plan.staff(Kind.STAFF_CONFIRMED, booking.approved_at)
     elif s.info.enabled:  # R10
-        plan.customer(Kind.INFO, s.info.channels, booking.created_at + timedelta(seconds=max(s.info.delay_s, 0)))
+        plan.customer(Kind.INFO, s.info.channels, booking.created_at + timedelta(seconds=max(s.info.delay_s, 0)),
+                      policy=s.info.channel_policy)
 
     if booking.scheduled_at > booking.created_at and s.change.enabled:  # R20: the visit was moved
-        plan.customer(Kind.CHANGE, s.change.channels, booking.scheduled_at, anchor)
+        plan.customer(Kind.CHANGE, s.change.channels, booking.scheduled_at, anchor, s.change.channel_policy)
 
     unconfirmed = booking.confirmed_at is None
     c = s.confirmation
     if c.enabled and unconfirmed:  # R11, with repetitions while unanswered
         first = local_days_before(starts, c.offset_s, zone)
+        previous: datetime | None = None
         for i in range(max(c.repetitions, 0) + 1):
             due = first + timedelta(seconds=i * c.repetition_interval_s)
-            if due >= booking.scheduled_at:  # asking for one just booked or moved would be noise
-                plan.customer(Kind.CONFIRMATION, c.channels, due, f"{i}/{anchor}")
+            if due < booking.scheduled_at:  # asking for one just booked or moved would be noise
+                continue
+            # a repetition keeps its interval after the one before, as that one really goes (quiet
+            # hours may have pushed it to the morning): they never arrive together. One that cannot
+            # go before the visit that way is dropped (`customer` drops what is due after the start)
+            if previous is not None:
+                due = max(due, previous + timedelta(seconds=c.repetition_interval_s))
+            due = previous = plan.after_quiet(Kind.CONFIRMATION, due)
+            plan.customer(Kind.CONFIRMATION, c.channels, due, f"{i}/{anchor}", c.channel_policy)
         activity_at = starts - timedelta(seconds=c.activity_offset_s)
         if c.activity_enabled and activity_at >= booking.scheduled_at:  # R13
             plan.staff(Kind.ACTIVITY_UNCONFIRMED, activity_at, anchor)
@@ -302,18 +322,19 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
             due = local_days_before(starts, r.offset_s, zone)
         reminded_before = any(k.startswith("reminder/") and not k.endswith(anchor) for k in sent)
         if due >= booking.scheduled_at:
-            plan.customer(Kind.REMINDER, r.channels, due, anchor)
+            plan.customer(Kind.REMINDER, r.channels, due, anchor, r.channel_policy)
         elif reminded_before:  # R21: moved after the reminder went out: remind again, now
-            plan.customer(Kind.REMINDER, r.channels, booking.scheduled_at, anchor)
+            plan.customer(Kind.REMINDER, r.channels, booking.scheduled_at, anchor, r.channel_policy)
 
     late = s.late
     # R16-R18 are about a visit that began and was not marked: planned from its start (the state
     # sweep wakes every active booking then, `next_flag_change`), withdrawn when it is marked. Most
     # visits are marked on time, so planning them with the booking wrote three messages a booking,
     # and moved them again with every reschedule, for nothing.
-    if booking.visit_outcome is None and plan.now >= starts:
+    if late_path_applies(booking) and plan.now >= starts:
         if late.enabled:
-            plan.customer(Kind.LATE, late.channels, starts + timedelta(seconds=late.delay_s), anchor)
+            plan.customer(Kind.LATE, late.channels, starts + timedelta(seconds=late.delay_s), anchor,
+                          late.channel_policy)
         if late.activity_enabled:
             plan.staff(Kind.ACTIVITY_LATE, starts + timedelta(seconds=late.activity_delay_s), anchor)
         if late.release_enabled and s.staff.released:
@@ -321,7 +342,17 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
 
     if s.feedback.enabled and booking.visit_outcome != "no_show":  # R25
         plan.customer(Kind.FEEDBACK, s.feedback.channels, booking.ends_at + timedelta(seconds=s.feedback.delay_s),
-                      anchor)
+                      anchor, s.feedback.channel_policy)
+
+
+def late_path_applies(booking: Booking) -> bool:
+    """R16-R18 are about a visit the business expected: one notifier knew of, at its time, before
+    it began. A booking entered after its start (a walk-in recorded afterwards, an import, events
+    published days late) is not late, and its slot is not released."""
+    if booking.visit_outcome is not None:
+        return False
+    starts = booking.starts_at
+    return booking.scheduled_at < starts and (booking.received_at or booking.created_at) < starts
 
 
 def diff_plan(existing: Iterable[StoredMessage], planned: Iterable[PlannedMessage]) -> PlanDiff:
@@ -354,10 +385,10 @@ def failed_keys(existing: Iterable[StoredMessage]) -> frozenset[str]:
 # --- time-dependent states (R12, R16, R18) -------------------------------------------------------
 
 class BookingFlags(NamedTuple):
-    unconfirmed: bool  # clock marker: the customer has not confirmed (R12)
+    unconfirmed: bool  # the clock marker: the customer has not confirmed (R12)
     red: bool  # counts in the red counter: unconfirmed, and the visit is near (R12)
-    late: bool  # started, not marked arrived (R16)
-    orange: bool  # counts in the late counter (R16; may light later than `late`)
+    late: bool  # the orange "late" marker: started, not marked arrived, follow-up due (R16)
+    late_counter: bool  # counts in the late counter (R16; may light later than the marker)
     release_due: bool  # the slot should be released (R18)
 
 
@@ -367,12 +398,12 @@ def booking_flags(booking: Booking, settings: NotificationSettings, now: datetim
     starts = booking.starts_at
     unconfirmed = active and c.enabled and booking.confirmed_at is None and now < starts
     red = unconfirmed and now >= starts - timedelta(seconds=c.counter_offset_s)
-    unmarked = active and booking.visit_outcome is None
+    unmarked = active and late_path_applies(booking)
     return BookingFlags(
         unconfirmed=unconfirmed,
         red=red,
         late=unmarked and now >= starts + timedelta(seconds=late.delay_s),
-        orange=unmarked and now >= starts + timedelta(seconds=late.counter_delay_s),
+        late_counter=unmarked and now >= starts + timedelta(seconds=late.counter_delay_s),
         release_due=unmarked and late.release_enabled and now >= starts + timedelta(seconds=late.release_delay_s),
     )
 
@@ -380,9 +411,10 @@ def booking_flags(booking: Booking, settings: NotificationSettings, now: datetim
 def next_flag_change(booking: Booking, settings: NotificationSettings, now: datetime) -> datetime | None:
     """The next moment `booking_flags` changes without an event, for the state sweep."""
     c, late, starts = settings.confirmation, settings.late, booking.starts_at
-    moments = [starts - timedelta(seconds=c.counter_offset_s), starts,
-               starts + timedelta(seconds=late.delay_s), starts + timedelta(seconds=late.counter_delay_s),
-               starts + timedelta(seconds=late.release_delay_s)]
+    moments = [starts - timedelta(seconds=c.counter_offset_s)]
+    if late_path_applies(booking):
+        moments += [starts, starts + timedelta(seconds=late.delay_s), starts + timedelta(seconds=late.counter_delay_s),
+                    starts + timedelta(seconds=late.release_delay_s)]
     later = [m for m in moments if m > now]
     return min(later) if later else None
 
@@ -392,12 +424,12 @@ def apply_flags(booking: Booking, settings: NotificationSettings, now: datetime)
     it (R18). Returns the new booking and what changed, as (timeline kind, detail)."""
     flags = booking_flags(booking, settings, now)
     if (flags.red == (booking.red_since is not None) and flags.late == (booking.late_since is not None)
-            and flags.orange == (booking.orange_since is not None) and not flags.release_due):
+            and flags.late_counter == (booking.late_counter_since is not None) and not flags.release_due):
         return booking, []  # most events: no marker changes
     c, late, starts = settings.confirmation, settings.late, booking.starts_at
     lit = {"red_since": (flags.red, starts - timedelta(seconds=c.counter_offset_s)),
            "late_since": (flags.late, starts + timedelta(seconds=late.delay_s)),
-           "orange_since": (flags.orange, starts + timedelta(seconds=late.counter_delay_s))}
+           "late_counter_since": (flags.late_counter, starts + timedelta(seconds=late.counter_delay_s))}
     changes: dict = {}
     notes: list[tuple[str, dict]] = []
     for name, (on, since) in lit.items():
@@ -410,7 +442,7 @@ def apply_flags(booking: Booking, settings: NotificationSettings, now: datetime)
             notes.append((f"marker.{name.removesuffix('_since')}.off", {}))
     if flags.release_due and booking.released_at is None:
         changes.update(status=BookingStatus.CANCELLED, cancelled_by="release", cancelled_at=now, released_at=now,
-                       late_since=None, orange_since=None, red_since=None)
+                       late_since=None, late_counter_since=None, red_since=None)
         notes.append(("slot.released", {"reason": "not marked arrived", "starts_at": starts.isoformat(),
                                         "resource_id": booking.resource_id}))
     return (replace(booking, **changes) if changes else booking), notes

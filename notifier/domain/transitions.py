@@ -77,7 +77,8 @@ def merged_company(company: Mapping[str, str], update: Mapping[str, str]) -> dic
     return {key: value for key, value in merged.items() if value.strip()}
 
 
-def booking_created(event: ev.BookingCreatedEvent) -> tuple[Booking, list[Note]]:
+def booking_created(event: ev.BookingCreatedEvent, received_at: datetime | None = None) -> tuple[Booking, list[Note]]:
+    """`received_at`: when notifier applies it (a booking received after its start is not late, R16)."""
     data = event.data
     occurred = ev.utc(event.occurred_at)
     booking = Booking(
@@ -96,6 +97,7 @@ def booking_created(event: ev.BookingCreatedEvent) -> tuple[Booking, list[Note]]
         workflow_status=({"id": data.status.id, "name": data.status.name, "kind": data.status.kind}
                          if data.status else None),
         revision=event.revision,
+        received_at=received_at,
     )
     note = Note("booking.created", {"starts_at": booking.starts_at.isoformat(), "resource_id": booking.resource_id,
                                     "source": booking.source})

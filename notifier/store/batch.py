@@ -498,8 +498,8 @@ class BatchSession:
             (b.tenant_id, b.id, b.customer_id, b.resource_id, b.starts_at, b.ends_at, b.created_at, b.scheduled_at,
              b.source, b.service, _VALUE[b.status], b.cancelled_by, b.cancelled_at, b.cancel_reason,
              b.needs_approval, b.approved_at, dict(b.workflow_status) if b.workflow_status else None,
-             b.confirmed_at, b.visit_outcome, b.revision, b.red_since, b.late_since, b.orange_since, b.released_at,
-             self.next_check.get((b.tenant_id, b.id)))
+             b.confirmed_at, b.visit_outcome, b.revision, b.red_since, b.late_since, b.late_counter_since,
+             b.released_at, self.next_check.get((b.tenant_id, b.id)), b.received_at, b.send_card, b.reminders)
             for b in (self.bookings[k] for k in sorted(self.dirty["bookings"])) if b is not None])
         self._flush_messages(now)
         insert_rows(conn, t.timeline, _TIMELINE_WRITE, self.timeline)

@@ -142,10 +142,13 @@ bookings = Table(
     Column("visit_outcome", String(16)),  # arrived | no_show
     Column("revision", Integer, nullable=False),
     Column("red_since", UTCDateTime),  # R12
-    Column("late_since", UTCDateTime),  # R16
-    Column("orange_since", UTCDateTime),  # R16
+    Column("late_since", UTCDateTime),  # R16: the orange "late" marker
+    Column("late_counter_since", UTCDateTime),  # R16: the late counter
     Column("released_at", UTCDateTime),  # R18
     Column("next_check_at", UTCDateTime),  # when a marker may change without an event (the state sweep)
+    Column("received_at", UTCDateTime),  # when notifier first applied it (NULL: as created_at)
+    Column("send_card", Boolean),  # the booking system's choice for this booking (R22); NULL: the default
+    Column("reminders", Boolean, nullable=False, server_default="1"),  # ... and for its reminders (R15)
     ForeignKeyConstraint(["tenant_id", "customer_id"], ["customers.tenant_id", "customers.id"]),
     ForeignKeyConstraint(["tenant_id", "resource_id"], ["resources.tenant_id", "resources.id"]),
 )

@@ -164,7 +164,8 @@ def booking_from(row: Any) -> Booking:
                    needs_approval=row.needs_approval, approved_at=_utc(row.approved_at),
                    confirmed_at=_utc(row.confirmed_at), visit_outcome=row.visit_outcome, revision=row.revision,
                    red_since=_utc(row.red_since), late_since=_utc(row.late_since),
-                   orange_since=_utc(row.orange_since), released_at=_utc(row.released_at))
+                   late_counter_since=_utc(row.late_counter_since), released_at=_utc(row.released_at),
+                   received_at=_utc(row.received_at), send_card=row.send_card, reminders=row.reminders)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -304,7 +305,8 @@ class Tx:
             "cancelled_by": booking.cancelled_by, "cancelled_at": booking.cancelled_at,
             "cancel_reason": booking.cancel_reason, "needs_approval": booking.needs_approval,
             "approved_at": booking.approved_at, "red_since": booking.red_since, "late_since": booking.late_since,
-            "orange_since": booking.orange_since, "released_at": booking.released_at,
+            "late_counter_since": booking.late_counter_since, "released_at": booking.released_at,
+            "received_at": booking.received_at, "send_card": booking.send_card, "reminders": booking.reminders,
         }, ["tenant_id", "id"])
 
     def active_bookings(self, tenant_id: str, *, customer_id: str | None = None,

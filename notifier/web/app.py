@@ -70,8 +70,8 @@ class Marker(BaseModel):
     starts_at: datetime
     unconfirmed: bool
     red_since: datetime | None
-    late_since: datetime | None
-    orange_since: datetime | None
+    late_since: datetime | None  # the orange "late" marker (R16)
+    late_counter_since: datetime | None  # counts in the late counter (R16)
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -255,7 +255,8 @@ def create_app(ctx: Any) -> FastAPI:
 
     @api.get("/tenants/{tenant_id}/counters")
     def counters_api(tenant_id: str, day: Day = None, resource: ResourceFilter = None) -> dict[str, dict[str, int]]:
-        """Red (unconfirmed, near), late and orange counts per resource for a local day (R12, R16),
+        """Per resource for a local day: bookings unconfirmed (the clock marker) and in the red
+        counter (R12), with the orange "late" marker and in the late counter (R16),
         exact at the moment of asking. `/markers` lists the bookings behind them."""
         try:
             out = counters(ctx.store, tenant_id, local_day(tenant_id, day), now=ctx.clock.now(),
@@ -267,7 +268,7 @@ def create_app(ctx: Any) -> FastAPI:
     @api.get("/tenants/{tenant_id}/markers")
     def markers_api(tenant_id: str, day: Day = None, resource: ResourceFilter = None) -> list[Marker]:
         """The bookings of a local day that count in a counter now, with the time each marker lit
-        (R12 red, R16 late and orange): the time the store recorded, else the moment the rule
+        (R12 red counter, R16 late marker and late counter): the time the store recorded, else the moment the rule
         gives, so a marker shows before the next sweep has seen it."""
         try:
             found = views.lit_markers(ctx.store, tenant_id, local_day(tenant_id, day), now=ctx.clock.now(),

@@ -1,7 +1,7 @@
 """Issue 7 acceptance 3 (R16, R17, R18, P2): the late path end to end on PostgreSQL, with a Celery
 beat and worker as processes and the simulated clock moving through the visit. The customer who
-has not been marked arrived gets the follow-up five minutes after the start; the booking is late
-and then orange on the planner's counters; the responsible staff member gets a call activity; at
+has not been marked arrived gets the follow-up five minutes after the start; the booking gets the
+orange late marker and then counts in the late counter (both under the defaults); the responsible staff member gets a call activity; at
 thirty minutes the slot is released, the staff is told and the booking system receives
 slot.released. Each of these happens once."""
 
@@ -28,16 +28,12 @@ MINUTE = timedelta(minutes=1)
 def test_R16_R17_R18_a_customer_who_does_not_come_from_follow_up_to_released_slot(tmp_path, pg_url, redis_url,
                                                                                    key_prefix, mail_sink, clock,
                                                                                    procs):
-    tenants = tmp_path / "tenants"  # the clinic with every default, but an orange counter at +10 min
-    tenants.mkdir()
-    text = (TENANTS / f"{TENANT}.yaml").read_text()
-    assert "settings: {}" in text
-    (tenants / f"{TENANT}.yaml").write_text(text.replace("settings: {}", "settings: {late: {counter_delay_s: 600}}"))
+    assert "settings: {}" in (TENANTS / f"{TENANT}.yaml").read_text()  # the clinic with every default
     outbound = f"{key_prefix}.outbound"
     with HttpSink() as hooks:
         settings = make_settings(tmp_path, database_url=pg_url, broker_url=redis_url, broker_key_prefix=key_prefix,
                                  events_url=redis_url, events_queue=f"{key_prefix}.events", outbound_queue=outbound,
-                                 smtp_port=mail_sink.port, staff_webhook_url=hooks.url, tenants_path=tenants,
+                                 smtp_port=mail_sink.port, staff_webhook_url=hooks.url, tenants_path=TENANTS,
                                  sweep_interval_s=0.3)
         ctx = make_context(settings)
         group = procs(settings_env(settings))
@@ -76,14 +72,15 @@ def test_R16_R17_R18_a_customer_who_does_not_come_from_follow_up_to_released_slo
         assert late_mail["To"] == "kunde@example.org"
         assert late_mail["Subject"] == "Wir warten auf Sie: Dr. Weiss, 10:00 Uhr"
         wait_for(lambda: booking().late_since is not None, "the late marker", group)
-        assert booking().late_since == VISIT + 5 * MINUTE and booking().orange_since is None
-        assert (board(now)["late"], board(now)["orange"]) == (1, 0)  # the orange counter starts later
+        assert booking().late_since == VISIT + 5 * MINUTE and booking().late_counter_since is None
+        assert (board(now)["late"], board(now)["late_counter"]) == (1, 0)  # the late counter starts later
 
-        # R16: the orange counter at ten minutes, published to the booking system
+        # R16: the late counter at ten minutes, published to the booking system
         now = at(VISIT + 10 * MINUTE)
-        wait_for(lambda: any(e["orange"] for e in events("counters.changed")), "counters.changed, orange", group)
-        assert booking().orange_since == VISIT + 10 * MINUTE
-        assert (board(now)["late"], board(now)["orange"]) == (1, 1)
+        wait_for(lambda: any(e["late_counter"] for e in events("counters.changed")), "counters.changed, late counter",
+                 group)
+        assert booking().late_counter_since == VISIT + 10 * MINUTE
+        assert (board(now)["late"], board(now)["late_counter"]) == (1, 1)
 
         # R17: still not there at fifteen minutes: a call activity for the staff
         now = at(VISIT + 15 * MINUTE)
@@ -118,7 +115,7 @@ def test_R16_R17_R18_a_customer_who_does_not_come_from_follow_up_to_released_slo
         assert (len(staff("activity_late")), len(staff("staff_released")), len(events("slot.released")),
                 len(events("activity.created"))) == (1, 1, 1, 1)
         kinds = [e["kind"] for e in timeline_of(ctx.store, TENANT, "B-7")]
-        for kind in ("marker.late.on", "marker.orange.on", "slot.released"):
+        for kind in ("marker.late.on", "marker.late_counter.on", "slot.released"):
             assert kinds.count(kind) == 1, kind
         sent = [e["detail"]["kind"] for e in timeline_of(ctx.store, TENANT, "B-7") if e["kind"] == "message.sent"]
         assert sorted(sent) == ["activity_late", "info", "late", "staff_released"]

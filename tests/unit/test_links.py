@@ -79,8 +79,20 @@ def test_R14_cancelling_inside_the_window_frees_the_slot_and_tells_the_staff(ctx
     assert "slot.released" in [e["kind"] for e in timeline_of(ctx.store, TENANT, "b1")]
 
 
+def test_R11_R14_R27_the_confirmation_requests_link_cancels_under_the_defaults(ctx, web):
+    """The request goes a day before the visit; a cancel window of 24 h closed as it arrived (409
+    ten minutes later). The default window closes 2 h before the visit."""
+    with ctx.store.engine.connect() as conn:
+        [asked_at] = conn.execute(select(t.messages.c.due_at).where(t.messages.c.kind == "confirmation")).scalars()
+    assert asked_at == VISIT - timedelta(days=1)
+    ctx.clock.set(asked_at + timedelta(minutes=10))
+    page = web.post(link(ctx, "cancel"))
+    assert page.status_code == 200 and "Ihr Termin ist abgesagt" in page.text
+    assert booking_row(ctx).cancelled_by == "customer"
+
+
 def test_R23_cancelling_outside_the_window_is_refused(ctx, web):
-    ctx.clock.set(VISIT - timedelta(hours=23))  # the window closes 24 hours before
+    ctx.clock.set(VISIT - timedelta(hours=1))  # the window closes 2 hours before
     page = web.post(link(ctx, "cancel"))
     assert page.status_code == 409 and "nicht mehr möglich" in page.text
     assert booking_row(ctx).status == "active" and outbound(ctx) == []

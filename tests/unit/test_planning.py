@@ -101,6 +101,19 @@ def test_R11_confirmation_request_a_day_before_with_repetitions_while_unanswered
     assert not of(plan(confirmed, s), Kind.CONFIRMATION)
 
 
+def test_R11_repetitions_never_arrive_together():
+    """Quiet hours pushed all three requests for a 21:30 visit to 08:00 of the visit day: each now
+    keeps its interval after the one before as it really goes, and one that cannot go before the
+    visit that way is not planned."""
+    s = conf(confirmation={"repetitions": 2, "repetition_interval_s": 3600})
+    evening = booking(at(2026, 12, 3, 21, 30), BOOKED)
+    assert due(plan(evening, s), Kind.CONFIRMATION) == [at(2026, 12, 3, 8), at(2026, 12, 3, 9), at(2026, 12, 3, 10)]
+    # two hours before a 22:00 visit is 20:00; the next would be 21:00, quiet until 08:00 the day after
+    # the visit: the two repetitions are dropped rather than sent together or after the visit
+    s = conf(confirmation={"repetitions": 2, "repetition_interval_s": 3600, "offset_s": 7200})
+    assert due(plan(booking(at(2026, 12, 3, 22), BOOKED), s), Kind.CONFIRMATION) == [at(2026, 12, 3, 20)]
+
+
 def test_R11_no_confirmation_request_when_booked_after_its_time():
     assert not of(plan(booking(VISIT, at(2026, 12, 3, 9))), Kind.CONFIRMATION)
 
@@ -201,13 +214,30 @@ def test_R16_R17_R18_the_late_path_is_planned_only_once_the_visit_began():
     assert not late_path & {m.kind for m in plan(replace(b, visit_outcome="arrived"), now=VISIT)}
 
 
-def test_R16_late_and_orange_counter_that_may_light_later():
+def test_R16_the_late_marker_and_the_late_counter_that_may_light_later():
     b = booking(VISIT, BOOKED)
     s = conf(late={"delay_s": 300, "counter_delay_s": 900})
     flags = booking_flags(b, s, VISIT + timedelta(minutes=6))
-    assert flags.late and not flags.orange
-    assert booking_flags(b, s, VISIT + timedelta(minutes=16)).orange
+    assert flags.late and not flags.late_counter
+    assert booking_flags(b, s, VISIT + timedelta(minutes=16)).late_counter
     assert not booking_flags(replace(b, visit_outcome="arrived"), s, VISIT + timedelta(minutes=16)).late
+
+
+def test_R16_R18_a_booking_entered_after_its_start_is_not_late_and_keeps_its_slot():
+    """A booking that notifier learns of after its visit began (a walk-in recorded afterwards, the
+    events example published days later) got the no-show notice and lost its slot at once."""
+    late_path = {Kind.LATE, Kind.ACTIVITY_LATE, Kind.STAFF_RELEASED}
+    walk_in = booking(VISIT, VISIT + timedelta(minutes=10))  # recorded ten minutes into the visit
+    published_late = replace(booking(VISIT, BOOKED), received_at=VISIT + timedelta(days=2))
+    for b in (walk_in, published_late):
+        now = VISIT + timedelta(hours=1)
+        assert not late_path & {m.kind for m in plan(b, now=now)}
+        flags = booking_flags(b, NotificationSettings(), now)
+        assert not (flags.late or flags.late_counter or flags.release_due)
+        assert next_flag_change(b, NotificationSettings(), VISIT - timedelta(hours=1)) is None
+    on_time = replace(booking(VISIT, BOOKED), received_at=BOOKED)
+    assert late_path <= {m.kind for m in plan(on_time, now=VISIT)}
+    assert booking_flags(on_time, NotificationSettings(), VISIT + timedelta(minutes=31)).release_due
 
 
 def test_R16_R17_R18_marking_the_visit_withdraws_the_late_path():
@@ -222,6 +252,28 @@ def test_R16_R17_R18_marking_the_visit_withdraws_the_late_path():
 
 
 # --- R20 change notice -----------------------------------------------------------------------------
+
+def test_R20_R23_R27_change_notices_and_answers_to_requests_go_on_every_consented_channel():
+    """One channel policy for every kind sent change notices and accepted requests by email only;
+    the salon seed sends them by email and, where it is on, SMS. Other kinds still go once."""
+    both = replace(CUSTOMER, consents=frozenset({Channel.SMS, Channel.EMAIL}))
+    moved = replace(booking(VISIT, BOOKED), starts_at=VISIT + timedelta(days=1),
+                    ends_at=VISIT + timedelta(days=1, hours=1), scheduled_at=at(2026, 12, 2, 9))
+    planned = plan(moved, customer=both, now=at(2026, 12, 2, 9))
+    assert sorted(m.channel for m in of(planned, Kind.CHANGE)) == [Channel.EMAIL, Channel.SMS]
+    assert len(of(planned, Kind.CONFIRMATION)) == 1 and len(of(planned, Kind.REMINDER)) == 1
+    accepted = booking(VISIT, BOOKED, needs_approval=True, approved_at=at(2026, 12, 1, 12))
+    assert sorted(m.channel for m in of(plan(accepted, customer=both, now=at(2026, 12, 1, 12)),
+                                        Kind.REQUEST_ACCEPTED)) == [Channel.EMAIL, Channel.SMS]
+    rejected = cancelled("workflow", needs_approval=True, cancel_reason="Kein Termin frei")
+    assert sorted(m.channel for m in plan(rejected, customer=both, now=at(2026, 12, 2, 11))) == [
+        Channel.EMAIL, Channel.SMS]
+    # a tenant-wide policy is the default of every kind that does not set its own
+    one = conf(channel_policy="first", request={"channel_policy": "all"})
+    assert [m.channel for m in of(plan(moved, one, customer=both, now=at(2026, 12, 2, 9)), Kind.CHANGE)] == [
+        Channel.EMAIL]
+    assert one.request.channel_policy == "all"
+
 
 def test_R20_a_moved_visit_gets_a_change_notice_at_the_move():
     moved = replace(booking(VISIT, BOOKED), starts_at=VISIT + timedelta(days=1),
@@ -424,8 +476,8 @@ def test_property_every_customer_message_but_the_late_follow_up_respects_quiet_h
 def test_property_moving_a_visit_whose_reminder_was_sent_yields_exactly_one_new_reminder(scenario, shift_min):
     b, s, c, _ = scenario
     b = replace(b, needs_approval=False, approved_at=None)
-    s = s.model_copy(update={"reminder": s.reminder.model_copy(update={"enabled": True}),
-                             "quiet_hours": s.quiet_hours.model_copy(update={"enabled": False}), "channel_policy": "first"})
+    s = s.model_copy(update={"reminder": s.reminder.model_copy(update={"enabled": True, "channel_policy": "first"}),
+                             "quiet_hours": s.quiet_hours.model_copy(update={"enabled": False})})
     c = replace(c, consents=c.consents | {Channel.EMAIL}, privacy_accepted=True)
     reminders = of(plan(b, s, customer=c, now=b.created_at), Kind.REMINDER)
     if not reminders:

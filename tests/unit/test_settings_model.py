@@ -62,8 +62,9 @@ def test_R26_R43_valid_overrides_are_kept_as_given_and_merged_key_by_key_with_th
     assert tenant.overrides() == {"late": {"delay_s": 600}, "reminder": {"morning_at": "09:30"},
                                   "webhook_url": "https://crm.example.org/hook"}
     merged = NotificationSettings.from_layers(tenant.overrides(), resource.overrides())
-    assert (merged.late.delay_s, merged.late.release_delay_s, merged.late.counter_delay_s) == (600, 3600, 7200)
+    assert (merged.late.delay_s, merged.late.release_delay_s, merged.late.counter_delay_s) == (600, 3600, 600)
     assert merged.reminder.morning_at.strftime("%H:%M") == "09:30" and merged.channel_policy == "all"
+    assert merged.info.channel_policy == "all" and merged.change.channel_policy == "all"
 
 
 def test_N3_zones_names_and_addresses_the_store_or_a_mail_header_cannot_hold_are_refused():

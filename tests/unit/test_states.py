@@ -55,7 +55,7 @@ def test_R12_the_red_marker_lights_two_hours_before_and_goes_off_on_confirmation
 def test_R16_R17_R18_the_late_path_to_an_automatic_release(ctx):
     book(ctx)
     at(ctx, VISIT + timedelta(minutes=6))
-    assert row(ctx).late_since == VISIT + timedelta(minutes=5) and row(ctx).orange_since is None
+    assert row(ctx).late_since == VISIT + timedelta(minutes=5) and row(ctx).late_counter_since is None
     run_due(ctx)  # the late follow-up to the customer (R16)
     at(ctx, VISIT + timedelta(minutes=31))  # R18: still not marked after 30 minutes
     released = row(ctx)
@@ -70,6 +70,21 @@ def test_R16_R17_R18_the_late_path_to_an_automatic_release(ctx):
     assert at(ctx, VISIT + timedelta(hours=5)) == 0  # a released booking is not swept again
 
 
+def test_R16_R27_under_the_defaults_the_late_counter_lights_before_the_slot_is_released(ctx):
+    """The late counter came at +2 h (Bitrix24's delayedCounterDelay) while the slot went at +30 min,
+    taking the booking off the board: it could never light. Under the defaults it lights at +10 min."""
+    book(ctx)
+    at(ctx, VISIT + timedelta(minutes=6))
+    assert row(ctx).late_since == VISIT + timedelta(minutes=5) and row(ctx).late_counter_since is None
+    at(ctx, VISIT + timedelta(minutes=11))
+    assert row(ctx).late_counter_since == VISIT + timedelta(minutes=10) and row(ctx).status == "active"
+    lit = [p for kind, p in outbound(ctx) if kind == "counters.changed"]
+    assert [(p["late"], p["late_counter"]) for p in lit] == [(True, False), (True, True)]
+    assert "marker.late_counter.on" in [e["kind"] for e in timeline_of(ctx.store, TENANT, "b1")]
+    at(ctx, VISIT + timedelta(minutes=31))
+    assert row(ctx).status == "cancelled" and row(ctx).late_counter_since is None
+
+
 def test_R12_R16_counters_are_exact_whenever_they_are_read(ctx):
     book(ctx, "b1")
     book(ctx, "b2")
@@ -78,10 +93,10 @@ def test_R12_R16_counters_are_exact_whenever_they_are_read(ctx):
     client = api_client(ctx)
     ctx.clock.set(VISIT - timedelta(minutes=90))  # no sweep has run: the counters are right anyway
     assert client.get(f"/api/tenants/{TENANT}/counters", params={"day": "2026-12-02"}).json() == {
-        "dr-weiss": {"red": 1, "late": 0, "orange": 0, "unconfirmed": 1}}
+        "dr-weiss": {"unconfirmed": 1, "red": 1, "late": 0, "late_counter": 0}}
     ctx.clock.set(VISIT + timedelta(minutes=20))  # neither marked arrived: both late
     counts = client.get(f"/api/tenants/{TENANT}/counters", params={"day": "2026-12-02"}).json()["dr-weiss"]
-    assert (counts["late"], counts["red"]) == (2, 0)
+    assert (counts["late"], counts["late_counter"], counts["red"]) == (2, 2, 0)
     ctx.clock.set(VISIT + timedelta(minutes=31))  # due for release: off the board even before the sweep
     assert client.get(f"/api/tenants/{TENANT}/counters", params={"day": "2026-12-02"}).json()["dr-weiss"] == {
-        "red": 0, "late": 0, "orange": 0, "unconfirmed": 0}
+        "unconfirmed": 0, "red": 0, "late": 0, "late_counter": 0}

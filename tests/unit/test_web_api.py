@@ -129,7 +129,7 @@ def test_R12_markers_show_when_each_lit_before_any_sweep_and_counters_filter_by_
         ("b1", "2026-12-02T07:00:00Z"), ("b2", None)]  # b2 is unconfirmed, not red yet
     assert marks[1]["unconfirmed"] and marks[1]["late_since"] is None
     counters = client.get(f"/api/tenants/{TENANT}/counters", params={"resource": "dr-weiss"}).json()
-    assert counters == {"dr-weiss": {"red": 1, "late": 0, "orange": 0, "unconfirmed": 1}}
+    assert counters == {"dr-weiss": {"unconfirmed": 1, "red": 1, "late": 0, "late_counter": 0}}
     sweep_states(ctx.store, now=ctx.clock.now())  # the sweep records the same moment
     assert client.get(f"/api/tenants/{TENANT}/markers", params={"resource": "dr-weiss"}).json() == marks[:1]
 
