@@ -89,7 +89,7 @@ LEASE_S = 30  # NOTIFIER_LEASE_S of the run: dispatch waits out a database outag
 
 def tenant_yaml(hook_url: str) -> str:
     settings = {
-        "channel_policy": "all", "webhook_url": hook_url, "quiet_hours": {"enabled": False},
+        "channel_policy": "all", "quiet_hours": {"enabled": False},
         "info": {"enabled": True, "delay_s": INFO_DELAY_S, "channels": ["whatsapp", "sms", "email"]},
         "confirmation": {"enabled": True, "offset_s": CONFIRM_OFFSET_S, "repetitions": 0,
                          "channels": ["whatsapp", "sms", "email"],
@@ -104,6 +104,7 @@ def tenant_yaml(hook_url: str) -> str:
     }
     return json.dumps({  # JSON is YAML
         "id": TENANT, "name": "Salon Chaos", "timezone": "Europe/Berlin", "home_region": "DE", "language": "de",
+        "webhook_url": hook_url,
         "channels": ["email", "sms", "whatsapp"],
         "company": {"name": "Salon Chaos", "address": "Teststrasse 9, 10115 Berlin", "phone": "+49 30 5550199"},
         "settings": settings,
@@ -654,7 +655,7 @@ def _env(folder: Path, pg: PrivatePostgres, redis_url: str, providers: Any, mail
         "NOTIFIER_LINK_SECRET": "chaos-link-secret-0123456789",
         "NOTIFIER_PUBLIC_URL": f"http://127.0.0.1:{web_port}",
         "NOTIFIER_PROVIDER_TIMEOUT_S": str(TIMEOUT_S), "NOTIFIER_SMTP_TIMEOUT_S": str(TIMEOUT_S),
-        "NOTIFIER_WEBHOOK_TIMEOUT_S": str(TIMEOUT_S),
+        "NOTIFIER_WEBHOOK_TIMEOUT_S": str(TIMEOUT_S), "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
         # compressed for a run of minutes: sweeps every second, claims back after 30 s, retries
         # after 2 s doubling up to 20 s (production: 2 s, 120 s, 30 s to an hour)
         "NOTIFIER_SWEEP_INTERVAL_S": "1", "NOTIFIER_SWEEP_BATCH": "2000", "NOTIFIER_DISPATCH_BATCH": "50",

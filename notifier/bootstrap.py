@@ -65,10 +65,13 @@ class Context:
 def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
     from notifier.channels.email import SMTPChannel
     from notifier.channels.meta_whatsapp import MetaWhatsAppChannel
+    from notifier.channels.outbound import parse_networks
     from notifier.channels.twilio import TwilioSMSChannel, TwilioWhatsAppChannel
     from notifier.channels.webhook import WebhookChannel
 
     secret = link_secret(settings.webhook_secret, settings.data_dir, "webhook-secret")
+    hooks: dict[str, Any] = dict(timeout_s=settings.webhook_timeout_s,
+                                 allowed_networks=parse_networks(settings.webhook_allowed_networks))
     providers: dict[Channel, ChannelAdapter] = {}
     twilio = dict(account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
                   api_url=settings.twilio_api_url, timeout_s=settings.provider_timeout_s)
@@ -85,8 +88,8 @@ def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
                                                           timeout_s=settings.provider_timeout_s)
     channels = {
         **providers,
-        Channel.STAFF: WebhookChannel("staff", secret=secret, timeout_s=settings.webhook_timeout_s),
-        Channel.ACTIVITY: WebhookChannel("activity", secret=secret, timeout_s=settings.webhook_timeout_s),
+        Channel.STAFF: WebhookChannel("staff", secret=secret, **hooks),
+        Channel.ACTIVITY: WebhookChannel("activity", secret=secret, **hooks),
         Channel.EMAIL: SMTPChannel(
             host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
             user=settings.smtp_user, password=settings.smtp_password, starttls=settings.smtp_starttls,

@@ -107,6 +107,7 @@ def run_demo(keep: bool = False) -> int:
 
     with MailSink() as sink, HttpSink() as hooks:
         env = dict(os.environ, NOTIFIER_STAFF_WEBHOOK_URL=hooks.url,
+                   NOTIFIER_WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32",  # the demo's receiver, on loopback
                    NOTIFIER_DATABASE_URL=f"sqlite:///{root / 'notifier.db'}", NOTIFIER_DATA_DIR=str(root),
                    NOTIFIER_BROKER_URL="embedded", NOTIFIER_EVENTS_URL="embedded",
                    NOTIFIER_SMTP_HOST="127.0.0.1", NOTIFIER_SMTP_PORT=str(sink.port),

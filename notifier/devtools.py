@@ -194,6 +194,7 @@ class HttpSink:
 
         self.requests: list[dict[str, Any]] = []
         self.script: list[int | tuple[int, dict[str, str]]] = []  # answered before 200s: 503, (429, {...})
+        self.answer_body = b""  # what every answer carries (a receiver that talks back)
         self._lock = threading.Lock()
         sink = self
 
@@ -207,9 +208,10 @@ class HttpSink:
                         sink.requests.append({"path": self.path, "headers": dict(self.headers),
                                               "body": body, "json": json.loads(body or b"null")})
                 self.send_response(status)
-                for key, value in {**headers, "Content-Length": "0"}.items():
+                for key, value in {**headers, "Content-Length": str(len(sink.answer_body))}.items():
                     self.send_header(key, value)
                 self.end_headers()
+                self.wfile.write(sink.answer_body)
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -246,7 +246,7 @@ def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: 
         return customer.email
     if message.channel in (Channel.SMS, Channel.WHATSAPP):
         return customer.phone
-    return str(tenant.settings.get("webhook_url") or settings.staff_webhook_url or "") or None  # staff, activity
+    return tenant.webhook_url or settings.staff_webhook_url or None  # staff, activity: the operator's URLs
 
 
 class _Links(Mapping[str, str]):

@@ -80,7 +80,7 @@ def load_tenants(store: Store, folder: Path, *, now: datetime) -> list[str]:
             continue
         tenant = Tenant(id=doc.id, name=doc.name, timezone=doc.timezone, home_region=doc.home_region,
                         language=doc.language, channels=frozenset(Channel(c) for c in doc.channels),
-                        company=dict(doc.company), settings=doc.settings.overrides())
+                        company=dict(doc.company), settings=doc.settings.overrides(), webhook_url=doc.webhook_url)
         with store.transaction() as tx:
             tx.save_tenant(tenant, now)
             for item in doc.resources:

@@ -15,6 +15,7 @@ In development those are warnings, and missing secrets are generated per data fo
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import os
 import sys
@@ -101,11 +102,14 @@ class Settings:
     # per provider account, shared by all workers: "sms=200,whatsapp=80,email=50" (messages/s)
     rate_limits: str = ""
     ratelimit_redis_url: str = ""  # default: the broker's Redis; none: per process
-    # staff notices and activities: signed JSON POSTs to the booking system (per-tenant
-    # `webhook_url` in its settings wins); the secret comes from the environment
+    # staff notices and activities: signed JSON POSTs to the booking system (a tenant file's
+    # `webhook_url` wins); the secret comes from the environment
     staff_webhook_url: str = ""
     webhook_secret: str = ""
     webhook_timeout_s: float = 10.0
+    # webhooks may not connect to loopback, private or link-local addresses but in these networks
+    # (comma-separated, e.g. "10.20.0.0/16" for a booking system inside the cluster)
+    webhook_allowed_networks: str = ""
     # customer links: where the web app is reachable, and the signing secret (environment)
     # the web app's /metrics and /health details: `Authorization: Bearer <metrics_token>` (unset: /metrics is off)
     metrics_token: str = ""
@@ -290,6 +294,12 @@ def _check(settings: Settings, env: Mapping[str, str], known: set[str]) -> None:
     if short:
         problems.append(f"NOTIFIER_LINK_SECRET: each secret needs at least 16 characters "
                         f"(number {', '.join(str(i + 1) for i in short)} is shorter)")
+    for item in settings.webhook_allowed_networks.split(","):
+        try:
+            if item.strip():
+                ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            problems.append(f"NOTIFIER_WEBHOOK_ALLOWED_NETWORKS: {item.strip()!r} is not a network (10.0.0.0/8)")
     unknown = _unknown_variables(env, known)
     if settings.production:
         problems += production_problems(settings) + unknown

@@ -125,6 +125,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "NOTIFIER_CLOCK": f"file:{tmp_path / 'clock'}",
         "NOTIFIER_DISPATCH_CONCURRENCY": "4",
         "NOTIFIER_METRICS_TOKEN": METRICS_TOKEN,
+        "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",  # the tests' webhook receivers are on loopback
     }
     env.update({f"NOTIFIER_{k.upper()}": str(v) for k, v in overrides.items()})
     return load_settings(env)

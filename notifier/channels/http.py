@@ -41,14 +41,20 @@ class HttpAdapter:
 
     def __init__(self, *, timeout_s: float = 10.0, pool_size: int = 64) -> None:
         self.timeout_s = timeout_s
-        self.http = urllib3.PoolManager(num_pools=8, maxsize=pool_size, retries=False,
-                                        timeout=urllib3.Timeout(total=timeout_s))
+        self.http = self.pool_manager(num_pools=8, maxsize=pool_size, retries=False,
+                                      timeout=urllib3.Timeout(total=timeout_s))
+
+    def pool_manager(self, **kwargs: Any) -> urllib3.PoolManager:
+        return urllib3.PoolManager(**kwargs)
 
     def call(self, method: str, url: str, *, permanent: Callable[[int, Any], str | None],
              data: dict[str, str] | bytes | None = None, json: Any = None, params: dict[str, str] | None = None,
-             headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None) -> Any:
+             headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None,
+             keep_answer: bool = True) -> Any:
         """One request; 5xx, 408, 429, timeouts and connection errors are temporary; other 4xx
-        are permanent unless `permanent(status, body)` returns None (then temporary)."""
+        are permanent unless `permanent(status, body)` returns None (then temporary).
+        `keep_answer=False`: the answer's body is neither parsed nor put in a reason (a receiver
+        that is not a provider of ours: what it says is not ours to store)."""
         sent_headers = dict(headers or {})
         if auth:
             sent_headers.update(urllib3.make_headers(basic_auth=f"{auth[0]}:{auth[1]}"))
@@ -63,10 +69,12 @@ class HttpAdapter:
             raise TemporaryFailure(f"{self.name}: timeout after {self.timeout_s:.0f} s", code="timeout") from exc
         except urllib3.exceptions.HTTPError as exc:
             raise TemporaryFailure(f"{self.name}: {exc.__class__.__name__}", code="connection") from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"raw": response.data[:300].decode("utf-8", "replace")}
+        body: Any = None
+        if keep_answer:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"raw": response.data[:300].decode("utf-8", "replace")}
         status = response.status
         if status < 300:
             return body
@@ -75,7 +83,8 @@ class HttpAdapter:
             raise TemporaryFailure(f"{self.name} answered {status}", code=str(status), retry_after_s=wait)
         reason = permanent(status, body)
         if reason is None:
-            raise TemporaryFailure(f"{self.name} answered {status}: {body}", code=str(status), retry_after_s=wait)
+            said = f": {body}" if keep_answer else ""
+            raise TemporaryFailure(f"{self.name} answered {status}{said}", code=str(status), retry_after_s=wait)
         raise PermanentFailure(reason, code=str(status))
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from notifier.domain.events import Company, Id, Line, Zone
-from notifier.domain.model import NotificationSettings, TenantSettings, validation_problems
+from notifier.domain.model import NotificationSettings, TenantSettings, WebhookUrl, validation_problems
 
 
 class _Config(BaseModel):
@@ -37,6 +37,8 @@ class TenantConfig(_Config):
     channels: list[Literal["email", "sms", "whatsapp"]] = ["email"]
     company: Company = {}
     settings: TenantSettings = TenantSettings()
+    # where staff notices and activities go (else the `staff_webhook_url` setting): the operator's
+    webhook_url: WebhookUrl | None = None
     resources: Annotated[list[ResourceConfig], Field(max_length=10_000)] = []
 
 

@@ -24,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     Strict,
     ValidationError,
+    model_validator,
 )
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -106,6 +107,7 @@ class Tenant:
     company: Mapping[str, str] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
     revision: int = 0
+    webhook_url: str | None = None  # staff notices and activities; from the operator's tenant file only
 
 
 @dataclass(frozen=True)
@@ -415,10 +417,20 @@ class NotificationSettings(BaseModel):
 
 
 class TenantSettings(NotificationSettings):
-    """A tenant's defaults: a resource's settings, and what only a tenant has."""
+    """A tenant's defaults: a resource's settings, and what only a tenant has. Where the tenant's
+    staff notices go is not among them: `webhook_url` is the operator's, at the top of the
+    tenant's file (`domain.config.TenantConfig`), and an event that names one is refused."""
 
-    # where staff notices and activities of this tenant are POSTed (else the `staff_webhook_url` config)
-    webhook_url: Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")] | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _no_webhook_url(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "webhook_url" in data:
+            raise ValueError("webhook_url is set by the operator at the top of the tenant's file, not in "
+                             "settings and not by events")
+        return data
+
+
+WebhookUrl = Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s\x00-\x1f\x7f]+$")]
 
 
 TENANT_ONLY = frozenset(TenantSettings.model_fields) - frozenset(NotificationSettings.model_fields)

@@ -140,7 +140,7 @@ def _message(row: Any) -> MessageRow:
 def tenant_from(row: Any) -> Tenant:
     return Tenant(id=row.id, name=row.name, timezone=row.timezone, home_region=row.home_region,
                   language=row.language, channels=frozenset(Channel(c) for c in row.channels),
-                  company=row.company, settings=row.settings, revision=row.revision)
+                  company=row.company, settings=row.settings, revision=row.revision, webhook_url=row.webhook_url)
 
 
 def resource_from(row: Any) -> Resource:
@@ -252,7 +252,7 @@ class Tx:
             "id": tenant.id, "name": tenant.name, "timezone": tenant.timezone, "home_region": tenant.home_region,
             "language": tenant.language, "channels": sorted(c.value for c in tenant.channels),
             "company": dict(tenant.company), "settings": dict(tenant.settings), "revision": tenant.revision,
-            "updated_at": now,
+            "updated_at": now, "webhook_url": tenant.webhook_url,
         }, ["id"])
 
     def resource(self, tenant_id: str, resource_id: str) -> Resource | None:

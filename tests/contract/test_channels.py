@@ -15,6 +15,7 @@ from notifier.channels.base import ChannelAdapter, Outgoing, PermanentFailure, T
 from notifier.channels.email import SMTPChannel
 from notifier.channels.fake import FakeChannel
 from notifier.channels.meta_whatsapp import MetaWhatsAppChannel
+from notifier.channels.outbound import parse_networks
 from notifier.channels.twilio import TwilioSMSChannel, TwilioWhatsAppChannel
 from notifier.channels.webhook import WebhookChannel
 from notifier.devtools import HttpSink, MailSink
@@ -69,7 +70,8 @@ def rig(request) -> Iterator[Rig]:
             def fail(status, headers):
                 hooks.script.append((status, headers or {}))
 
-            yield Rig(WebhookChannel("staff", secret="s" * 20), outgoing(hooks.url),
+            yield Rig(WebhookChannel("staff", secret="s" * 20, allowed_networks=parse_networks("127.0.0.1")),
+                      outgoing(hooks.url),
                       outgoing(hooks.url.replace("/hooks", "/gone")), lambda: hooks.requests, fail)
         return
     with FakeProviders() as providers:

@@ -56,11 +56,9 @@ def test_N3_non_finite_numbers_are_refused_not_stored_as_null(literal):
 
 
 def test_R26_R43_valid_overrides_are_kept_as_given_and_merged_key_by_key_with_the_defaults():
-    tenant = TenantSettings.model_validate({"late": {"delay_s": 600}, "reminder": {"morning_at": "09:30"},
-                                            "webhook_url": "https://crm.example.org/hook"})
+    tenant = TenantSettings.model_validate({"late": {"delay_s": 600}, "reminder": {"morning_at": "09:30"}})
     resource = NotificationSettings.model_validate({"late": {"release_delay_s": 3600}, "channel_policy": "all"})
-    assert tenant.overrides() == {"late": {"delay_s": 600}, "reminder": {"morning_at": "09:30"},
-                                  "webhook_url": "https://crm.example.org/hook"}
+    assert tenant.overrides() == {"late": {"delay_s": 600}, "reminder": {"morning_at": "09:30"}}
     merged = NotificationSettings.from_layers(tenant.overrides(), resource.overrides())
     assert (merged.late.delay_s, merged.late.release_delay_s, merged.late.counter_delay_s) == (600, 3600, 600)
     assert merged.reminder.morning_at.strftime("%H:%M") == "09:30" and merged.channel_policy == "all"
