@@ -491,7 +491,8 @@ def dlq_list(limit: int) -> None:
         rows = conn.execute(select(dead_letters).order_by(dead_letters.c.id.desc()).limit(limit))
         for row in rows:
             click.echo(json.dumps({"id": row.id, "received_at": row.received_at.isoformat(), "source": row.source,
-                                   "reason": row.reason, "body": row.body[:500],
+                                   "reason": row.reason, "body": row.body[:500], "body_bytes": row.body_bytes,
+                                   "body_sha256": row.body_sha256,
                                    "replayed_at": row.replayed_at.isoformat() if row.replayed_at else None}))
 
 
@@ -504,7 +505,7 @@ def dlq_replay(dead_letter_id: int) -> None:
     ctx = _ctx()
     try:
         report = replay_dead_letter(ctx.store, dead_letter_id, now=ctx.clock.now())
-    except LookupError as exc:
+    except (LookupError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(vars(report)))
     if report.dead:

@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -61,7 +61,7 @@ from notifier.services import apply_pending_statuses, replan_in, settings_for
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import insert_rows
-from notifier.store.sql import MessageRow, Store, Tx
+from notifier.store.sql import MessageRow, Store, Tx, is_outage
 
 # emails that carry the appointment card (R22): new, confirmed, moved, cancelled
 CARD_KINDS = {Kind.INFO.value, Kind.REQUEST_ACCEPTED.value, Kind.CHANGE.value, Kind.CANCELLATION.value}
@@ -92,6 +92,7 @@ class Done:
     code: str | None = None
     duration_ms: int = 0
     provider_message_id: str | None = None
+    provider: str | None = None  # who issued provider_message_id: its callbacks may move the message
     template: str | None = None
     retry_at: datetime | None = None
     fallback: bool = False  # a permanent failure on a channel with a fallback: replan the booking
@@ -403,7 +404,8 @@ def transmit(ctx: Any, item: Ready) -> Done:
             if found is not None:
                 return Done(message, MessageState.SENT, ctx.clock.now(), outcome="reconciled",
                             code=found.provider_code, duration_ms=_ms(started),
-                            provider_message_id=found.provider_message_id, template=item.template)
+                            provider_message_id=found.provider_message_id, provider=adapter.provider,
+                            template=item.template)
         result = adapter.send(item.outgoing)
     except TemporaryFailure as exc:
         return _retry(ctx, message, ctx.clock.now(), exc.reason, exc.code, retry_after_s=exc.retry_after_s,
@@ -417,7 +419,8 @@ def transmit(ctx: Any, item: Ready) -> Done:
         return _retry(ctx, message, ctx.clock.now(), f"unexpected {exc.__class__.__name__}: {exc}", "unexpected",
                       duration_ms=_ms(started))
     return Done(message, MessageState.SENT, ctx.clock.now(), outcome="sent", code=result.provider_code,
-                duration_ms=_ms(started), provider_message_id=result.provider_message_id, template=item.template)
+                duration_ms=_ms(started), provider_message_id=result.provider_message_id, provider=adapter.provider,
+                template=item.template)
 
 
 _copies_lock = threading.Lock()
@@ -466,26 +469,58 @@ def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
     """Attempt rows, message states and timeline entries of many messages, in one transaction,
     with the fallback of each permanent failure planned in the same commit (the planner plans
     it from the failed key) and the provider's status reports that came before the record. A message is only moved out of `sending`, so a late or repeated
-    record changes nothing."""
-    attempts = [(d.message.id, d.at, d.duration_ms, d.outcome, d.code, d.error)
-                for d in outcomes if d.outcome is not None]
-    states = [(d.message.id, d.message.attempts, d.state.value, d.error, d.at,
-               d.at if d.state is MessageState.SENT else None, d.provider_message_id, d.template, d.retry_at)
-              for d in outcomes]
-    timeline = [_timeline_entry(d) for d in outcomes]
+    record changes nothing.
+
+    One message's record that the database refuses (anything but a lost connection) does not
+    hold up the others': the chunk is recorded again one message per savepoint, and a message
+    whose record still fails is recorded without the provider's details, the reason in their
+    place (N3, issue 15)."""
     with store.transaction() as tx:
-        insert_rows(tx.conn, t.send_attempts, ATTEMPT_COLUMNS, attempts)
-        _set_states(tx.conn, states)
-        insert_rows(tx.conn, t.timeline, TIMELINE_COLUMNS, timeline, keys=["dedup_key"], expect_new=True)
-        apply_pending_statuses(tx.conn, [d.provider_message_id for d in outcomes
-                                         if d.state is MessageState.SENT and d.provider_message_id], outcomes[0].at)
-        created = [_activity_created(d) for d in outcomes
-                   if d.message.channel is Channel.ACTIVITY and d.state is MessageState.SENT]
-        if created:  # the booking system's planner learns of the task it was given (outbox, published by the sweep)
-            tx.conn.execute(t.outbox.insert(), created)
-        for d in outcomes:
-            if d.fallback:
-                replan_in(tx.conn, d.message.tenant_id, d.message.booking_id, now=d.at, regions=regions)
+        try:
+            with tx.conn.begin_nested():
+                _record_in(tx.conn, outcomes, regions)
+        except Exception as exc:  # noqa: BLE001 - sorted out below: an outage propagates
+            if is_outage(exc):
+                raise
+            log.warning("recording %d outcomes one by one: %s", len(outcomes), exc.__class__.__name__)
+            for done in outcomes:
+                try:
+                    with tx.conn.begin_nested():
+                        _record_in(tx.conn, [done], regions)
+                except Exception as own:  # noqa: BLE001 - this message's own trouble
+                    if is_outage(own):
+                        raise
+                    log.exception("message %s recorded without the provider's details", done.message.id)
+                    with tx.conn.begin_nested():
+                        _record_in(tx.conn, [replace(done, provider_message_id=None, template=None, code=None,
+                                                     error=f"recorded without the provider's details: "
+                                                           f"{own.__class__.__name__}")], regions)
+
+
+def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> None:
+    attempts = [(d.message.id, d.at, d.duration_ms, d.outcome, _clean(d.code), _clean(d.error))
+                for d in outcomes if d.outcome is not None]
+    states = [(d.message.id, d.message.attempts, d.state.value, _clean(d.error), d.at,
+               d.at if d.state is MessageState.SENT else None, d.provider_message_id, d.template, d.retry_at,
+               d.provider) for d in outcomes]
+    timeline = [_timeline_entry(d) for d in outcomes]
+    insert_rows(conn, t.send_attempts, ATTEMPT_COLUMNS, attempts)
+    _set_states(conn, states)
+    insert_rows(conn, t.timeline, TIMELINE_COLUMNS, timeline, keys=["dedup_key"], expect_new=True)
+    apply_pending_statuses(conn, [(d.provider, d.provider_message_id) for d in outcomes
+                                  if d.state is MessageState.SENT and d.provider_message_id], outcomes[0].at)
+    created = [_activity_created(d) for d in outcomes
+               if d.message.channel is Channel.ACTIVITY and d.state is MessageState.SENT]
+    if created:  # the booking system's planner learns of the task it was given (outbox, published by the sweep)
+        conn.execute(t.outbox.insert(), created)
+    for d in outcomes:
+        if d.fallback:
+            replan_in(conn, d.message.tenant_id, d.message.booking_id, now=d.at, regions=regions)
+
+
+def _clean(text: str | None) -> str | None:
+    """A provider's words as a text column holds them (a NUL in an error body fails PostgreSQL)."""
+    return text.replace("\x00", "\ufffd")[:2000] if text else text
 
 
 ATTEMPT_COLUMNS = ["message_id", "started_at", "duration_ms", "outcome", "provider_code", "error"]
@@ -494,12 +529,13 @@ _STATES_PG = (  # one statement for the whole chunk, whatever its size
     "UPDATE messages SET state = v.st, error = v.err, updated_at = v.at, lease_until = NULL, "
     "sent_at = COALESCE(v.sent, messages.sent_at), "
     "provider_message_id = COALESCE(v.pid, messages.provider_message_id), "
-    "template_version = COALESCE(v.tv, messages.template_version), due_at = COALESCE(v.due, messages.due_at) "
+    "template_version = COALESCE(v.tv, messages.template_version), due_at = COALESCE(v.due, messages.due_at), "
+    "provider = COALESCE(v.prov, messages.provider) "
     "FROM unnest(%(mid)s::int8[], %(att)s::int4[], %(st)s::text[], %(err)s::text[], %(at)s::timestamptz[], "
-    "%(sent)s::timestamptz[], %(pid)s::text[], %(tv)s::text[], %(due)s::timestamptz[]) "
-    "AS v(mid, att, st, err, at, sent, pid, tv, due) "
+    "%(sent)s::timestamptz[], %(pid)s::text[], %(tv)s::text[], %(due)s::timestamptz[], %(prov)s::text[]) "
+    "AS v(mid, att, st, err, at, sent, pid, tv, due, prov) "
     "WHERE messages.id = v.mid AND messages.state = 'sending' AND messages.attempts = v.att")
-_STATE_FIELDS = ("mid", "att", "st", "err", "at", "sent", "pid", "tv", "due")
+_STATE_FIELDS = ("mid", "att", "st", "err", "at", "sent", "pid", "tv", "due", "prov")
 
 
 def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> None:
@@ -519,7 +555,8 @@ def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> None:
                                                            c.provider_message_id),
                          template_version=func.coalesce(bindparam("tv", type_=c.template_version.type),
                                                         c.template_version),
-                         due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at)),
+                         due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at),
+                         provider=func.coalesce(bindparam("prov", type_=c.provider.type), c.provider)),
                  [dict(zip(_STATE_FIELDS, row, strict=True)) for row in states])
 
 
@@ -534,11 +571,11 @@ def _timeline_entry(d: Done) -> tuple[Any, ...]:
     m = d.message
     detail: dict[str, Any] = {"kind": m.kind, "channel": m.channel.value}
     if d.state is MessageState.PLANNED:  # a retry
-        detail.update(reason=d.error, attempt=m.attempts, next_at=d.retry_at.isoformat() if d.retry_at else None)
+        detail.update(reason=_clean(d.error), attempt=m.attempts, next_at=d.retry_at.isoformat() if d.retry_at else None)
         kind, dedup = "message.retry", f"message:{m.id}:retry:{m.attempts}"
     else:
         if d.error:
-            detail["reason"] = d.error
+            detail["reason"] = _clean(d.error)
         if d.provider_message_id:
             detail["provider_message_id"] = d.provider_message_id
         if d.outcome == "reconciled":

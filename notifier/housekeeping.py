@@ -3,8 +3,8 @@
 
 - Held events whose predecessor never came are applied with the gap recorded, or dead-lettered
   when their booking never came (`hold_s`; the ingesters do it too, under the same locks).
-- Processed event ids, published outbox events and send attempts older than their retention
-  are deleted, `batch` rows per statement, oldest first, each statement its own transaction.
+- Processed event ids, published outbox events, send attempts and dead letters older than their
+  retention are deleted, `batch` rows per statement, oldest first, each statement its own transaction.
 
 Expired claims need nothing here: the due sweep takes back every claim whose lease ran out.
 
@@ -35,6 +35,8 @@ RETAINED = {
     "attempts": (t.send_attempts, t.send_attempts.c.id, t.send_attempts.c.started_at),
     # status reports that never found their message (another system's, on a shared provider account)
     "pending_statuses": (t.pending_statuses, t.pending_statuses.c.id, t.pending_statuses.c.received_at),
+    # events that could not be applied: their (capped) bodies hold personal data (migration 0011)
+    "dead_letters": (t.dead_letters, t.dead_letters.c.id, t.dead_letters.c.received_at),
 }
 PENDING_STATUSES_S = 86400.0  # a send is recorded long before a day is out
 
@@ -47,6 +49,7 @@ class HousekeepingReport:
     outbox: int = 0
     attempts: int = 0
     pending_statuses: int = 0
+    dead_letters: int = 0
 
 
 def expired_rows_statement(what: str, *, before: datetime, limit: int, dialect: str) -> Delete:
@@ -91,4 +94,5 @@ def housekeeping(store: Store, *, now: datetime, hold_s: float, retention_s: Map
 
 def retention_from(settings: Any) -> dict[str, float]:
     return {"processed_events": settings.retention_processed_events_s, "outbox": settings.retention_outbox_s,
-            "attempts": settings.retention_attempts_s, "pending_statuses": PENDING_STATUSES_S}
+            "attempts": settings.retention_attempts_s, "pending_statuses": PENDING_STATUSES_S,
+            "dead_letters": settings.retention_dead_letters_s}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -49,7 +49,7 @@ from notifier.links import LinkClaims
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import insert_rows
-from notifier.store.sql import Store, Tx, booking_from, state_checks_statement
+from notifier.store.sql import Store, Tx, booking_from, dead_letter_row, is_outage, state_checks_statement
 
 log = logging.getLogger("notifier")
 
@@ -128,46 +128,90 @@ def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, 
 
     A booking or customer another ingester's batch holds is waited for, or with
     `wait_for_locks=False` left alone: its events are neither applied nor recorded, and
-    their positions in `bodies` come back in `report.deferred` for the caller to offer again."""
-    report = IngestReport()
-    parsed: list[tuple[ev.Event, str, int]] = []
+    their positions in `bodies` come back in `report.deferred` for the caller to offer again.
+
+    Isolation (N3): the batch runs in a savepoint. An error that is not an outage (`is_outage`:
+    a value the database refuses, a constraint, a bug) is the input's fault: the batch is split in
+    halves, each applied in a savepoint of its own, down to the event at fault, which becomes a
+    dead letter with the reason while the rest of the batch commits. Only an outage propagates."""
     bodies = list(bodies)
     with store.transaction() as tx:
-        session = BatchSession(tx.conn)
-        session.regions = dict(regions or {})
-        for position, body in enumerate(bodies):
-            try:
-                parsed.append((ev.parse_event(body), _text(body), position))
-            except ev.InvalidEvent as exc:
-                _dead(session, report, source, f"invalid event: {exc.reason}", _text(body), now)
-        parsed.sort(key=lambda item: (item[0].tenant_id, ev.aggregate_of(item[0]), item[0].revision))
-        busy = _preload(session, [e for e, _, _ in parsed], wait=wait_for_locks)
-        if busy:
-            report.deferred = sorted(position for event, _, position in parsed if event.event_id in busy)
-            parsed = [item for item in parsed if item[0].event_id not in busy]
-        fresh = _claim(session, [e for e, _, _ in parsed if session.tenant(e.tenant_id) is not None], now)
-        for event, text, _ in parsed:
-            if session.tenant(event.tenant_id) is None:
-                _dead(session, report, source, f"unknown tenant {event.tenant_id!r}", text, now)
-                continue
-            if event.event_id not in fresh:
-                report.duplicates += 1
-                continue
-            fresh.discard(event.event_id)  # the same event twice in one batch
-            session.begin_event()
-            try:
-                outcome = _apply_one(session, event, text, now)
-            except DBAPIError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a bug on one event must not stop the others (N3)
-                session.rollback_event()
-                log.exception("event could not be applied", extra={"event_id": event.event_id})
-                session.forget_claim(event.event_id)
-                _dead(session, report, source, f"internal error: {exc.__class__.__name__}: {exc}", text, now)
-                continue
-            session.commit_event()
-            setattr(report, outcome, getattr(report, outcome) + 1)
-        session.flush(now)
+        return _apply_isolating(tx.conn, bodies, list(range(len(bodies))), now=now, source=source,
+                                regions=regions, wait_for_locks=wait_for_locks)
+
+
+def _apply_isolating(conn: Any, bodies: list[bytes | str], positions: list[int], *, now: datetime, source: str,
+                     regions: Mapping[str, Iterable[str]] | None, wait_for_locks: bool) -> IngestReport:
+    try:
+        with conn.begin_nested():
+            report = _apply_batch(conn, [bodies[i] for i in positions], now=now, source=source, regions=regions,
+                                  wait_for_locks=wait_for_locks)
+    except Exception as exc:  # noqa: BLE001 - an outage propagates; anything else is some event's fault
+        if is_outage(exc):
+            raise
+        if len(positions) > 1:  # halves, waiting for locks: nothing is deferred past this point
+            half = len(positions) // 2
+            report = _apply_isolating(conn, bodies, positions[:half], now=now, source=source, regions=regions,
+                                      wait_for_locks=True)
+            report.merge(_apply_isolating(conn, bodies, positions[half:], now=now, source=source, regions=regions,
+                                          wait_for_locks=True))
+            return report
+        reason = _refusal(exc)
+        log.warning("event refused by the store, dead-lettered: %s", reason)
+        report = IngestReport(dead=1, dead_reasons=[reason])
+        conn.execute(t.dead_letters.insert().values(**dead_letter_row(source, reason, bodies[positions[0]], now)))
+        return report
+    report.deferred = [positions[i] for i in report.deferred]
+    return report
+
+
+def _refusal(exc: BaseException) -> str:
+    """Why the store refused an event, in one line (the database's own words where it spoke)."""
+    if isinstance(exc, DBAPIError):
+        words = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        return f"refused by the database ({exc.orig.__class__.__name__ if exc.orig else 'error'}): {words[:300]}"
+    return f"internal error: {exc.__class__.__name__}: {str(exc)[:300]}"
+
+
+def _apply_batch(conn: Any, bodies: list[bytes | str], *, now: datetime, source: str,
+                 regions: Mapping[str, Iterable[str]] | None, wait_for_locks: bool) -> IngestReport:
+    report = IngestReport()
+    parsed: list[tuple[ev.Event, str, int]] = []
+    session = BatchSession(conn)
+    session.regions = dict(regions or {})
+    for position, body in enumerate(bodies):
+        try:
+            parsed.append((ev.parse_event(body), _text(body), position))
+        except ev.InvalidEvent as exc:
+            _dead(session, report, source, f"invalid event: {exc.reason}", body, now)
+    parsed.sort(key=lambda item: (item[0].tenant_id, ev.aggregate_of(item[0]), item[0].revision))
+    busy = _preload(session, [e for e, _, _ in parsed], wait=wait_for_locks)
+    if busy:
+        report.deferred = sorted(position for event, _, position in parsed if event.event_id in busy)
+        parsed = [item for item in parsed if item[0].event_id not in busy]
+    fresh = _claim(session, [e for e, _, _ in parsed if session.tenant(e.tenant_id) is not None], now)
+    for event, text, _ in parsed:
+        if session.tenant(event.tenant_id) is None:
+            _dead(session, report, source, f"unknown tenant {event.tenant_id!r}", text, now)
+            continue
+        if event.event_id not in fresh:
+            report.duplicates += 1
+            continue
+        fresh.discard(event.event_id)  # the same event twice in one batch
+        session.begin_event()
+        try:
+            outcome = _apply_one(session, event, text, now)
+        except DBAPIError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug on one event must not stop the others (N3)
+            session.rollback_event()
+            log.exception("event could not be applied", extra={"event_id": event.event_id})
+            session.forget_claim(event.event_id)
+            _dead(session, report, source, f"internal error: {exc.__class__.__name__}: {exc}", text, now)
+            continue
+        session.commit_event()
+        setattr(report, outcome, getattr(report, outcome) + 1)
+    session.flush(now)
     return report
 
 
@@ -291,7 +335,7 @@ def _claim(session: BatchSession, events: list[ev.Event], now: datetime) -> set[
 _PROCESSED_COLUMNS = ["event_id", "tenant_id", "type", "aggregate", "revision", "outcome", "processed_at"]
 
 
-def _dead(session: BatchSession, report: IngestReport, source: str, reason: str, body: str,
+def _dead(session: BatchSession, report: IngestReport, source: str, reason: str, body: bytes | str,
           now: datetime) -> None:
     session.add_dead_letter(source, reason, body, now)
     report.dead += 1
@@ -415,6 +459,9 @@ def replay_dead_letter(store: Store, dead_letter_id: int, *, now: datetime) -> I
         row = tx.conn.execute(select(t.dead_letters).where(t.dead_letters.c.id == dead_letter_id)).first()
     if row is None:
         raise LookupError(f"no dead letter {dead_letter_id}")
+    if row.body_bytes is not None and row.body_bytes > len(row.body.encode("utf-8")):
+        raise ValueError(f"dead letter {dead_letter_id} keeps only the first {len(row.body.encode('utf-8')):,} of "
+                         f"its {row.body_bytes:,} bytes: it cannot be replayed")
     report = apply_events(store, [row.body], now=now, source=f"replay:{dead_letter_id}")
     if report.dead == 0:
         with store.transaction() as tx:
@@ -447,41 +494,80 @@ def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source:
                           regions: Mapping[str, Iterable[str]] | None = None) -> IngestReport:
     """Held too long: a gap in revisions is skipped (recorded), a booking that never came is a
     dead letter. Run by the ingester every few seconds and by beat's housekeeping: the bookings'
-    locks (those the ingester takes) let one caller at a time decide, on what is committed."""
+    locks (those the ingester takes) let one caller at a time decide, on what is committed.
+    Held events that cannot be applied become dead letters with the reason; the others go on (N3)."""
     report = IngestReport()
     with store.transaction() as tx:
         expired = tx.held_since(now - timedelta(seconds=hold_s))
         if not expired:
             return report
-        s = BatchSession(tx.conn)
-        s.regions = dict(regions or {})
         aggregates = sorted({(row[1], row[3]) for row in expired})
-        s.lock(f"b:{tenant_id}:{aggregate.split(':', 1)[1]}" for tenant_id, aggregate in aggregates)
-        for tenant_id, aggregate in aggregates:
-            tenant = s.tenant(tenant_id)
-            booking = s.booking(tenant_id, aggregate.split(":", 1)[1]) if tenant else None
-            waiting = sorted(s.held.get((tenant_id, aggregate), {}).items(), key=lambda item: item[1])
-            if tenant is None or booking is None:
-                for event_id, (_revision, body) in waiting:
-                    s.release_held(tenant_id, aggregate, event_id)
-                    s.set_outcome(event_id, "dead")
-                    _dead(s, report, source, f"{aggregate} never arrived (held {hold_s:.0f} s)", body, now)
-                continue
-            if not waiting:
-                continue
-            event_id, (held_revision, body) = waiting[0]
+        done: list[IngestReport] = []
+
+        def release(part: list[tuple[str, str]]) -> None:
+            s = BatchSession(tx.conn)
+            s.regions = dict(regions or {})
+            s.lock(f"b:{tenant_id}:{aggregate.split(':', 1)[1]}" for tenant_id, aggregate in part)
+            local = IngestReport()
+            for tenant_id, aggregate in part:
+                _release_expired(s, local, tenant_id, aggregate, now=now, hold_s=hold_s, source=source)
+            s.flush(now)
+            done.append(local)
+
+        def give_up(key: tuple[str, str], exc: BaseException) -> None:
+            done.append(_dead_holds(tx.conn, key, f"held event could not be applied: {_refusal(exc)}",
+                                    now=now, source=source))
+
+        contain(tx.conn, aggregates, release, give_up)
+    for part in done:
+        report.merge(part)
+    return report
+
+
+def _release_expired(s: BatchSession, report: IngestReport, tenant_id: str, aggregate: str, *, now: datetime,
+                     hold_s: float, source: str) -> None:
+    tenant = s.tenant(tenant_id)
+    booking = s.booking(tenant_id, aggregate.split(":", 1)[1]) if tenant else None
+    waiting = sorted(s.held.get((tenant_id, aggregate), {}).items(), key=lambda item: item[1])
+    if tenant is None or booking is None:
+        for event_id, (_revision, body) in waiting:
             s.release_held(tenant_id, aggregate, event_id)
-            if held_revision <= booking.revision:
-                s.set_outcome(event_id, "stale")
-                report.stale += 1
-                continue
-            s.set_outcome(event_id, "applied")
-            s.add_timeline(tenant_id, booking.id, now, "event.gap_skipped",
-                           {"missing_revisions": f"{booking.revision + 1}-{held_revision - 1}"})
-            booking = _apply_to_booking(s, tenant, booking, ev.parse_event(body), now)
-            _release_held(s, tenant, booking, aggregate, now)
-            report.applied += 1
-        s.flush(now)
+            s.set_outcome(event_id, "dead")
+            _dead(s, report, source, f"{aggregate} never arrived (held {hold_s:.0f} s)", body, now)
+        return
+    if not waiting:
+        return
+    event_id, (held_revision, body) = waiting[0]
+    s.release_held(tenant_id, aggregate, event_id)
+    if held_revision <= booking.revision:
+        s.set_outcome(event_id, "stale")
+        report.stale += 1
+        return
+    s.set_outcome(event_id, "applied")
+    s.add_timeline(tenant_id, booking.id, now, "event.gap_skipped",
+                   {"missing_revisions": f"{booking.revision + 1}-{held_revision - 1}"})
+    booking = _apply_to_booking(s, tenant, booking, ev.parse_event(body), now)
+    _release_held(s, tenant, booking, aggregate, now)
+    report.applied += 1
+
+
+def _dead_holds(conn: Any, key: tuple[str, str], reason: str, *, now: datetime, source: str) -> IngestReport:
+    """Every event held for an aggregate that cannot be applied: dead letters with the reason."""
+    from notifier.observability.metrics import metrics
+
+    tenant_id, aggregate = key
+    h, pe = t.held_events.c, t.processed_events.c
+    rows = conn.execute(select(h.event_id, h.body).where(h.tenant_id == tenant_id, h.aggregate == aggregate)).all()
+    report = IngestReport()
+    for _event_id, body in rows:
+        conn.execute(t.dead_letters.insert().values(**dead_letter_row(source, reason, body, now)))
+        report.dead += 1
+        report.dead_reasons.append(reason)
+    ids = [r.event_id for r in rows]
+    if ids:
+        conn.execute(delete(t.held_events).where(h.event_id.in_(ids)))
+        conn.execute(delete(t.processed_events).where(pe.event_id.in_(ids)))  # a replay finds them unclaimed
+    metrics().parked.labels("held events").inc(len(ids))
     return report
 
 
@@ -594,11 +680,14 @@ def sweep_due(store: Store, *, now: datetime, lease_s: int, limit: int, batch: i
             for i in range(0, len(ids), batch)]
 
 
-def apply_delivery_status(store: Store, provider_message_id: str, status: str, *, now: datetime,
+def apply_delivery_status(store: Store, provider: str, provider_message_id: str, status: str, *, now: datetime,
                           error: str | None = None) -> str:
-    """A provider's status report: applied forward-only (N5), once (N2). Returns "applied",
-    "ignored" (a duplicate or late news), "pending" (no message of ours has that id yet: the
-    report is kept and applied when the send is recorded) or "unknown" (a status we do not know)."""
+    """A provider's status report: applied forward-only (N5), once (N2), and only to a message
+    that `provider` sent: ids are namespaced by provider, so a callback signed by one provider
+    cannot move another's message. Returns "applied", "ignored" (a duplicate or late news),
+    "pending" (no message of ours has that id yet: the report is kept and applied when the send
+    is recorded), "foreign" (the id is another provider's message: refused, nothing kept) or
+    "unknown" (a status we do not know)."""
     reported = PROVIDER_STATUS.get(status.lower())
     if reported is None:
         return "unknown"
@@ -608,9 +697,12 @@ def apply_delivery_status(store: Store, provider_message_id: str, status: str, *
         query = select(t.messages).where(c.provider_message_id == provider_message_id)
         if store.dialect == "postgresql":
             query = query.with_for_update()
-        row = tx.conn.execute(query).first()
+        rows = tx.conn.execute(query).all()
+        row = next((r for r in rows if r.provider == provider), None)
+        if row is None and rows:
+            return "foreign"
         if row is None:
-            tx.conn.execute(t.pending_statuses.insert().values(provider_message_id=provider_message_id,
+            tx.conn.execute(t.pending_statuses.insert().values(provider=provider, provider_message_id=provider_message_id,
                                                                status=status, error=error, received_at=now))
             return "pending"
         return "applied" if _advance_status(tx, row, status, error, now) else "ignored"
@@ -625,19 +717,23 @@ def lock_provider_ids(conn: Any, provider_message_ids: list[str]) -> None:
             "FROM unnest(%(ids)s::text[]) AS k ORDER BY k) AS ordered", {"ids": sorted(set(provider_message_ids))})
 
 
-def apply_pending_statuses(conn: Any, provider_message_ids: list[str], now: datetime) -> int:
-    """The reports that came before these sends were recorded, applied forward only and removed."""
-    if not provider_message_ids:
+def apply_pending_statuses(conn: Any, sent: list[tuple[str | None, str]], now: datetime) -> int:
+    """The reports that came before these sends ((provider, provider message id) pairs) were
+    recorded, applied forward only to the message of their own provider, and removed."""
+    if not sent:
         return 0
     p, c = t.pending_statuses.c, t.messages.c
-    lock_provider_ids(conn, provider_message_ids)
-    pending = conn.execute(select(t.pending_statuses).where(p.provider_message_id.in_(provider_message_ids))
-                           .order_by(p.id)).all()
+    ids = sorted({pid for _, pid in sent})
+    lock_provider_ids(conn, ids)
+    pending = conn.execute(select(t.pending_statuses).where(p.provider_message_id.in_(ids)).order_by(p.id)).all()
     if not pending:
         return 0
     tx = Tx(conn)
     for report in pending:
-        row = conn.execute(select(t.messages).where(c.provider_message_id == report.provider_message_id)).first()
+        query = select(t.messages).where(c.provider_message_id == report.provider_message_id)
+        if report.provider is not None:  # NULL: kept before migration 0011
+            query = query.where(c.provider == report.provider)
+        row = conn.execute(query).first()
         if row is not None:
             _advance_status(tx, row, report.status, report.error, now)
     conn.execute(delete(t.pending_statuses).where(p.id.in_([r.id for r in pending])))
@@ -738,19 +834,60 @@ def _link_state(s: BatchSession, claims: LinkClaims, now: datetime | None) -> Li
 
 def sweep_states(store: Store, *, now: datetime, limit: int = 500,
                  regions: Mapping[str, Iterable[str]] | None = None) -> int:
-    """The state sweep: bookings whose markers change at this time (red, late, late counter, release)."""
+    """The state sweep: bookings whose markers change at this time (red, late, late counter, release).
+    A booking whose turn fails (settings the planner cannot use, a value the store refuses) is
+    parked with the reason on its timeline, and every other booking goes on (N3)."""
     with store.transaction() as tx:
-        due = tx.conn.execute(state_checks_statement(now=now, limit=limit, dialect=store.dialect)).all()
+        due = [tuple(row) for row in tx.conn.execute(state_checks_statement(now=now, limit=limit,
+                                                                            dialect=store.dialect))]
         if not due:
             return 0
-        s = BatchSession(tx.conn)
-        s.regions = dict(regions or {})
-        for tenant_id, booking_id in due:
-            tenant, booking = s.tenant(tenant_id), s.booking(tenant_id, booking_id)
-            if tenant is not None and booking is not None:
-                _save(s, tenant, booking, [], now)
-        s.flush(now)
+
+        def sweep(part: list[tuple[str, str]]) -> None:
+            s = BatchSession(tx.conn)
+            s.regions = dict(regions or {})
+            for tenant_id, booking_id in part:
+                tenant, booking = s.tenant(tenant_id), s.booking(tenant_id, booking_id)
+                if tenant is not None and booking is not None:
+                    _save(s, tenant, booking, [], now)
+            s.flush(now)
+
+        contain(tx.conn, due, sweep, lambda key, exc: park_booking(tx.conn, key, exc, now=now, loop="state sweep"))
     return len(due)
+
+
+def contain(conn: Any, items: list[Any], run: Callable[[list[Any]], None],
+            park: Callable[[Any, BaseException], None]) -> None:
+    """`run(items)` in a savepoint; if it fails for anything but an outage, the halves are run
+    each in a savepoint of their own, down to the one item at fault, which `park` sets aside:
+    one item's failure costs the others a few retries, never their turn (N3)."""
+    try:
+        with conn.begin_nested():
+            run(items)
+    except Exception as exc:  # noqa: BLE001 - an outage propagates; anything else is some item's fault
+        if is_outage(exc):
+            raise
+        if len(items) == 1:
+            log.warning("set aside after %s: %s", exc.__class__.__name__, items[0], exc_info=exc)
+            with conn.begin_nested():
+                park(items[0], exc)
+            return
+        half = len(items) // 2
+        contain(conn, items[:half], run, park)
+        contain(conn, items[half:], run, park)
+
+
+def park_booking(conn: Any, key: tuple[str, str], exc: BaseException, *, now: datetime, loop: str) -> None:
+    """A booking a sweep cannot handle: off the state sweep's list (until an event changes it),
+    with the reason on its timeline and in the `notifier_parked` metric."""
+    from notifier.observability.metrics import metrics
+
+    tenant_id, booking_id = key
+    b = t.bookings.c
+    conn.execute(update(t.bookings).where(b.tenant_id == tenant_id, b.id == booking_id).values(next_check_at=None))
+    Tx(conn).add_timeline(tenant_id, booking_id, now, "booking.parked",
+                          {"by": loop, "reason": _refusal(exc).removeprefix("internal error: ")})
+    metrics().parked.labels(loop).inc()
 
 
 def counters(store: Store, tenant_id: str, day: date, *, now: datetime,

@@ -134,6 +134,7 @@ class Settings:
     retention_processed_events_s: int = 30 * 86400
     retention_outbox_s: int = 7 * 86400
     retention_attempts_s: int = 90 * 86400
+    retention_dead_letters_s: int = 30 * 86400  # replayable within it; bodies hold personal data
     # clock: "system", or "file:PATH" (a simulated clock for demos and tests)
     clock: str = "system"
     log_level: str = "INFO"

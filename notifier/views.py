@@ -36,11 +36,12 @@ def dead_letters_page(store: Store, *, after_id: int = 0, limit: int = 50) -> li
     d = t.dead_letters.c
     limit = max(1, min(limit, DEAD_LETTER_PAGE_MAX))
     with store.engine.connect() as conn:
-        rows = conn.execute(select(d.id, d.received_at, d.source, d.reason, d.replayed_at,
-                                   func.length(d.body).label("body_chars"))
+        rows = conn.execute(select(d.id, d.received_at, d.source, d.reason, d.replayed_at, d.body_bytes,
+                                   d.body_sha256, func.length(d.body).label("body_chars"))
                             .where(d.id > after_id).order_by(d.id).limit(limit)).all()
     return [{"id": r.id, "received_at": r.received_at.isoformat(), "source": r.source, "reason": r.reason,
-             "replayed_at": r.replayed_at.isoformat() if r.replayed_at else None, "body_chars": r.body_chars}
+             "replayed_at": r.replayed_at.isoformat() if r.replayed_at else None, "body_chars": r.body_chars,
+             "body_bytes": r.body_bytes, "body_sha256": r.body_sha256}
             for r in rows]
 
 

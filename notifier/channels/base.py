@@ -69,7 +69,8 @@ class CannotTell(ChannelError):
 
 
 class ChannelAdapter(Protocol):
-    name: str
+    name: str  # the channel
+    provider: str  # who issues its message ids (smtp, twilio, meta, webhook): status callbacks match on both
 
     def send(self, message: Outgoing) -> SendResult: ...
 

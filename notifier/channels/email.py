@@ -8,11 +8,14 @@ import threading
 from email.message import EmailMessage
 from email.utils import formatdate
 
+from email_validator import EmailNotValidError, validate_email
+
 from notifier.channels.base import Outgoing, PermanentFailure, SendResult, TemporaryFailure
 
 
 class SMTPChannel:
     name = "email"
+    provider = "smtp"
 
     def __init__(self, *, host: str, port: int, mail_from: str, user: str = "", password: str = "",
                  starttls: bool = False, use_ssl: bool = False, timeout_s: float = 10.0) -> None:
@@ -76,7 +79,14 @@ class SMTPChannel:
         return mail
 
     def send(self, message: Outgoing) -> SendResult:
-        mail = self.build(message)
+        try:  # an address or header that cannot be written will never be sent: permanent, at once (issue 15)
+            validate_email(message.to, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise PermanentFailure(f"not one email address: {exc}", code="address") from None
+        try:
+            mail = self.build(message)
+        except (ValueError, TypeError) as exc:  # e.g. CR or LF in a header (the subject, a name)
+            raise PermanentFailure(f"cannot build the email: {exc}", code="header") from None
         try:
             conn = self._connection()
             refused = conn.send_message(mail)

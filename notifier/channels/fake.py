@@ -10,6 +10,8 @@ from notifier.channels.base import Outgoing, SendResult
 
 
 class FakeChannel:
+    provider = "fake"
+
     def __init__(self, name: str = "email", *, behaviour: Callable[[Outgoing], None] | None = None) -> None:
         self.name = name
         self.sent: list[Outgoing] = []

@@ -35,6 +35,7 @@ def _permanent(status: int, body: Any) -> str | None:
 
 class MetaWhatsAppChannel(HttpAdapter):
     name = "whatsapp"
+    provider = "meta"
 
     def __init__(self, *, token: str, phone_number_id: str, api_url: str = "https://graph.facebook.com",
                  api_version: str = "v19.0", timeout_s: float = 10.0) -> None:

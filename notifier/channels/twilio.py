@@ -39,6 +39,7 @@ def _permanent(status: int, body: Any) -> str | None:
 
 class TwilioSMSChannel(HttpAdapter):
     name = "sms"
+    provider = "twilio"
 
     def __init__(self, *, account_sid: str, auth_token: str, sender: str = "", messaging_service_sid: str = "",
                  api_url: str = "https://api.twilio.com", timeout_s: float = 10.0) -> None:

@@ -37,6 +37,8 @@ def _phrase(status: int) -> str:
 
 
 class WebhookChannel(HttpAdapter):
+    provider = "webhook"
+
     def __init__(self, name: str, *, secret: str, timeout_s: float = 10.0,
                  allowed_networks: Sequence[Network] = ()) -> None:
         self.allowed_networks = tuple(allowed_networks)

@@ -63,6 +63,7 @@ class Metrics:
     sweep_state_changes: Any
     beat_sent: Any
     beat_last_sent: Any
+    parked: Any
 
 
 _building = threading.Lock()
@@ -100,6 +101,8 @@ def _metrics() -> Metrics:
         beat_sent=Counter("notifier_beat_sent", "Tasks beat published.", ["task"]),
         beat_last_sent=Gauge("notifier_beat_last_sent_timestamp_seconds", "Unix time beat last published a task.",
                              ["task"], multiprocess_mode="max"),
+        parked=Counter("notifier_parked", "Bookings, held events and message records a loop set aside with their "
+                       "reason (on the timeline) so that the rest went on, by loop.", ["loop"]),
     )
 
 

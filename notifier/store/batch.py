@@ -28,6 +28,7 @@ from notifier.store.sql import (
     Tx,
     booking_from,
     customer_from,
+    dead_letter_row,
     plan_changes_detail,
     resource_from,
     tenant_from,
@@ -450,8 +451,8 @@ class BatchSession:
     def add_outbox(self, tenant_id: str, type_: str, payload: dict[str, Any], now: datetime) -> None:
         self.outbox.append({"tenant_id": tenant_id, "type": type_, "payload": payload, "created_at": now})
 
-    def add_dead_letter(self, source: str, reason: str, body: str, now: datetime) -> None:
-        self.dead.append({"received_at": now, "source": source, "reason": reason, "body": body})
+    def add_dead_letter(self, source: str, reason: str, body: bytes | str, now: datetime) -> None:
+        self.dead.append(dead_letter_row(source, reason, body, now))
 
     def set_outcome(self, event_id: str, outcome: str) -> None:
         self._set(self.outcomes, event_id, outcome)

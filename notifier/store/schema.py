@@ -180,6 +180,7 @@ messages = Table(
     Column("stamped_at", UTCDateTime),  # due_at when first claimed for sending: links and card keep it
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("provider", String(16)),  # who issued provider_message_id: smtp, twilio, meta, webhook (callbacks)
     # one index both finds a booking's messages and keeps each planning key once per booking
     UniqueConstraint("tenant_id", "booking_id", "key", name="uq_messages_booking_key"),
     # (tenant_id, booking_id) names a booking, but is not a foreign key: the check it costs on every
@@ -280,6 +281,7 @@ pending_statuses = Table(
     Column("status", String(32), nullable=False),
     Column("error", Text),
     Column("received_at", UTCDateTime, nullable=False),
+    Column("provider", String(16)),  # the callback's provider: it applies to that provider's message only
 )
 Index("ix_pending_statuses_provider_id", pending_statuses.c.provider_message_id)
 Index("ix_pending_statuses_received_at", pending_statuses.c.received_at)  # housekeeping
@@ -307,9 +309,12 @@ dead_letters = Table(
     Column("received_at", UTCDateTime, nullable=False),
     Column("source", String(200), nullable=False),
     Column("reason", Text, nullable=False),
-    Column("body", Text, nullable=False),
+    Column("body", Text, nullable=False),  # at most DEAD_LETTER_BODY_BYTES of it, NUL bytes replaced
     Column("replayed_at", UTCDateTime),
+    Column("body_bytes", Integer),  # the whole body's size (NULL: kept before migration 0011)
+    Column("body_sha256", String(64)),  # of the whole body as received, whatever it held
 )
+Index("ix_dead_letters_received_at", dead_letters.c.received_at)  # housekeeping: past retention
 
 api_keys = Table(
     "api_keys",  # who may call /api: a tenant's key reads that tenant; an operator's key (tenant NULL) all

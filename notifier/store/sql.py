@@ -8,6 +8,7 @@ which yields a `Tx` with the reads and writes the services need. The claims (`cl
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -235,9 +236,9 @@ class Tx:
         self.conn.execute(update(t.processed_events).where(t.processed_events.c.event_id == event_id)
                           .values(outcome=outcome))
 
-    def add_dead_letter(self, source: str, reason: str, body: str, now: datetime) -> int:
-        result = self.conn.execute(t.dead_letters.insert().values(received_at=now, source=source, reason=reason,
-                                                                  body=body).returning(t.dead_letters.c.id))
+    def add_dead_letter(self, source: str, reason: str, body: bytes | str, now: datetime) -> int:
+        result = self.conn.execute(t.dead_letters.insert().values(**dead_letter_row(source, reason, body, now))
+                                   .returning(t.dead_letters.c.id))
         return int(result.scalar_one())
 
     # --- tenants, resources, customers, bookings ----------------------------------------
@@ -486,6 +487,40 @@ def state_checks_statement(*, now: datetime, limit: int, dialect: str) -> Select
     if dialect == "postgresql":
         query = query.with_for_update(skip_locked=True)  # two beats, two sweeps: each booking once
     return query
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an error is the database's (a lost connection; or it cannot serve now: shut down,
+    out of connections or disk, a deadlock or serialization conflict, a timeout): wait and try
+    again. Anything else (a value it refuses, a constraint, a statement it cannot run) is the
+    input's fault: retrying the same input fails the same way (docs/reliability.md)."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+DEAD_LETTER_BODY_BYTES = 65_536  # kept of a dead letter's body; its size and SHA-256 are of all of it
+DEAD_LETTER_REASON_CHARS = 2_000
+
+
+def dead_letter_row(source: str, reason: str, body: bytes | str, now: datetime) -> dict[str, Any]:
+    """A dead letter as stored, whatever the body held: at most DEAD_LETTER_BODY_BYTES of it (a
+    megabyte of someone's data is evidence of nothing more than its first 64 KB), as text with
+    what a text column cannot hold (NUL, bytes that are not UTF-8, lone surrogates) replaced by
+    U+FFFD, with the whole body's size and SHA-256 so that a publisher can find its message."""
+    raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    kept = raw[:DEAD_LETTER_BODY_BYTES].decode("utf-8", "replace")
+    if len(raw) > DEAD_LETTER_BODY_BYTES and kept.endswith("\ufffd"):
+        kept = kept.rstrip("\ufffd")  # a character cut in two at the limit
+    return {"received_at": now, "source": _safe_text(source)[:200], "reason": _safe_text(reason)[:DEAD_LETTER_REASON_CHARS],
+            "body": kept.replace("\x00", "\ufffd"), "body_bytes": len(raw),
+            "body_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def _safe_text(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 class Store:

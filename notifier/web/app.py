@@ -184,7 +184,8 @@ def create_app(ctx: Any) -> FastAPI:
         sid, status = form.get("MessageSid") or form.get("SmsSid"), form.get("MessageStatus") or form.get("SmsStatus")
         if sid and status:
             error = f"twilio {form['ErrorCode']}" if form.get("ErrorCode") else None
-            apply_delivery_status(ctx.store, sid, status, now=ctx.clock.now(), error=error)
+            if apply_delivery_status(ctx.store, "twilio", sid, status, now=ctx.clock.now(), error=error) == "foreign":
+                raise HTTPException(status_code=409, detail="not a message sent through Twilio")
         return Response(status_code=204)
 
     @app.get("/callbacks/meta", response_class=PlainTextResponse)
@@ -207,11 +208,15 @@ def create_app(ctx: Any) -> FastAPI:
         except ValidationError as exc:  # a clear 4xx: Meta retries a 5xx for days
             raise HTTPException(status_code=400, detail=f"not a WhatsApp webhook: {exc.error_count()} "
                                                         "problem(s)") from None
+        foreign = 0
         for entry in payload.entry:
             for change in entry.changes:
                 for status in change.value.statuses:
                     error = f"whatsapp {status.errors[0].code}: {status.errors[0].title}" if status.errors else None
-                    apply_delivery_status(ctx.store, status.id, status.status, now=ctx.clock.now(), error=error)
+                    foreign += apply_delivery_status(ctx.store, "meta", status.id, status.status, now=ctx.clock.now(),
+                                                     error=error) == "foreign"
+        if foreign:  # the others were applied; these are another provider's messages (issue 15)
+            raise HTTPException(status_code=409, detail=f"{foreign} status(es) for messages not sent through Meta")
         return Response(status_code=204)
 
     def link_page(token: str, *, act: bool) -> HTMLResponse:

@@ -80,8 +80,13 @@ def test_N5_meta_callbacks_need_the_app_secret_signature(sent):
     assert client.post("/callbacks/meta", content=body).status_code == 403
     assert client.post("/callbacks/meta", content=body,
                        headers={"X-Hub-Signature-256": meta_signature("wrong-secret", body)}).status_code == 403
-    good = client.post("/callbacks/meta", content=body,
-                       headers={"X-Hub-Signature-256": meta_signature("app-secret-1234", body)})
+    signed = {"X-Hub-Signature-256": meta_signature("app-secret-1234", body)}
+    # the message went out through Twilio: a Meta callback cannot move it (ids are per provider, issue 15)
+    foreign = client.post("/callbacks/meta", content=body, headers=signed)
+    assert foreign.status_code == 409 and state_and_timeline(ctx, row.id)[0] == "sent"
+    with ctx.store.engine.begin() as conn:  # as if Meta had sent it
+        conn.execute(t.messages.update().where(t.messages.c.id == row.id).values(provider="meta"))
+    good = client.post("/callbacks/meta", content=body, headers=signed)
     assert good.status_code == 204 and state_and_timeline(ctx, row.id)[0] == "delivered"
     timeline = client.get(f"/api/tenants/studio-roma/bookings/{row.booking_id}/timeline").json()
     assert [e["kind"] for e in timeline][-1] == "message.delivered"

@@ -308,7 +308,7 @@ def test_N5_a_status_report_that_comes_before_the_send_is_recorded_is_applied_wh
     def provider_is_quicker(store, outcomes, **kw):  # its callback arrives before our commit
         for d in outcomes:
             if d.provider_message_id:
-                early.append(apply_delivery_status(store, d.provider_message_id, "delivered", now=d.at))
+                early.append(apply_delivery_status(store, d.provider, d.provider_message_id, "delivered", now=d.at))
         real_record(store, outcomes, **kw)
 
     monkeypatch.setattr(dispatch, "record", provider_is_quicker)

@@ -1,0 +1,154 @@
+"""One bad event, booking, setting or message stops nothing else (N1, N3, N5; issue 15), on
+SQLite; tests/integration/test_poison_pg.py shows the same on PostgreSQL with real ingesters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DataError
+
+from notifier.channels.base import Outgoing, PermanentFailure
+from notifier.channels.email import SMTPChannel
+from notifier.housekeeping import housekeeping
+from notifier.services import apply_delivery_status, apply_events, replay_dead_letter, sweep_states, timeline_of
+from notifier.store import schema as t
+from notifier.store.batch import BatchSession
+from tests.conftest import START, created, event
+from tests.unit.test_services import messages, run_due
+
+
+def _apply(ctx, bodies):
+    return apply_events(ctx.store, bodies, now=ctx.clock.now(), source="test")
+
+
+def _dead(ctx):
+    with ctx.store.engine.connect() as conn:
+        return conn.execute(select(t.dead_letters).order_by(t.dead_letters.c.id)).all()
+
+
+def _bookings(ctx):
+    with ctx.store.engine.connect() as conn:
+        return set(conn.execute(select(t.bookings.c.id)).scalars())
+
+
+def test_N1_N3_an_event_the_store_refuses_is_dead_lettered_and_the_rest_of_its_batch_commits(ctx, monkeypatch):
+    """The database refuses one event's write (here: a DataError at the flush, as PostgreSQL
+    refuses a NUL): the batch is split down to that event, which becomes a dead letter with the
+    database's reason, and the others commit in the same transaction."""
+    real_flush = BatchSession.flush
+
+    def refusing(self, now):
+        if ("salon-berlin", "b-poison") in self.dirty["bookings"]:
+            raise DataError("INSERT", {}, ValueError('invalid byte sequence for encoding "UTF8": 0x00'))
+        return real_flush(self, now)
+
+    monkeypatch.setattr(BatchSession, "flush", refusing)
+    names = [f"b{i}" for i in range(7)]
+    bodies = [json.dumps(created(b)) for b in names[:3]] + [json.dumps(created("b-poison"))] + \
+        [json.dumps(created(b)) for b in names[3:]]
+    report = _apply(ctx, bodies)
+    assert (report.applied, report.dead) == (7, 1)
+    assert _bookings(ctx) == set(names)
+    [dead] = _dead(ctx)
+    assert dead.reason == 'refused by the database (ValueError): invalid byte sequence for encoding "UTF8": 0x00'
+    assert json.loads(dead.body)["data"]["booking_id"] == "b-poison"
+    monkeypatch.setattr(BatchSession, "flush", real_flush)  # the cause fixed: the replay applies it
+    assert replay_dead_letter(ctx.store, dead.id, now=START).applied == 1 and "b-poison" in _bookings(ctx)
+
+
+def test_N3_dead_letters_keep_64_KB_of_any_body_with_its_size_and_digest_and_expire(ctx):
+    huge = json.dumps(created("b-huge")).encode()[:-1] + b', "padding": "' + b"x" * 1_000_000 + b'"}'
+    raw = b"\x00\xff{not json"
+    report = _apply(ctx, [huge, raw, json.dumps(created("b-ok"))])
+    assert (report.applied, report.dead) == (1, 2)
+    cut, odd = _dead(ctx)
+    assert (cut.body_bytes, cut.body_sha256) == (len(huge), hashlib.sha256(huge).hexdigest())
+    assert len(cut.body.encode()) == 65_536 and huge.decode().startswith(cut.body)
+    assert odd.body == "\ufffd\ufffd{not json" and odd.body_sha256 == hashlib.sha256(raw).hexdigest()
+    with pytest.raises(ValueError, match="keeps only the first 65,536 of its 1,000,"):
+        replay_dead_letter(ctx.store, cut.id, now=START)
+    kept = housekeeping(ctx.store, now=START + timedelta(days=29), hold_s=3600,
+                        retention_s={"dead_letters": 30 * 86400}, batch=100)
+    assert kept.dead_letters == 0 and len(_dead(ctx)) == 2
+    gone = housekeeping(ctx.store, now=START + timedelta(days=31), hold_s=3600,
+                        retention_s={"dead_letters": 30 * 86400}, batch=100)
+    assert gone.dead_letters == 2 and _dead(ctx) == []
+
+
+def test_N3_R16_R18_a_booking_the_state_sweep_cannot_handle_is_parked_and_the_others_light_and_release(ctx):
+    """Settings stored before they were validated (a resource with a delay of 10^30 s) fail that
+    resource's bookings in the state sweep: they are parked with the reason; the others go on."""
+    visit = START + timedelta(hours=1)
+    _apply(ctx, [json.dumps(created(b, starts_at=visit, resource={"id": r, "name": r}, tenant="clinic-full"))
+                 for b, r in (("b-ok", "dr-weiss"), ("b-bad", "broken"), ("b-ok2", "room-1"))])
+    with ctx.store.engine.begin() as conn:
+        conn.execute(update(t.resources).where(t.resources.c.id == "broken")
+                     .values(settings={"late": {"delay_s": 10**30}}))
+    later = visit + timedelta(hours=3)  # late, orange and released for a booking nobody marked
+    assert sweep_states(ctx.store, now=later) == 3
+    with ctx.store.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(t.bookings))}
+    for ok in ("b-ok", "b-ok2"):
+        assert rows[ok].released_at == later and rows[ok].status == "cancelled"
+    assert rows["b-bad"].next_check_at is None and rows["b-bad"].released_at is None
+    assert any(e["kind"] == "slot.released" for e in timeline_of(ctx.store, "clinic-full", "b-ok"))
+    parked = [e for e in timeline_of(ctx.store, "clinic-full", "b-bad") if e["kind"] == "booking.parked"]
+    assert parked and parked[0]["detail"]["by"] == "state sweep"
+    assert "delay_s" in parked[0]["detail"]["reason"]
+    assert sweep_states(ctx.store, now=later + timedelta(minutes=1)) == 0  # parked: not tried again and again
+
+
+def test_N3_a_bad_address_or_header_fails_at_once_with_its_reason():
+    smtp = SMTPChannel(host="127.0.0.1", port=9, mail_from="notifier@example.org")  # never reached
+    with pytest.raises(PermanentFailure, match="not one email address") as two:
+        smtp.send(Outgoing(message_id=1, idempotency_key="t/b/k", to="a@example.org, victim@example.com", text="x"))
+    with pytest.raises(PermanentFailure, match="linefeed or carriage return") as header:
+        smtp.send(Outgoing(message_id=1, idempotency_key="t/b/k", to="a@example.org", text="x",
+                           subject="Hallo\r\nBcc: victim@example.com"))
+    assert (two.value.code, header.value.code) == ("address", "header")
+
+
+def test_N3_a_stored_address_list_fails_its_message_once_and_the_batch_goes_on(ctx, tmp_path):
+    """An address stored before the contract refused lists is never mailed: failed at once, with
+    the reason, no retry; the batch's other messages go out."""
+    from notifier.devtools import MailSink
+
+    _apply(ctx, [json.dumps(created("b1")), json.dumps(created("b2", cust={
+        "id": "c2", "name": "Max", "language": "de", "email": "max@example.org", "consents": {"email": True},
+        "privacy_accepted": True}))])
+    with ctx.store.engine.begin() as conn:
+        conn.execute(update(t.customers).where(t.customers.c.id == "c2")
+                     .values(email="max@example.org, victim@example.com"))
+    with MailSink() as sink:
+        ctx.channels[next(iter(ctx.channels))] = SMTPChannel(host="127.0.0.1", port=sink.port,
+                                                             mail_from="notifier@example.org")
+        report = run_due(ctx)
+    assert report["failed"] == 1 and report["sent"] >= 1 and report["retried"] == 0
+    failed = [m for m in messages(ctx) if m.state == "failed"]
+    assert [(m.booking_id, m.attempts) for m in failed] == [("b2", 1)]
+    assert failed[0].error.startswith("not one email address")
+    assert all("victim@example.com" not in str(m) for m in sink.messages)
+
+
+def test_N5_a_callback_moves_only_a_message_of_its_own_provider(ctx, email):
+    _apply(ctx, [json.dumps(created("b1"))])
+    run_due(ctx)
+    [sent] = [m for m in messages(ctx) if m.state == "sent"]
+    assert sent.provider == "fake" and sent.provider_message_id
+    assert apply_delivery_status(ctx.store, "twilio", sent.provider_message_id, "read", now=START) == "foreign"
+    with ctx.store.engine.connect() as conn:
+        assert conn.execute(select(t.messages.c.state).where(t.messages.c.id == sent.id)).scalar_one() == "sent"
+        assert conn.execute(select(func.count()).select_from(t.pending_statuses)).scalar_one() == 0
+    assert apply_delivery_status(ctx.store, "fake", sent.provider_message_id, "read", now=START) == "applied"
+
+
+def test_N3_a_tenant_settings_update_merges_company_details(ctx):
+    report = _apply(ctx, [json.dumps(event("tenant.settings_updated", {"company": {"phone": "+49 30 999"}}))])
+    assert report.applied == 1
+    with ctx.store.transaction() as tx:
+        company = tx.tenant("salon-berlin").company
+    assert company["phone"] == "+49 30 999" and company["name"] and company["address"]
