@@ -1,19 +1,41 @@
-# The two commands: `make demo` and `make test`. Both create the virtual environment first.
+# The two commands: `make demo` and `make test`. Both create the virtual environment first:
+# `make demo` with notifier's runtime dependencies only, `make test` adds the development tools
+# (the `dev` extra: pytest, selenium, matplotlib, ...) and Flower.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
+SHELL := /bin/bash
+DEV_EXTRAS := .[dev,flower]
+PIP := $(PY) -m pip install --disable-pip-version-check --no-compile
 
 .PHONY: demo test test-unit test-integration bench chaos schema requirements clean
 
-$(STAMP): pyproject.toml setup.py
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notifier needs Python 3.11 or newer (set PYTHON=...)")'
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,flower]"
-	@touch $(STAMP)
+# pip's output goes to $(VENV)/pip.log; on the terminal, a dot per package and the time it took
+define pip_with_progress
+@set -o pipefail; start=$$SECONDS; \
+	$(PIP) $(1) 2>&1 | tee $(VENV)/pip.log | awk '/^Collecting /{ if (!n++) printf "  downloading"; printf "."; fflush() } \
+	  /^Successfully installed/{ k = NF - 2 } \
+	  END { if (n) printf "\n"; printf "  %s", k ? "installed " k (k == 1 ? " package" : " packages") : "nothing new to install" }' \
+	  || { echo; echo "pip failed; the end of its output ($(VENV)/pip.log):"; tail -n 25 $(VENV)/pip.log; exit 1; }; \
+	echo " in $$((SECONDS - start)) s"
+endef
 
-demo: $(STAMP)
-	$(PY) -m notifier.cli demo
+$(RUNTIME): pyproject.toml setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notifier needs Python 3.11 or newer (set PYTHON=...)")'
+	@test -x $(PY) || { echo "creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing notifier and its runtime dependencies into $(VENV) (once; the tools for tests come with make test)"
+	$(call pip_with_progress,-e .)
+	@touch $@
+
+$(STAMP): $(RUNTIME)
+	@echo "installing the development tools (the dev extra: pytest, hypothesis, selenium, ...) and Flower into $(VENV)"
+	$(call pip_with_progress,-e "$(DEV_EXTRAS)")
+	@touch $@
+
+demo: $(RUNTIME)
+	@$(PY) -m notifier.cli demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider

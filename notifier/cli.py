@@ -513,7 +513,8 @@ def dlq_replay(dead_letter_id: int) -> None:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Keep the demo's data folder afterwards.")
+@click.option("--keep/--no-keep", default=True, show_default=True,
+              help="Keep the demo's folder (database, logs, mails) afterwards; a new run replaces it.")
 def demo(keep: bool) -> None:
     """Run the whole pipeline on the embedded default (SQLite, embedded broker) for a day."""
     from notifier.demo import run_demo

@@ -87,7 +87,17 @@ def late_morning_events(now: datetime) -> list[dict[str, Any]]:
     ]
 
 
-def run_demo(keep: bool = False) -> int:
+def _shown(path: Path) -> str:
+    """A path as the user typed it: relative to where they are when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def run_demo(keep: bool = True) -> int:
+    import time
+
     from notifier.bootstrap import build
     from notifier.client import publish
     from notifier.clock import FileClock
@@ -95,7 +105,9 @@ def run_demo(keep: bool = False) -> int:
     from notifier.services import load_tenants, timeline_of
     from notifier.settings import load_settings
     from notifier.store import schema as t
+    from notifier.views import timeline_lines
 
+    started = time.monotonic()
     for noisy in ("mail.log", "alembic", "kombu", "celery"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     root = Path(os.environ.get("NOTIFIER_DEMO_DIR", "var/demo")).resolve()
@@ -111,7 +123,7 @@ def run_demo(keep: bool = False) -> int:
                    NOTIFIER_DATABASE_URL=f"sqlite:///{root / 'notifier.db'}", NOTIFIER_DATA_DIR=str(root),
                    NOTIFIER_BROKER_URL="embedded", NOTIFIER_EVENTS_URL="embedded",
                    NOTIFIER_SMTP_HOST="127.0.0.1", NOTIFIER_SMTP_PORT=str(sink.port),
-                   NOTIFIER_CLOCK=f"file:{clock.path}", NOTIFIER_SWEEP_INTERVAL_S="0.3",
+                   NOTIFIER_CLOCK=f"file:{clock.path}", NOTIFIER_SWEEP_INTERVAL_S="0.15",
                    NOTIFIER_INGEST_BATCH_WAIT_S="0.05", NOTIFIER_LOG_LEVEL="WARNING")
         os.environ.update({k: v for k, v in env.items() if k.startswith("NOTIFIER_")})
         settings = load_settings()
@@ -143,14 +155,23 @@ def run_demo(keep: bool = False) -> int:
         def explain() -> str:
             return "still busy:\n" + "\n".join(f"  {row}" for row in busy())
 
+        def sent_by_channel() -> dict[str, int]:
+            c = t.messages.c
+            with ctx.store.engine.connect() as conn:
+                rows = conn.execute(select(c.channel, func.count()).where(c.state == "sent").group_by(c.channel))
+                return {channel: n for channel, n in rows}
+
+        print(f"demo: starting a Celery worker, Celery beat and the ingester in {_shown(root)} (SQLite, embedded "
+              f"broker, SMTP sink on port {sink.port}); a simulated clock runs a day and a half in seconds, "
+              "times are Berlin's (Rome's is the same)", flush=True)
         try:
             pipeline.start("worker", "worker", "-P", "threads", "-c", "4")
             pipeline.start("beat", "beat")
             pipeline.start("ingester", "ingest")
-            print(f"demo: pipeline up in {root} (SQLite, embedded broker, SMTP sink on port {sink.port})")
 
             actions = [(now, morning_events), (_at(0, 10, 0, BERLIN) + timedelta(minutes=2), late_morning_events)]
             end = _at(2, 0, 0, BERLIN)
+            before = sent_by_channel()
             while True:
                 # the clock stops at each due message, each event batch and each marker change (a visit's
                 # start, when the state sweep plans the late path of one not marked arrived)
@@ -161,16 +182,25 @@ def run_demo(keep: bool = False) -> int:
                     break
                 moment = max(min(candidates), clock.now())
                 clock.set(moment)
+                when = f"{moment.astimezone(BERLIN):%a %H:%M}"
                 if actions and actions[0][0] <= moment:
                     _, make = actions.pop(0)
                     batch = make(moment)
                     publish(batch, settings=settings)
                     published += len(batch)
-                    print(f"  {moment.astimezone(BERLIN):%a %H:%M} published {len(batch)} events")
+                    print(f"  {when}  published {len(batch)} booking events", flush=True)
                     wait_for(ingested, "the ingester", pipeline)
                 wait_for(settled, f"messages due at {moment.isoformat()}", pipeline, explain=explain)
-        finally:
+                after = sent_by_channel()
+                new = {channel: n - before.get(channel, 0) for channel, n in after.items() if n > before.get(channel, 0)}
+                if new:
+                    print(f"  {when}  sent {sum(new.values())}: "
+                          + ", ".join(f"{n} {channel}" for channel, n in sorted(new.items())), flush=True)
+                before = after
+            pipeline.terminate()  # they shut down while the results are printed
+        except BaseException:
             pipeline.stop()
+            raise
 
         states = ctx.store.count_by_state()
         sent = states.get("sent", 0)
@@ -181,16 +211,17 @@ def run_demo(keep: bool = False) -> int:
             dead = conn.execute(select(t.dead_letters.c.reason)).scalars().all()
         for tenant_id, booking_id in bookings:
             zone = BERLIN if tenant_id == "salon-berlin" else ROME
-            print(f"{tenant_id} / {booking_id}")
-            for entry in timeline_of(ctx.store, tenant_id, booking_id):
-                detail = entry["detail"]
-                what = ", ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, "") and k != "key")
-                print(f"  {entry['at'].astimezone(zone):%a %d %H:%M}  {entry['kind']:<22} {what}")
+            print(f"{tenant_id} / {booking_id} (times in {zone.key})")
+            for line in timeline_lines(timeline_of(ctx.store, tenant_id, booking_id), zone):
+                print(f"  {line}")
         for reason in dead:
             print(f"dead letter: {reason}")
         print()
         with sink._lock:
             mails = list(sink.messages)
+        (root / "mails").mkdir()
+        for number, mail in enumerate(mails, 1):
+            (root / "mails" / f"{number:02d}.eml").write_bytes(mail.as_bytes())
         showcase = ("B-1001.info.", "R-2001.info.", "B-1002.change.")  # German, Italian, a moved visit
         for mail in sorted((m for m in mails if any(k in m["Message-ID"] for k in showcase)),
                            key=lambda m: m["Message-ID"]):
@@ -198,14 +229,21 @@ def run_demo(keep: bool = False) -> int:
             print(mail.get_body(preferencelist=("plain",)).get_content().strip())
         print()
         ctx.close()
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
+        pipeline.stop()
         for hook in hooks.requests[:3]:
             print(f"--- to the booking system ({hook['json']['type']}): {hook['json']['title']}")
             print(f"    {hook['json']['body']}")
         print()
         summary = {"events": published, "messages_sent": sent, "failed": failed, "mails_received": len(mails),
-                   "webhooks_received": len(hooks.requests), "dead_letters": len(dead)}
+                   "webhooks_received": len(hooks.requests), "dead_letters": len(dead),
+                   "seconds": round(time.monotonic() - started, 1)}
         print(json.dumps(summary))
+        if keep:
+            where = _shown(root)
+            print(f"demo: kept in {where}: the database, each process's log, the {len(mails)} mails as .eml files. "
+                  "Look again with")
+            print(f"  NOTIFIER_DATABASE_URL=sqlite:///{where}/notifier.db notifier timeline salon-berlin B-1002")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
         print(f"demo: {published} events, {sent} messages sent, {failed} failed")
         return 0 if sent >= 1 and failed == 0 and len(mails) + len(hooks.requests) == sent else 1

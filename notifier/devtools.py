@@ -61,6 +61,7 @@ class ProcessGroup:
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root, self.env = root, env
         self.procs: dict[str, subprocess.Popen] = {}
+        self._terminated: set[int] = set()
 
     def start(self, name: str, *args: str) -> None:
         log = (self.root / f"{name}.log").open("wb")
@@ -81,10 +82,18 @@ class ProcessGroup:
             parts.append(f"--- {name}.log (last {len(text)} lines)\n" + "\n".join(text))
         return "\n".join(parts)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask every process to stop (SIGTERM: Celery's warm shutdown); `stop()` waits for them."""
         for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+            if proc.poll() is None and proc.pid not in self._terminated:
+                self._terminated.add(proc.pid)
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:  # it ended since poll()
+                    pass
+
+    def stop(self) -> None:
+        self.terminate()
         deadline = time.monotonic() + 15
         for proc in self.procs.values():
             try:
