@@ -38,12 +38,13 @@ MAX_SMS_SEGMENTS = 2
 @dataclass(frozen=True)
 class Problem:
     file: str
-    line: int
+    line: int | None  # None: the file as a whole (missing, too long, a block it lacks)
     message: str
     severity: str = "error"  # or "warning"
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.severity}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.severity}: {self.message}"
 
 
 def channels_of(kind: Kind) -> tuple[str, ...]:
@@ -109,23 +110,27 @@ def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languag
     company_needs: dict[str, set[tuple[str, int]]] = {}
     files = sorted(p for p in root.rglob("*.j2") if p.is_file())
     if not files:
-        return [Problem(str(root), 0, "no templates (*.j2) in this folder")]
+        return [Problem(str(root), None, "no templates (*.j2) in this folder")]
     inside = root.resolve()
     for path in files:
         name = str(path.relative_to(root))
         if not path.resolve().is_relative_to(inside):
-            problems.append(Problem(name, 0, "a link to a file outside the bundle"))
+            problems.append(Problem(name, None, "a link to a file outside the bundle"))
             continue
         try:
             source = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(Problem(name, 0, f"not UTF-8 text (byte {exc.start})"))
+            problems.append(Problem(name, None, f"not UTF-8 text (byte {exc.start})"))
             continue
         try:
             tree = env.parse(source, name=name)
         except TemplateSyntaxError as exc:
-            problems.append(Problem(name, exc.lineno or 0, f"syntax error: {exc.message}"))
+            problems.append(Problem(name, exc.lineno or None, f"syntax error: {exc.message}"))
             continue
+        for node in tree.find_all((nodes.Filter, nodes.Test)):  # Jinja finds these only when compiling
+            what, known = ("filter", env.filters) if isinstance(node, nodes.Filter) else ("test", env.tests)
+            if node.name not in known:
+                problems.append(Problem(name, node.lineno, f"unknown {what} '{node.name}'"))
         assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
         for var, attr, line in _attribute_uses(tree):
             if var in assigned:
@@ -143,7 +148,7 @@ def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languag
         needed = {"email": {"subject", "text"}, "sms": {"text"}, "staff": {"subject", "text"},
                   "activity": {"subject", "text"}}.get(channel, {"text"})
         for block in sorted(needed - blocks):
-            problems.append(Problem(name, 1, f"missing block '{block}' (a {channel or 'message'} needs "
+            problems.append(Problem(name, None, f"missing block '{block}' (a {channel or 'message'} needs "
                                              f"{' and '.join(sorted(needed))})"))
         if not [p for p in problems if p.file == name]:
             problems.extend(_check_renders(renderer, name, path, channel))
@@ -166,20 +171,20 @@ def _check_manifest(root: Path, renderer: Renderer, languages: tuple[str, ...],
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        return [Problem("bundle.yaml", 0, f"not UTF-8 text (byte {exc.start})")]
+        return [Problem("bundle.yaml", None, f"not UTF-8 text (byte {exc.start})")]
     try:
         manifest = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        return [Problem("bundle.yaml", mark.line + 1 if mark else 0, f"invalid YAML: {exc}")]
+        return [Problem("bundle.yaml", mark.line + 1 if mark else None, f"invalid YAML: {exc}")]
     if not isinstance(manifest, dict):
         return [Problem("bundle.yaml", 1, f"must be a mapping (name:, whatsapp:), not {type(manifest).__name__}")]
     if not isinstance(manifest.get("whatsapp") or {}, dict):
         return [Problem("bundle.yaml", 1, "'whatsapp' must map message kinds to their approved templates")]
-    lines = text.splitlines()
+    entries = _whatsapp_entry_lines(text)
 
-    def line_of(key: str) -> int:
-        return next((i + 1 for i, line in enumerate(lines) if line.strip().startswith(f"{key}:")), 0)
+    def line_of(kind: str) -> int | None:
+        return entries.get(kind)
 
     problems = []
     customer_kinds = {k.value for k in Kind if not k.to_staff}
@@ -270,14 +275,39 @@ def _check_renders(renderer: Renderer, name: str, path: Path, channel: str) -> l
         out = renderer.render(kind, channel, folder, (language,), sample, timezone="Europe/Berlin", locale=language,
                               resource_id=resource_id)
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        return [Problem(name, 1, f"does not render with a sample booking: {exc.__class__.__name__}: {exc}")]
+        return [Problem(name, _template_line(exc, path), f"does not render with a sample booking: "
+                                                         f"{exc.__class__.__name__}: {exc}")]
     if channel != "sms":
         return []
     encoding, segments = sms_segments(out.text)
     if segments > MAX_SMS_SEGMENTS:
-        return [Problem(name, 1, f"SMS too long: {len(out.text)} characters, {encoding}, {segments} segments "
+        return [Problem(name, None, f"SMS too long: {len(out.text)} characters, {encoding}, {segments} segments "
                                  f"(at most {MAX_SMS_SEGMENTS})")]
     return []
+
+
+def _whatsapp_entry_lines(text: str) -> dict[str, int]:
+    """The line of each key under `whatsapp:` in bundle.yaml, from YAML's own node marks."""
+    import yaml
+
+    root = yaml.compose(text)
+    for key, value in getattr(root, "value", []) if isinstance(root, yaml.MappingNode) else []:
+        if key.value == "whatsapp" and isinstance(value, yaml.MappingNode):
+            return {str(k.value): k.start_mark.line + 1 for k, _ in value.value}
+    return {}
+
+
+def _template_line(exc: BaseException, path: Path) -> int | None:
+    """The line of the template `path` where rendering failed: the frames of a compiled template
+    carry it, and map their Python line to the template's (as jinja2.debug does)."""
+    line, tb = None, exc.__traceback__
+    target = str(path)
+    while tb is not None:
+        template = tb.tb_frame.f_globals.get("__jinja_template__")
+        if template is not None and template.filename == target:
+            line = template.get_corresponding_lineno(tb.tb_lineno)
+        tb = tb.tb_next
+    return line
 
 
 def _check_coverage(root: Path, renderer: Renderer, languages: Iterable[str], kinds: Iterable[Kind]
@@ -290,7 +320,7 @@ def _check_coverage(root: Path, renderer: Renderer, languages: Iterable[str], ki
                     own = root / resource_type / language / f"{kind.value}.{channel}.j2"
                     shared = root / "default" / language / f"{kind.value}.{channel}.j2"
                     if not own.is_file() and not shared.is_file():
-                        problems.append(Problem(f"{resource_type}/{language}/{kind.value}.{channel}.j2", 0,
+                        problems.append(Problem(f"{resource_type}/{language}/{kind.value}.{channel}.j2", None,
                                                 f"missing: no {kind.value} {channel} template in '{language}' for "
                                                 f"{resource_type} (nor in default/{language}/)"))
     return problems

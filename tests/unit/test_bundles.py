@@ -68,6 +68,29 @@ def test_a_missing_language_is_reported_per_kind_and_resource_type(bundle):
     missing = [p for p in errors(bundle) if p.message.startswith("missing")]
     assert "specialist/ru/late.sms.j2" in {p.file for p in missing}
     assert all("'ru'" in p.message for p in missing)
+    # a file that is not there has no line: it is named without one (it used to read ":0")
+    assert all(p.line is None and str(p).startswith(f"{p.file}: error: missing") for p in missing)
+
+
+def test_an_unknown_filter_is_reported_on_its_own_line(bundle):
+    """Jinja reports an unknown filter only when it compiles the template, and rendering then fails
+    on the first line; the check reads it from the template itself (issue 21)."""
+    path = bundle / "specialist" / "de" / "info.email.j2"
+    lines = path.read_text().splitlines()
+    lines[5] += " {{ booking.starts_at | frobnicate }}"
+    path.write_text("\n".join(lines))
+    [problem] = errors(bundle)
+    assert str(problem) == "specialist/de/info.email.j2:6: error: unknown filter 'frobnicate'"
+
+
+def test_a_template_that_fails_when_rendered_names_the_line_that_failed(bundle):
+    path = bundle / "specialist" / "de" / "info.email.j2"
+    lines = path.read_text().splitlines()
+    lines[6] += " {{ booking.duration_min // 0 }}"
+    path.write_text("\n".join(lines))
+    [problem] = errors(bundle)
+    assert (problem.file, problem.line) == ("specialist/de/info.email.j2", 7)
+    assert "does not render with a sample booking: ZeroDivisionError" in problem.message
 
 
 def test_an_oversize_sms_is_reported_with_its_encoding_and_segments(bundle):
@@ -175,7 +198,8 @@ def test_R44_whatsapp_parameters_must_match_what_the_provider_approved(bundle):
     manifest = bundle / "bundle.yaml"
     manifest.write_text(manifest.read_text().replace("    param_count: 5\n", "    param_count: 4\n", 1))
     [problem] = errors(bundle)
-    assert problem.file == "bundle.yaml" and problem.line > 0
+    info_line = 1 + manifest.read_text().splitlines().index("  info:")
+    assert problem.file == "bundle.yaml" and problem.line == info_line
     assert "booking_info_v1 (info) was approved with 4 parameters, the bundle gives 5" in problem.message
 
 
