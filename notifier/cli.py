@@ -512,6 +512,56 @@ def dlq_replay(dead_letter_id: int) -> None:
         raise SystemExit(1)
 
 
+@main.group()
+def dev() -> None:
+    """Tools for running notifier on a developer's machine."""
+
+
+@dev.command("smtp")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=1025, type=int, show_default=True, help="SMTP port (0: any free port).")
+@click.option("--web-port", type=int, default=None,
+              help="Also serve the mails on this port as a web page (/ lists them, /mail/N shows one).")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write each mail to this folder as NNN.eml.")
+def dev_smtp(host: str, port: int, web_port: int | None, save_dir: Path | None) -> None:
+    """An SMTP sink: accepts every mail notifier sends and prints it (runs until Ctrl-C).
+    Point the workers at it: NOTIFIER_SMTP_HOST=127.0.0.1 NOTIFIER_SMTP_PORT=1025."""
+    import contextlib
+    import signal
+    import threading
+
+    from notifier.devtools import MailPages, MailSink, mail_summary
+
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's line per connection
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    received = iter(range(1, 1_000_000))
+
+    def show(message: Any) -> None:
+        number = next(received)
+        if save_dir is not None:
+            (save_dir / f"{number:03d}.eml").write_bytes(message.as_bytes())
+        click.echo(mail_summary(message))
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        sink = MailSink(host=host, port=port, on_message=show)
+        sink.__enter__()
+    except (OSError, RuntimeError) as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+    with contextlib.ExitStack() as stack:
+        stack.callback(sink.__exit__, None, None, None)
+        pages = stack.enter_context(MailPages(sink, host, web_port)) if web_port is not None else None
+        click.echo(f"SMTP sink on {host}:{sink.port}: run notifier with NOTIFIER_SMTP_HOST={host} "
+                   f"NOTIFIER_SMTP_PORT={sink.port}" + (f"; the mails on {pages.url}" if pages else "")
+                   + (f"; saved in {save_dir}" if save_dir else "") + " (Ctrl-C stops)")
+        stop.wait()
+    click.echo(f"received {next(received) - 1} mails")
+
+
 @main.command()
 @click.option("--keep/--no-keep", default=True, show_default=True,
               help="Keep the demo's folder (database, logs, mails) afterwards; a new run replaces it.")

@@ -16,9 +16,11 @@ from typing import Any
 
 
 class MailSink:
-    """An SMTP server on loopback that keeps what it receives (aiosmtpd)."""
+    """An SMTP server that keeps what it receives (aiosmtpd): the demo's and the tests' mail server,
+    and `notifier dev smtp`. `on_message` sees each mail as it arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 on_message: Callable[[Any], None] | None = None) -> None:
         from aiosmtpd.controller import Controller
 
         self.messages: list[Any] = []
@@ -39,13 +41,18 @@ class MailSink:
                     if sink.temporary_failures > 0:
                         sink.temporary_failures -= 1
                         return "451 4.3.0 try again later"
-                    sink.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+                    message = message_from_bytes(envelope.content, policy=policy.default)
+                    sink.messages.append(message)
+                if on_message is not None:
+                    on_message(message)
                 return "250 OK"
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        if port == 0:
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        self.host, self.port = host, port
+        self.controller = Controller(Handler(), hostname=host, port=port)
 
     def __enter__(self) -> "MailSink":
         self.controller.start()
@@ -53,6 +60,75 @@ class MailSink:
 
     def __exit__(self, *exc: object) -> None:
         self.controller.stop()
+
+
+def mail_text(message: Any) -> str:
+    """The plain-text body of a mail (or a note that it has none)."""
+    body = message.get_body(preferencelist=("plain",))
+    return body.get_content().strip() if body is not None else "(no text part)"
+
+
+def mail_summary(message: Any, *, max_lines: int = 12) -> str:
+    """A received mail as `notifier dev smtp` prints it: who, what, and the start of the text."""
+    attachments = [part.get_filename() or part.get_content_type() for part in message.iter_attachments()]
+    lines = mail_text(message).splitlines()
+    shown = lines[:max_lines] + ([f"[... {len(lines) - max_lines} more lines]"] if len(lines) > max_lines else [])
+    head = [f"--- {time.strftime('%H:%M:%S')}  from {message['From']}  to {message['To']}",
+            f"Subject: {message['Subject']}"]
+    if attachments:
+        head.append(f"Attachments: {', '.join(attachments)}")
+    return "\n".join(head + [""] + shown + [""])
+
+
+class MailPages:
+    """A small web page over a MailSink: the mails received, newest first, each readable as text."""
+
+    def __init__(self, sink: MailSink, host: str = "127.0.0.1", port: int = 0) -> None:
+        import html
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                with sink._lock:
+                    mails = list(sink.messages)
+                if self.path in ("/", "/index.html"):
+                    rows = "".join(
+                        f"<tr><td>{n}</td><td>{html.escape(str(m['To']))}</td>"
+                        f"<td><a href='/mail/{n}'>{html.escape(str(m['Subject']))}</a></td>"
+                        f"<td><a href='/mail/{n}.eml'>.eml</a></td></tr>"
+                        for n, m in reversed(list(enumerate(mails, 1))))
+                    body = (f"<!doctype html><meta charset='utf-8'><title>notifier dev smtp</title>"
+                            f"<h1>{len(mails)} mails received</h1><table><tr><th>#</th><th>to</th><th>subject</th>"
+                            f"<th></th></tr>{rows}</table>").encode()
+                    return self._answer(200, "text/html; charset=utf-8", body)
+                number = self.path.removeprefix("/mail/").removesuffix(".eml")
+                if not number.isdigit() or not 0 < int(number) <= len(mails):
+                    return self._answer(404, "text/plain", b"no such mail\n")
+                mail = mails[int(number) - 1]
+                if self.path.endswith(".eml"):
+                    return self._answer(200, "message/rfc822", mail.as_bytes())
+                return self._answer(200, "text/plain; charset=utf-8", mail_summary(mail, max_lines=10_000).encode())
+
+            def _answer(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/"
+
+    def __enter__(self) -> "MailPages":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class ProcessGroup:
