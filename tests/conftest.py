@@ -31,11 +31,48 @@ ROOT = Path(__file__).resolve().parent.parent
 TENANTS = ROOT / "tests" / "data" / "tenants"
 
 
+# what to install or start for each thing a test may find missing (`make test` ends by saying it)
+REMEDIES = {
+    "PostgreSQL": "apt-get install postgresql and start it (pg_ctlcluster <version> main start); the tests connect "
+                  "as postgres with trust auth to 127.0.0.1:5432/test (NOTIFIER_TEST_PG=URL for another)",
+    "Redis": "apt-get install redis-server and start it (redis-server --daemonize yes); 127.0.0.1:6379 "
+             "(NOTIFIER_TEST_REDIS=URL for another)",
+    "RabbitMQ": "apt-get install rabbitmq-server and start it (rabbitmq-server -detached); guest/guest on "
+                "127.0.0.1:5672 (NOTIFIER_TEST_AMQP=URL for another)",
+    "Chromium": "apt-get install chromium chromium-driver (/usr/bin/chromium and /usr/bin/chromedriver)",
+    "selenium": "pip install -e '.[dev]' (make test installs it)",
+}
+UNREACHABLE = " is not reachable ("
+
+
 def unavailable(what: str, exc: BaseException) -> None:
-    message = f"{what} is not reachable ({exc.__class__.__name__}: {exc})"
+    message = f"{what}{UNREACHABLE}{exc.__class__.__name__}: {exc})"
     if REQUIRE_SERVICES:
         pytest.fail(message + "; NOTIFIER_REQUIRE_SERVICES=1 forbids skipping", pytrace=False)
     pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Say what could not run for want of a service or a tool, and what to install or start for it,
+    instead of leaving a skip count to decode."""
+    missing: dict[str, list[str]] = {}  # what was missing -> the tests that needed it
+    for outcome in ("skipped", "failed", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            text = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr or "")
+            if UNREACHABLE not in text:
+                continue
+            what = text.split(UNREACHABLE)[0].removeprefix("Skipped: ")
+            key = next((k for k in REMEDIES if k.lower() in what.lower()), what)
+            missing.setdefault(key, []).append(report.nodeid if outcome != "skipped" else report.location[0])
+    if not missing:
+        return
+    terminalreporter.section("what these tests needed and did not find")
+    for key, tests in sorted(missing.items()):
+        files = sorted({t.split("::")[0] for t in tests})
+        terminalreporter.write_line(f"{key}: {len(tests)} tests ({', '.join(files)})")
+        terminalreporter.write_line(f"    {REMEDIES.get(key, 'see the message of each one above')}")
+    if not REQUIRE_SERVICES:
+        terminalreporter.write_line("They were skipped; NOTIFIER_REQUIRE_SERVICES=1 (CI) makes them fail instead.")
 
 
 # --- services ------------------------------------------------------------------------------
