@@ -203,6 +203,11 @@ def _apply_batch(conn: Any, bodies: list[bytes | str], *, now: datetime, source:
             outcome = _apply_one(session, event, text, now)
         except DBAPIError:
             raise
+        except Refused as exc:
+            session.rollback_event()
+            session.forget_claim(event.event_id)
+            _dead(session, report, source, str(exc), text, now)
+            continue
         except Exception as exc:  # noqa: BLE001 - a bug on one event must not stop the others (N3)
             session.rollback_event()
             log.exception("event could not be applied", extra={"event_id": event.event_id})
@@ -372,7 +377,12 @@ def _apply_one(s: BatchSession, event: ev.Event, body: str, now: datetime) -> st
     if isinstance(event, ev.TenantSettingsUpdatedEvent):
         if tenant.revision >= event.revision:
             return _stale(s, event)
-        tenant = tr.tenant_updated(tenant, event)
+        before, tenant = tenant, tr.tenant_updated(tenant, event)
+        gone = sorted(name for name in _company_needs(s, tenant.id)
+                      if before.company.get(name, "").strip() and not tenant.company.get(name, "").strip())
+        if gone:
+            raise Refused(f"company detail(s) {', '.join(gone)} are used by the tenant's active templates and may "
+                          "not be removed (R42); load a bundle without them first")
         s.put_tenant(tenant)
         _replan_many(s, tenant, s.active_bookings(tenant.id), now, tr.Note("tenant.settings_updated", {}))
         return "applied"
@@ -408,6 +418,31 @@ def _apply_one(s: BatchSession, event: ev.Event, body: str, now: datetime) -> st
         booking = _apply_to_booking(s, tenant, booking, event, now)
     _release_held(s, tenant, booking, aggregate, now)
     return "applied"
+
+
+class Refused(Exception):
+    """An event that is valid but may not be applied: a dead letter with this reason."""
+
+
+_COMPANY_NEEDS: dict[tuple[str, str | None], frozenset[str]] = {}
+
+
+def _company_needs(s: BatchSession, tenant_id: str) -> frozenset[str]:
+    """The company details the tenant's active bundle (else the shipped templates) reads (R42),
+    once per bundle version."""
+    from notifier.rendering.bundles import company_fields_used
+    from notifier.settings import shipped_path
+
+    version = s.tx.active_bundle_version(tenant_id)
+    key = (tenant_id if version else "", version)
+    if key not in _COMPANY_NEEDS:
+        if version:
+            files = (s.tx.bundle(tenant_id, version) or {}).get("files") or {}
+        else:
+            root = shipped_path("templates")
+            files = {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in root.rglob("*.j2")}
+        _COMPANY_NEEDS[key] = company_fields_used(files)
+    return _COMPANY_NEEDS[key]
 
 
 def _reach(customer: Customer) -> tuple:

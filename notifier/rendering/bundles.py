@@ -10,7 +10,7 @@ two segments (GSM-7 or UCS-2, whichever the text needs).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +86,21 @@ def _attribute_uses(tree: nodes.Template) -> Iterable[tuple[str, str | None, int
     for node in tree.find_all(nodes.Name):
         if node.ctx == "load":
             yield node.name, None, node.lineno
+
+
+def company_fields_used(files: Mapping[str, str]) -> frozenset[str]:
+    """The company details (R42) a bundle's templates read (`company.<name>`), by file contents."""
+    env = Renderer(files={}, manifest={}).env
+    used: set[str] = set()
+    for name, source in files.items():
+        if not name.endswith(".j2"):
+            continue
+        try:
+            tree = env.parse(source, name=name)
+        except TemplateSyntaxError:
+            continue  # validation reports it; a bundle with it is not active
+        used |= {attr for var, attr, _ in _attribute_uses(tree) if var == "company" and attr}
+    return frozenset(used)
 
 
 def _manifest(root: Path) -> dict[str, Any]:

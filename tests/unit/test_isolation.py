@@ -152,3 +152,16 @@ def test_N3_a_tenant_settings_update_merges_company_details(ctx):
     with ctx.store.transaction() as tx:
         company = tx.tenant("salon-berlin").company
     assert company["phone"] == "+49 30 999" and company["name"] and company["address"]
+
+
+def test_R42_an_update_that_removes_a_company_detail_the_templates_use_is_refused_with_the_reason(ctx):
+    report = _apply(ctx, [json.dumps(event("tenant.settings_updated", {"company": {"phone": ""}})),
+                          json.dumps(created("b-after"))])
+    assert (report.applied, report.dead) == (1, 1)
+    assert report.dead_reasons == ["company detail(s) phone are used by the tenant's active templates and may not be "
+                                   "removed (R42); load a bundle without them first"]
+    with ctx.store.transaction() as tx:
+        tenant = tx.tenant("salon-berlin")
+    assert tenant.company["phone"] and tenant.revision == 0  # nothing of the refused update was applied
+    again = _apply(ctx, [json.dumps(event("tenant.settings_updated", {"company": {"fax": "+49 30 1"}}))])
+    assert again.applied == 1  # a detail no template uses may come and go
