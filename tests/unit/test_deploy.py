@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from notifier.cli import main
-from notifier.settings import Settings
+from notifier.settings import OTHER_VARIABLES, Settings
 from tasks.celery_app import ALL_QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_N7_compose_takes_secrets_from_the_environment_never_literal():
     def check(where: str, env: dict) -> None:
         for key, value in env.items():
             if key.startswith("NOTIFIER_"):
-                assert key in SETTINGS, f"{where}: {key} is not a setting"
+                assert key in SETTINGS | OTHER_VARIABLES, f"{where}: {key} is not a setting"
             if SECRET_NAMES.search(key):
                 assert "${" in str(value), f"{where}: {key} is written into the file"
                 literal = re.sub(r"\$\{[^}]*\}", "", str(value))
@@ -142,6 +142,44 @@ def test_N7_compose_takes_secrets_from_the_environment_never_literal():
     notifier = compose()["services"]["web"]
     assert notifier["env_file"] == [{"path": ".env", "required": False}]
     assert ".env" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_P5_tenants_and_bundles_come_from_a_mounted_folder_and_load_into_a_running_deployment():
+    """Issue 21: every notifier container reads tenants and bundles from the config folder mounted
+    read-only at /etc/notifier, and the documented commands that load them are real commands."""
+    services = compose()["services"]
+    for name, svc in services.items():
+        if svc.get("command", [None])[0] == "notifier":
+            assert "${NOTIFIER_CONFIG_DIR:-./config}:/etc/notifier:ro" in svc["volumes"], name
+            env = svc["environment"]
+            assert env["NOTIFIER_TENANTS_PATH"] == "/etc/notifier/tenants" and env["NOTIFIER_CONFIG"].startswith(
+                "/etc/notifier/"), name
+    text = (ROOT / "docker-compose.yml").read_text() + (ROOT / "config" / "bundles" / "README.md").read_text()
+    documented = re.findall(r"docker compose run --rm init (notifier [^\n]+)", text)
+    assert len(documented) >= 3
+    for line in documented:  # the paths as the container sees them, for a bundle that exists here
+        line = line.replace("/etc/notifier/bundles/NAME", str(ROOT / "templates")).replace("TENANT", "salon-berlin")
+        assert parses(line.replace("/etc/notifier", str(ROOT / "config")).split()[1:]), line
+
+
+def test_the_dev_profile_catches_every_mail_in_a_mail_catcher_with_a_web_ui():
+    services = compose()["services"]
+    mailpit = services["mailpit"]
+    assert mailpit["profiles"] == ["dev"] and mailpit["ports"] == ["127.0.0.1:${MAILPIT_PORT:-8025}:8025"]
+    env = services["worker-email"]["environment"]
+    assert (env["NOTIFIER_SMTP_HOST"], env["NOTIFIER_SMTP_PORT"]) == ("${NOTIFIER_SMTP_HOST:-mailpit}",
+                                                                      "${NOTIFIER_SMTP_PORT:-1025}")
+
+
+def test_publishing_the_broker_is_opt_in_and_on_loopback_unless_told():
+    """The compose file publishes no broker port; deploy/compose.publish.yml, given with -f, does:
+    on the host's loopback unless REDIS_PUBLISH / RABBITMQ_PUBLISH say otherwise."""
+    assert "ports" not in compose()["services"]["redis"] and "ports" not in compose()["services"]["rabbitmq"]
+    override = yaml.safe_load((ROOT / "deploy" / "compose.publish.yml").read_text())
+    validator = jsonschema.Draft202012Validator(compose_schema())
+    assert not list(validator.iter_errors(override))
+    assert override["services"] == {"redis": {"ports": ["${REDIS_PUBLISH:-127.0.0.1:6379}:6379"]},
+                                    "rabbitmq": {"ports": ["${RABBITMQ_PUBLISH:-127.0.0.1:5672}:5672"]}}
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------
