@@ -257,15 +257,20 @@ def beat(metrics_port: int | None, metrics_host: str) -> None:
     app.start(["--quiet", "beat", "--loglevel", _log_level_name()])
 
 
-@main.command()
-@click.option("--port", default=5555, type=int)
-@click.option("--address", default="", help="Interface to listen on (default: all).")
-def flower(port: int, address: str) -> None:
-    """Run Flower (queues, workers, tasks; Prometheus metrics on /metrics) against the project's broker."""
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--port", default=5555, type=int, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (0.0.0.0 in a container, behind authentication).")
+@click.argument("flower_options", nargs=-1, type=click.UNPROCESSED)
+def flower(port: int, address: str, flower_options: tuple[str, ...]) -> None:
+    """Run Flower (queues, workers, tasks; Prometheus metrics on /metrics) against the project's broker.
+    Flower's own options pass through: --basic-auth=user:password, --auth=..., --url-prefix=... Flower
+    has no authentication of its own by default: protect it before it listens beyond loopback
+    (docs/security.md)."""
     _keep_our_logging()
     from tasks.celery_app import app
 
-    app.start(["flower", f"--port={port}", *([f"--address={address}"] if address else [])])
+    app.start(["flower", f"--port={port}", f"--address={address}", *flower_options])
 
 
 @main.command()

@@ -111,6 +111,8 @@ class Settings:
     # (comma-separated, e.g. "10.20.0.0/16" for a booking system inside the cluster)
     webhook_allowed_networks: str = ""
     # customer links: where the web app is reachable, and the signing secret (environment)
+    # the web app refuses larger request bodies with 413 before reading them (callbacks, link posts)
+    max_body_bytes: int = 1_048_576
     # the web app's /metrics and /health details: `Authorization: Bearer <metrics_token>` (unset: /metrics is off)
     metrics_token: str = ""
     public_url: str = "http://127.0.0.1:8000"

@@ -33,9 +33,14 @@ from notifier.links import LinkError
 from notifier.services import apply_delivery_status, counters, look_up_link, timeline_of, use_link
 from notifier.web import health as probes
 from notifier.web.auth import api_router, caller_dependency, has_metrics_token
-from notifier.web.pages import render_page
+from notifier.web.limits import BodyLimit, HeaderDefaults
+from notifier.web.pages import page_response, render_page
 
-Day = Annotated[date | None, Query(description="local day in the tenant's time zone (default: today there)")]
+# bounded: a day at the ends of the calendar has no next day, an id past 2**63 no column to compare with
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
+Day = Annotated[date | None, Query(ge=FIRST_DAY, le=LAST_DAY,
+                                   description="local day in the tenant's time zone (default: today there)")]
+MAX_ID = 2**63 - 1
 ResourceFilter = Annotated[str | None, Query(description="one resource only")]
 
 
@@ -72,6 +77,12 @@ class Marker(BaseModel):
     red_since: datetime | None
     late_since: datetime | None  # the orange "late" marker (R16)
     late_counter_since: datetime | None  # counts in the late counter (R16)
+
+
+def same(given: str, expected: str) -> bool:
+    """Constant-time comparison of a presented signature or token, whatever characters it holds
+    (hmac.compare_digest refuses non-ASCII strings with a TypeError: a 500 instead of a 403)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
 
 
 def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
@@ -118,6 +129,8 @@ def create_app(ctx: Any) -> FastAPI:
     # redirect_slashes off: its redirects were built from the request's Host header
     app = FastAPI(title="notifier", version="1", description="Status callbacks and the booking API of notifier.",
                   openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderDefaults)
     caller = caller_dependency(ctx)
     api = api_router(ctx)
 
@@ -179,7 +192,7 @@ def create_app(ctx: Any) -> FastAPI:
                                                                     else "")
         given = request.headers.get("X-Twilio-Signature", "")
         expected = twilio_signature(settings.twilio_auth_token, url, form) if settings.twilio_auth_token else ""
-        if not expected or not hmac.compare_digest(given, expected):
+        if not expected or not same(given, expected):
             raise HTTPException(status_code=403, detail="invalid signature")
         sid, status = form.get("MessageSid") or form.get("SmsSid"), form.get("MessageStatus") or form.get("SmsStatus")
         if sid and status:
@@ -192,7 +205,7 @@ def create_app(ctx: Any) -> FastAPI:
     def meta_verify(request: Request) -> str:
         q = request.query_params
         if q.get("hub.mode") == "subscribe" and settings.meta_verify_token and \
-                hmac.compare_digest(q.get("hub.verify_token", ""), settings.meta_verify_token):
+                same(q.get("hub.verify_token", ""), settings.meta_verify_token):
             return q.get("hub.challenge", "")
         raise HTTPException(status_code=403, detail="verification failed")
 
@@ -200,8 +213,7 @@ def create_app(ctx: Any) -> FastAPI:
     async def meta_callback(request: Request) -> Response:
         body = await request.body()
         given = request.headers.get("X-Hub-Signature-256", "")
-        if not settings.meta_app_secret or not hmac.compare_digest(given, meta_signature(settings.meta_app_secret,
-                                                                                         body)):
+        if not settings.meta_app_secret or not same(given, meta_signature(settings.meta_app_secret, body)):
             raise HTTPException(status_code=403, detail="invalid signature")
         try:
             payload = MetaWebhook.model_validate_json(body)
@@ -223,7 +235,7 @@ def create_app(ctx: Any) -> FastAPI:
         try:
             claims = ctx.links.verify(token, now=ctx.clock.now())  # the clock the link was stamped by
         except LinkError as exc:
-            return HTMLResponse(render_page(language="en", action=None, message_key=exc.reason), status_code=400)
+            return page_response(render_page(language="en", action=None, message_key=exc.reason), status_code=400)
         outcome = use_link(ctx.store, claims, now=ctx.clock.now(), regions=settings.unavailable) if act \
             else look_up_link(ctx.store, claims)
         booking, tenant = outcome.booking, outcome.tenant
@@ -237,7 +249,7 @@ def create_app(ctx: Any) -> FastAPI:
             resource=outcome.resource.name if outcome.resource else "",
             company=str(tenant.company.get("name", "")) if tenant else "")
         refused = outcome.status in ("outside_window", "not_allowed", "moved", "gone", "past")
-        return HTMLResponse(page, status_code=409 if refused else 200)
+        return page_response(page, status_code=409 if refused else 200)
 
     @app.get("/l/{token}", response_class=HTMLResponse)
     def link_show(token: str) -> HTMLResponse:
@@ -283,7 +295,7 @@ def create_app(ctx: Any) -> FastAPI:
         return [Marker(**m) for m in found]
 
     @api.get("/dead-letters")
-    def dead_letters_api(after: Annotated[int, Query(ge=0, description="list ids above this one")] = 0,
+    def dead_letters_api(after: Annotated[int, Query(ge=0, le=MAX_ID, description="list ids above this one")] = 0,
                          limit: Annotated[int, Query(ge=1, le=views.DEAD_LETTER_PAGE_MAX)] = 50) -> DeadLetterPage:
         """Events that could not be applied (N3), oldest first, with the reason and where they came
         from; page with `after` = the previous page's `next_after`. Bodies are not served here

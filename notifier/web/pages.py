@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_time
+from fastapi.responses import HTMLResponse
 from jinja2 import Environment, select_autoescape
 
 TEXT = {
@@ -66,3 +70,26 @@ def render_page(*, language: str, action: str | None, message_key: str | None, s
     t = TEXT[lang]
     return _page.render(lang=lang, t=t, when=when, resource=resource, company=company, action=action,
                         message=t.get(message_key, "") if message_key else "")
+
+
+_INLINE = re.compile(r"<(style|script)(?:\s[^>]*)?>(.*?)</\1>", re.S | re.I)
+
+
+def security_headers(html: str) -> dict[str, str]:
+    """What a link page's answer tells the browser: nothing but its own inline style and script
+    (each by its hash) may run, the form posts only here, no site may frame it (a click-jacked
+    "cancel"), the link with its token is not sent on as a Referer, and nothing is cached (a
+    shared computer's back button)."""
+    hashes = {"style": [], "script": []}
+    for kind, body in _INLINE.findall(html):
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        hashes[kind.lower()].append(f"'sha256-{digest}'")
+    policy = ["default-src 'none'", "img-src 'self' data:", "form-action 'self'", "frame-ancestors 'none'",
+              "base-uri 'none'"]
+    policy += [f"{kind}-src {' '.join(found)}" for kind, found in hashes.items() if found]
+    return {"Content-Security-Policy": "; ".join(policy), "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store", "X-Frame-Options": "DENY"}
+
+
+def page_response(html: str, *, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(html, status_code=status_code, headers=security_headers(html))

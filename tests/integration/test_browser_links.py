@@ -285,6 +285,10 @@ def test_R11_R12_confirming_in_the_browser_shows_on_the_timeline_drops_the_red_c
     assert VISIT_SHOWN in shown and "Dr. Weiss" in shown and "Praxis am See" in shown
     assert buttons(browser) == ["confirm"]
     assert world.booking("b1").confirmed_at is None  # opening the link did nothing (N4)
+    # the page's own style applies under its Content-Security-Policy (issue 16), which forbids framing
+    assert browser.execute_script("return getComputedStyle(document.body).maxWidth") == "512px"
+    policy = httpx.get(links["confirm"], timeout=WAIT_S).headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
 
     press(browser, "confirm")
     assert "Danke! Ihr Termin ist bestätigt." in page_says(browser, "bestätigt")

@@ -306,3 +306,39 @@ def test_P5_dashboard_and_alerts_use_only_metrics_the_processes_export():
     operations = (ROOT / "docs" / "operations.md").read_text()
     for rule in rules:
         assert rule["alert"] in operations, f"docs/operations.md does not explain {rule['alert']}"
+
+
+# --- production mode (issue 16) -------------------------------------------------------------------
+
+def _interpolated(value: str, given: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, innermost first, from `given`."""
+    pattern = re.compile(r"\$\{(\w+)(?::([-?])((?:[^{}]|\{[^{}]*\})*))?\}")
+    while pattern.search(value):
+        value = pattern.sub(lambda m: given.get(m.group(1)) or (m.group(3) if m.group(2) == "-" else ""), value)
+    return value
+
+
+def test_compose_runs_every_process_in_production_mode_and_its_settings_pass_it():
+    from notifier.settings import load_settings
+
+    dotenv = {"POSTGRES_PASSWORD": "pg-pw", "REDIS_PASSWORD": "redis-pw", "NOTIFIER_LINK_SECRET": "l" * 32,
+              "NOTIFIER_WEBHOOK_SECRET": "w" * 32, "NOTIFIER_METRICS_TOKEN": "m" * 32, "FLOWER_BASIC_AUTH": "a:b"}
+    for name, svc in compose()["services"].items():
+        if (svc.get("command") or [None])[0] != "notifier":
+            continue
+        env = {k: _interpolated(str(v), dotenv) for k, v in svc["environment"].items()}
+        assert env["NOTIFIER_ENV"] == "production", name
+        settings = load_settings({k: v for k, v in env.items() if k.startswith("NOTIFIER_")})  # raises if refused
+        assert settings.broker_url == "redis://:redis-pw@redis:6379/0", name
+    assert "--requirepass" in compose()["services"]["redis"]["command"]
+    assert compose()["services"]["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def test_manifests_run_in_production_mode_with_broker_urls_from_the_secret():
+    [config] = [doc for _, doc in manifests() if doc["kind"] == "ConfigMap"]
+    assert config["data"]["NOTIFIER_ENV"] == "production"
+    assert not {"NOTIFIER_BROKER_URL", "NOTIFIER_EVENTS_URL", "NOTIFIER_DATABASE_URL"} & set(config["data"])
+    for _, doc in manifests():
+        annotations = doc.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+        if doc["metadata"]["name"] == "notifier-web":  # /metrics needs the token: a ServiceMonitor scrapes it
+            assert "prometheus.io/scrape" not in annotations
