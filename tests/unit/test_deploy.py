@@ -326,7 +326,8 @@ def test_compose_runs_every_process_in_production_mode_and_its_settings_pass_it(
     for name, svc in compose()["services"].items():
         if (svc.get("command") or [None])[0] != "notifier":
             continue
-        env = {k: _interpolated(str(v), dotenv) for k, v in svc["environment"].items()}
+        env = {k: _interpolated(str(v), dotenv).replace("/etc/notifier", str(ROOT / "config"))  # the mount
+               for k, v in svc["environment"].items()}
         assert env["NOTIFIER_ENV"] == "production", name
         settings = load_settings({k: v for k, v in env.items() if k.startswith("NOTIFIER_")})  # raises if refused
         assert settings.broker_url == "redis://:redis-pw@redis:6379/0", name
