@@ -43,12 +43,18 @@ class _Commands(click.Group):
         except DatabaseNotReady as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
-            sql = sys.modules.get("sqlalchemy.exc")  # not loaded: the error cannot be the database's
-            if sql is None or not isinstance(exc, (sql.OperationalError, sql.InterfaceError)):
-                raise
-            # the connection was checked when the command started: this failed on the way
-            raise click.ClickException(f"the database {shown_url(load_settings().database_url)} failed: "
-                                       f"{first_line(exc)}") from None
+            # a module that is not loaded cannot have raised: look only at those that are
+            sql, redis, kombu = (sys.modules.get(m) for m in ("sqlalchemy.exc", "redis.exceptions", "kombu.exceptions"))
+            if sql is not None and isinstance(exc, sql.OperationalError | sql.InterfaceError):
+                # the connection was checked when the command started: this failed on the way
+                raise click.ClickException(f"the database {shown_url(load_settings().database_url)} failed: "
+                                           f"{first_line(exc)}") from None
+            if (redis is not None and isinstance(exc, redis.ConnectionError)) or (
+                    kombu is not None and isinstance(exc, kombu.OperationalError)):
+                raise click.ClickException(f"cannot reach the broker: {first_line(exc)}. Is it running and "
+                                           "reachable? NOTIFIER_EVENTS_URL and NOTIFIER_BROKER_URL say where it "
+                                           "is") from None
+            raise
 
 
 @click.group(cls=_Commands)

@@ -66,9 +66,10 @@ def require_file(url: str) -> None:
 
 
 def first_line(exc: BaseException) -> str:
-    """The first line of a database error, the driver's own words (SQLAlchemy wraps them)."""
+    """The first line of a database or broker error, the driver's own words (SQLAlchemy wraps
+    them), without a closing full stop (the message goes on)."""
     text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def revisions(engine: Engine) -> tuple[str | None, str]:

@@ -123,6 +123,17 @@ def test_a_refused_database_is_one_line(tmp_path):
     assert "refused" in error.lower() and error.endswith("NOTIFIER_DATABASE_URL says where it is")
 
 
+def test_a_refused_broker_is_one_line(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "booking.created"}\n')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    error = one_error(notifier("publish", str(events), cwd=tmp_path, NOTIFIER_EVENTS_URL=f"redis://127.0.0.1:{port}/0"))
+    assert error.startswith("Error: cannot reach the broker: ") and "refused" in error.lower()
+    assert error.endswith(". Is it running and reachable? NOTIFIER_EVENTS_URL and NOTIFIER_BROKER_URL say where it is")
+
+
 def test_an_unknown_queue_is_refused_with_the_list(tmp_path):
     error = one_error(notifier("worker", "-Q", "emails", cwd=tmp_path), status=2)
     assert error == "Error: Invalid value for '-Q' / '--queues': unknown queue emails: the queues are sweep, email, " \
