@@ -16,6 +16,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from notifier.devtools import RunningClock  # noqa: F401 - the benchmarks' running clock, shared with the tests
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "bench"
 PG_ADMIN = os.environ.get("NOTIFIER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -208,40 +210,6 @@ def check_alive(procs) -> Callable[[], None]:
             if proc.poll() is not None:
                 raise RuntimeError(f"{' '.join(map(str, proc.args[:4]))} exited with {proc.returncode}")
     return check
-
-
-class RunningClock:
-    """The simulated file clock, moving in real time from `origin`: a thread writes
-    `origin + elapsed` every `tick_s`, so workers stamp sent_at (and beat sweeps) as a
-    system clock would, at most `tick_s` behind. `elapsed_s(moment)` maps a clock instant
-    back to seconds since the clock started."""
-
-    def __init__(self, clock: Any, origin: datetime, *, tick_s: float = 0.02) -> None:
-        import threading
-
-        self.clock, self.origin, self.tick_s = clock, origin, tick_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-clock", daemon=True)
-        self.started = 0.0
-
-    def __enter__(self) -> "RunningClock":
-        self.started = time.perf_counter()
-        self.clock.set(self.origin)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def now(self) -> datetime:
-        from datetime import timedelta
-
-        return self.origin + timedelta(seconds=time.perf_counter() - self.started)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            self.clock.set(self.now())
 
 
 def add_bookings(store, tenant_id: str, bookings: list[dict[str, Any]], *, now: datetime,

@@ -14,6 +14,7 @@ from typing import Any
 from notifier.channels.base import ChannelAdapter
 from notifier.clock import Clock, clock_from
 from notifier.domain.model import Channel
+from notifier.leases import Leases
 from notifier.links import LinkSigner, link_secret
 from notifier.rendering.environment import Renderer
 from notifier.settings import Settings, load_settings
@@ -31,6 +32,7 @@ class Context:
     _bundles: dict[tuple[str, str], Renderer] = field(default_factory=dict)
     _senders: ThreadPoolExecutor | None = None
     _senders_lock: threading.Lock = field(default_factory=threading.Lock)
+    _leases: Leases | None = None
 
     def sender_pool(self) -> ThreadPoolExecutor:
         """The threads that make provider calls, kept for the process's life so their pooled
@@ -40,6 +42,13 @@ class Context:
                 self._senders = ThreadPoolExecutor(max_workers=max(1, self.settings.dispatch_concurrency),
                                                    thread_name_prefix="send")
             return self._senders
+
+    def leases(self) -> Leases:
+        """The claims this process holds and their heartbeat (notifier/leases.py), one per process."""
+        with self._senders_lock:
+            if self._leases is None:
+                self._leases = Leases(self.store, self.clock, self.settings.lease_s)
+            return self._leases
 
     def renderer_for(self, tenant_id: str, version: str | None) -> Renderer:
         """The tenant's active bundle (R40), compiled once per version; the shipped one otherwise."""
@@ -57,6 +66,8 @@ class Context:
     def close(self) -> None:
         if self._senders is not None:
             self._senders.shutdown(wait=True)
+        if self._leases is not None:
+            self._leases.close()
         for adapter in self.channels.values():
             adapter.close()
         self.store.engine.dispose()

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,14 @@ class MailSink:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
                  on_message: Callable[[Any], None] | None = None) -> None:
+        import asyncio
+
         from aiosmtpd.controller import Controller
 
         self.messages: list[Any] = []
         self.refuse: set[str] = set()  # recipients answered "550 no such user"
         self.temporary_failures = 0  # this many messages answered "451" first
+        self.answer_after_s = 0.0  # each message is answered this long after its data (a slow server)
         self._lock = threading.Lock()
         sink = self
 
@@ -37,6 +41,8 @@ class MailSink:
                 return "250 OK"
 
             async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+                if sink.answer_after_s:
+                    await asyncio.sleep(sink.answer_after_s)
                 with sink._lock:
                     if sink.temporary_failures > 0:
                         sink.temporary_failures -= 1
@@ -192,6 +198,35 @@ def wait_for(condition: Callable[[], bool], what: str, pipeline: ProcessGroup, t
         time.sleep(0.05)
 
 
+
+
+class RunningClock:
+    """The simulated file clock, moving in real time from `origin`: a thread writes
+    `origin + elapsed` every `tick_s`, so workers stamp sent_at (and beat sweeps, and leases run
+    out) as with a system clock, at most `tick_s` behind."""
+
+    def __init__(self, clock: Any, origin: datetime, *, tick_s: float = 0.02) -> None:
+        self.clock, self.origin, self.tick_s = clock, origin, tick_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="running-clock", daemon=True)
+        self.started = 0.0
+
+    def __enter__(self) -> "RunningClock":
+        self.started = time.perf_counter()
+        self.clock.set(self.origin)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def now(self) -> datetime:
+        return self.origin + timedelta(seconds=time.perf_counter() - self.started)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            self.clock.set(self.now())
 
 
 class TcpProxy:

@@ -1,18 +1,23 @@
 """Dispatch: a batch of message ids of one channel is claimed, rendered, sent and recorded.
 
-Per batch, not per message: one UPDATE claims every message (`queued` to `sending`, so a
-redelivered task or a second worker finds nothing to take: N2), one read loads the
-bookings, customers, resources and plans they need, and the task's thread renders them.
-Only the provider calls run concurrently, on the context's pool of sender threads (their
-pooled HTTP sessions and SMTP connections live as long as the worker). Outcomes are
-recorded as they come back, a chunk per transaction: attempt rows, message states and
-timeline entries.
+Per batch, not per message: one UPDATE claims every message (`queued` to `sending` under a
+lease and a new claim token, so a redelivered task or a second worker finds nothing to take:
+N2), one read loads the bookings, customers, resources and plans they need, and the task's
+thread renders them. Only the provider calls run concurrently, on the context's pool of sender
+threads (their pooled HTTP sessions and SMTP connections live as long as the worker).
 
-A worker killed after a provider accepted a message and before the commit leaves that
-message `sending`; when its lease runs out the due sweep hands it out again. Its next
-claim sees that the earlier attempt was never recorded, and where the provider can tell
-(`FindsSent`), dispatch asks it first and records the message it finds instead of sending
-a second one (N1, N2). A message renders to the same text on every attempt (its links
+While the worker holds the claims, its process's heartbeat extends their leases
+(notifier/leases.py): a slow worker keeps them. Immediately before each provider call the
+claim is checked; a worker paused past its lease finds it taken and does not send. Each
+outcome is recorded as soon as it is known: whatever has come back while the previous commit
+ran goes into the next one (attempt rows, message states, timeline entries), and a record
+applies only under the claim token that made the attempt.
+
+A worker killed (or paused past its lease) after a provider accepted a message and before the
+commit leaves that message `sending`; when its lease runs out the due sweep hands it out
+again. Its next claim sees that the earlier attempt was never recorded, and where the provider
+can tell (`FindsSent`), dispatch asks it first and records the message it finds instead of
+sending a second one (N1, N2). A message renders to the same text on every attempt (its links
 are stamped with its first due time), which is what lets the provider's copy be recognised.
 """
 
@@ -54,7 +59,9 @@ from notifier.domain.model import (
 )
 from notifier.domain.planning import failed_keys, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
+from notifier.leases import Leases
 from notifier.links import ACTIONS, LinkSigner
+from notifier.ratelimit import take_turn
 from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
 from notifier.services import apply_pending_statuses, replan_in, settings_for
@@ -65,8 +72,7 @@ from notifier.store.sql import MessageRow, Store, Tx, is_outage
 
 # emails that carry the appointment card (R22): new, confirmed, moved, cancelled
 CARD_KINDS = {Kind.INFO.value, Kind.REQUEST_ACCEPTED.value, Kind.CHANGE.value, Kind.CANCELLATION.value}
-RECORD_EVERY = 64  # outcomes per recording transaction, at most
-RECORD_WAIT_S = 0.2  # and no outcome waits longer than this for its commit
+RECORD_EVERY = 256  # outcomes per recording transaction, at most (a burst that came back at once)
 log = logging.getLogger("notifier.dispatch")
 
 
@@ -78,6 +84,7 @@ class DispatchReport:
     withdrawn: int = 0
     skipped: int = 0
     reconciled: int = 0  # found at the provider after an unrecorded attempt: recorded, not sent again
+    lost: int = 0  # claims found taken by another worker (this one was paused past its lease): not sent here
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,13 @@ class Done:
             return "reconciled"
         return {MessageState.SENT: "sent", MessageState.FAILED: "failed", MessageState.WITHDRAWN: "withdrawn",
                 MessageState.PLANNED: "retried"}[self.state]
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A claim found taken by another worker before the provider call: nothing was sent."""
+
+    message: MessageRow
 
 
 @dataclass(frozen=True)
@@ -139,26 +153,29 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
     store: Store = ctx.store
     now = ctx.clock.now()
     claimed = store.claim_batch_for_send(message_ids, now, lease_s=ctx.settings.lease_s)
-    # outcomes must be recorded while the claims hold: past that, the sweep hands the messages out again
-    record_until = time.monotonic() + ctx.settings.lease_s * 0.8
     report = DispatchReport(skipped=len(set(message_ids)) - len(claimed))
     if not claimed:
         return report
-    loaded = _load(store, claimed, ctx.settings.unavailable)
-    pool = ctx.sender_pool()
-    sending: set[Future[Done]] = set()
-    settled: list[Done] = []  # ended before any provider call: withdrawn, failed checks
-    for message in claimed:  # each message leaves as soon as it is rendered
-        try:
-            step = prepare(ctx, loaded, message, now)
-        except Exception as exc:  # noqa: BLE001 - one message's trouble (a bundle that would not load) is its own
-            step = _retry(ctx, message, now, f"could not prepare: {exc.__class__.__name__}: {exc}", None)
-        if isinstance(step, Ready):
-            sending.add(pool.submit(transmit, ctx, step))
-        else:
-            settled.append(step)
-    for done in _record_as_they_end(store, sending, settled, ctx.settings.unavailable, record_until):
-        setattr(report, done.report_key, getattr(report, done.report_key) + 1)
+    leases = ctx.leases()
+    leases.hold(claimed, now + timedelta(seconds=ctx.settings.lease_s))  # from here on, kept alive
+    try:
+        loaded = _load(store, claimed, ctx.settings.unavailable)
+        pool = ctx.sender_pool()
+        sending: set[Future[Done | Lost]] = set()
+        settled: list[Done | Lost] = []  # ended before any provider call: withdrawn, failed checks
+        for message in claimed:  # each message leaves as soon as it is rendered
+            try:
+                step = prepare(ctx, loaded, message, now)
+            except Exception as exc:  # noqa: BLE001 - one message's trouble (a bundle that would not load) is its own
+                step = _retry(ctx, message, now, f"could not prepare: {exc.__class__.__name__}: {exc}", None)
+            if isinstance(step, Ready):
+                sending.add(pool.submit(transmit, ctx, step))
+            else:
+                settled.append(step)
+        for key in _record_as_they_end(store, leases, sending, settled, ctx.settings.unavailable):
+            setattr(report, key, getattr(report, key) + 1)
+    finally:
+        leases.release(claimed)
     return report
 
 
@@ -354,46 +371,64 @@ def _failed(message: MessageRow, now: datetime, reason: str) -> Done:
 
 # --- send --------------------------------------------------------------------------------------
 
-def _record_as_they_end(store: Store, pending: set[Future[Done]], unrecorded: list[Done], regions: Any,
-                        record_until: float) -> list[Done]:
-    """Wait for the provider calls and record outcomes in chunks as they arrive: at most
-    RECORD_EVERY per transaction, none waiting longer than RECORD_WAIT_S. A database that is
-    away is waited for (with backoff) until `record_until`: the sends already made are
-    recorded rather than left for the sweep to hand out again."""
-    finished: list[Done] = []
-    oldest = time.monotonic()
-    while pending or unrecorded:
+def _record_as_they_end(store: Store, leases: Leases, pending: set[Future[Done | Lost]],
+                        ready: list[Done | Lost], regions: Any) -> Iterator[str]:
+    """Record each outcome as soon as it is known: whatever has come back while the previous
+    commit ran goes into the next one (a group commit; at most RECORD_EVERY). Yields each
+    message's report key: what happened, or `lost` where the claim had passed to another
+    worker before the call or before the record."""
+    while pending or ready:
         if pending:
-            timeout = None if not unrecorded else max(0.0, oldest + RECORD_WAIT_S - time.monotonic())
-            done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-            if done and not unrecorded:
-                oldest = time.monotonic()
-            unrecorded.extend(f.result() for f in done)
-        if unrecorded and (not pending or len(unrecorded) >= RECORD_EVERY
-                           or time.monotonic() - oldest >= RECORD_WAIT_S):
-            _record_patiently(store, unrecorded, regions, record_until)
-            finished += unrecorded
-            unrecorded = []
-    return finished
+            done, pending = wait(pending, timeout=0 if ready else None, return_when=FIRST_COMPLETED)
+            ready.extend(f.result() for f in done)
+        while ready:
+            chunk, ready = ready[:RECORD_EVERY], ready[RECORD_EVERY:]
+            outcomes = [d for d in chunk if isinstance(d, Done)]
+            applied = _record_patiently(store, leases, outcomes, regions) if outcomes else set()
+            for item in chunk:
+                if isinstance(item, Done) and item.message.id in applied:
+                    yield item.report_key
+                else:
+                    _lost_claim(item)
+                    yield "lost"
+            leases.release(item.message for item in chunk)
 
 
-def _record_patiently(store: Store, outcomes: list[Done], regions: Any, until: float) -> None:
+def _lost_claim(item: Done | Lost) -> None:
+    if isinstance(item, Done) and item.outcome in ("sent", "reconciled"):
+        # the provider has it, and so may the worker that took the claim over: a pause (or an
+        # outage) longer than the lease, right after the call; the one way left to send twice
+        log.warning("message %s was sent under claim %s after that claim had passed to another worker "
+                    "(this worker was paused or cut off longer than the lease); not recorded here",
+                    item.message.id, item.message.claim_token)
+    else:
+        log.info("message %s: claim %s passed to another worker; left to it", item.message.id,
+                 item.message.claim_token)
+
+
+def _record_patiently(store: Store, leases: Leases, outcomes: list[Done], regions: Any) -> set[int]:
+    """`record`, waiting out a database that is away while the claims may still hold: the
+    sends already made are recorded rather than left for the sweep to hand out again. Gives up
+    (the messages are then in doubt, and asked about when claimed again) once no claim of
+    these outcomes is kept alive any more, or after ten leases."""
     delay_s = 0.2
+    give_up = time.monotonic() + 10 * leases.lease.total_seconds()
     while True:
         try:
-            record(store, outcomes, regions=regions)
-            return
+            return record(store, outcomes, regions=regions)
         except DBAPIError:
-            if time.monotonic() + delay_s > until:
-                raise  # the claims lapse: these messages are in doubt, and asked about when claimed again
+            if time.monotonic() + delay_s > give_up or not any(leases.holds(d.message) for d in outcomes):
+                raise
             time.sleep(delay_s)  # backoff before the next try, not synchronisation
-            delay_s = min(delay_s * 2, 5.0)
+            delay_s = min(delay_s * 2, 2.0)
 
 
-def transmit(ctx: Any, item: Ready) -> Done:
-    """The provider call for one message (on a sender thread), as a `Done`."""
+def transmit(ctx: Any, item: Ready) -> Done | Lost:
+    """The provider call for one message (on a sender thread), as a `Done`; `Lost` where the
+    claim turned out to be another worker's by the time of the call."""
     message = item.message
     adapter = ctx.channels[message.channel]
+    leases = ctx.leases()
     started = time.monotonic()
     try:
         if item.in_doubt and hasattr(adapter, "find_sent"):
@@ -406,7 +441,10 @@ def transmit(ctx: Any, item: Ready) -> Done:
                             code=found.provider_code, duration_ms=_ms(started),
                             provider_message_id=found.provider_message_id, provider=adapter.provider,
                             template=item.template)
-        result = adapter.send(item.outgoing)
+        sender = take_turn(adapter)  # a rate limit's wait comes before the claim's check, not between it and the call
+        if not leases.usable(message):
+            return Lost(message)
+        result = sender.send(item.outgoing)
     except TemporaryFailure as exc:
         return _retry(ctx, message, ctx.clock.now(), exc.reason, exc.code, retry_after_s=exc.retry_after_s,
                       duration_ms=_ms(started))
@@ -465,11 +503,13 @@ def _ms(started: float) -> int:
 
 # --- record ------------------------------------------------------------------------------------
 
-def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
+def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> set[int]:
     """Attempt rows, message states and timeline entries of many messages, in one transaction,
     with the fallback of each permanent failure planned in the same commit (the planner plans
-    it from the failed key) and the provider's status reports that came before the record. A message is only moved out of `sending`, so a late or repeated
-    record changes nothing.
+    it from the failed key) and the provider's status reports that came before the record.
+    Fenced: a message moves only out of `sending` and only under the claim token that made the
+    attempt, and only those that moved get their rows, so a late or repeated record, or one
+    whose claim passed to another worker, changes nothing. Returns the ids that moved.
 
     One message's record that the database refuses (anything but a lost connection) does not
     hold up the others': the chunk is recorded again one message per savepoint, and a message
@@ -478,44 +518,48 @@ def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> None:
     with store.transaction() as tx:
         try:
             with tx.conn.begin_nested():
-                _record_in(tx.conn, outcomes, regions)
+                return _record_in(tx.conn, outcomes, regions)
         except Exception as exc:  # noqa: BLE001 - sorted out below: an outage propagates
             if is_outage(exc):
                 raise
             log.warning("recording %d outcomes one by one: %s", len(outcomes), exc.__class__.__name__)
+            applied: set[int] = set()
             for done in outcomes:
                 try:
                     with tx.conn.begin_nested():
-                        _record_in(tx.conn, [done], regions)
+                        applied |= _record_in(tx.conn, [done], regions)
                 except Exception as own:  # noqa: BLE001 - this message's own trouble
                     if is_outage(own):
                         raise
                     log.exception("message %s recorded without the provider's details", done.message.id)
                     with tx.conn.begin_nested():
-                        _record_in(tx.conn, [replace(done, provider_message_id=None, template=None, code=None,
-                                                     error=f"recorded without the provider's details: "
-                                                           f"{own.__class__.__name__}")], regions)
+                        applied |= _record_in(tx.conn, [replace(done, provider_message_id=None, template=None,
+                                                                code=None, error=f"recorded without the provider's "
+                                                                f"details: {own.__class__.__name__}")], regions)
+            return applied
 
 
-def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> None:
-    attempts = [(d.message.id, d.at, d.duration_ms, d.outcome, _clean(d.code), _clean(d.error))
-                for d in outcomes if d.outcome is not None]
-    states = [(d.message.id, d.message.attempts, d.state.value, _clean(d.error), d.at,
+def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> set[int]:
+    states = [(d.message.id, d.message.claim_token, d.state.value, _clean(d.error), d.at,
                d.at if d.state is MessageState.SENT else None, d.provider_message_id, d.template, d.retry_at,
                d.provider) for d in outcomes]
-    timeline = [_timeline_entry(d) for d in outcomes]
-    insert_rows(conn, t.send_attempts, ATTEMPT_COLUMNS, attempts)
-    _set_states(conn, states)
-    insert_rows(conn, t.timeline, TIMELINE_COLUMNS, timeline, keys=["dedup_key"], expect_new=True)
-    apply_pending_statuses(conn, [(d.provider, d.provider_message_id) for d in outcomes
+    applied = _set_states(conn, states)
+    moved = [d for d in outcomes if d.message.id in applied]
+    insert_rows(conn, t.send_attempts, ATTEMPT_COLUMNS,
+                [(d.message.id, d.at, d.duration_ms, d.outcome, _clean(d.code), _clean(d.error))
+                 for d in moved if d.outcome is not None])
+    insert_rows(conn, t.timeline, TIMELINE_COLUMNS, [_timeline_entry(d) for d in moved], keys=["dedup_key"],
+                expect_new=True)
+    apply_pending_statuses(conn, [(d.provider, d.provider_message_id) for d in moved
                                   if d.state is MessageState.SENT and d.provider_message_id], outcomes[0].at)
-    created = [_activity_created(d) for d in outcomes
+    created = [_activity_created(d) for d in moved
                if d.message.channel is Channel.ACTIVITY and d.state is MessageState.SENT]
     if created:  # the booking system's planner learns of the task it was given (outbox, published by the sweep)
         conn.execute(t.outbox.insert(), created)
-    for d in outcomes:
+    for d in moved:
         if d.fallback:
             replan_in(conn, d.message.tenant_id, d.message.booking_id, now=d.at, regions=regions)
+    return applied
 
 
 def _clean(text: str | None) -> str | None:
@@ -531,23 +575,25 @@ _STATES_PG = (  # one statement for the whole chunk, whatever its size
     "provider_message_id = COALESCE(v.pid, messages.provider_message_id), "
     "template_version = COALESCE(v.tv, messages.template_version), due_at = COALESCE(v.due, messages.due_at), "
     "provider = COALESCE(v.prov, messages.provider) "
-    "FROM unnest(%(mid)s::int8[], %(att)s::int4[], %(st)s::text[], %(err)s::text[], %(at)s::timestamptz[], "
+    "FROM unnest(%(mid)s::int8[], %(token)s::int4[], %(st)s::text[], %(err)s::text[], %(at)s::timestamptz[], "
     "%(sent)s::timestamptz[], %(pid)s::text[], %(tv)s::text[], %(due)s::timestamptz[], %(prov)s::text[]) "
-    "AS v(mid, att, st, err, at, sent, pid, tv, due, prov) "
-    "WHERE messages.id = v.mid AND messages.state = 'sending' AND messages.attempts = v.att")
-_STATE_FIELDS = ("mid", "att", "st", "err", "at", "sent", "pid", "tv", "due", "prov")
+    "AS v(mid, token, st, err, at, sent, pid, tv, due, prov) "
+    "WHERE messages.id = v.mid AND messages.state = 'sending' AND messages.claim_token = v.token "
+    "RETURNING messages.id")
+_STATE_FIELDS = ("mid", "token", "st", "err", "at", "sent", "pid", "tv", "due", "prov")
 
 
-def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> None:
-    """Each message's new state, moved only out of `sending` and only under the claim that
-    made the attempt (a late record after the claim lapsed and was taken again changes nothing)."""
+def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> set[int]:
+    """Each message's new state, moved only out of `sending` and only under the claim token that
+    made the attempt (a late record after the claim lapsed and was taken again changes nothing);
+    the ids that moved."""
     if conn.dialect.name == "postgresql":
         columns = list(zip(*states, strict=True))
-        conn.exec_driver_sql(_STATES_PG, dict(zip(_STATE_FIELDS, map(list, columns), strict=True)))
-        return
+        return set(conn.exec_driver_sql(_STATES_PG, dict(zip(_STATE_FIELDS, map(list, columns), strict=True)))
+                   .scalars())
     c = t.messages.c
-    conn.execute(update(t.messages).where(and_(c.id == bindparam("mid"), c.state == MessageState.SENDING.value,
-                                               c.attempts == bindparam("att")))
+    statement = (update(t.messages).where(and_(c.id == bindparam("mid"), c.state == MessageState.SENDING.value,
+                                               c.claim_token == bindparam("token")))
                  .values(state=bindparam("st"), error=bindparam("err"), updated_at=bindparam("at"),
                          lease_until=None,
                          sent_at=func.coalesce(bindparam("sent", type_=c.sent_at.type), c.sent_at),
@@ -556,8 +602,9 @@ def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> None:
                          template_version=func.coalesce(bindparam("tv", type_=c.template_version.type),
                                                         c.template_version),
                          due_at=func.coalesce(bindparam("due", type_=c.due_at.type), c.due_at),
-                         provider=func.coalesce(bindparam("prov", type_=c.provider.type), c.provider)),
-                 [dict(zip(_STATE_FIELDS, row, strict=True)) for row in states])
+                         provider=func.coalesce(bindparam("prov", type_=c.provider.type), c.provider)))
+    return {row[0] for row in states  # SQLite: one row at a time (writers are serialised anyway)
+            if conn.execute(statement, dict(zip(_STATE_FIELDS, row, strict=True))).rowcount}
 
 
 def _activity_created(d: Done) -> dict[str, Any]:

@@ -67,16 +67,27 @@ class RateLimited:
         self.name = adapter.name
 
     def send(self, message: Outgoing) -> SendResult:
+        return self.take_turn().send(message)
+
+    def take_turn(self) -> ChannelAdapter:
+        """Wait for a token; the adapter to call at once, without waiting again."""
         wait_s = self.bucket.reserve(1)
         if wait_s > 0:
             self.sleep(wait_s)  # a reservation: the token is ours at that moment
-        return self.adapter.send(message)
+        return self.adapter
 
     def close(self) -> None:
         self.adapter.close()
 
     def __getattr__(self, name: str):  # the adapter's other abilities (find_sent) pass through
         return getattr(self.adapter, name)
+
+
+def take_turn(adapter: ChannelAdapter) -> ChannelAdapter:
+    """The adapter to make a provider call on now, after the rate limit's wait if it has one
+    (dispatch checks its claim between the two, so that check is right before the call)."""
+    turn = getattr(adapter, "take_turn", None)
+    return turn() if turn is not None else adapter
 
 
 def parse_limits(spec: str) -> dict[str, float]:

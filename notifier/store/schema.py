@@ -173,6 +173,8 @@ messages = Table(
     Column("due_at", UTCDateTime, nullable=False),
     Column("lease_until", UTCDateTime),  # a claim (queued / sending) expires at this time
     Column("attempts", Integer, nullable=False, default=0),
+    # the fencing token of the current claim for sending, one more with each claim (notifier/leases.py)
+    Column("claim_token", Integer, nullable=False, default=0, server_default="0"),
     Column("provider_message_id", Ident(200)),
     Column("sent_at", UTCDateTime),
     Column("error", Text),

@@ -2,7 +2,7 @@
 
 A `Store` owns an engine. Work that must be atomic runs in `store.transaction()`,
 which yields a `Tx` with the reads and writes the services need. The claims (`claim_due`,
-`claim_for_send`) are single statements that are safe with many workers at once:
+`claim_batch_for_send`) are single statements that are safe with many workers at once:
 `FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite, writers are serialised anyway.
 """
 
@@ -125,6 +125,7 @@ class MessageRow:
     sent_at: datetime | None
     error: str | None
     stamped_at: datetime | None = None  # due_at when first claimed for sending (links, card)
+    claim_token: int = 0  # the fencing token of the claim this row was read under (notifier/leases.py)
 
 
 def _message(row: Any) -> MessageRow:
@@ -132,7 +133,7 @@ def _message(row: Any) -> MessageRow:
         id=row.id, tenant_id=row.tenant_id, booking_id=row.booking_id, key=row.key, kind=row.kind,
         channel=Channel(row.channel), recipient=row.recipient, state=MessageState(row.state),
         due_at=row.due_at, attempts=row.attempts, provider_message_id=row.provider_message_id,
-        sent_at=row.sent_at, error=row.error, stamped_at=row.stamped_at,
+        sent_at=row.sent_at, error=row.error, stamped_at=row.stamped_at, claim_token=row.claim_token,
     )
 
 
@@ -523,6 +524,12 @@ def _safe_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
+_RENEW_PG = (  # one statement for every claim a worker holds
+    "UPDATE messages SET lease_until = %(until)s FROM unnest(%(ids)s::int8[], %(tokens)s::int4[]) AS v(mid, token) "
+    "WHERE messages.id = v.mid AND messages.claim_token = v.token AND messages.state = 'sending' "
+    "RETURNING messages.id")
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -556,24 +563,11 @@ class Store:
                 claimed.extend((r.id, Channel(r.channel)) for r in result)
         return sorted(claimed)
 
-    def claim_for_send(self, message_id: int, now: datetime, *, lease_s: int) -> MessageRow | None:
-        """Take one queued message for the provider call; None if someone else has it or it was
-        withdrawn. This single UPDATE is what makes a redelivered task harmless (N2)."""
-        c = t.messages.c
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                update(t.messages)
-                .where(c.id == message_id, c.state == MessageState.QUEUED.value)
-                .values(state=MessageState.SENDING.value, lease_until=now + timedelta(seconds=lease_s),
-                        attempts=c.attempts + 1, updated_at=now)
-                .returning(*t.messages.c)
-            ).first()
-            return _message(row) if row else None
-
     def claim_batch_for_send(self, message_ids: Iterable[int], now: datetime, *, lease_s: int) -> list[MessageRow]:
-        """`claim_for_send` for a whole dispatch batch in one statement: the queued messages
-        among `message_ids` become `sending` under a new lease; the others (sent, withdrawn,
-        taken by another worker) are left out."""
+        """Take a dispatch batch for the provider calls, in one statement: the queued messages
+        among `message_ids` become `sending` under a new lease and a new claim token; the others
+        (sent, withdrawn, taken by another worker) are left out. This single UPDATE is what
+        makes a redelivered task harmless (N2): a second taker finds nothing queued."""
         c = t.messages.c
         ids = sorted(set(message_ids))
         if not ids:
@@ -583,10 +577,32 @@ class Store:
                 update(t.messages)
                 .where(c.id.in_(ids), c.state == MessageState.QUEUED.value)
                 .values(state=MessageState.SENDING.value, lease_until=now + timedelta(seconds=lease_s),
-                        attempts=c.attempts + 1, updated_at=now, stamped_at=func.coalesce(c.stamped_at, c.due_at))
+                        attempts=c.attempts + 1, claim_token=c.claim_token + 1, updated_at=now,
+                        stamped_at=func.coalesce(c.stamped_at, c.due_at))
                 .returning(*t.messages.c)
             ).all()
         return sorted((_message(r) for r in rows), key=lambda m: m.id)
+
+    def renew_claims(self, claims: Iterable[tuple[int, int]], until: datetime) -> set[int]:
+        """Extend the lease of each (message id, claim token) to `until` where the message is
+        still `sending` under that token; the ids whose claim still holds. A claim that lapsed
+        and was taken again (a new token), or handed back to the queue, is not renewed: its
+        old holder has lost it."""
+        pairs = sorted(set(claims))
+        if not pairs:
+            return set()
+        c = t.messages.c
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                ids, tokens = (list(x) for x in zip(*pairs, strict=True))
+                return set(conn.exec_driver_sql(_RENEW_PG, {"ids": ids, "tokens": tokens, "until": until}).scalars())
+            held = set()
+            for message_id, token in pairs:  # SQLite: writers are serialised anyway
+                if conn.execute(update(t.messages).where(c.id == message_id, c.claim_token == token,
+                                                         c.state == MessageState.SENDING.value)
+                                .values(lease_until=until)).rowcount:
+                    held.add(message_id)
+            return held
 
     def release_claims(self, message_ids: Iterable[int], now: datetime) -> int:
         """Claims the due sweep made but could not hand out (the broker refused the dispatch

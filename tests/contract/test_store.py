@@ -90,7 +90,7 @@ def test_concurrent_claims_take_each_due_row_once(store_ctx):
     assert len(ids) == len(set(ids)) == 300  # every info message, none twice
 
 
-def test_claim_for_send_is_won_by_exactly_one_worker(store_ctx):
+def test_claim_batch_for_send_is_won_by_exactly_one_worker(store_ctx):
     apply_events(store_ctx.store, [json.dumps(created())], now=START, source="test")
     [(message_id, _)] = [m for m in store_ctx.store.claim_due(START, lease_s=60, limit=10)]
     results = []
@@ -98,14 +98,14 @@ def test_claim_for_send_is_won_by_exactly_one_worker(store_ctx):
 
     def worker():
         barrier.wait()
-        results.append(store_ctx.store.claim_for_send(message_id, START, lease_s=60))
+        results.extend(store_ctx.store.claim_batch_for_send([message_id], START, lease_s=60))
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sum(r is not None for r in results) == 1
+    assert len(results) == 1 and results[0].claim_token == 1
 
 
 def test_stored_times_come_back_aware_and_equal(store_ctx):

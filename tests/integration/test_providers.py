@@ -86,7 +86,7 @@ def test_429_retry_after_is_honoured(sms_ctx, providers, clock):
     assert info_row(sms_ctx).due_at >= due + timedelta(seconds=900)  # not before the provider allows
     clock.set(due + timedelta(seconds=899))
     assert run_due(sms_ctx) == {"sent": 0, "failed": 0, "retried": 0, "withdrawn": 0, "skipped": 0,
-                                "reconciled": 0}
+                                "reconciled": 0, "lost": 0}
     clock.set(info_row(sms_ctx).due_at)
     assert run_due(sms_ctx)["sent"] == 1 and len(providers.received) == 1
 
