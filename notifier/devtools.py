@@ -86,7 +86,21 @@ def mail_summary(message: Any, *, max_lines: int = 12) -> str:
     return "\n".join(head + [""] + shown + [""])
 
 
-class MailPages:
+class _Served:
+    """An http.server in `self.server`, served from a thread while in a `with` block."""
+
+    server: Any
+
+    def __enter__(self) -> Any:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class MailPages(_Served):
     """A small web page over a MailSink: the mails received, newest first, each readable as text."""
 
     def __init__(self, sink: MailSink, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -127,14 +141,6 @@ class MailPages:
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.url = f"http://{host}:{self.server.server_address[1]}/"
-
-    def __enter__(self) -> "MailPages":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class ProcessGroup:
@@ -305,7 +311,7 @@ class TcpProxy:
         self.listener.close()
 
 
-class HttpSink:
+class HttpSink(_Served):
     """An HTTP server on loopback that records what is POSTed to it (a webhook receiver)."""
 
     def __init__(self) -> None:
@@ -338,11 +344,3 @@ class HttpSink:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-
-    def __enter__(self) -> "HttpSink":
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
