@@ -244,7 +244,7 @@ def add_bookings(store, tenant_id: str, bookings: list[dict[str, Any]], *, now: 
                 session.put_customer(customer, None)
                 session.put_booking(booking)
                 session.set_next_check(tenant_id, booking.id, next_flag_change(booking, settings, now))
-                planned = plan_booking(booking, customer, resource, tenant, settings, now=now)
+                planned = plan_booking(booking, customer, resource, tenant, settings, now=now).messages
                 session.apply_diff(tenant_id, booking.id, diff_plan([], planned))
                 planned_total += len(planned)
             session.flush(now)

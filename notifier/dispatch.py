@@ -230,7 +230,7 @@ def _planned_keys(loaded: _Loaded, booking: Booking, customer: Customer, resourc
         existing = loaded.session.existing_messages(booking.tenant_id, booking.id)
         loaded.planned[key] = frozenset(m.key for m in plan_booking(
             booking, customer, resource, tenant, settings, now=now, sent=sent_keys(existing),
-            failed=failed_keys(existing)))
+            failed=failed_keys(existing)).messages)
     return loaded.planned[key]
 
 

@@ -10,14 +10,13 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import phonenumbers
 import yaml
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError
@@ -33,6 +32,7 @@ from notifier.domain.model import (
     Customer,
     MessageState,
     NotificationSettings,
+    NotPlanned,
     Resource,
     Tenant,
 )
@@ -46,6 +46,7 @@ from notifier.domain.planning import (
     sent_keys,
 )
 from notifier.links import LinkClaims
+from notifier.phones import normalize_phone, read_phone  # noqa: F401 - normalize_phone: part of the API
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import insert_rows
@@ -106,11 +107,15 @@ class IngestReport:
     dead: int = 0
     dead_reasons: list[str] = field(default_factory=list)
     deferred: list[int] = field(default_factory=list)  # positions of the bodies left for the next batch
+    # (reason, kind) -> `message.not_planned` kinds written (`notifier_not_planned_total`, counted after the commit)
+    not_planned: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def merge(self, other: "IngestReport") -> None:
         for name in ("applied", "duplicates", "stale", "held", "dead"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dead_reasons.extend(other.dead_reasons)
+        for key, n in other.not_planned.items():
+            self.not_planned[key] = self.not_planned.get(key, 0) + n
 
 
 def _text(body: bytes | str) -> str:
@@ -136,8 +141,18 @@ def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, 
     dead letter with the reason while the rest of the batch commits. Only an outage propagates."""
     bodies = list(bodies)
     with store.transaction() as tx:
-        return _apply_isolating(tx.conn, bodies, list(range(len(bodies))), now=now, source=source,
-                                regions=regions, wait_for_locks=wait_for_locks)
+        report = _apply_isolating(tx.conn, bodies, list(range(len(bodies))), now=now, source=source,
+                                  regions=regions, wait_for_locks=wait_for_locks)
+    _count_not_planned(report.not_planned)
+    return report
+
+
+def _count_not_planned(counts: dict[tuple[str, str], int]) -> None:
+    """The `notifier_not_planned_total` metric, once the transaction that wrote them committed."""
+    if counts:
+        from notifier.observability.metrics import count_not_planned
+
+        count_not_planned(counts)
 
 
 def _apply_isolating(conn: Any, bodies: list[bytes | str], positions: list[int], *, now: datetime, source: str,
@@ -217,6 +232,7 @@ def _apply_batch(conn: Any, bodies: list[bytes | str], *, now: datetime, source:
         session.commit_event()
         setattr(report, outcome, getattr(report, outcome) + 1)
     session.flush(now)
+    report.not_planned = dict(session.not_planned_written)
     return report
 
 
@@ -407,7 +423,7 @@ def _apply_one(s: BatchSession, event: ev.Event, body: str, now: datetime) -> st
         booking, notes = tr.booking_created(event, received_at=now)
         if phone_error:
             notes.append(tr.Note("customer.phone_invalid", {"reason": phone_error}))  # R5
-        _save(s, tenant, booking, notes, now)
+        booking = _save(s, tenant, booking, notes, now)
     else:
         if booking is None:
             return _hold(s, event, aggregate, body, "waiting for booking.created", now)
@@ -447,8 +463,8 @@ def _company_needs(s: BatchSession, tenant_id: str) -> frozenset[str]:
 
 def _reach(customer: Customer) -> tuple:
     """What of a customer decides their messages (planning and rendering)."""
-    return (customer.consents, customer.email, customer.phone, customer.language, customer.privacy_accepted,
-            customer.created_via_online_booking)
+    return (customer.consents, customer.email, customer.phone, customer.phone_type, customer.language,
+            customer.privacy_accepted, customer.created_via_online_booking)
 
 
 def _apply_to_booking(s: BatchSession, tenant: Tenant, booking: Booking, event: ev.Event, now: datetime) -> Booking:
@@ -456,8 +472,7 @@ def _apply_to_booking(s: BatchSession, tenant: Tenant, booking: Booking, event: 
         if s.resource(tenant.id, event.data.resource.id) is None:
             s.put_resource(tr.resource_from(event.data.resource, tenant.id))
     booking, notes = tr.apply_to_booking(booking, event)
-    _save(s, tenant, booking, notes, now)
-    return booking
+    return _save(s, tenant, booking, notes, now)
 
 
 def _stale(s: BatchSession, event: ev.Event) -> str:
@@ -523,6 +538,7 @@ def replan_in(conn: Any, tenant_id: str, booking_id: str, *, now: datetime,
     if tenant is not None and booking is not None:
         _replan(s, tenant, booking, now)
         s.flush(now)
+        _count_not_planned(s.not_planned_written)  # the caller commits at once
 
 
 def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source: str = "hold",
@@ -547,6 +563,7 @@ def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source:
             for tenant_id, aggregate in part:
                 _release_expired(s, local, tenant_id, aggregate, now=now, hold_s=hold_s, source=source)
             s.flush(now)
+            local.not_planned = dict(s.not_planned_written)
             done.append(local)
 
         def give_up(key: tuple[str, str], exc: BaseException) -> None:
@@ -556,6 +573,7 @@ def release_expired_holds(store: Store, *, now: datetime, hold_s: float, source:
         contain(tx.conn, aggregates, release, give_up)
     for part in done:
         report.merge(part)
+    _count_not_planned(report.not_planned)
     return report
 
 
@@ -606,7 +624,7 @@ def _dead_holds(conn: Any, key: tuple[str, str], reason: str, *, now: datetime, 
     return report
 
 
-def _save(s: BatchSession, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> None:
+def _save(s: BatchSession, tenant: Tenant, booking: Booking, notes: list[tr.Note], now: datetime) -> Booking:
     resource = s.resource(tenant.id, booking.resource_id)
     if resource is not None:  # the board's markers (R12, R16, R18), as they are at `now`
         settings = _settings_in(s, tenant, resource)
@@ -627,7 +645,7 @@ def _save(s: BatchSession, tenant: Tenant, booking: Booking, notes: list[tr.Note
     s.put_booking(booking)
     for note in notes:
         s.add_timeline(tenant.id, booking.id, now, note.kind, note.detail)
-    _replan(s, tenant, booking, now)
+    return _replan(s, tenant, booking, now)
 
 
 def _replan_many(s: BatchSession, tenant: Tenant, booking_ids: list[str], now: datetime, note: tr.Note) -> None:
@@ -640,22 +658,8 @@ def _replan_many(s: BatchSession, tenant: Tenant, booking_ids: list[str], now: d
 
 def _customer(tenant: Tenant, data: ev.CustomerData, revision: int,
               snapshot_at: datetime) -> tuple[Customer, str | None]:
-    phone, error = normalize_phone(data.phone, tenant.home_region)
-    return tr.customer_from(data, tenant.id, revision, phone, ev.utc(snapshot_at)), error
-
-
-@lru_cache(maxsize=65_536)
-def normalize_phone(raw: str | None, region: str) -> tuple[str | None, str | None]:
-    """E.164 for a number; home-country numbers may omit the prefix (R5). (number, error)."""
-    if not raw or not raw.strip():
-        return None, None
-    try:
-        parsed = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException as exc:
-        return None, f"not a phone number: {exc}"
-    if not phonenumbers.is_valid_number(parsed):
-        return None, f"not a valid number for {phonenumbers.region_code_for_number(parsed) or region}"
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None
+    phone, error, phone_type = read_phone(data.phone, tenant.home_region)
+    return tr.customer_from(data, tenant.id, revision, phone, ev.utc(snapshot_at), phone_type=phone_type), error
 
 
 def unavailable_channels(tenant: Tenant, regions: Mapping[str, Iterable[str]]) -> frozenset[Channel]:
@@ -687,21 +691,32 @@ def _settings(tenant_settings: str, resource_settings: str, unavailable: frozens
                                             unavailable=unavailable)
 
 
-def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) -> None:
+def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) -> Booking:
+    """Plan the booking again and bring the store to the plan; returns the booking as saved
+    (with what planning left out, each reason recorded on the timeline once)."""
     customer = s.customer(tenant.id, booking.customer_id)
     resource = s.resource(tenant.id, booking.resource_id)
     if customer is None or resource is None:  # pragma: no cover - created with the booking
-        return
+        return booking
     existing = s.existing_messages(tenant.id, booking.id)
-    planned = plan_booking(booking, customer, resource, tenant, _settings_in(s, tenant, resource), now=now,
-                           sent=sent_keys(existing), failed=failed_keys(existing))
-    diff = diff_plan(existing, planned)
-    if diff.empty:
-        return
-    s.apply_diff(tenant.id, booking.id, diff)
-    # the timeline shows one `message.planned` per added or changed message and one
-    # `message.withdrawn` per withdrawn one; they are stored as one row per diff
-    s.add_plan_changes(tenant.id, booking.id, now, diff)
+    plan = plan_booking(booking, customer, resource, tenant, _settings_in(s, tenant, resource), now=now,
+                        sent=sent_keys(existing), failed=failed_keys(existing))
+    diff = diff_plan(existing, plan.messages)
+    left_out: tuple[NotPlanned, ...] = ()
+    if plan.not_planned != booking.not_planned:  # most bookings: both empty
+        recorded = set(booking.not_planned)
+        left_out = tuple(n for n in plan.not_planned if n not in recorded)
+        booking = replace(booking, not_planned=plan.not_planned)
+        s.put_booking(booking)
+    changed = not diff.empty
+    if not changed and not left_out:
+        return booking
+    if changed:
+        s.apply_diff(tenant.id, booking.id, diff)
+    # the timeline shows one `message.planned` per added or changed message, one `message.withdrawn`
+    # per withdrawn one and one `message.not_planned` per new reason; stored as one row per replan
+    s.add_plan_changes(tenant.id, booking.id, now, diff, left_out)
+    return booking
 
 
 # --- sweep -------------------------------------------------------------------------------
@@ -833,14 +848,15 @@ def use_link(store: Store, claims: LinkClaims, *, now: datetime,
                 return replace_outcome(seen, "outside_window")
             new, notes = tr.cancelled_by_customer(booking, now)
             event_type, status = "booking.cancelled_by_customer", "cancelled"
-        _save(s, tenant, new, notes, now)
+        new = _save(s, tenant, new, notes, now)
         payload = {"booking_id": booking.id, "starts_at": booking.starts_at.isoformat(),
                    "resource_id": booking.resource_id, "at": now.isoformat()}
         s.add_outbox(tenant.id, event_type, payload, now)
         if status == "cancelled":  # R14: the slot goes back to the booking system's planner
             s.add_outbox(tenant.id, "slot.released", dict(payload, reason="cancelled_by_customer"), now)
         s.flush(now)
-        return replace_outcome(seen, status, booking=new)
+    _count_not_planned(s.not_planned_written)
+    return replace_outcome(seen, status, booking=new)
 
 
 def replace_outcome(outcome: LinkOutcome, status: str, **changes: Any) -> LinkOutcome:
@@ -877,6 +893,7 @@ def sweep_states(store: Store, *, now: datetime, limit: int = 500,
                                                                             dialect=store.dialect))]
         if not due:
             return 0
+        written = IngestReport()
 
         def sweep(part: list[tuple[str, str]]) -> None:
             s = BatchSession(tx.conn)
@@ -886,8 +903,10 @@ def sweep_states(store: Store, *, now: datetime, limit: int = 500,
                 if tenant is not None and booking is not None:
                     _save(s, tenant, booking, [], now)
             s.flush(now)
+            written.merge(IngestReport(not_planned=s.not_planned_written))
 
         contain(tx.conn, due, sweep, lambda key, exc: park_booking(tx.conn, key, exc, now=now, loop="state sweep"))
+    _count_not_planned(written.not_planned)
     return len(due)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AfterValidator,
@@ -121,6 +121,12 @@ class Resource:
     revision: int = 0
 
 
+# phonenumbers' number types (lower case) that can take an SMS or a WhatsApp message: a mobile,
+# or a number whose numbering plan cannot tell fixed line from mobile (the USA, Canada...)
+RECEIVING_PHONE_TYPES = frozenset({"mobile", "fixed_line_or_mobile"})
+INVALID_PHONE = "invalid"  # `Customer.phone_type` of a number given but not valid (R5)
+
+
 @dataclass(frozen=True)
 class Customer:
     id: str
@@ -134,6 +140,14 @@ class Customer:
     created_via_online_booking: bool = False
     revision: int = 0  # of the last customer.updated applied; 0 while only bookings told us
     snapshot_at: datetime | None = None  # when the booking system took the data we hold
+    # the number's type as its numbering plan says ("mobile", "fixed_line", ...; phonenumbers'
+    # names in lower case), INVALID_PHONE for a number given but not valid, None: not known
+    phone_type: str | None = None
+
+    @property
+    def phone_receives_messages(self) -> bool:
+        """The number can take SMS and WhatsApp (a landline cannot); an unknown type is not refused."""
+        return bool(self.phone) and (self.phone_type is None or self.phone_type in RECEIVING_PHONE_TYPES)
 
     def newer_than(self, other: "Customer | None") -> bool:
         """Whole-state updates: the higher revision wins, then the later snapshot."""
@@ -142,6 +156,18 @@ class Customer:
         mine = (self.revision, self.snapshot_at or _EPOCH)
         theirs = (other.revision, other.snapshot_at or _EPOCH)
         return mine > theirs
+
+
+class NotPlanned(NamedTuple):
+    """A message kind switched on that planning left out for a booking, and why.
+
+    `reason` is one of `planning.NOT_PLANNED_REASONS`; `channels` the channels it concerned;
+    `why` (for `no_reachable_channel`) each channel's own reason."""
+
+    kind: Kind
+    reason: str
+    channels: tuple[Channel, ...] = ()
+    why: tuple[tuple[Channel, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,6 +202,8 @@ class Booking:
     # card by email (None: the settings decide, R22), reminders on or off (R15)
     send_card: bool | None = None
     reminders: bool = True
+    # what planning left out, as last recorded on the timeline (each entry is written once)
+    not_planned: tuple[NotPlanned, ...] = ()
 
     def moved(self, **changes: Any) -> "Booking":
         return replace(self, **changes)
@@ -383,20 +411,33 @@ class NotificationSettings(BaseModel):
         default_factory=dict)
     # channels not offered in the tenant's region (R6): set by the platform, never by a tenant
     _unavailable: frozenset[Channel] = PrivateAttr(default=frozenset())
+    # channels this installation has no provider configured for: never chosen when planning
+    _without_provider: frozenset[Channel] = PrivateAttr(default=frozenset())
+    # kinds the tenant switched on and the resource's own settings switched off (R24, R41)
+    _off_for_resource: frozenset[Kind] = PrivateAttr(default=frozenset())
 
     @property
     def unavailable(self) -> frozenset[Channel]:
         return self._unavailable
+
+    @property
+    def without_provider(self) -> frozenset[Channel]:
+        return self._without_provider
+
+    @property
+    def off_for_resource(self) -> frozenset[Kind]:
+        return self._off_for_resource
 
     def overrides(self) -> dict[str, Any]:
         """What was given, as stored (JSON types): the mapping the store keeps for a layer."""
         return self.model_dump(mode="json", exclude_unset=True)
 
     @classmethod
-    def from_layers(cls, *layers: Mapping[str, Any] | None, unavailable: frozenset[Channel] = frozenset()
-                    ) -> "NotificationSettings":
+    def from_layers(cls, *layers: Mapping[str, Any] | None, unavailable: frozenset[Channel] = frozenset(),
+                    without_provider: frozenset[Channel] = frozenset()) -> "NotificationSettings":
         """Merge tenant defaults and resource overrides (later layers win), key by key. A
-        tenant's own keys (`TenantSettings`) are not a resource's concern and are left out."""
+        tenant's own keys (`TenantSettings`) are not a resource's concern and are left out.
+        `unavailable` (R6) and `without_provider` are the platform's, never a tenant's."""
         merged: dict[str, Any] = {}
         for layer in layers:
             for key, value in (layer or {}).items():
@@ -413,7 +454,23 @@ class NotificationSettings(BaseModel):
                     merged[name] = {"channel_policy": policy, **merged.get(name, {})}
         settings = cls.model_validate(merged)
         settings._unavailable = frozenset(unavailable)
+        settings._without_provider = frozenset(without_provider)
+        if len(layers) > 1 and any(layers[1:]):  # what the first layer (the tenant's) switched on
+            tenant = cls.from_layers(layers[0])
+            settings._off_for_resource = frozenset(
+                kind for (name, switch), kind in SWITCHES.items()
+                if getattr(getattr(tenant, name), switch) and not getattr(getattr(settings, name), switch))
         return settings
+
+
+# the on/off switch of each kind a resource may turn off (section, field)
+SWITCHES: dict[tuple[str, str], Kind] = {
+    ("info", "enabled"): Kind.INFO, ("confirmation", "enabled"): Kind.CONFIRMATION,
+    ("confirmation", "activity_enabled"): Kind.ACTIVITY_UNCONFIRMED, ("reminder", "enabled"): Kind.REMINDER,
+    ("late", "enabled"): Kind.LATE, ("late", "activity_enabled"): Kind.ACTIVITY_LATE,
+    ("change", "enabled"): Kind.CHANGE, ("cancellation", "enabled"): Kind.CANCELLATION,
+    ("feedback", "enabled"): Kind.FEEDBACK,
+}
 
 
 class TenantSettings(NotificationSettings):

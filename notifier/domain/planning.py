@@ -7,6 +7,10 @@ deterministic `key`: the same state always plans the same keys, so replanning is
 particular start time carry that time, so moving a visit plans new ones and withdraws the
 old ones (R21).
 
+What planning leaves out is part of its answer: `plan_booking` returns a `Plan`, the messages
+and, for each kind switched on that this booking will not get, a `NotPlanned` with a
+machine-readable reason (`NOT_PLANNED_REASONS`), so the timeline can say why a message never came.
+
 `booking_flags` tells the time-dependent states the planner's board shows (unconfirmed,
 red counter, the orange "late" marker, the late counter, release due) and `next_flag_change` when
 they next change.
@@ -23,6 +27,8 @@ from typing import NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 from notifier.domain.model import (
+    INVALID_PHONE,
+    RECEIVING_PHONE_TYPES,
     Booking,
     BookingStatus,
     Channel,
@@ -30,6 +36,7 @@ from notifier.domain.model import (
     Kind,
     MessageState,
     NotificationSettings,
+    NotPlanned,
     Resource,
     Tenant,
 )
@@ -43,6 +50,36 @@ class PlannedMessage(NamedTuple):  # not a frozen dataclass: an ingester makes t
     channel: Channel
     due_at: datetime  # UTC
     recipient: str = "customer"  # or "staff"
+
+
+class Plan(NamedTuple):
+    messages: tuple[PlannedMessage, ...]  # in due order
+    not_planned: tuple[NotPlanned, ...] = ()  # kinds switched on that this booking will not get, and why
+
+
+# --- why a kind is not planned (the timeline's `message.not_planned` entries) ---------------------
+INSIDE_LEAD_TIME = "inside_lead_time"  # its time falls before the booking was made or moved, or after the start
+QUIET_HOURS_AFTER_VISIT = "quiet_hours_after_visit"  # quiet hours would hold it until the visit began
+VISIT_STARTED = "visit_started"  # the booking was made or moved after its visit began
+PRIVACY_NOT_ACCEPTED = "privacy_not_accepted"  # R4: an online customer who has not accepted the policy
+NO_SHOW = "no_show"  # feedback for a visit the customer did not come to
+SWITCHED_OFF_FOR_RESOURCE = "switched_off_for_resource"  # on for the tenant, off for this resource
+# no channel of the kind reaches the customer: one reason for all of them ...
+CHANNEL_SWITCHED_OFF = "channel_switched_off"  # R2: SMS / WhatsApp not switched on by the tenant
+CHANNEL_UNAVAILABLE_IN_REGION = "channel_unavailable_in_region"  # R6
+NO_PROVIDER = "no_provider"  # no provider configured for the channel
+NO_CONSENT = "no_consent"  # R3
+NO_ADDRESS = "no_address"  # no email address / phone number
+INVALID_NUMBER = "invalid_number"  # R5: the number given is not valid
+NUMBER_CANNOT_RECEIVE = "number_cannot_receive"  # a landline (or pager, toll-free...) takes no SMS / WhatsApp
+NO_REACHABLE_CHANNEL = "no_reachable_channel"  # ... or different reasons per channel (`NotPlanned.why`)
+NOT_PLANNED_REASONS = (INSIDE_LEAD_TIME, QUIET_HOURS_AFTER_VISIT, VISIT_STARTED, PRIVACY_NOT_ACCEPTED, NO_SHOW,
+                       SWITCHED_OFF_FOR_RESOURCE, CHANNEL_SWITCHED_OFF, CHANNEL_UNAVAILABLE_IN_REGION, NO_PROVIDER,
+                       NO_CONSENT, NO_ADDRESS, INVALID_NUMBER, NUMBER_CANNOT_RECEIVE, NO_REACHABLE_CHANNEL)
+# a channel the customer consented to but cannot be reached on for one of these is recorded even
+# when the kind goes out on another channel: their number, the region or the installation is at fault
+PASSED_OVER = frozenset({CHANNEL_UNAVAILABLE_IN_REGION, NO_PROVIDER, INVALID_NUMBER, NUMBER_CANNOT_RECEIVE})
+_NOT_WANTED = frozenset({CHANNEL_SWITCHED_OFF, NO_CONSENT})  # channels nobody asked for
 
 
 class StoredMessage(Protocol):
@@ -149,17 +186,38 @@ def _stamp(moment: datetime) -> str:
 
 # --- channels ----------------------------------------------------------------------------------
 
-def reachable_channels(tenant: Tenant, customer: Customer,
-                       unavailable: frozenset[Channel] = frozenset()) -> frozenset[Channel]:
-    """Customer channels we may use: switched on by the tenant (R2) and offered in its region
-    (R6), consented (R3), with an address."""
-    out = set()
-    if Channel.EMAIL in customer.consents and customer.email and Channel.EMAIL not in unavailable:
-        out.add(Channel.EMAIL)  # email is always available to the tenant (R2)
-    for channel in (Channel.SMS, Channel.WHATSAPP):
-        if (channel in tenant.channels and channel in customer.consents and customer.phone
-                and channel not in unavailable):
-            out.add(channel)
+def channel_refusal(channel: Channel, tenant: Tenant, customer: Customer, settings: NotificationSettings
+                    ) -> str | None:
+    """Why the customer cannot be reached on `channel` (None: they can). Switched on by the
+    tenant (R2; email always is), consented (R3), offered in the tenant's region (R6), a
+    provider configured, an address; SMS and WhatsApp need a number that can take them (R5)."""
+    if channel is not Channel.EMAIL and channel not in tenant.channels:
+        return CHANNEL_SWITCHED_OFF
+    if channel not in customer.consents:
+        return NO_CONSENT
+    if channel in settings.unavailable:
+        return CHANNEL_UNAVAILABLE_IN_REGION
+    if channel in settings.without_provider:
+        return NO_PROVIDER
+    if channel is Channel.EMAIL:
+        return None if customer.email else NO_ADDRESS
+    if not customer.phone:
+        return INVALID_NUMBER if customer.phone_type == INVALID_PHONE else NO_ADDRESS
+    return None if customer.phone_receives_messages else NUMBER_CANNOT_RECEIVE
+
+
+def reachable_channels(tenant: Tenant, customer: Customer, settings: NotificationSettings) -> frozenset[Channel]:
+    """Customer channels we may use: those `channel_refusal` has nothing against (the same
+    rules, spelled out for speed: this runs for every plan)."""
+    out = []
+    consents, off = customer.consents, settings.unavailable | settings.without_provider if settings.without_provider \
+        else settings.unavailable
+    if Channel.EMAIL in consents and customer.email and Channel.EMAIL not in off:
+        out.append(Channel.EMAIL)  # email is always available to the tenant (R2)
+    if customer.phone and (customer.phone_type is None or customer.phone_type in RECEIVING_PHONE_TYPES):
+        for channel in (Channel.SMS, Channel.WHATSAPP):
+            if channel in tenant.channels and channel in consents and channel not in off:
+                out.append(channel)
     return frozenset(out)
 
 
@@ -177,20 +235,49 @@ def _pick(channels: tuple[Channel, ...], reachable: frozenset[Channel], policy: 
 # --- the plan ----------------------------------------------------------------------------------
 
 class _Plan:
-    def __init__(self, booking: Booking, zone: ZoneInfo, reachable: frozenset[Channel],
+    __slots__ = ("booking", "tenant", "customer", "zone", "settings", "now", "reachable", "failed", "messages",
+                 "left_out", "passed_over")
+
+    def __init__(self, booking: Booking, tenant: Tenant, customer: Customer, zone: ZoneInfo,
                  settings: NotificationSettings, now: datetime, failed: frozenset[str] = frozenset()) -> None:
-        self.booking, self.zone, self.reachable, self.settings, self.now = booking, zone, reachable, settings, now
+        self.booking, self.tenant, self.customer, self.zone, self.settings, self.now = (
+            booking, tenant, customer, zone, settings, now)
+        self.reachable = reachable = reachable_channels(tenant, customer, settings)
         self.failed = failed
         self.messages: list[PlannedMessage] = []
+        self.left_out: list[NotPlanned] = []
+        # consented channels the customer cannot be reached on through no choice of theirs or the
+        # tenant's (`PASSED_OVER`), recorded for every kind that wanted them; most customers have none
+        self.passed_over: dict[Channel, str] = _NONE_PASSED_OVER
+        if not customer.consents <= reachable:
+            self.passed_over = {c: why for c in customer.consents - reachable
+                                if (why := channel_refusal(c, tenant, customer, settings)) in PASSED_OVER}
 
-    def customer(self, kind: Kind, channels: Iterable[Channel], due_at: datetime, anchor: str = "",
-                 policy: str = "first") -> None:
-        due_at = self.after_quiet(kind, due_at)
-        starts = self.booking.starts_at
-        # a message about a visit is useless once the visit has begun (R16/R25 kinds excepted)
-        if kind not in _AFTER_VISIT_ALLOWED and (due_at >= starts or self.now >= starts):
+    def customer_message(self, kind: Kind, channels: tuple[Channel, ...], due_at: datetime, anchor: str = "",
+                         policy: str = "first") -> None:
+        picks = _pick(channels, self.reachable, policy)
+        if not picks:
+            self.unreachable(kind, channels)
             return
-        for slot, channel in _pick(tuple(channels), self.reachable, policy):
+        starts = self.booking.starts_at
+        planned_at = self.after_quiet(kind, due_at)
+        if kind not in _AFTER_VISIT_ALLOWED:  # a message about a visit is useless once the visit has begun
+            if due_at >= starts:
+                self.left_out.append(NotPlanned(kind, self._too_late(), channels))
+                return
+            if planned_at >= starts:
+                self.left_out.append(NotPlanned(kind, QUIET_HOURS_AFTER_VISIT, channels))
+                return
+            if self.now >= starts:
+                if self.passed_over:  # what was said while it was planned still holds
+                    self._passed_over(kind, channels, picks, policy)
+                if entered_after_start(self.booking):
+                    self.left_out.append(NotPlanned(kind, VISIT_STARTED, channels))
+                return  # otherwise it had its time, and was planned then
+        if self.passed_over:
+            self._passed_over(kind, channels, picks, policy)
+        due_at = planned_at
+        for slot, channel in picks:
             key = kind + "/" + slot + ("/" + anchor if anchor else "")  # str enums: their values
             self.messages.append(PlannedMessage(key, kind, channel, due_at))  # positional: the hot path
             if key in self.failed:
@@ -208,6 +295,43 @@ class _Plan:
             return after_quiet_hours(due_at, quiet.start, quiet.end, self.zone)
         return due_at
 
+    def not_planned(self, kind: Kind, reason: str, channels: tuple[Channel, ...], policy: str = "first") -> None:
+        """`kind` is left out for `reason`; a kind that could reach the customer on none of its
+        channels says that instead (more time or another setting would not change it)."""
+        if reason == INSIDE_LEAD_TIME:
+            reason = self._too_late()
+        if kind.to_staff or _pick(channels, self.reachable, policy):
+            self.left_out.append(NotPlanned(kind, reason, channels))
+        else:
+            self.unreachable(kind, channels)
+
+    def _too_late(self) -> str:
+        """Inside the lead time, or made (or moved) once the visit had begun."""
+        return VISIT_STARTED if entered_after_start(self.booking) else INSIDE_LEAD_TIME
+
+    def unreachable(self, kind: Kind, channels: tuple[Channel, ...]) -> None:
+        """No channel of the kind reaches the customer. The reason is that of the channels they
+        consented to and the tenant offers (else of all): one reason, or `no_reachable_channel`
+        with each channel's own."""
+        why = tuple((c, channel_refusal(c, self.tenant, self.customer, self.settings) or NO_REACHABLE_CHANNEL)
+                    for c in channels)
+        wanted = tuple(w for w in why if w[1] not in _NOT_WANTED) or why
+        reasons = {reason for _, reason in wanted}
+        if len(reasons) == 1:
+            self.left_out.append(NotPlanned(kind, reasons.pop(), tuple(c for c, _ in wanted)))
+        else:
+            self.left_out.append(NotPlanned(kind, NO_REACHABLE_CHANNEL, channels, why))
+
+    def _passed_over(self, kind: Kind, channels: tuple[Channel, ...], picks: tuple[tuple[str, Channel], ...],
+                     policy: str) -> None:
+        chosen = picks[0][1] if policy != "all" else None
+        for channel in channels:
+            if channel is chosen:
+                break  # under "first", channels after the chosen one were never wanted
+            reason = self.passed_over.get(channel)
+            if reason is not None:
+                self.left_out.append(NotPlanned(kind, reason, (channel,)))
+
     def staff(self, kind: Kind, due_at: datetime, anchor: str = "") -> None:
         staff = self.settings.staff
         if not staff.enabled:
@@ -215,6 +339,15 @@ class _Plan:
         for channel in (Channel.ACTIVITY,) if kind.startswith("activity_") else staff.channels:
             key = kind + "/" + channel + ("/" + anchor if anchor else "")
             self.messages.append(PlannedMessage(key, kind, channel, due_at, "staff"))
+
+    def switched_off(self, kind: Kind, channels: tuple[Channel, ...]) -> None:
+        """A kind off in the settings: recorded only when the tenant has it on and the resource not."""
+        if kind in self.settings.off_for_resource:
+            self.left_out.append(NotPlanned(kind, SWITCHED_OFF_FOR_RESOURCE, channels))
+
+
+_ACTIVITY = (Channel.ACTIVITY,)
+_NONE_PASSED_OVER: dict[Channel, str] = {}  # shared, never changed
 
 
 def plan_booking(
@@ -227,25 +360,33 @@ def plan_booking(
     now: datetime,
     sent: frozenset[str] = frozenset(),
     failed: frozenset[str] = frozenset(),
-) -> tuple[PlannedMessage, ...]:
-    """Every message and staff activity this booking needs, in due order.
+) -> Plan:
+    """Every message and staff activity this booking needs, in due order, and the kinds switched
+    on that it will not get, with the reason (the same state gives the same answer).
 
     `sent`: keys of messages already handed to a provider (for R21); `failed`: keys that
     failed for good (for the fallback channel)."""
-    zone = zone_of(tenant, resource)
-    plan = _Plan(booking, zone, reachable_channels(tenant, customer, settings.unavailable), settings, now, failed)
+    plan = _Plan(booking, tenant, customer, zone_of(tenant, resource), settings, now, failed)
     if booking.status is BookingStatus.CANCELLED:
         _plan_cancellation(plan, booking, settings)
     elif booking.needs_approval and booking.approved_at is None:
         _plan_request(plan, booking, settings)  # R23, R32: nothing else until it is accepted
     else:
-        _plan_active(plan, booking, customer, settings, zone, sent)
-    return tuple(sorted(plan.messages, key=_BY_DUE_THEN_KEY))
+        _plan_active(plan, booking, customer, settings, plan.zone, sent)
+    messages = tuple(sorted(plan.messages, key=_BY_DUE_THEN_KEY))
+    if not plan.left_out:
+        return Plan(messages)
+    # a kind with a message planned is not left out (one of its repetitions may be), but a channel
+    # it could not use is still said (`PASSED_OVER`); each entry once
+    planned = {m.kind for m in messages}
+    return Plan(messages, tuple(dict.fromkeys(n for n in plan.left_out
+                                              if n.kind not in planned or n.reason in PASSED_OVER)))
 
 
 def _plan_request(plan: _Plan, booking: Booking, s: NotificationSettings) -> None:
     if s.request.enabled:
-        plan.customer(Kind.REQUEST_RECEIVED, s.request.channels, booking.created_at, policy=s.request.channel_policy)
+        plan.customer_message(Kind.REQUEST_RECEIVED, s.request.channels, booking.created_at,
+                              policy=s.request.channel_policy)
     if s.staff.new_request:
         plan.staff(Kind.STAFF_NEW_REQUEST, booking.created_at)
 
@@ -266,12 +407,15 @@ def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings) -
         # R23, R34: a request turned down, by a cancellation-kind status or by the staff cancelling
         # it, always tells the customer (with the reason): they are waiting for an answer
         if s.request.enabled:
-            plan.customer(Kind.REQUEST_REJECTED, s.request.rejected_channels, at, policy=s.request.channel_policy)
-        return
-    if not s.cancellation.enabled:
+            plan.customer_message(Kind.REQUEST_REJECTED, s.request.rejected_channels, at,
+                                  policy=s.request.channel_policy)
         return
     if by == "workflow" or s.cancellation.inform_customer_on_staff_cancel:  # R34 (with the reason); R19
-        plan.customer(Kind.CANCELLATION, s.cancellation.channels, at, policy=s.cancellation.channel_policy)
+        if s.cancellation.enabled:
+            plan.customer_message(Kind.CANCELLATION, s.cancellation.channels, at,
+                                  policy=s.cancellation.channel_policy)
+        else:
+            plan.switched_off(Kind.CANCELLATION, s.cancellation.channels)
 
 
 def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: NotificationSettings, zone: ZoneInfo,
@@ -281,16 +425,23 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
     if booking.needs_approval:  # accepted (R23, R33): the confirmation instead of the info message
         assert booking.approved_at is not None
         if s.request.enabled:
-            plan.customer(Kind.REQUEST_ACCEPTED, s.request.accepted_channels, booking.approved_at,
-                          policy=s.request.channel_policy)
+            plan.customer_message(Kind.REQUEST_ACCEPTED, s.request.accepted_channels, booking.approved_at,
+                                  policy=s.request.channel_policy)
         if s.staff.confirmed:
             plan.staff(Kind.STAFF_CONFIRMED, booking.approved_at)
     elif s.info.enabled:  # R10
-        plan.customer(Kind.INFO, s.info.channels, booking.created_at + timedelta(seconds=max(s.info.delay_s, 0)),
-                      policy=s.info.channel_policy)
+        plan.customer_message(Kind.INFO, s.info.channels,
+                              booking.created_at + timedelta(seconds=max(s.info.delay_s, 0)),
+                              policy=s.info.channel_policy)
+    else:
+        plan.switched_off(Kind.INFO, s.info.channels)
 
-    if booking.scheduled_at > booking.created_at and s.change.enabled:  # R20: the visit was moved
-        plan.customer(Kind.CHANGE, s.change.channels, booking.scheduled_at, anchor, s.change.channel_policy)
+    if booking.scheduled_at > booking.created_at:  # R20: the visit was moved
+        if s.change.enabled:
+            plan.customer_message(Kind.CHANGE, s.change.channels, booking.scheduled_at, anchor,
+                                  s.change.channel_policy)
+        else:
+            plan.switched_off(Kind.CHANGE, s.change.channels)
 
     unconfirmed = booking.confirmed_at is None
     c = s.confirmation
@@ -303,28 +454,43 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
                 continue
             # a repetition keeps its interval after the one before, as that one really goes (quiet
             # hours may have pushed it to the morning): they never arrive together. One that cannot
-            # go before the visit that way is dropped (`customer` drops what is due after the start)
+            # go before the visit that way is dropped (`customer_message` drops what is due after the start)
             if previous is not None:
                 due = max(due, previous + timedelta(seconds=c.repetition_interval_s))
             due = previous = plan.after_quiet(Kind.CONFIRMATION, due)
-            plan.customer(Kind.CONFIRMATION, c.channels, due, f"{i}/{anchor}", c.channel_policy)
+            plan.customer_message(Kind.CONFIRMATION, c.channels, due, f"{i}/{anchor}", c.channel_policy)
+        if previous is None:
+            plan.not_planned(Kind.CONFIRMATION, INSIDE_LEAD_TIME, c.channels, c.channel_policy)
         activity_at = starts - timedelta(seconds=c.activity_offset_s)
-        if c.activity_enabled and activity_at >= booking.scheduled_at:  # R13
-            plan.staff(Kind.ACTIVITY_UNCONFIRMED, activity_at, anchor)
+        if c.activity_enabled and s.staff.enabled:  # R13
+            if activity_at >= booking.scheduled_at:
+                plan.staff(Kind.ACTIVITY_UNCONFIRMED, activity_at, anchor)
+            else:
+                plan.not_planned(Kind.ACTIVITY_UNCONFIRMED, INSIDE_LEAD_TIME, _ACTIVITY)
+        elif not c.activity_enabled:
+            plan.switched_off(Kind.ACTIVITY_UNCONFIRMED, _ACTIVITY)
+    elif unconfirmed:
+        plan.switched_off(Kind.CONFIRMATION, c.channels)
 
     r = s.reminder
     # R4: a customer who came through online booking gets reminders only after accepting privacy
     privacy_ok = customer.privacy_accepted or not customer.created_via_online_booking
-    if r.enabled and privacy_ok:  # R15
+    if not r.enabled:
+        plan.switched_off(Kind.REMINDER, r.channels)
+    elif not privacy_ok:
+        plan.not_planned(Kind.REMINDER, PRIVACY_NOT_ACCEPTED, r.channels, r.channel_policy)
+    else:  # R15
         if r.offset_s < 0:
             due = local_time_on_day(starts, r.morning_at, zone)
         else:
             due = local_days_before(starts, r.offset_s, zone)
-        reminded_before = any(k.startswith("reminder/") and not k.endswith(anchor) for k in sent)
         if due >= booking.scheduled_at:
-            plan.customer(Kind.REMINDER, r.channels, due, anchor, r.channel_policy)
-        elif reminded_before:  # R21: moved after the reminder went out: remind again, now
-            plan.customer(Kind.REMINDER, r.channels, booking.scheduled_at, anchor, r.channel_policy)
+            plan.customer_message(Kind.REMINDER, r.channels, due, anchor, r.channel_policy)
+        elif any(k.startswith("reminder/") and not k.endswith(anchor) for k in sent):
+            # R21: moved after the reminder went out: remind again, now
+            plan.customer_message(Kind.REMINDER, r.channels, booking.scheduled_at, anchor, r.channel_policy)
+        else:
+            plan.not_planned(Kind.REMINDER, INSIDE_LEAD_TIME, r.channels, r.channel_policy)
 
     late = s.late
     # R16-R18 are about a visit that began and was not marked: planned from its start (the state
@@ -333,16 +499,31 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
     # and moved them again with every reschedule, for nothing.
     if late_path_applies(booking) and plan.now >= starts:
         if late.enabled:
-            plan.customer(Kind.LATE, late.channels, starts + timedelta(seconds=late.delay_s), anchor,
-                          late.channel_policy)
+            plan.customer_message(Kind.LATE, late.channels, starts + timedelta(seconds=late.delay_s), anchor,
+                                  late.channel_policy)
+        else:
+            plan.switched_off(Kind.LATE, late.channels)
         if late.activity_enabled:
             plan.staff(Kind.ACTIVITY_LATE, starts + timedelta(seconds=late.activity_delay_s), anchor)
+        else:
+            plan.switched_off(Kind.ACTIVITY_LATE, _ACTIVITY)
         if late.release_enabled and s.staff.released:
             plan.staff(Kind.STAFF_RELEASED, starts + timedelta(seconds=late.release_delay_s), anchor)
 
-    if s.feedback.enabled and booking.visit_outcome != "no_show":  # R25
-        plan.customer(Kind.FEEDBACK, s.feedback.channels, booking.ends_at + timedelta(seconds=s.feedback.delay_s),
-                      anchor, s.feedback.channel_policy)
+    f = s.feedback
+    if not f.enabled:  # R25
+        plan.switched_off(Kind.FEEDBACK, f.channels)
+    elif booking.visit_outcome == "no_show":
+        plan.not_planned(Kind.FEEDBACK, NO_SHOW, f.channels, f.channel_policy)
+    else:
+        plan.customer_message(Kind.FEEDBACK, f.channels, booking.ends_at + timedelta(seconds=f.delay_s), anchor,
+                              f.channel_policy)
+
+
+def entered_after_start(booking: Booking) -> bool:
+    """The booking was made, moved or first received once its visit had begun."""
+    starts = booking.starts_at
+    return booking.scheduled_at >= starts or (booking.received_at or booking.created_at) >= starts
 
 
 def late_path_applies(booking: Booking) -> bool:

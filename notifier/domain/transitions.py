@@ -23,7 +23,7 @@ class Note:
 
 
 def customer_from(data: ev.CustomerData, tenant_id: str, revision: int, phone_e164: str | None,
-                  snapshot_at: datetime | None = None) -> Customer:
+                  snapshot_at: datetime | None = None, *, phone_type: str | None = None) -> Customer:
     consents = frozenset(
         c for c, on in ((Channel.EMAIL, data.consents.email), (Channel.SMS, data.consents.sms),
                         (Channel.WHATSAPP, data.consents.whatsapp)) if on
@@ -40,6 +40,7 @@ def customer_from(data: ev.CustomerData, tenant_id: str, revision: int, phone_e1
         created_via_online_booking=data.created_via_online_booking,
         revision=revision,
         snapshot_at=snapshot_at,
+        phone_type=phone_type,
     )
 
 
@@ -99,9 +100,11 @@ def booking_created(event: ev.BookingCreatedEvent, received_at: datetime | None 
         revision=event.revision,
         received_at=received_at,
     )
-    note = Note("booking.created", {"starts_at": booking.starts_at.isoformat(), "resource_id": booking.resource_id,
-                                    "source": booking.source})
-    return booking, [note]
+    detail: dict[str, Any] = {"starts_at": booking.starts_at.isoformat(), "resource_id": booking.resource_id,
+                              "source": booking.source}
+    if data.status is not None:  # the workflow status it starts in, the first of its history (R32, R35)
+        detail.update(status=data.status.name, status_kind=data.status.kind)
+    return booking, [Note("booking.created", detail)]
 
 
 def booking_rescheduled(booking: Booking, event: ev.BookingRescheduledEvent) -> tuple[Booking, list[Note]]:

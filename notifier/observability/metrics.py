@@ -15,6 +15,7 @@ alerts in docs/operations.md use them):
 | notifier_ingest_batch_seconds (histogram) | | ingester: apply + commit of one batch |
 | notifier_ingest_batch_events (histogram) | | ingester |
 | notifier_ingest_last_batch_timestamp_seconds | | ingester |
+| notifier_not_planned_total | reason, kind | ingester, worker, web: `message.not_planned` entries written (each once per booking) |
 | notifier_sends_total | channel, outcome: sent, temporary, permanent, error | worker: provider calls |
 | notifier_send_seconds (histogram) | channel | worker: one provider call |
 | notifier_dispatch_messages_total | channel, outcome: sent, failed, retried, withdrawn, skipped, ... | worker |
@@ -64,6 +65,7 @@ class Metrics:
     beat_sent: Any
     beat_last_sent: Any
     parked: Any
+    not_planned: Any
 
 
 _building = threading.Lock()
@@ -103,7 +105,17 @@ def _metrics() -> Metrics:
                              ["task"], multiprocess_mode="max"),
         parked=Counter("notifier_parked", "Bookings, held events and message records a loop set aside with their "
                        "reason (on the timeline) so that the rest went on, by loop.", ["loop"]),
+        not_planned=Counter("notifier_not_planned", "Message kinds planning left out for a booking, recorded on "
+                            "its timeline (once per booking and reason), by reason and kind.", ["reason", "kind"]),
     )
+
+
+def count_not_planned(counts: dict[tuple[str, str], int]) -> None:
+    """What a committed transaction recorded as not planned, by (reason, kind)."""
+    if counts:
+        m = metrics()
+        for (reason, kind), n in counts.items():
+            m.not_planned.labels(reason, kind).inc(n)
 
 
 # --- the endpoint ------------------------------------------------------------------------------

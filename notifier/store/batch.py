@@ -18,7 +18,17 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from notifier.domain.model import Booking, BookingStatus, Channel, Customer, Kind, MessageState, Resource, Tenant
+from notifier.domain.model import (
+    Booking,
+    BookingStatus,
+    Channel,
+    Customer,
+    Kind,
+    MessageState,
+    NotPlanned,
+    Resource,
+    Tenant,
+)
 from notifier.domain.planning import PlanDiff, StoredMessage
 from notifier.store import schema as t
 from notifier.store.bulk import driver_errors, insert_rows
@@ -26,9 +36,12 @@ from notifier.store.sql import (
     MESSAGE_KEY,
     PLAN_CHANGES,
     Tx,
+    _utc,
     booking_from,
+    count_not_planned,
     customer_from,
     dead_letter_row,
+    not_planned_to_json,
     plan_changes_detail,
     resource_from,
     tenant_from,
@@ -113,6 +126,8 @@ class BatchSession:
         self.memo: dict[Any, Any] = {}  # the services' per-batch caches
         self._journal: list[tuple[Any, Any, Any]] | None = None
         self._marks: tuple[int, int] = (0, 0)
+        # (reason, kind) -> `message.not_planned` kinds the flush wrote (for the metric, after the commit)
+        self.not_planned_written: dict[tuple[str, str], int] = {}
 
     # --- per-event atomicity ---------------------------------------------------------------
     def begin_event(self) -> None:
@@ -274,6 +289,8 @@ class BatchSession:
         stored = self.stored["bookings"]
         for row in self._select(t.bookings, _BOOKING_COLUMNS, "id", keys, lock=self.lock_bookings):
             self.bookings[(row.tenant_id, row.id)] = booking_from(row)
+            # kept as it is by a flush of the booking that does not set it (a replan outside `_save`)
+            self.next_check[(row.tenant_id, row.id)] = _utc(row.next_check_at)
             stored.add((row.tenant_id, row.id))
             self._of_customer[(row.tenant_id, row.customer_id)].add((row.tenant_id, row.id))
         # a booking not in the database has no messages (they reference it); it may have held events
@@ -437,11 +454,13 @@ class BatchSession:
     def add_timeline(self, tenant_id: str, booking_id: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
         self.timeline.append((tenant_id, booking_id, at, kind, detail, None))
 
-    def add_plan_changes(self, tenant_id: str, booking_id: str, at: datetime, diff: PlanDiff) -> None:
+    def add_plan_changes(self, tenant_id: str, booking_id: str, at: datetime, diff: PlanDiff,
+                         left_out: tuple[NotPlanned, ...] = ()) -> None:
         """The timeline entries of a replan (`message.planned` per added or changed message,
-        `message.withdrawn` per withdrawn one), stored together (`Tx.timeline` expands them):
-        on the row this event just wrote for the booking, or, where it wrote none, a row of their own."""
-        plan = plan_changes_detail(diff)
+        `message.withdrawn` per withdrawn one, `message.not_planned` per reason newly left out),
+        stored together (`Tx.timeline` expands them): on the row this event just wrote for the
+        booking, or, where it wrote none, a row of their own."""
+        plan = plan_changes_detail(diff, left_out)
         last = self.timeline[-1] if len(self.timeline) > self._marks[0] else None
         if last is not None and last[0] == tenant_id and last[1] == booking_id and last[2] == at and last[5] is None:
             self.timeline[-1] = (*last[:5], plan)
@@ -493,17 +512,19 @@ class BatchSession:
         self._upsert(t.customers, _CUSTOMER_COLUMNS, [
             (c.tenant_id, c.id, c.name, c.phone, self.phone_errors.get((c.tenant_id, c.id)), c.email, c.language,
              sorted(x.value for x in c.consents), c.privacy_accepted, c.created_via_online_booking, c.revision,
-             c.snapshot_at)
+             c.snapshot_at, c.phone_type)
             for c in (self.customers[k] for k in sorted(self.dirty["customers"])) if c is not None])
         self._upsert(t.bookings, _BOOKING_COLUMNS, [
             (b.tenant_id, b.id, b.customer_id, b.resource_id, b.starts_at, b.ends_at, b.created_at, b.scheduled_at,
              b.source, b.service, _VALUE[b.status], b.cancelled_by, b.cancelled_at, b.cancel_reason,
              b.needs_approval, b.approved_at, dict(b.workflow_status) if b.workflow_status else None,
              b.confirmed_at, b.visit_outcome, b.revision, b.red_since, b.late_since, b.late_counter_since,
-             b.released_at, self.next_check.get((b.tenant_id, b.id)), b.received_at, b.send_card, b.reminders)
+             b.released_at, self.next_check.get((b.tenant_id, b.id)), b.received_at, b.send_card, b.reminders,
+             not_planned_to_json(b.not_planned) if b.not_planned else None)
             for b in (self.bookings[k] for k in sorted(self.dirty["bookings"])) if b is not None])
         self._flush_messages(now)
         insert_rows(conn, t.timeline, _TIMELINE_WRITE, self.timeline)
+        self.not_planned_written = count_not_planned(self.timeline)
         if self.dead:
             conn.execute(t.dead_letters.insert(), self.dead)
         if self.outbox:

@@ -115,6 +115,7 @@ customers = Table(
     Column("created_via_online_booking", Boolean, nullable=False),
     Column("revision", Integer, nullable=False),  # of the last customer.updated applied (0: none yet)
     Column("snapshot_at", UTCDateTime, nullable=False),  # occurred_at of the data held; breaks ties
+    Column("phone_type", String(24)),  # mobile, fixed_line, ... (phonenumbers), invalid; NULL: not known
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
 )
 
@@ -149,6 +150,7 @@ bookings = Table(
     Column("received_at", UTCDateTime),  # when notifier first applied it (NULL: as created_at)
     Column("send_card", Boolean),  # the booking system's choice for this booking (R22); NULL: the default
     Column("reminders", Boolean, nullable=False, server_default="1"),  # ... and for its reminders (R15)
+    Column("not_planned", JSON),  # what planning left out and why, as recorded on the timeline; NULL: nothing
     ForeignKeyConstraint(["tenant_id", "customer_id"], ["customers.tenant_id", "customers.id"]),
     ForeignKeyConstraint(["tenant_id", "resource_id"], ["resources.tenant_id", "resources.id"]),
 )

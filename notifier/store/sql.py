@@ -37,11 +37,14 @@ from notifier.domain.model import (
     BookingStatus,
     Channel,
     Customer,
+    Kind,
     MessageState,
+    NotPlanned,
     Resource,
     Tenant,
 )
 from notifier.domain.planning import PlanDiff
+from notifier.phones import phone_type_of
 from notifier.store import schema as t
 
 
@@ -151,10 +154,13 @@ def resource_from(row: Any) -> Resource:
 
 
 def customer_from(row: Any) -> Customer:
+    phone_type = row.phone_type
+    if phone_type is None and row.phone:  # stored before migration 0013 kept the type
+        phone_type = phone_type_of(row.phone)
     return Customer(id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
                     language=row.language, consents=frozenset(Channel(x) for x in row.consents),
                     privacy_accepted=row.privacy_accepted, created_via_online_booking=row.created_via_online_booking,
-                    revision=row.revision, snapshot_at=_utc(row.snapshot_at))
+                    revision=row.revision, snapshot_at=_utc(row.snapshot_at), phone_type=phone_type)
 
 
 def booking_from(row: Any) -> Booking:
@@ -167,7 +173,19 @@ def booking_from(row: Any) -> Booking:
                    confirmed_at=_utc(row.confirmed_at), visit_outcome=row.visit_outcome, revision=row.revision,
                    red_since=_utc(row.red_since), late_since=_utc(row.late_since),
                    late_counter_since=_utc(row.late_counter_since), released_at=_utc(row.released_at),
-                   received_at=_utc(row.received_at), send_card=row.send_card, reminders=row.reminders)
+                   received_at=_utc(row.received_at), send_card=row.send_card, reminders=row.reminders,
+                   not_planned=not_planned_from(row.not_planned) if row.not_planned else ())
+
+
+def not_planned_to_json(entries: tuple[NotPlanned, ...]) -> list[list[Any]] | None:
+    """A booking's `not_planned` as stored: [kind, reason, [channels], [[channel, reason]...]] each."""
+    return [[n.kind, n.reason, list(n.channels), [list(w) for w in n.why]] for n in entries] if entries else None
+
+
+def not_planned_from(stored: list[list[Any]]) -> tuple[NotPlanned, ...]:
+    return tuple(NotPlanned(Kind(kind), reason, tuple(Channel(c) for c in channels),
+                            tuple((Channel(c), why) for c, why in whys))
+                 for kind, reason, channels, whys in stored)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -188,11 +206,42 @@ MESSAGE_KEY = ["tenant_id", "booking_id", "key"]  # a message's unique key (uq_m
 _WITHDRAWN_REASON = "no longer applies"
 
 
-def plan_changes_detail(diff: PlanDiff) -> dict[str, Any]:
+def plan_changes_detail(diff: PlanDiff, left_out: tuple[NotPlanned, ...] = ()) -> dict[str, Any]:
     # Kind and Channel are str enums: JSON writes their values
     # due times are UTC (`PlannedMessage`): the JSON writer formats them as `isoformat` would
-    return {"planned": [[m.key, m.kind, m.channel, m.due_at] for m in diff.add + diff.update],
-            "withdrawn": [[key, key.split("/", 1)[0]] for key in diff.withdraw]}
+    detail: dict[str, Any] = {"planned": [[m.key, m.kind, m.channel, m.due_at] for m in diff.add + diff.update],
+                              "withdrawn": [[key, key.split("/", 1)[0]] for key in diff.withdraw]}
+    if left_out:
+        detail["not_planned"] = group_not_planned(left_out)
+    return detail
+
+
+def group_not_planned(entries: Iterable[NotPlanned]) -> list[dict[str, Any]]:
+    """One `message.not_planned` detail per reason: the kinds it concerned, their channels, and
+    for `no_reachable_channel` each channel's own reason. In the planner's order."""
+    by_reason: dict[str, dict[str, Any]] = {}
+    for n in entries:
+        group = by_reason.setdefault(n.reason, {"reason": n.reason, "kinds": [], "channels": []})
+        if n.kind not in group["kinds"]:
+            group["kinds"].append(n.kind.value)
+        group["channels"].extend(c.value for c in n.channels if c.value not in group["channels"])
+        if n.why:
+            group.setdefault("channel_reasons", {}).update((c.value, why) for c, why in n.why)
+    return list(by_reason.values())
+
+
+def count_not_planned(rows: Iterable[tuple[Any, ...]]) -> dict[tuple[str, str], int]:
+    """(reason, kind) -> how many the timeline rows (`_TIMELINE_WRITE` order: ..., kind, detail,
+    plan) record as not planned."""
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        plan = row[4] if row[3] == PLAN_CHANGES else row[5]
+        if plan and "not_planned" in plan:
+            for group in plan["not_planned"]:
+                for kind in group["kinds"]:
+                    key = (group["reason"], kind)
+                    counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def expand_plan_changes(detail: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -201,6 +250,8 @@ def expand_plan_changes(detail: dict[str, Any]) -> Iterator[tuple[str, dict[str,
         yield "message.planned", {"key": key, "kind": kind, "channel": channel, "due_at": due_at}
     for key, kind in detail.get("withdrawn", ()):
         yield "message.withdrawn", {"key": key, "kind": kind, "reason": _WITHDRAWN_REASON}
+    for group in detail.get("not_planned", ()):
+        yield "message.not_planned", group
 
 
 def _upsert(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> None:
@@ -283,7 +334,7 @@ class Tx:
             "phone_error": phone_error, "email": customer.email, "language": customer.language,
             "consents": sorted(x.value for x in customer.consents), "privacy_accepted": customer.privacy_accepted,
             "created_via_online_booking": customer.created_via_online_booking, "revision": customer.revision,
-            "snapshot_at": customer.snapshot_at,
+            "snapshot_at": customer.snapshot_at, "phone_type": customer.phone_type,
         }, ["tenant_id", "id"])
 
     def booking(self, tenant_id: str, booking_id: str, *, lock: bool = False) -> Booking | None:
@@ -309,6 +360,7 @@ class Tx:
             "approved_at": booking.approved_at, "red_since": booking.red_since, "late_since": booking.late_since,
             "late_counter_since": booking.late_counter_since, "released_at": booking.released_at,
             "received_at": booking.received_at, "send_card": booking.send_card, "reminders": booking.reminders,
+            "not_planned": not_planned_to_json(booking.not_planned),
         }, ["tenant_id", "id"])
 
     def active_bookings(self, tenant_id: str, *, customer_id: str | None = None,

@@ -91,7 +91,7 @@ def predicted(ctx, events: list[dict]) -> set[tuple]:
     for b in bookings.values():
         resource = resources[b.resource_id]
         for m in plan_booking(b, customers[b.customer_id], resource, tenant, settings_for(tenant, resource),
-                              now=START):
+                              now=START).messages:
             out.add((b.id, m.key, m.kind.value, m.channel.value, m.due_at))
     return out
 

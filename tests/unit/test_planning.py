@@ -62,7 +62,7 @@ def plan(b: Booking, s: NotificationSettings | None = None, *, customer: Custome
          tenant: Tenant = TENANT, now: datetime | None = None, sent: frozenset[str] = frozenset(),
          failed: frozenset[str] = frozenset()):
     return plan_booking(b, customer, RESOURCE, tenant, s or NotificationSettings(), now=now or b.created_at,
-                        sent=sent, failed=failed)
+                        sent=sent, failed=failed).messages
 
 
 def of(planned, kind: Kind):
