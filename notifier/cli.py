@@ -364,6 +364,74 @@ def timeline(tenant_id: str, booking_id: str, as_json: bool) -> None:
 
 
 @main.group()
+def booking() -> None:
+    """One booking as it stands."""
+
+
+@booking.command("show")
+@click.argument("tenant_id")
+@click.argument("booking_id")
+@click.option("--json", "as_json", is_flag=True, help="The API's JSON (GET /api/tenants/T/bookings/B).")
+def booking_show(tenant_id: str, booking_id: str, as_json: bool) -> None:
+    """Status, markers, status history (newest first), messages and what was not planned, and why."""
+    from notifier.views import booking_view
+
+    ctx = _ctx()
+    found = booking_view(ctx.store, tenant_id, booking_id, now=ctx.clock.now(), regions=ctx.settings.unavailable)
+    if found is None:
+        raise click.ClickException(f"no booking {booking_id!r} for tenant {tenant_id!r}")
+    if as_json:
+        click.echo(json.dumps(found, indent=2, default=str))
+        return
+    for line in describe_booking(found):
+        click.echo(line)
+
+
+def describe_booking(view: dict[str, Any]) -> list[str]:
+    """`booking_view` for a person, times in the tenant's zone."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(view["timezone"] or "UTC")
+
+    def local(moment: Any) -> str:
+        if not moment:
+            return "-"
+        value = moment if isinstance(moment, datetime) else datetime.fromisoformat(str(moment))
+        return value.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+    workflow = view["workflow_status"]
+    status = view["status"] + (f", {workflow['name']} ({workflow['kind']})" if workflow else "")
+    if view["cancelled_by"]:
+        status += f", cancelled by {view['cancelled_by']}" + (f": {view['cancel_reason']}" if view["cancel_reason"]
+                                                               else "")
+    lines = [f"booking {view['booking_id']} of {view['tenant_id']}: {status}",
+             f"  visit     {local(view['starts_at'])} - {local(view['ends_at'])[-5:]} ({zone.key}), "
+             f"resource {view['resource_id']}, customer {view['customer_id']}",
+             f"  confirmed {local(view['confirmed_at'])}   visit marked {view['visit_outcome'] or '-'}"]
+    markers = view["markers"]
+    lit = [name.removesuffix("_since").removesuffix("_at") + " since " + local(markers[name])
+           for name in ("red_since", "late_since", "late_counter_since", "released_at") if markers[name]]
+    lines.append("  markers   " + ", ".join((["unconfirmed"] if markers["unconfirmed"] else []) + lit or ["none"]))
+    if view["status_history"]:
+        lines.append("status history (newest first):")
+        lines += [f"  {local(e['at'])}  {e['status']} ({e['kind']})" + (f": {e['reason']}" if e["reason"] else "")
+                  for e in view["status_history"]]
+    lines.append("messages:" if view["messages"] else "messages: none")
+    for m in view["messages"]:
+        note = f"  ({m['error']})" if m["error"] else ""
+        lines.append(f"  {local(m['due_at'])}  {m['kind']:<20} {m['channel'] or '?':<9} {m['state']:<10}"
+                     f"{'  sent ' + local(m['sent_at']) if m['sent_at'] else ''}{note}")
+    if view["not_planned"]:
+        lines.append("not planned:")
+    for n in view["not_planned"]:
+        channels = ", ".join(f"{c}: {why}" for c, why in n["channel_reasons"].items()) if n.get("channel_reasons") \
+            else ", ".join(n["channels"])
+        lines.append(f"  {n['reason']}: {', '.join(n['kinds'])} ({channels})")
+    return lines
+
+
+@main.group()
 def templates() -> None:
     """Template bundles: check them before they go live."""
 

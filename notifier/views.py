@@ -19,9 +19,10 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from notifier.domain.model import BookingStatus, MessageState
 from notifier.domain.planning import apply_flags, booking_flags
+from notifier.domain.workflow import StatusEntry, status_history
 from notifier.services import settings_for
 from notifier.store import schema as t
-from notifier.store.sql import Store, among, booking_from
+from notifier.store.sql import Store, among, booking_from, group_not_planned
 
 # --- dead letters (N3) -------------------------------------------------------------------------
 
@@ -83,8 +84,99 @@ def lit_markers(store: Store, tenant_id: str, day: date, *, now: datetime,
     return out
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
+def _iso(moment: datetime | str | None) -> str | None:
+    return moment.isoformat() if isinstance(moment, datetime) else moment
+
+
+# --- one booking as it stands (R35, issue 19) ----------------------------------------------------
+
+def booking_view(store: Store, tenant_id: str, booking_id: str, *, now: datetime,
+                 regions: Mapping[str, Iterable[str]] | None = None) -> dict[str, Any] | None:
+    """A booking's current state for its booking system and for people (`notifier booking show`):
+    status and workflow status, markers, the status history newest first (R35), its messages
+    (planned, in flight, sent, failed and withdrawn, each with its state) and what planning left
+    out with the reason. None when there is no such booking. Read from the booking's row, its
+    messages and its timeline (one index range each)."""
+    with store.transaction() as tx:
+        booking = tx.booking(tenant_id, booking_id)
+        if booking is None:
+            return None
+        tenant = tx.tenant(tenant_id)
+        resource = tx.resource(tenant_id, booking.resource_id)
+        rows = tx.messages_of(tenant_id, booking_id)
+        timeline = tx.timeline(tenant_id, booking_id)
+    flags = booking_flags(booking, settings_for(tenant, resource, regions), now) \
+        if tenant is not None and resource is not None else None
+    return {
+        "tenant_id": tenant_id, "booking_id": booking.id, "customer_id": booking.customer_id,
+        "resource_id": booking.resource_id, "starts_at": _iso(booking.starts_at), "ends_at": _iso(booking.ends_at),
+        "timezone": tenant.timezone if tenant else None, "created_at": _iso(booking.created_at),
+        "revision": booking.revision, "status": booking.status.value,
+        "workflow_status": dict(booking.workflow_status) if booking.workflow_status else None,
+        "needs_approval": booking.needs_approval, "approved_at": _iso(booking.approved_at),
+        "confirmed_at": _iso(booking.confirmed_at), "visit_outcome": booking.visit_outcome,
+        "cancelled_by": booking.cancelled_by, "cancelled_at": _iso(booking.cancelled_at),
+        "cancel_reason": booking.cancel_reason,
+        "markers": {"unconfirmed": bool(flags and flags.unconfirmed), "red_since": _iso(booking.red_since),
+                    "late_since": _iso(booking.late_since), "late_counter_since": _iso(booking.late_counter_since),
+                    "released_at": _iso(booking.released_at)},
+        "status_history": [{"at": _iso(e.at), "status": e.status, "kind": e.kind, "reason": e.reason}
+                           for e in status_history(_status_entries(timeline))],
+        "messages": _messages(rows, timeline),
+        "not_planned": _not_planned(booking.not_planned, timeline),
+    }
+
+
+def _status_entries(timeline: list[dict[str, Any]]) -> list[StatusEntry]:
+    """The workflow statuses the booking passed (R35): the one it was created in, then each change."""
+    entries = []
+    for e in timeline:
+        detail = e["detail"] or {}
+        if e["kind"] == "booking.created" and detail.get("status"):
+            entries.append(StatusEntry(e["at"], detail["status"], detail.get("status_kind", "none")))
+        elif e["kind"] == "booking.status_changed":
+            entries.append(StatusEntry(e["at"], detail.get("status", ""), detail.get("kind", "none"),
+                                       detail.get("reason")))
+    return entries
+
+
+def _messages(rows: list[Any], timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The booking's messages in due order. A withdrawn message nobody had tried to send is no
+    longer stored (migration 0008): it is listed from the timeline, which keeps the withdrawal."""
+    planned: dict[str, dict[str, Any]] = {}  # the last `message.planned` detail of each key
+    withdrawn: dict[str, tuple[Any, dict[str, Any]]] = {}  # key -> (at, detail), while not planned again
+    for e in timeline:
+        key = (e["detail"] or {}).get("key")
+        if key is None:
+            continue
+        if e["kind"] == "message.planned":
+            planned[key] = e["detail"]
+            withdrawn.pop(key, None)
+        elif e["kind"] == "message.withdrawn":
+            withdrawn[key] = (e["at"], e["detail"])
+    out = []
+    for r in rows:
+        gone = withdrawn.get(r.key) if r.state is MessageState.WITHDRAWN else None
+        out.append({"id": r.id, "key": r.key, "kind": r.kind, "channel": r.channel.value, "recipient": r.recipient,
+                    "state": r.state.value, "due_at": _iso(r.due_at), "attempts": r.attempts,
+                    "sent_at": _iso(r.sent_at), "error": r.error, "withdrawn_at": _iso(gone[0]) if gone else None})
+    stored = {r.key for r in rows}
+    for key, (at, detail) in withdrawn.items():
+        if key in stored:
+            continue
+        kind = str(detail.get("kind", ""))
+        out.append({"id": None, "key": key, "kind": kind, "channel": planned.get(key, {}).get("channel"),
+                    "recipient": "staff" if kind.startswith(("staff_", "activity_")) else "customer",
+                    "state": MessageState.WITHDRAWN.value, "due_at": _iso(planned.get(key, {}).get("due_at")),
+                    "attempts": 0, "sent_at": None, "error": detail.get("reason"), "withdrawn_at": _iso(at)})
+    return sorted(out, key=lambda m: (m["due_at"] or "", m["key"]))
+
+
+def _not_planned(entries: tuple[Any, ...], timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What planning leaves out now, one entry per reason as on the timeline, with the time the
+    reason was last written there."""
+    written = {e["detail"]["reason"]: e["at"] for e in timeline if e["kind"] == "message.not_planned"}
+    return [dict(group, since=_iso(written.get(group["reason"]))) for group in group_not_planned(entries)]
 
 
 # --- what the metrics read (P5) ----------------------------------------------------------------

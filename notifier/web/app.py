@@ -79,6 +79,66 @@ class Marker(BaseModel):
     late_counter_since: datetime | None  # counts in the late counter (R16)
 
 
+class BookingMarkers(BaseModel):
+    unconfirmed: bool  # the customer has not confirmed and the visit is ahead (R12)
+    red_since: datetime | None  # R12
+    late_since: datetime | None  # the orange "late" marker (R16)
+    late_counter_since: datetime | None  # counts in the late counter (R16)
+    released_at: datetime | None  # R18: the slot was released
+
+
+class StatusStep(BaseModel):
+    at: datetime
+    status: str
+    kind: str  # start | confirmation | cancellation | none
+    reason: str | None
+
+
+class BookingMessage(BaseModel):
+    id: int | None  # None: withdrawn before anyone tried to send it (kept on the timeline only)
+    key: str
+    kind: str
+    channel: str | None
+    recipient: str  # customer | staff
+    state: str  # planned | queued | sending | sent | delivered | read | failed | withdrawn
+    due_at: datetime | None
+    attempts: int
+    sent_at: datetime | None
+    error: str | None  # why it failed or was withdrawn
+    withdrawn_at: datetime | None
+
+
+class NotPlannedReason(BaseModel):
+    reason: str  # docs/events.md lists them
+    kinds: list[str]
+    channels: list[str]
+    channel_reasons: dict[str, str] | None = None  # for no_reachable_channel: each channel's own reason
+    since: datetime | None  # when the timeline last recorded it
+
+
+class BookingState(BaseModel):
+    tenant_id: str
+    booking_id: str
+    customer_id: str
+    resource_id: str
+    starts_at: datetime
+    ends_at: datetime
+    timezone: str | None
+    created_at: datetime
+    revision: int
+    status: str  # active | cancelled
+    workflow_status: dict[str, str] | None  # {id, name, kind} (R30-R34)
+    needs_approval: bool
+    approved_at: datetime | None
+    confirmed_at: datetime | None
+    visit_outcome: str | None
+    cancelled_by: str | None
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+    markers: BookingMarkers
+    status_history: list[StatusStep]  # newest first (R35)
+    messages: list[BookingMessage]  # in due order
+    not_planned: list[NotPlannedReason]
 def same(given: str, expected: str) -> bool:
     """Constant-time comparison of a presented signature or token, whatever characters it holds
     (hmac.compare_digest refuses non-ASCII strings with a TypeError: a 500 instead of a 403)."""
@@ -303,6 +363,18 @@ def create_app(ctx: Any) -> FastAPI:
         items = views.dead_letters_page(ctx.store, after_id=after, limit=limit)
         return DeadLetterPage(items=[DeadLetter(**i) for i in items],
                               next_after=items[-1]["id"] if len(items) == limit else None)
+
+    @api.get("/tenants/{tenant_id}/bookings/{booking_id}", responses={404: {"description": "no such booking"}})
+    def booking_api(tenant_id: str, booking_id: str) -> BookingState:
+        """A booking as it stands: status and workflow status, markers, the status history newest
+        first (R35), its messages with their states (planned, sent, failed, withdrawn...) and the
+        message kinds planning leaves out, with the reason (docs/events.md). `notifier booking
+        show` prints the same for a person."""
+        found = views.booking_view(ctx.store, tenant_id, booking_id, now=ctx.clock.now(),
+                                   regions=settings.unavailable)
+        if found is None:
+            raise HTTPException(status_code=404, detail="no such booking")
+        return BookingState(**found)
 
     @api.get("/tenants/{tenant_id}/bookings/{booking_id}/timeline")
     def timeline(tenant_id: str, booking_id: str) -> list[dict[str, Any]]:
