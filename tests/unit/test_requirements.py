@@ -48,15 +48,16 @@ def test_nothing_in_the_repository_points_at_files_outside_it():
 
 
 def test_the_tests_lines_name_the_tests_that_name_each_id(tmp_path, monkeypatch):
+    r = "R"  # spelled apart, so that this file does not name the IDs it makes up
     page = tmp_path / "docs" / "requirements.md"
     page.parent.mkdir()
-    page.write_text("- **R16** late\n  <!-- tests -->\n- **R17** activity\n  <!-- tests -->Tests: stale.\n"
-                    "- **R18** release\n  <!-- tests -->\n- **R19** cancel\n  <!-- tests -->\n")
+    page.write_text(f"- **{r}16** late\n  <!-- tests -->\n- **{r}17** activity\n  <!-- tests -->Tests: stale.\n"
+                    f"- **{r}18** release\n  <!-- tests -->\n- **{r}19** cancel\n  <!-- tests -->\n")
     tests = tmp_path / "tests" / "unit"
     tests.mkdir(parents=True)
     (tests / "test_late.py").write_text(
-        '"""The late path (R19)."""\n\n# --- R16-R18 late ---------\n\n'
-        "def test_follow_up():\n    pass\n\n\ndef test_release():\n    assert True  # R18 and R17\n")
+        f'"""The late path ({r}19)."""\n\n# --- {r}16-{r}18 late ---------\n\n'
+        f"def test_follow_up():\n    pass\n\n\ndef test_release():\n    assert True  # {r}18 and {r}17\n")
     monkeypatch.setattr(requirements, "ROOT", tmp_path)
     monkeypatch.setattr(requirements, "TESTS", tmp_path / "tests")
     lines = render(page, tmp_path / "tests").splitlines()
@@ -72,3 +73,18 @@ def test_the_license_file_is_the_one_pyproject_declares():
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
     assert declared == {"text": "MIT"} and (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+
+
+def test_P6_the_packages_the_pipeline_is_built_on_are_declared():
+    """P6: the runtime list names celery, kombu, redis, sqlalchemy, jinja2 and requests; Flower is an
+    extra; pytest and fakeredis are development tools."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\[<>=~! ;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+    assert {"celery", "kombu", "redis", "sqlalchemy", "jinja2", "requests"} <= names(project["dependencies"])
+    assert "flower" in names(project["optional-dependencies"]["flower"])
+    assert {"pytest", "fakeredis"} <= names(project["optional-dependencies"]["dev"])
