@@ -3,6 +3,9 @@ an SQLite store, an SMTP sink, and builders for events.
 
 A test that needs a service it cannot reach is skipped, or fails when
 NOTIFIER_REQUIRE_SERVICES=1 (CI sets it): nothing is silently left out there.
+
+Tests name the requirement IDs they cover (R1, N2, ...; docs/requirements.md defines each, and
+tests/unit/test_requirements.py refuses an ID it does not define).
 """
 
 from __future__ import annotations
