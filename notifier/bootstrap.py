@@ -15,7 +15,7 @@ from notifier.channels.base import ChannelAdapter
 from notifier.clock import Clock, clock_from
 from notifier.domain.model import Channel
 from notifier.leases import Leases
-from notifier.links import LinkSigner, link_secret
+from notifier.links import BookingLinks, link_secret
 from notifier.rendering.environment import Renderer
 from notifier.settings import Settings, load_settings
 from notifier.store.sql import Store, make_engine
@@ -28,7 +28,7 @@ class Context:
     renderer: Renderer
     clock: Clock
     channels: dict[Channel, ChannelAdapter] = field(default_factory=dict)
-    links: LinkSigner | None = None
+    links: BookingLinks | None = None
     _bundles: dict[tuple[str, str], Renderer] = field(default_factory=dict)
     _senders: ThreadPoolExecutor | None = None
     _senders_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -145,7 +145,7 @@ def build(settings: Settings | None = None, *, channels: dict[Channel, ChannelAd
         renderer=Renderer(settings.templates_dir),
         clock=clock_from(settings.clock),
         channels=channels if channels is not None else build_channels(settings),
-        links=LinkSigner(settings.link_secrets or [link_secret("", settings.data_dir)], settings.public_url),
+        links=BookingLinks(settings.link_secrets or [link_secret("", settings.data_dir)], settings.public_url),
     )
 
 

@@ -455,7 +455,7 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
         doc = yaml.safe_load(file.read_text(encoding="utf-8"))
         tenants.append(Tenant(id=doc["id"], name=doc.get("name", doc["id"]), company=doc.get("company", {}),
                               channels=frozenset(Channel(c) for c in doc.get("channels", ["email"]))))
-    problems = validate_bundle(path, tenants=tenants)
+    problems = validate_bundle(path, tenants=tenants, public_url=load_settings().public_url)
     errors = [p for p in problems if p.severity == "error"]
     if as_json:
         click.echo(json.dumps({"ok": not errors, "problems": problems_json(problems)}, indent=2))
@@ -479,7 +479,8 @@ def templates_load(path: Path, tenant_id: str) -> None:
         tenant = tx.tenant(tenant_id)
     if tenant is None:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
-    problems = [p for p in validate_bundle(path, tenants=[tenant]) if p.severity == "error"]
+    problems = [p for p in validate_bundle(path, tenants=[tenant], public_url=ctx.settings.public_url)
+                if p.severity == "error"]
     if problems:
         for problem in problems:
             click.echo(str(problem), err=True)

@@ -17,8 +17,10 @@ A worker killed (or paused past its lease) after a provider accepted a message a
 commit leaves that message `sending`; when its lease runs out the due sweep hands it out
 again. Its next claim sees that the earlier attempt was never recorded, and where the provider
 can tell (`FindsSent`), dispatch asks it first and records the message it finds instead of
-sending a second one (N1, N2). A message renders to the same text on every attempt (its links
-are stamped with its first due time), which is what lets the provider's copy be recognised.
+sending a second one (N1, N2). A message renders to the same text on every attempt (its link is
+the booking's, its card is stamped with its first due time), which is what lets the provider's
+copy be recognised. The load records the token of every booking a message of the batch is
+about, so the page answers before the message that carries its link arrives.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -60,7 +61,7 @@ from notifier.domain.model import (
 from notifier.domain.planning import failed_keys, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
 from notifier.leases import Leases
-from notifier.links import ACTIONS, LinkSigner
+from notifier.links import BookingLinks
 from notifier.ratelimit import take_turn
 from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
@@ -159,7 +160,7 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
     leases = ctx.leases()
     leases.hold(claimed, now + timedelta(seconds=ctx.settings.lease_s))  # from here on, kept alive
     try:
-        loaded = _load(store, claimed, ctx.settings.unavailable)
+        loaded = _load(store, claimed, ctx.settings.unavailable, ctx.links, now)
         pool = ctx.sender_pool()
         sending: set[Future[Done | Lost]] = set()
         settled: list[Done | Lost] = []  # ended before any provider call: withdrawn, failed checks
@@ -187,10 +188,13 @@ def send_one(ctx: Any, message_id: int) -> str:
 
 # --- load --------------------------------------------------------------------------------------
 
-def _load(store: Store, claimed: list[MessageRow], regions: Any) -> _Loaded:
+def _load(store: Store, claimed: list[MessageRow], regions: Any, links: BookingLinks | None = None,
+          now: datetime | None = None) -> _Loaded:
     bookings = {(m.tenant_id, m.booking_id) for m in claimed}
     tenants = {m.tenant_id for m in claimed}
     with store.engine.begin() as conn:
+        if links is not None and now is not None:  # the page behind the link the messages carry
+            Tx(conn).save_links(((links.token(tid, bid), tid, bid) for tid, bid in bookings), now)
         session = BatchSession(conn, lock_bookings=False)
         session.regions = regions
         session.preload(tenants, bookings, (), ())
@@ -267,32 +271,13 @@ def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: 
     return tenant.webhook_url or settings.staff_webhook_url or None  # staff, activity: the operator's URLs
 
 
-class _Links(Mapping[str, str]):
-    """The booking's signed links, each signed only when a template reads it (most kinds
-    carry none, and signing is a tenth of a message's CPU)."""
-
-    def __init__(self, signer: LinkSigner, tenant_id: str, booking: Booking, issued_at: datetime | None) -> None:
-        self._sign = lambda action: signer.url(tenant_id, booking.id, action, booking.starts_at, issued_at=issued_at)
-        self._urls: dict[str, str] = {}
-
-    def __getitem__(self, action: str) -> str:
-        if action not in ACTIONS:
-            raise KeyError(action)
-        if action not in self._urls:
-            self._urls[action] = self._sign(action)
-        return self._urls[action]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(ACTIONS)
-
-    def __len__(self) -> int:
-        return len(ACTIONS)
-
-
 def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking,
-                     links: LinkSigner | None = None, *, issued_at: datetime | None = None) -> dict[str, Any]:
-    """The allow-listed data templates may use (plain dicts and values, no live objects)."""
-    urls: Mapping[str, str] = _Links(links, tenant.id, booking, issued_at) if links else {}
+                     links: BookingLinks | None = None) -> dict[str, Any]:
+    """The allow-listed data templates may use (plain dicts and values, no live objects).
+    `links.page` is the booking's one link; `confirm` and `cancel` name the same page, for
+    bundles written when each action had a link of its own."""
+    url = links.url(tenant.id, booking.id) if links else ""
+    urls = {"page": url, "confirm": url, "cancel": url} if url else {}
     return {
         "customer": {"name": customer.name, "first_name": customer.name.split(" ")[0], "language": customer.language},
         "company": dict(tenant.company),
@@ -332,7 +317,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     try:
         rendered = renderer.render(
             message.kind, message.channel.value, resource.type, languages,
-            template_context(tenant, resource, customer, booking, ctx.links, issued_at=_stamp(message)),
+            template_context(tenant, resource, customer, booking, ctx.links),
             timezone=str(zone_of(tenant, resource)), locale=language, resource_id=resource.id,
         )
     except TemplateMissing as exc:
@@ -359,7 +344,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
 
 
 def _stamp(message: MessageRow) -> datetime:
-    """The moment a message's links and card are stamped with: its due time when it was first
+    """The moment a message's card is stamped with (DTSTAMP): its due time when it was first
     claimed, which a retry does not move, so every attempt renders the same text (the provider
     lookup compares texts); the provider cannot have it from before then either."""
     return message.stamped_at or message.due_at

@@ -1,94 +1,60 @@
-"""Signed customer links (N4): one booking, one action, an expiry; verified by the web app.
+"""The customer's link (R11, R14, N4): one short, opaque link per booking, in every message.
 
-A token carries tenant, booking, action and the booking's start it was made for, signed
-with itsdangerous (HMAC-SHA256) and timestamped. A moved booking's old links stop
-working for confirming (the start differs), and a link for one action cannot do another.
-
-Secrets rotate without breaking outstanding links: the signer takes a list, newest first,
-signs with the first and accepts a link signed with any of them (itsdangerous' key rotation).
+The token is an HMAC of the tenant and booking ids under the link secret, cut to 96 bits and
+written as 17 letters and digits: it tells nothing about the booking, cannot be guessed or
+forged, and is the same whenever it is made (so a message renders to the same text on every
+attempt). It names the booking, not a time or an action: it still works when the visit moves,
+and the page behind it offers what applies at the moment it is opened (confirm, cancel, add to
+the calendar). The store maps tokens to bookings (`links` table); dispatch records a booking's
+token before the first message carrying it leaves. The page stops answering a while after the
+visit (`Settings.link_valid_after_visit_s`), not at a fixed age.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import secrets
+import string
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
-
-ACTIONS = ("confirm", "cancel")
-SALT = "notifier.booking-link"
-CLOCK_SKEW_S = 300
-
-
-class _IssuedAtSigner(TimestampSigner):
-    """A timestamp signer whose moment is given rather than read from the clock."""
-
-    def __init__(self, *args: object, issued_at: int, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.issued_at = issued_at
-
-    def get_timestamp(self) -> int:
-        return self.issued_at
+ALPHABET = string.digits + string.ascii_letters  # base62: no character a text or a linkifier trims
+TOKEN_BITS = 96
+TOKEN_CHARS = 17  # 62**17 > 2**96 > 62**16
+_LABEL = b"notifier.booking-link.v2"  # the key is derived for this purpose only
 
 
-class LinkError(ValueError):
-    """The link is forged, expired, or for something else; `reason` says which, for the page."""
+class BookingLinks:
+    """Makes a booking's token and URL; `resolve` (in the store) turns a token back into its booking."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class LinkClaims:
-    tenant_id: str
-    booking_id: str
-    action: str
-    starts_at: str  # ISO, UTC: the visit the link was made for
-
-
-class LinkSigner:
-    def __init__(self, secret: str | Sequence[str], base_url: str, *, max_age_s: int = 60 * 24 * 3600) -> None:
-        secrets_newest_first = [secret] if isinstance(secret, str) else list(secret)
-        if not secrets_newest_first or any(len(s) < 16 for s in secrets_newest_first):
+    def __init__(self, secret: str | Sequence[str], base_url: str) -> None:
+        """`secret`: one, or a list newest first (rotation): tokens are made with the newest; those
+        made with an older one still work, since the store, not the secret, resolves them."""
+        given = [secret] if isinstance(secret, str) else list(secret)
+        if not given or any(len(s) < 16 for s in given):
             raise ValueError("each link secret must be at least 16 characters")
-        self.secret = secrets_newest_first[::-1]  # itsdangerous: oldest first, signs with the last
-        self.serializer = URLSafeTimedSerializer(self.secret, salt=SALT)
+        self._key = hmac.new(given[0].encode(), _LABEL, hashlib.sha256).digest()
         self.base_url = base_url.rstrip("/")
-        self.max_age_s = max_age_s
 
-    def token(self, tenant_id: str, booking_id: str, action: str, starts_at: datetime, *,
-              issued_at: datetime | None = None) -> str:
-        """With `issued_at` (a message's due time) the token is the same whenever it is made,
-        so a message renders to the same text on every attempt; the age counts from then."""
-        if action not in ACTIONS:
-            raise ValueError(f"unknown link action {action!r}")
-        serializer = self.serializer if issued_at is None else URLSafeTimedSerializer(
-            self.secret, salt=SALT, signer=_IssuedAtSigner, signer_kwargs={"issued_at": int(issued_at.timestamp())})
-        return serializer.dumps([tenant_id, booking_id, action, starts_at.isoformat()])
+    def token(self, tenant_id: str, booking_id: str) -> str:
+        message = json.dumps([tenant_id, booking_id]).encode()  # unambiguous whatever the ids contain
+        number = int.from_bytes(hmac.new(self._key, message, hashlib.sha256).digest()[:TOKEN_BITS // 8], "big")
+        out = []
+        for _ in range(TOKEN_CHARS):
+            number, digit = divmod(number, len(ALPHABET))
+            out.append(ALPHABET[digit])
+        return "".join(reversed(out))
 
-    def url(self, tenant_id: str, booking_id: str, action: str, starts_at: datetime, *,
-            issued_at: datetime | None = None) -> str:
-        return f"{self.base_url}/l/{self.token(tenant_id, booking_id, action, starts_at, issued_at=issued_at)}"
+    def url(self, tenant_id: str, booking_id: str) -> str:
+        return f"{self.base_url}/l/{self.token(tenant_id, booking_id)}"
 
-    def verify(self, token: str, *, now: datetime | None = None) -> LinkClaims:
-        """The link's claims, or LinkError. `now` is the app's clock (a simulated one in the demo
-        and the tests), the clock the link's `issued_at` came from; without it, the system's.
-        A link stamped up to CLOCK_SKEW_S after `now` (another host's clock) is still good."""
-        serializer = self.serializer if now is None else URLSafeTimedSerializer(
-            self.secret, salt=SALT, signer=_IssuedAtSigner,
-            signer_kwargs={"issued_at": int(now.timestamp()) + CLOCK_SKEW_S})
-        try:
-            tenant_id, booking_id, action, starts_at = serializer.loads(token, max_age=self.max_age_s)
-        except SignatureExpired:
-            raise LinkError("expired") from None
-        except (BadSignature, ValueError, TypeError):
-            raise LinkError("invalid") from None
-        return LinkClaims(tenant_id, booking_id, action, starts_at)
+
+def well_formed(token: str) -> bool:
+    """Could be a token: refused before any database read when not."""
+    return len(token) == TOKEN_CHARS and all(c in ALPHABET for c in token)
 
 
 def link_secret(configured: str, data_dir: str | Path, name: str = "link-secret") -> str:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from notifier.domain import events as ev
 from notifier.domain import transitions as tr
+from notifier.domain.appointment import Appointment, appointment
 from notifier.domain.config import InvalidConfig, tenant_config
 from notifier.domain.delivery import PROVIDER_STATUS, advance
 from notifier.domain.model import (
@@ -45,7 +46,7 @@ from notifier.domain.planning import (
     plan_booking,
     sent_keys,
 )
-from notifier.links import LinkClaims
+from notifier.links import well_formed
 from notifier.phones import normalize_phone, read_phone  # noqa: F401 - normalize_phone: part of the API
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
@@ -807,56 +808,85 @@ def _advance_status(tx: Tx, row: Any, status: str, error: str | None, now: datet
     return True
 
 
-# --- the customer's links (R11, R14, N4) -------------------------------------------------------
+# --- the customer's page (R11, R14, R23, N4) ----------------------------------------------------
+
+ACTIONS = ("confirm", "cancel")
+CANCEL_REASON_MAX = 500
+
 
 @dataclass(frozen=True)
 class LinkOutcome:
-    status: str  # confirmed | cancelled | already | outside_window | not_allowed | moved | gone
+    """What a link leads to. `status`: ok (the page), invalid, expired; after an action also
+    confirmed, cancelled, already (done before: nothing more), changed (the visit is not the
+    one the customer saw), outside_window, not_allowed, not_now (not offered at this moment)."""
+
+    status: str
     booking: Booking | None = None
     customer: Customer | None = None
     resource: Resource | None = None
     tenant: Tenant | None = None
+    appointment: Appointment | None = None
+    moved_from: datetime | None = None  # the visit's time before its last move
 
 
-def look_up_link(store: Store, claims: LinkClaims) -> LinkOutcome:
-    """What a link's page shows (a GET changes nothing: mail scanners fetch links)."""
+def look_up_link(store: Store, token: str, *, now: datetime, valid_after_visit_s: int,
+                 regions: Mapping[str, Iterable[str]] | None = None) -> LinkOutcome:
+    """What the page behind a link shows (a GET changes nothing: mail scanners fetch links)."""
+    if not well_formed(token):
+        return LinkOutcome("invalid")
     with store.transaction() as tx:
-        s = BatchSession(tx.conn)
-        return _link_state(s, claims, None)
+        return _link_state(BatchSession(tx.conn), token, now, valid_after_visit_s, regions)
 
 
-def use_link(store: Store, claims: LinkClaims, *, now: datetime,
-             regions: Mapping[str, Iterable[str]] | None = None) -> LinkOutcome:
-    """The customer pressed the button: confirm, or cancel within the window (R23)."""
+def use_link(store: Store, token: str, action: str, *, shown_starts_at: str, now: datetime,
+             valid_after_visit_s: int, regions: Mapping[str, Iterable[str]] | None = None,
+             reason: str = "") -> LinkOutcome:
+    """The customer pressed a button of the page: confirm, or cancel within the window (R11, R14,
+    R23). `shown_starts_at` is the visit the page showed: a visit moved since is not acted on."""
+    if action not in ACTIONS or not well_formed(token):
+        return LinkOutcome("invalid")
     with store.transaction() as tx:
         s = BatchSession(tx.conn)
         s.regions = dict(regions or {})
-        s.lock([f"b:{claims.tenant_id}:{claims.booking_id}"])
-        seen = _link_state(s, claims, now)
+        target = tx.link_target(token)
+        if target is not None:
+            s.lock([f"b:{target[0]}:{target[1]}"])
+        seen = _link_state(s, token, now, valid_after_visit_s, regions)
         if seen.status != "ok":
             return seen
-        tenant, booking = seen.tenant, seen.booking
-        assert tenant is not None and booking is not None and seen.resource is not None
-        if claims.action == "confirm":
+        tenant, booking, view = seen.tenant, seen.booking, seen.appointment
+        assert tenant is not None and booking is not None and view is not None
+        if action == "confirm" and booking.confirmed_at is not None and booking.status is BookingStatus.ACTIVE \
+                or action == "cancel" and booking.status is BookingStatus.CANCELLED:
+            return replace_outcome(seen, "already")  # a second press, a replayed POST: nothing more (N2)
+        if shown_starts_at != booking.starts_at.isoformat():
+            return replace_outcome(seen, "changed")
+        if action == "confirm":
+            if not view.may_confirm:
+                return replace_outcome(seen, "not_now")
             new, notes = tr.confirmed_by_customer(booking, now)
             event_type, status = "booking.confirmed_by_customer", "confirmed"
         else:
-            rules = settings_for(tenant, seen.resource, s.regions).cancellation
-            if not rules.customer_may_cancel:
+            if view.cancel_until is None:
                 return replace_outcome(seen, "not_allowed")
-            if now > booking.starts_at - timedelta(seconds=rules.window_s):
-                return replace_outcome(seen, "outside_window")
-            new, notes = tr.cancelled_by_customer(booking, now)
+            if not view.may_cancel:
+                return replace_outcome(seen, "outside_window" if booking.status is BookingStatus.ACTIVE
+                                       and now < booking.starts_at else "not_now")
+            reason = " ".join(reason.split())[:CANCEL_REASON_MAX]
+            new, notes = tr.cancelled_by_customer(booking, now, reason=reason or None)
             event_type, status = "booking.cancelled_by_customer", "cancelled"
-        new = _save(s, tenant, new, notes, now)
+        _save(s, tenant, new, notes, now)
         payload = {"booking_id": booking.id, "starts_at": booking.starts_at.isoformat(),
                    "resource_id": booking.resource_id, "at": now.isoformat()}
+        if status == "cancelled" and reason:
+            payload["reason"] = reason
         s.add_outbox(tenant.id, event_type, payload, now)
         if status == "cancelled":  # R14: the slot goes back to the booking system's planner
             s.add_outbox(tenant.id, "slot.released", dict(payload, reason="cancelled_by_customer"), now)
         s.flush(now)
+        outcome = _link_state(s, token, now, valid_after_visit_s, regions, status=status)
     _count_not_planned(s.not_planned_written)
-    return replace_outcome(seen, status, booking=new)
+    return outcome
 
 
 def replace_outcome(outcome: LinkOutcome, status: str, **changes: Any) -> LinkOutcome:
@@ -865,22 +895,27 @@ def replace_outcome(outcome: LinkOutcome, status: str, **changes: Any) -> LinkOu
     return dc_replace(outcome, status=status, **changes)
 
 
-def _link_state(s: BatchSession, claims: LinkClaims, now: datetime | None) -> LinkOutcome:
-    tenant = s.tenant(claims.tenant_id)
-    booking = s.booking(claims.tenant_id, claims.booking_id) if tenant else None
-    if tenant is None or booking is None:
-        return LinkOutcome("gone")
-    found = LinkOutcome("ok", booking, s.customer(tenant.id, booking.customer_id),
-                        s.resource(tenant.id, booking.resource_id), tenant)
-    if booking.status is BookingStatus.CANCELLED:
-        return replace_outcome(found, "already" if claims.action == "cancel" else "cancelled")
-    if booking.starts_at.isoformat() != claims.starts_at:
-        return replace_outcome(found, "moved")  # a link for an earlier time does nothing to the new one
-    if claims.action == "confirm" and booking.confirmed_at is not None:
-        return replace_outcome(found, "already")
-    if now is not None and now >= booking.starts_at:
-        return replace_outcome(found, "past")
-    return found
+def _link_state(s: BatchSession, token: str, now: datetime, valid_after_visit_s: int,
+                regions: Mapping[str, Iterable[str]] | None, status: str = "ok") -> LinkOutcome:
+    target = Tx(s.conn).link_target(token)
+    tenant = s.tenant(target[0]) if target else None
+    booking = s.booking(*target) if target and tenant else None
+    resource = s.resource(tenant.id, booking.resource_id) if tenant and booking else None
+    if tenant is None or booking is None or resource is None:
+        return LinkOutcome("invalid")
+    view = appointment(booking, settings_for(tenant, resource, regions), now, valid_after_visit_s=valid_after_visit_s)
+    if now >= view.expires_at:  # long after the visit: the company's name and phone, nothing of the booking
+        return LinkOutcome("expired", tenant=tenant, customer=s.customer(tenant.id, booking.customer_id))
+    moved_from = None
+    if booking.scheduled_at > booking.created_at:
+        c = t.timeline.c
+        last_move = s.conn.execute(select(c.detail).where(
+            c.tenant_id == tenant.id, c.booking_id == booking.id, c.kind == "booking.rescheduled")
+            .order_by(c.at.desc(), c.id.desc()).limit(1)).scalar()
+        if last_move and last_move.get("from") and last_move["from"] != booking.starts_at.isoformat():
+            moved_from = datetime.fromisoformat(last_move["from"])
+    return LinkOutcome(status, booking, s.customer(tenant.id, booking.customer_id), resource, tenant, view,
+                       moved_from)
 
 
 def sweep_states(store: Store, *, now: datetime, limit: int = 500,

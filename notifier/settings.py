@@ -116,7 +116,8 @@ class Settings:
     # the web app's /metrics and /health details: `Authorization: Bearer <metrics_token>` (unset: /metrics is off)
     metrics_token: str = ""
     public_url: str = "http://127.0.0.1:8000"
-    link_secret: str = ""  # comma-separated: links are signed with the first, accepted with any (rotation)
+    link_secret: str = ""  # comma-separated: tokens are made with the first; older ones keep working (rotation)
+    link_valid_after_visit_s: int = 7 * 86400  # the page answers until this long after the visit ends
     # defaults for tenants that do not say
     default_timezone: str = "Europe/Berlin"
     default_language: str = "en"

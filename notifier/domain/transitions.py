@@ -177,10 +177,12 @@ def confirmed_by_customer(booking: Booking, now: datetime) -> tuple[Booking, lis
     return replace(booking, confirmed_at=booking.confirmed_at or now), [Note("booking.confirmed", {"via": "link"})]
 
 
-def cancelled_by_customer(booking: Booking, now: datetime) -> tuple[Booking, list[Note]]:
-    """R14: the customer cancelled with the link: the staff hears of it, the slot is free again."""
+def cancelled_by_customer(booking: Booking, now: datetime, *, reason: str | None = None) -> tuple[Booking, list[Note]]:
+    """R14: the customer cancelled on the page (with a reason, if they gave one): the staff hears
+    of it, the slot is free again."""
     cancelled = replace(booking, status=BookingStatus.CANCELLED, cancelled_by="customer", cancelled_at=now,
-                        cancel_reason=None)
-    return cancelled, [Note("booking.cancelled", {"by": "customer", "via": "link"}),
+                        cancel_reason=reason)
+    detail = {"by": "customer", "via": "link"} | ({"reason": reason} if reason else {})
+    return cancelled, [Note("booking.cancelled", detail),
                        Note("slot.released", {"starts_at": booking.starts_at.isoformat(),
                                               "resource_id": booking.resource_id})]

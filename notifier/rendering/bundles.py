@@ -4,7 +4,8 @@
 syntax errors, variables the rendering context does not have, parts an email or SMS must
 define, kinds, channels and languages the settings need but the bundle lacks, company
 details a template uses that a tenant has not filled in (R42), and SMS texts longer than
-two segments (GSM-7 or UCS-2, whichever the text needs).
+two segments (GSM-7 or UCS-2, whichever the text needs), the customer's link counted at its
+real length.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import gsm0338  # noqa: F401 - registers the "gsm03.38" codec
 from jinja2 import TemplateSyntaxError, nodes
 
 from notifier.domain.model import Channel, Kind, Tenant
+from notifier.links import TOKEN_CHARS
 from notifier.rendering.environment import Renderer
 
 LANGUAGES = ("de", "it", "ru", "en")
@@ -30,9 +32,10 @@ CONTEXT: dict[str, set[str]] = {
     "company": set(),  # any detail; checked against each tenant's company instead (R42)
     "booking": {"id", "starts_at", "ends_at", "service", "duration_min", "cancel_reason", "cancelled_by", "status"},
     "resource": {"name", "type"},
-    "links": {"confirm", "cancel"},
+    "links": {"page", "confirm", "cancel"},  # one page; `confirm` and `cancel` are older names for it
 }
 MAX_SMS_SEGMENTS = 2
+SAMPLE_PUBLIC_URL = "https://termine.example.de"  # a realistic length for the links an SMS carries
 
 
 @dataclass(frozen=True)
@@ -65,17 +68,24 @@ def sms_segments(text: str) -> tuple[str, int]:
         return "UCS-2", 1 if units <= 70 else math.ceil(units / 67)
 
 
-def _sample_context(company: dict[str, str]) -> dict[str, Any]:
+def sample_link(public_url: str = SAMPLE_PUBLIC_URL) -> str:
+    """A customer's link as long as a real one: the longer of `public_url` and the sample's
+    address, and a token of full length (SMS budgets count it)."""
+    base = max(public_url.rstrip("/"), SAMPLE_PUBLIC_URL, key=len)
+    return f"{base}/l/{'x' * TOKEN_CHARS}"
+
+
+def _sample_context(company: dict[str, str], link: str = "") -> dict[str, Any]:
     """Realistic lengths: a long name and resource, so an SMS that fits here fits in practice."""
     starts = datetime(2026, 9, 23, 14, 30, tzinfo=UTC)
+    link = link or sample_link()
     return {
         "customer": {"name": "Maximiliane Musterfrau-Schmidt", "first_name": "Maximiliane", "language": "de"},
         "company": company,
         "booking": {"id": "B-100234", "starts_at": starts, "ends_at": starts.replace(hour=15), "service": "Beratung",
                     "duration_min": 30, "cancel_reason": "Krankheit", "cancelled_by": "staff", "status": ""},
         "resource": {"name": "Dr. Konstantin Weißenberger", "type": "specialist"},
-        "links": {"confirm": "https://termine.example.de/l/eyJ0IjoiYiJ9.Zx1aBc.3kLmN0pQrStUvWxYz12",
-                  "cancel": "https://termine.example.de/l/eyJ0IjoiYyJ9.Zx1aBc.9aBcDeFgHiJkLmNoP34"}}
+        "links": {"page": link, "confirm": link, "cancel": link}}
 
 
 def _attribute_uses(tree: nodes.Template) -> Iterable[tuple[str, str | None, int]]:
@@ -115,9 +125,10 @@ def _manifest(root: Path) -> dict[str, Any]:
 
 
 def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languages: Iterable[str] = LANGUAGES,
-                    kinds: Iterable[Kind] = tuple(Kind)) -> list[Problem]:
+                    kinds: Iterable[Kind] = tuple(Kind), public_url: str = SAMPLE_PUBLIC_URL) -> list[Problem]:
     """Every problem of the bundle at `root`, each with file and line. Never raises on a broken
-    bundle: whatever is wrong with it is a problem in the list (N3)."""
+    bundle: whatever is wrong with it is a problem in the list (N3). SMS lengths count the
+    customer's link at `public_url` (or the sample's address, when that is longer)."""
     root = Path(root)
     renderer = Renderer(root, manifest=_manifest(root))
     env = renderer.env
@@ -166,7 +177,7 @@ def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languag
             problems.append(Problem(name, None, f"missing block '{block}' (a {channel or 'message'} needs "
                                              f"{' and '.join(sorted(needed))})"))
         if not [p for p in problems if p.file == name]:
-            problems.extend(_check_renders(renderer, name, path, channel))
+            problems.extend(_check_renders(renderer, name, path, channel, sample_link(public_url)))
     languages = tuple(languages)
     problems.extend(_check_coverage(root, renderer, languages, kinds))
     problems.extend(_check_manifest(root, renderer, languages, company_needs))
@@ -276,7 +287,7 @@ def read_bundle(root: Path | str) -> Bundle:
                   files=files)
 
 
-def _check_renders(renderer: Renderer, name: str, path: Path, channel: str) -> list[Problem]:
+def _check_renders(renderer: Renderer, name: str, path: Path, channel: str, link: str) -> list[Problem]:
     """Render the template with a sample booking, as a send would: a template that parses but
     fails when rendered is reported now, not at its first send (N3); an SMS is measured."""
     kind = path.name.split(".")[0]
@@ -285,7 +296,7 @@ def _check_renders(renderer: Renderer, name: str, path: Path, channel: str) -> l
     folder = "specialist" if resource_id else parts[0]
     language = parts[-2] if len(parts) >= 3 else "en"
     sample = _sample_context({"name": "Physiotherapie am Stadtpark", "address": "Parkstraße 12, 10115 Berlin",
-                              "phone": "+49 30 12345678"})
+                              "phone": "+49 30 12345678"}, link)
     try:
         out = renderer.render(kind, channel, folder, (language,), sample, timezone="Europe/Berlin", locale=language,
                               resource_id=resource_id)

@@ -13,6 +13,7 @@ from notifier.rendering.bundles import channels_of
 from notifier.rendering.environment import Renderer
 
 SAMPLE_STARTS = datetime(2026, 3, 29, 7, 30, tzinfo=UTC)  # 09:30 CEST
+LINK = "https://termine.example.de/l/7Hq2xV9kLm3Pd8sRt"  # what a customer's link looks like (17 characters)
 NAMES = {"de": "Deutsch", "it": "Italiano", "ru": "Русский", "en": "English"}
 
 
@@ -25,8 +26,7 @@ def sample_context(language: str, resource_type: str) -> dict:
         "booking": {"id": "B-1001", "starts_at": SAMPLE_STARTS, "ends_at": SAMPLE_STARTS + timedelta(minutes=30),
                     "service": "", "duration_min": 30, "cancel_reason": "", "cancelled_by": "", "status": ""},
         "resource": {"name": "Anna Weber" if resource_type == "specialist" else "Sauna 2", "type": resource_type},
-        "links": {"confirm": "https://termine.example.de/l/CONFIRM-TOKEN",
-                  "cancel": "https://termine.example.de/l/CANCEL-TOKEN"},
+        "links": {"page": LINK, "confirm": LINK, "cancel": LINK},
     }
 
 

@@ -306,6 +306,15 @@ Index("ix_outbox_unpublished", outbox.c.id, postgresql_where=outbox.c.published_
 Index("ix_outbox_published", outbox.c.published_at, postgresql_where=outbox.c.published_at.isnot(None),
       sqlite_where=outbox.c.published_at.isnot(None))
 
+links = Table(
+    "links",  # the customer's link (notifier/links.py): its opaque token, and the booking it stands for
+    metadata,
+    Column("token", Ident(32), primary_key=True),
+    Column("tenant_id", Ident(128), nullable=False),
+    Column("booking_id", Ident(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
 dead_letters = Table(
     "dead_letters",
     metadata,

@@ -482,6 +482,20 @@ class Tx:
                                  .values(revoked_at=now))
         return done.rowcount == 1
 
+    # --- the customer's links (notifier/links.py) -------------------------------------------
+    def save_links(self, links: Iterable[tuple[str, str, str]], now: datetime) -> None:
+        """Record (token, tenant id, booking id) rows; those already there stay as they are."""
+        rows = [{"token": token, "tenant_id": tenant_id, "booking_id": booking_id, "created_at": now}
+                for token, tenant_id, booking_id in sorted(set(links))]  # one order: no deadlock between workers
+        if rows:
+            _insert_ignore(self.conn, t.links, rows, ["token"])
+
+    def link_target(self, token: str) -> tuple[str, str] | None:
+        """(tenant id, booking id) of a token, or None."""
+        c = t.links.c
+        row = self.conn.execute(select(c.tenant_id, c.booking_id).where(c.token == token)).first()
+        return (row.tenant_id, row.booking_id) if row else None
+
     # --- attempts ------------------------------------------------------------------------
     def add_attempt(self, message_id: int, started_at: datetime, duration_ms: int, outcome: str,
                     provider_code: str | None, error: str | None) -> None:

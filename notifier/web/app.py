@@ -1,4 +1,4 @@
-"""The web app: customer link pages (N4), provider status callbacks (N5), the JSON API for
+"""The web app: the customer's appointment page (N4), provider status callbacks (N5), the JSON API for
 booking systems and ops (timeline, counters, markers, dead letters, health) and `/metrics`.
 
 Who may call what is in docs/security.md: link pages and callbacks are public and carry their
@@ -28,13 +28,29 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from notifier import views
+from notifier.domain.model import BookingStatus
 from notifier.domain.planning import zone_of
-from notifier.links import LinkError
-from notifier.services import apply_delivery_status, counters, look_up_link, timeline_of, use_link
+from notifier.rendering.calendar import calendar_card
+from notifier.services import (
+    ACTIONS,
+    LinkOutcome,
+    apply_delivery_status,
+    counters,
+    look_up_link,
+    timeline_of,
+    use_link,
+)
 from notifier.web import health as probes
 from notifier.web.auth import api_router, caller_dependency, has_metrics_token
 from notifier.web.limits import BodyLimit, HeaderDefaults
-from notifier.web.pages import page_response, render_page
+from notifier.web.pages import (
+    brand_of,
+    card_title,
+    page_language,
+    page_response,
+    render_appointment,
+    render_refusal,
+)
 
 # bounded: a day at the ends of the calendar has no next day, an id past 2**63 no column to compare with
 FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
@@ -291,35 +307,75 @@ def create_app(ctx: Any) -> FastAPI:
             raise HTTPException(status_code=409, detail=f"{foreign} status(es) for messages not sent through Meta")
         return Response(status_code=204)
 
-    def link_page(token: str, *, act: bool) -> HTMLResponse:
-        try:
-            claims = ctx.links.verify(token, now=ctx.clock.now())  # the clock the link was stamped by
-        except LinkError as exc:
-            return page_response(render_page(language="en", action=None, message_key=exc.reason), status_code=400)
-        outcome = use_link(ctx.store, claims, now=ctx.clock.now(), regions=settings.unavailable) if act \
-            else look_up_link(ctx.store, claims)
-        booking, tenant = outcome.booking, outcome.tenant
-        language = outcome.customer.language if outcome.customer else (tenant.language if tenant else "en")
-        shows_button = outcome.status == "ok" and not act
-        page = render_page(
-            language=language, action=claims.action if shows_button else None,
-            message_key=None if shows_button else outcome.status,
-            starts_at=booking.starts_at if booking else None,
-            zone=str(zone_of(tenant, outcome.resource)) if tenant else "UTC",
-            resource=outcome.resource.name if outcome.resource else "",
-            company=str(tenant.company.get("name", "")) if tenant else "")
-        refused = outcome.status in ("outside_window", "not_allowed", "moved", "gone", "past")
-        return page_response(page, status_code=409 if refused else 200)
+    # --- the customer's page (R11, R14, R22, R23, N4) -------------------------------------------
+
+    def look_up(token: str) -> LinkOutcome:
+        return look_up_link(ctx.store, token, now=ctx.clock.now(), regions=settings.unavailable,
+                            valid_after_visit_s=settings.link_valid_after_visit_s)
+
+    def page(request: Request, token: str, outcome: LinkOutcome, *, notice: str = "", status_code: int = 200
+             ) -> HTMLResponse:
+        language = page_language(outcome.customer, outcome.tenant, request.headers.get("accept-language", ""))
+        if outcome.booking is None or outcome.tenant is None or outcome.resource is None \
+                or outcome.appointment is None:
+            html = render_refusal(language=language, reason=outcome.status, tenant=outcome.tenant)
+            status_code = 410 if outcome.status == "expired" else 404
+        else:
+            html = render_appointment(language=language, token=token, booking=outcome.booking,
+                                      resource=outcome.resource, tenant=outcome.tenant, view=outcome.appointment,
+                                      zone=zone_of(outcome.tenant, outcome.resource), moved_from=outcome.moved_from,
+                                      notice=notice)
+        return page_response(html, brand=brand_of(outcome.tenant), status_code=status_code)
 
     @app.get("/l/{token}", response_class=HTMLResponse)
-    def link_show(token: str) -> HTMLResponse:
-        """The page behind a customer's link: the visit and one button. Fetching it changes nothing."""
-        return link_page(token, act=False)
+    def link_show(request: Request, token: str,
+                  done: Annotated[str | None, Query(description="what the last action did (the page after a "
+                                                                "button): confirmed, cancelled, already")] = None
+                  ) -> HTMLResponse:
+        """The customer's page for a booking: the visit as it is now, its status, and the
+        actions that apply now. Fetching it changes nothing (mail scanners fetch links)."""
+        outcome = look_up(token)
+        booking = outcome.booking
+        shown = {"confirmed": booking is not None and booking.confirmed_at is not None,
+                 "cancelled": booking is not None and booking.status is BookingStatus.CANCELLED,
+                 "already": True}.get(done or "", False)
+        return page(request, token, outcome, notice=done if shown and done else "")
 
-    @app.post("/l/{token}", response_class=HTMLResponse)
-    def link_act(token: str) -> HTMLResponse:
-        """The button: confirm, or cancel within the tenant's window (R11, R14, R23, N4)."""
-        return link_page(token, act=True)
+    @app.post("/l/{token}/{action}", response_class=HTMLResponse, status_code=303,
+              responses={409: {"description": "refused: the page says why (the visit changed, the window "
+                                              "closed, not offered now)"}})
+    async def link_act(request: Request, token: str, action: str) -> Response:
+        """A button of the page: `confirm` (R11), or `cancel` within the tenant's window (R14,
+        R23), with the form's `visit` (the start the page showed) and an optional `reason`. Done,
+        or done before: 303 to the page, which says so; refused: 409 with the page."""
+        if action not in ACTIONS:
+            raise HTTPException(status_code=404, detail="no such action")
+        form = await request.form()
+        outcome = use_link(ctx.store, token, action, shown_starts_at=str(form.get("visit") or ""),
+                           reason=str(form.get("reason") or ""), now=ctx.clock.now(),
+                           regions=settings.unavailable, valid_after_visit_s=settings.link_valid_after_visit_s)
+        if outcome.status in ("confirmed", "cancelled", "already"):
+            return Response(status_code=303, headers={"Location": f"/l/{token}?done={outcome.status}",
+                                                      "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+        if outcome.status in ("invalid", "expired"):
+            return page(request, token, outcome)
+        return page(request, token, outcome, notice=outcome.status, status_code=409)
+
+    @app.get("/l/{token}/calendar.ics", response_class=Response,
+             responses={200: {"content": {"text/calendar": {}}, "description": "the appointment card"}})
+    def link_calendar(request: Request, token: str) -> Response:
+        """The booking as an iCalendar card (R22), the one the emails attach, as it is now."""
+        outcome = look_up(token)
+        booking, resource, tenant = outcome.booking, outcome.resource, outcome.tenant
+        if booking is None or resource is None or tenant is None:
+            return page(request, token, outcome)
+        language = page_language(outcome.customer, tenant)
+        ics, _method = calendar_card(booking, resource, tenant, zone=zone_of(tenant, resource),
+                                     title=card_title(booking, resource, tenant), stamp=ctx.clock.now())
+        name = "termin.ics" if language == "de" else "appointment.ics"
+        return Response(ics, media_type="text/calendar; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
 
     def local_day(tenant_id: str, day: date | None) -> date:
         if day is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.domain.model import Tenant
+from notifier.domain.model import Kind, Tenant
 from notifier.rendering.bundles import sms_segments, validate_bundle
 from notifier.settings import shipped_path
 
@@ -196,11 +196,11 @@ def test_R43_new_tenant_defaults_apply_to_resources_created_later(ctx):
 
 def test_R44_whatsapp_parameters_must_match_what_the_provider_approved(bundle):
     manifest = bundle / "bundle.yaml"
-    manifest.write_text(manifest.read_text().replace("    param_count: 5\n", "    param_count: 4\n", 1))
+    manifest.write_text(manifest.read_text().replace("    param_count: 6\n", "    param_count: 5\n", 1))
     [problem] = errors(bundle)
     info_line = 1 + manifest.read_text().splitlines().index("  info:")
     assert problem.file == "bundle.yaml" and problem.line == info_line
-    assert "booking_info_v1 (info) was approved with 4 parameters, the bundle gives 5" in problem.message
+    assert "booking_info_v2 (info) was approved with 5 parameters, the bundle gives 6" in problem.message
 
 
 def test_R44_whatsapp_renders_the_approved_template_with_its_parameters():
@@ -209,8 +209,47 @@ def test_R44_whatsapp_renders_the_approved_template_with_its_parameters():
     from notifier.rendering.environment import Renderer
 
     context = {"customer": {"first_name": "Erika"}, "booking": {"starts_at": datetime(2026, 12, 3, 14, tzinfo=UTC)},
-               "resource": {"name": "Anna"}, "company": {"name": "Salon"}}
+               "resource": {"name": "Anna"}, "company": {"name": "Salon"}, "links": {"page": LINK}}
     out = Renderer(SHIPPED).render("info", "whatsapp", "specialist", ("de",), context, timezone="Europe/Berlin",
                                    locale="de")
-    assert (out.provider_template, out.provider_language) == ("booking_info_v1", "de")
-    assert out.params == ("Erika", "03.12.2026", "15:00", "Anna", "Salon")
+    assert (out.provider_template, out.provider_language) == ("booking_info_v2", "de")
+    assert out.params == ("Erika", "03.12.2026", "15:00", "Anna", "Salon", LINK)
+
+
+LINK = "https://termine.example.de/l/0Vt8NBv9otkt1QBI1"
+CUSTOMER_KINDS = [k for k in Kind if not k.to_staff]
+
+
+@pytest.mark.parametrize("language", ["de", "it", "ru", "en"])
+def test_R11_R45_every_customer_message_carries_the_one_link_on_every_channel(language):
+    """Email (text and HTML), SMS and WhatsApp, for every customer kind and resource type: the
+    booking's one link, and no other."""
+    from notifier.rendering.environment import Renderer
+    from notifier.rendering.samples import sample_context
+
+    renderer = Renderer(SHIPPED)
+    for resource_type in ("specialist", "equipment"):
+        context = dict(sample_context(language, resource_type), links={"page": LINK, "confirm": LINK, "cancel": LINK})
+        context["booking"] = dict(context["booking"], cancel_reason="Krankheit")
+        for kind in CUSTOMER_KINDS:
+            for channel in ("email", "sms", "whatsapp"):
+                out = renderer.render(kind.value, channel, resource_type, (language,), context,
+                                      timezone="Europe/Berlin", locale=language)
+                where = f"{kind.value} {channel} {resource_type} {language}"
+                if channel == "whatsapp":
+                    assert LINK in out.params, where
+                    continue
+                assert out.text.count("/l/") == out.text.count(LINK) >= 1, where
+                if channel == "email":
+                    assert f'href="{LINK}"' in out.html, where
+                else:
+                    encoding, segments = sms_segments(out.text)
+                    assert segments <= 2, (where, encoding, len(out.text))
+
+
+def test_R11_the_sms_budget_counts_the_link_at_the_deployments_length(bundle):
+    """A long public address makes the same SMS too long: `templates validate` counts the link as sent."""
+    long_url = "https://appointments.a-very-long-salon-chain-domain-name.example.com/customers"
+    problems = errors(bundle, public_url=long_url)
+    assert problems and all("SMS too long" in p.message for p in problems)
+    assert errors(bundle, public_url="http://127.0.0.1:8000") == []  # a short one counts as the sample's

@@ -85,9 +85,11 @@ def test_out_of_range_query_parameters_are_422_not_500(ctx):
 def test_N4_link_pages_forbid_framing_referrers_and_caching_and_allow_only_their_own_style(ctx, app):
     apply_events(ctx.store, [json.dumps(created("b1", starts_at=START + timedelta(days=1)))], now=START,
                  source="test")
-    token = ctx.links.token("salon-berlin", "b1", "confirm", START + timedelta(days=1), issued_at=START)
+    token = ctx.links.token("salon-berlin", "b1")
+    with ctx.store.transaction() as tx:
+        tx.save_links([(token, "salon-berlin", "b1")], START)
     client = TestClient(app)
-    for answer in (client.get(f"/l/{token}"), client.get("/l/forged"), client.post("/l/forged")):
+    for answer in (client.get(f"/l/{token}"), client.get("/l/forged"), client.post("/l/forged/confirm")):
         headers = answer.headers
         policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
         assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
