@@ -32,7 +32,9 @@ PUBLIC = {
     "/openapi.json": "needs a key itself (tested below)",
     "/callbacks/twilio": "accepted only with Twilio's signature (N5)",
     "/callbacks/meta": "accepted only with Meta's signature or verify token (N5)",
-    "/l/{token}": "the customer's signed link (N4)",
+    "/l/{token}": "the customer's page: the opaque token is the key (N4)",
+    "/l/{token}/{action}": "the page's buttons, under the same token (N4)",
+    "/l/{token}/calendar.ics": "the page's calendar card, under the same token (R22, N4)",
 }
 
 
