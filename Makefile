@@ -64,5 +64,9 @@ schema: $(STAMP)
 requirements: $(STAMP)
 	$(PY) -m tests.requirements
 
+# the customer page's pictures in docs/img/ (the README shows them): the browser test of every status
+screenshots: $(STAMP)
+	NOTIFIER_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_browser_links.py -k every_status
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

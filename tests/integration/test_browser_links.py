@@ -274,8 +274,8 @@ class World:
         apply_events(self.ctx.store, [json.dumps(b) for b in bodies], now=self.ctx.clock.now(), source="test")
 
     def book(self, booking_id: str, customer_id: str, *, language: str = "de", starts_at: datetime = VISIT,
-             **data: Any) -> dict[str, Any]:
-        body = created(booking_id, tenant=TENANT, starts_at=starts_at,
+             tenant: str = TENANT, **data: Any) -> dict[str, Any]:
+        body = created(booking_id, tenant=tenant, starts_at=starts_at,
                        cust=customer(customer_id, email=f"{customer_id}@example.org", language=language),
                        resource={"id": "dr-weiss", "name": "Dr. Weiss", "type": "specialist"})
         body["data"].update(data)
@@ -297,12 +297,12 @@ class World:
         assert len(links) == 1, links  # every message carries the same one link
         return links.pop()
 
-    def link_of(self, booking_id: str) -> str:
+    def link_of(self, booking_id: str, tenant: str = TENANT) -> str:
         """A booking's link, recorded as dispatch records it before the first message carrying it."""
         links = self.ctx.links
         with self.ctx.store.transaction() as tx:
-            tx.save_links([(links.token(TENANT, booking_id), TENANT, booking_id)], self.ctx.clock.now())
-        return links.url(TENANT, booking_id)
+            tx.save_links([(links.token(tenant, booking_id), tenant, booking_id)], self.ctx.clock.now())
+        return links.url(tenant, booking_id)
 
     def snapshot(self) -> tuple:
         """Everything a link could change: bookings, timeline, outbox, message states."""
@@ -499,6 +499,29 @@ def test_R11_R12_confirming_with_the_keyboard_shows_on_the_timeline_drops_the_re
     assert events["booking.confirmed_by_customer"]["tenant_id"] == TENANT
     assert events["booking.confirmed_by_customer"]["data"]["booking_id"] == "b1"
     assert events["counters.changed"]["data"]["red"] is False  # the planner's red counter goes down
+
+
+def test_R11_R14_R27_a_customer_cancels_from_the_confirmation_request_under_the_defaults(world, browser):
+    """R27: a tenant that changed no setting. The confirmation request arrives the day before the
+    visit; its link opens the page, where the customer can still cancel (the default window
+    closes 2 hours before the visit); the slot is released."""
+    world.book("b1", "c1")
+    link = world.link_in_mail("c1")  # 10:00 the day before
+    assert world.ctx.clock.now() == VISIT - timedelta(days=1)
+    open_page(browser, link)
+    assert text_of(browser, "status") == "Wartet auf Ihre Bestätigung"
+    assert buttons(browser) == ["confirm", "calendar", "cancel"]
+    cancel_on_page(browser)
+    assert text_of(browser, "status") == "Abgesagt" and "Ihr Termin ist abgesagt." in text_of(browser, "notice")
+    assert world.booking("b1").status == "cancelled"
+    world.beat()
+    assert {e["type"] for e in world.published()} >= {"booking.cancelled_by_customer", "slot.released"}
+    world.book("b2", "c2")  # another visit at the same time: the window closes 2 hours before
+    for before, offered in ((timedelta(hours=2, minutes=1), True), (timedelta(hours=1, minutes=59), False)):
+        world.at(VISIT - before)
+        open_page(browser, world.link_of("b2"))
+        assert ("cancel" in buttons(browser)) is offered, before
+    assert text_of(browser, "cancel-closed").startswith("Online absagen konnten Sie bis Freitag, 4. Dezember 2026, 08:00.")
 
 
 def test_R14_R19_cancelling_inside_the_window_releases_the_slot_and_tells_the_staff_why(world, browser):
