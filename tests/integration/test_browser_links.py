@@ -229,11 +229,13 @@ def foreign_requests(driver: Any, base_url: str) -> list[str]:
 
 
 def screenshot(driver: Any, path: Path) -> None:
-    """The whole page at the current width."""
-    width = driver.execute_script("return window.innerWidth")
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(width, max(height, 200))
-    driver.save_screenshot(str(path))
+    """The whole page at the current width (Chromium's own capture, beyond the viewport)."""
+    import base64
+
+    width, height = driver.execute_script("return [window.innerWidth, document.documentElement.scrollHeight]")
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
+        "x": 0, "y": 0, "width": width, "height": height, "scale": 1}})
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 # --- the server and the world around it ----------------------------------------------------------
