@@ -39,6 +39,14 @@ def book(ctx, booking_id="b1", *, tenant=TENANT, starts_at=VISIT, language="de",
     apply_events(ctx.store, [json.dumps(body)], now=ctx.clock.now(), source="test")
 
 
+def tenant_from(ctx, tmp_path, yaml_text):
+    """A tenant of the test's own, loaded as an operator loads tenant files."""
+    folder = tmp_path / "tenants"
+    folder.mkdir(exist_ok=True)
+    (folder / "t.yaml").write_text(yaml_text)
+    load_tenants(ctx.store, folder, now=START)
+
+
 def page_url(ctx, booking_id="b1", tenant=TENANT):
     """The booking's link as dispatch records it before the first message carrying it leaves."""
     with ctx.store.transaction() as tx:
@@ -247,12 +255,9 @@ def test_R23_a_closed_window_says_until_when_it_was_open_and_gives_the_phone(ctx
 
 
 def test_R23_a_tenant_that_does_not_let_customers_cancel_by_link_gets_a_phone_number_instead(ctx, tmp_path):
-    folder = tmp_path / "tenants"
-    folder.mkdir()
-    (folder / "t.yaml").write_text("id: by-phone\nname: Nur telefonisch\nlanguage: de\ncompany: {name: Nur "
-                                   "telefonisch, phone: '030 1234567'}\nsettings: {cancellation: "
-                                   "{customer_may_cancel: false}}\nresources: []\n")
-    load_tenants(ctx.store, folder, now=START)
+    tenant_from(ctx, tmp_path, "id: by-phone\nname: Nur telefonisch\nlanguage: de\ncompany: {name: Nur "
+                               "telefonisch, phone: '030 1234567'}\nsettings: {cancellation: "
+                               "{customer_may_cancel: false}}\nresources: []\n")
     book(ctx, "b7", tenant="by-phone")
     web = TestClient(create_app(ctx), follow_redirects=False)
     url = page_url(ctx, "b7", tenant="by-phone")
@@ -367,11 +372,8 @@ def test_R23_R34_R18_every_status_in_words(ctx, web, tmp_path):
 
 
 def test_R11_a_tenant_that_asks_no_confirmation_shows_booked_without_a_confirm_button(ctx, tmp_path):
-    folder = tmp_path / "tenants"
-    folder.mkdir()
-    (folder / "t.yaml").write_text("id: no-confirm\nname: Ohne\nlanguage: en\nsettings: {confirmation: "
-                                   "{enabled: false}}\nresources: []\n")
-    load_tenants(ctx.store, folder, now=START)
+    tenant_from(ctx, tmp_path, "id: no-confirm\nname: Ohne\nlanguage: en\nsettings: {confirmation: "
+                               "{enabled: false}}\nresources: []\n")
     book(ctx, "b5", tenant="no-confirm", language="en")
     page = TestClient(create_app(ctx)).get(page_url(ctx, "b5", tenant="no-confirm"))
     assert re.search(r'id="status">Booked<', page.text) and 'id="confirm"' not in page.text
@@ -416,12 +418,9 @@ def test_the_tenants_brand_colour_is_made_readable_and_nothing_else_gets_into_th
 
 
 def test_the_booking_systems_page_is_linked_for_rescheduling_when_the_tenant_has_one(ctx, tmp_path):
-    folder = tmp_path / "tenants"
-    folder.mkdir()
-    (folder / "t.yaml").write_text("id: own-page\nname: Own\nlanguage: en\ncompany: {name: Own, booking_url: "
-                                   "'https://book.example.com/manage/{booking_id}', accent_color: '#ffcc00', "
-                                   "logo_url: 'https://cdn.example.com/own.png'}\nresources: []\n")
-    load_tenants(ctx.store, folder, now=START)
+    tenant_from(ctx, tmp_path, "id: own-page\nname: Own\nlanguage: en\ncompany: {name: Own, booking_url: "
+                               "'https://book.example.com/manage/{booking_id}', accent_color: '#ffcc00', "
+                               "logo_url: 'https://cdn.example.com/own.png'}\nresources: []\n")
     book(ctx, "b8:x@y", tenant="own-page", language="en")
     page = TestClient(create_app(ctx)).get(page_url(ctx, "b8:x@y", tenant="own-page"))
     assert 'href="https://book.example.com/manage/b8%3Ax%40y"' in page.text and "Choose another time" in page.text
