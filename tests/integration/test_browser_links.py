@@ -474,8 +474,8 @@ def test_R11_R12_confirming_with_the_keyboard_shows_on_the_timeline_drops_the_re
     assert buttons(browser) == ["confirm", "calendar"]  # 90 minutes before: too late to cancel online
     assert world.booking("b1").confirmed_at is None  # opening the link did nothing (N4)
     # the page's own style applies under its Content-Security-Policy (issue 16), which forbids framing
-    assert browser.execute_script("return getComputedStyle(document.body).maxWidth") == "512px"
-    policy = httpx.get(links["confirm"], timeout=WAIT_S).headers["content-security-policy"]
+    assert browser.execute_script("return getComputedStyle(document.querySelector('main')).maxWidth") == "576px"
+    policy = httpx.get(link, timeout=WAIT_S).headers["content-security-policy"]
     assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
 
     body = browser.switch_to.active_element
