@@ -1,7 +1,7 @@
 """the customer's link: an opaque token per booking
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0014
+Revises: 0013
 Create Date: 2026-12-05 12:00:00
 
 Links were itsdangerous tokens carrying the tenant and booking ids in readable base64, one per
@@ -14,8 +14,8 @@ from alembic import op
 
 import notifier.store.schema
 
-revision = '0012'
-down_revision = '0011'
+revision = '0014'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 
