@@ -55,10 +55,12 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	$(PY) -m bench chaos
 
-# regenerate docs/events.schema.json from the contract in notifier/domain/events.py
+# regenerate docs/events.schema.json (the event contract, notifier/domain/events.py), docs/openapi.json
+# and docs/webhooks.schema.json (the staff and activity webhooks' body, notifier/channels/webhook.py)
 schema: $(STAMP)
 	$(PY) -c 'import json; from notifier.domain.events import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/events.schema.json
 	$(PY) -c 'import json; from notifier.web.app import openapi_document; print(json.dumps(openapi_document(), indent=2))' > docs/openapi.json
+	$(PY) -c 'import json; from notifier.channels.webhook import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/webhooks.schema.json
 
 # rewrite the "Tests:" lines of docs/requirements.md from the IDs the tests name
 requirements: $(STAMP)

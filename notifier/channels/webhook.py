@@ -19,10 +19,51 @@ from http import HTTPStatus
 from typing import Any
 
 import urllib3
+from pydantic import BaseModel, ConfigDict, Field
 
 from notifier.channels.base import Outgoing, PermanentFailure, SendResult
 from notifier.channels.http import HttpAdapter
 from notifier.channels.outbound import AddressRefused, Network, guarded_pool_manager
+from notifier.domain.model import Kind
+
+STAFF_KINDS = tuple(k.value for k in Kind if k.to_staff)
+
+
+class WebhookBody(BaseModel):
+    """The JSON body of a staff notice or follow-up activity, as `WebhookChannel.send` writes it
+    for a message `notifier.dispatch` prepared: docs/webhooks.schema.json is generated from this
+    (`make schema`) and tests/unit/test_webhooks.py checks what is sent against that file."""
+
+    model_config = ConfigDict(extra="forbid", title="notifier staff notice or follow-up activity", json_schema_extra={
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "description": "The body notifier POSTs (application/json, UTF-8) to the tenant's webhook URL for a "
+                       "staff notice or a follow-up activity. Headers: X-Notifier-Signature: sha256=<hex "
+                       "HMAC-SHA256 of the raw body, keyed with the webhook secret>; X-Notifier-Idempotency-Key: "
+                       "the body's idempotency_key. Answer 2xx once stored: a 5xx, 408, 429, timeout or refused "
+                       "connection is retried with backoff (Retry-After honoured), any other answer fails the "
+                       "message for good (on the booking's timeline). See docs/events.md."})
+
+    type: str = Field(json_schema_extra={"enum": ["notifier.staff", "notifier.activity"]},
+                      description="notifier.staff: a notice for the staff (R14, R18, R23, R33); notifier.activity: "
+                                  "a follow-up task for the responsible staff member (R13, R17)")
+    message_id: int = Field(description="notifier's id of the message; the same on every delivery attempt")
+    idempotency_key: str = Field(description="tenant/booking/planning key, the same on every delivery attempt "
+                                             "(also the X-Notifier-Idempotency-Key header): dedupe on it")
+    title: str = Field(description="one line, rendered from the bundle's `subject` block")
+    body: str = Field(description="plain text, rendered from the bundle's `text` block in the tenant's language")
+    tenant_id: str
+    booking_id: str
+    kind: str = Field(json_schema_extra={"enum": list(STAFF_KINDS)},
+                      description="staff_new_request, staff_confirmed, staff_cancelled, staff_released (notices); "
+                                  "activity_unconfirmed, activity_late (activities)")
+    resource_id: str = Field(description="the booked resource: the staff member, room or equipment")
+    starts_at: str = Field(json_schema_extra={"format": "date-time"},
+                           description="the visit's start, ISO 8601 with offset (UTC)")
+
+
+def json_schema() -> dict[str, Any]:
+    """docs/webhooks.schema.json (`make schema`)."""
+    return WebhookBody.model_json_schema()
 
 
 def sign(secret: str, body: bytes) -> str:
