@@ -22,6 +22,7 @@ from jinja2 import TemplateSyntaxError, nodes
 
 from notifier.domain.model import Channel, Kind, Tenant
 from notifier.links import TOKEN_CHARS
+from notifier.rendering.checks import sandbox_problems
 from notifier.rendering.environment import Renderer
 
 LANGUAGES = ("de", "it", "ru", "en")
@@ -34,6 +35,8 @@ CONTEXT: dict[str, set[str]] = {
     "resource": {"name", "type"},
     "links": {"page", "confirm", "cancel"},  # one page; `confirm` and `cancel` are older names for it
 }
+# names Jinja itself gives a template: loops, blocks and macros (their attributes are checked too)
+TEMPLATE_NAMES = frozenset({"loop", "self", "super", "caller", "varargs", "kwargs"})
 MAX_SMS_SEGMENTS = 2
 SAMPLE_PUBLIC_URL = "https://termine.example.de"  # a realistic length for the links an SMS carries
 
@@ -89,10 +92,14 @@ def _sample_context(company: dict[str, str], link: str = "") -> dict[str, Any]:
 
 
 def _attribute_uses(tree: nodes.Template) -> Iterable[tuple[str, str | None, int]]:
-    """(name, attribute or None, line) for every context variable the template reads."""
+    """(name, attribute or None, line) for every context variable the template reads
+    (`booking.id` and `booking['id']` alike)."""
     for node in tree.find_all(nodes.Getattr):
         if isinstance(node.node, nodes.Name):
             yield node.node.name, node.attr, node.lineno
+    for node in tree.find_all(nodes.Getitem):
+        if isinstance(node.node, nodes.Name) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            yield node.node.name, node.arg.value, node.lineno
     for node in tree.find_all(nodes.Name):
         if node.ctx == "load":
             yield node.name, None, node.lineno
@@ -157,9 +164,10 @@ def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languag
             what, known = ("filter", env.filters) if isinstance(node, nodes.Filter) else ("test", env.tests)
             if node.name not in known:
                 problems.append(Problem(name, node.lineno, f"unknown {what} '{node.name}'"))
+        problems.extend(Problem(name, line, message) for line, message in sandbox_problems(tree))
         assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
         for var, attr, line in _attribute_uses(tree):
-            if var in assigned:
+            if var in assigned or var in TEMPLATE_NAMES:
                 continue
             if var not in CONTEXT and var not in env.globals:
                 problems.append(Problem(name, line, f"unknown variable '{var}' (the context has: "
@@ -245,6 +253,8 @@ def _check_manifest(root: Path, renderer: Renderer, languages: tuple[str, ...],
             except TemplateSyntaxError as exc:
                 problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': {exc.message}"))
                 continue
+            problems.extend(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': {message}")
+                            for _, message in sandbox_problems(tree))
             for var, attr, _ in _attribute_uses(tree):
                 if var not in CONTEXT:
                     problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': unknown "

@@ -65,7 +65,8 @@ def test_an_unknown_variable_is_an_error_not_an_empty_string(tmp_path):
         renderer.render("info", "email", "specialist", ("de",), CONTEXT, timezone="Europe/Berlin", locale="de")
 
 
-@pytest.mark.parametrize("payload", [
+# template injections; tests/unit/test_template_checks.py refuses each before use too
+INJECTIONS = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ customer.__class__.__init__.__globals__ }}",
     "{{ cycler.__init__.__globals__.os }}",
@@ -76,7 +77,10 @@ def test_an_unknown_variable_is_an_error_not_an_empty_string(tmp_path):
     "{{ customer.items.__self__.__class__ }}",
     "{{ lipsum.__globals__['os'] }}",
     "{% set x = customer.update({'name': 'pwned'}) %}{{ x }}",
-])
+]
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
 def test_N6_template_injection_cannot_reach_python_internals(tmp_path, payload):
     renderer = write(tmp_path, "{% block text %}" + payload + "{% endblock %}")
     with pytest.raises((SecurityError, UndefinedError)):
