@@ -192,7 +192,8 @@ def ingest(idle_exit: float | None, metrics_port: int | None, metrics_host: str)
 @main.command()
 @click.argument("source", type=click.File("rb"), default="-")
 @click.option("--url", default=None, help="Broker URL (default: events_url from settings).")
-def publish(source, url: str | None) -> None:
+@click.option("--producer", default=None, help="Publish as this bound booking system (its list or routing keys).")
+def publish(source, url: str | None, producer: str | None) -> None:
     """Publish events from a file (JSON object, JSON array, or one JSON object per line) or stdin."""
     from notifier.client import publish as do_publish
 
@@ -204,7 +205,37 @@ def publish(source, url: str | None) -> None:
         events = [line for line in text.splitlines() if line.strip()]
     else:
         events = [text]
-    click.echo(f"published {do_publish(events, url=url)} events")
+    click.echo(f"published {do_publish(events, url=url, producer=producer)} events")
+
+
+@main.group()
+def producers() -> None:
+    """Booking systems bound to tenants (setting `producers`; docs/security.md)."""
+
+
+@producers.command("grants")
+@click.option("--user-prefix", default="", help="Broker user names: PREFIX + producer name.")
+def producers_grants(user_prefix: str) -> None:
+    """Print what each producer's broker user needs: a Redis ACL line, or rabbitmqctl commands."""
+    from notifier.producers import producer_queue, rabbitmq_grants, redis_acl_rules
+
+    s = load_settings()
+    bindings = s.producer_bindings
+    if not bindings:
+        raise click.ClickException("no producers are bound: set producers = \"name=tenant[,tenant]; ...\"")
+    redis = s.events_url.startswith(("redis://", "rediss://", "unix://"))
+    for name, tenants in bindings.items():
+        user = f"{user_prefix}{name}"
+        click.echo(f"# {name}: tenants {', '.join(sorted(tenants))}; publishes "
+                   + (f"to the list {producer_queue(s.events_queue, name)}" if redis
+                      else f"with routing keys {name}.<type> on {s.events_exchange}"))
+        if redis:
+            click.echo(f"ACL SETUSER {user} on >PASSWORD {' '.join(redis_acl_rules(s.events_queue, name))}")
+        else:
+            click.echo(f"rabbitmqctl add_user {user} PASSWORD")
+            for grant in rabbitmq_grants(s.events_url, s.events_exchange, name, user):
+                click.echo("rabbitmqctl " + " ".join(f"'{word}'" if any(c in word for c in "^$\\*") else word
+                                                     for word in grant))
 
 
 @main.command()

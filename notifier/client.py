@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from notifier.producers import producer_queue
 from notifier.settings import Settings, load_settings
 
 
@@ -29,8 +30,10 @@ def _body(event: Mapping[str, Any] | str | bytes) -> tuple[bytes, str]:
 
 
 def publish(events: Mapping[str, Any] | str | bytes | Iterable[Mapping[str, Any] | str | bytes], *,
-            url: str | None = None, settings: Settings | None = None) -> int:
-    """Publish one event or many; returns how many were published."""
+            url: str | None = None, settings: Settings | None = None, producer: str | None = None) -> int:
+    """Publish one event or many; returns how many were published. `producer`: as that booking
+    system, bound to its tenants (notifier/producers.py): its own Redis list, or routing keys
+    `<producer>.<type>` on AMQP, without declaring anything (its user may not)."""
     settings = settings or load_settings()
     url = url or settings.events_url
     if isinstance(events, (Mapping, str, bytes)):
@@ -40,9 +43,10 @@ def publish(events: Mapping[str, Any] | str | bytes | Iterable[Mapping[str, Any]
         import redis
 
         client = redis.Redis.from_url(url)
+        queue = producer_queue(settings.events_queue, producer) if producer else settings.events_queue
         try:
             for i in range(0, len(bodies), 1000):
-                client.rpush(settings.events_queue, *[b for b, _ in bodies[i:i + 1000]])
+                client.rpush(queue, *[b for b, _ in bodies[i:i + 1000]])
         finally:
             client.close()
         return len(bodies)
@@ -54,11 +58,14 @@ def publish(events: Mapping[str, Any] | str | bytes | Iterable[Mapping[str, Any]
     broker, options = kombu_url(url, settings)
     exchange = Exchange(settings.events_exchange, type="topic", durable=True)
     queue = Queue(settings.events_queue, exchange=exchange, routing_key="#", durable=True)
+    if producer:  # the exchange exists (the ingester declared it); the broker confirms each publish
+        options = {**options, "confirm_publish": True}
     with Connection(broker, transport_options=options) as conn:
-        producer = conn.Producer()
+        publisher = conn.Producer()
         for body, kind in bodies:
-            producer.publish(body, exchange=exchange, routing_key=kind, content_type="application/json",
-                             content_encoding="utf-8", delivery_mode=2, declare=[queue], retry=True)
+            publisher.publish(body, exchange=exchange, routing_key=f"{producer}.{kind}" if producer else kind,
+                              content_type="application/json", content_encoding="utf-8", delivery_mode=2,
+                              declare=[] if producer else [queue], retry=not producer)
     return len(bodies)
 
 

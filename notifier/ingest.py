@@ -9,6 +9,11 @@ Sources (chosen by the URL in `events_url`):
 - `amqp://...` and kombu's other transports ("embedded" = SQLite): a queue bound
   to a topic exchange, routed by event type; the consumer acks after commit.
 
+Producers bound to tenants (notifier/producers.py): on Redis each has a list of its own, which
+`RedisListsSource` consumes beside the shared one; on AMQP the routing key names the producer.
+Each body of a batch carries the `Binding` it arrived by, and an event for a tenant outside it
+is a dead letter (services.apply_events).
+
 A batch is whatever arrives within `ingest_batch_wait_s` of the first event, up to
 `ingest_batch_max`: a lone event waits at most that long. A database error leaves the
 batch unacknowledged; the loop backs off and applies the same batch again (N1). A broker
@@ -31,6 +36,7 @@ from typing import Protocol
 
 from sqlalchemy.exc import DBAPIError
 
+from notifier.producers import Binding, producer_queue, routing_binding
 from notifier.services import IngestReport, apply_events, release_expired_holds
 
 log = logging.getLogger("notifier.ingest")
@@ -43,6 +49,8 @@ class Batch:
     ack: Callable[[], None]  # all applied: the broker may forget them
     # applied but for these positions, which stay with this consumer and open its next batch
     keep: Callable[[list[int]], None] | None = None
+    # per body, the tenants the queue it came by may speak for (None: any; no list: all None)
+    bound: list[Binding | None] | None = None
 
 
 class Source(Protocol):
@@ -73,11 +81,12 @@ class RedisListSource:
 
     HEARTBEAT_S = 15
 
-    def __init__(self, url: str, queue: str, consumer: str) -> None:
+    def __init__(self, url: str, queue: str, consumer: str, binding: Binding | None = None) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url)
         self.queue = queue
+        self.binding = binding
         self.consumer = consumer
         self.processing = f"{queue}:processing:{consumer}"
         self.name = f"redis:{queue}"
@@ -126,6 +135,17 @@ class RedisListSource:
                     break
                 if not got:
                     time.sleep(min(0.005, max(deadline - time.monotonic(), 0)))
+        return self._batch(held)
+
+    def fetch_now(self, max_n: int) -> Batch | None:
+        """What is held or waiting, up to `max_n`, without blocking (RedisListsSource)."""
+        self._heartbeat()
+        held = self.client.lrange(self.processing, 0, max_n - 1)
+        if len(held) < max_n:
+            held.extend(self._move_many(keys=[self.queue, self.processing], args=[max_n - len(held)]))
+        return self._batch(held) if held else None
+
+    def _batch(self, held: list[bytes]) -> Batch:
         bodies = list(held)
 
         def keep(positions: list[int]) -> None:  # one MULTI: the processing list becomes what is kept
@@ -134,18 +154,86 @@ class RedisListSource:
             pipe.rpush(self.processing, *(bodies[i] for i in positions))
             pipe.execute()
 
-        return Batch(bodies=bodies, ack=lambda: self.client.delete(self.processing), keep=keep)
+        bound = [self.binding] * len(bodies) if self.binding is not None else None
+        return Batch(bodies=bodies, ack=lambda: self.client.delete(self.processing), keep=keep, bound=bound)
 
     def close(self) -> None:
         self.client.delete(f"{self.queue}:alive:{self.consumer}")
         self.client.close()
 
 
-class KombuSource:
-    """Events on an AMQP queue (or any kombu transport), bound to the events exchange."""
+class RedisListsSource:
+    """Several Redis lists (the shared one, one per producer), each consumed reliably as
+    `RedisListSource` does; a batch takes what the lists hold, in turn, up to its size. No
+    command blocks on several lists and moves atomically, so an idle source looks again every
+    POLL_S: a lone event waits at most that long."""
 
-    def __init__(self, url: str, transport_options: dict, queue: str, exchange: str) -> None:
+    POLL_S = 0.05
+
+    def __init__(self, sources: list[RedisListSource]) -> None:
+        self.sources = sources
+        self.name = "redis:" + ",".join(s.queue for s in sources)
+        self._turn = 0
+
+    def fetch(self, max_n: int, wait_s: float, block_s: float) -> Batch | None:
+        deadline = time.monotonic() + block_s
+        while True:
+            taken: list[Batch] = []
+            room = max_n
+            for step in range(len(self.sources)):  # who goes first rotates: no list starves
+                if room <= 0:
+                    break
+                batch = self.sources[(self._turn + step) % len(self.sources)].fetch_now(room)
+                if batch is not None:
+                    taken.append(batch)
+                    room -= len(batch.bodies)
+            self._turn = (self._turn + 1) % len(self.sources)
+            if taken:
+                return _joined(taken)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(self.POLL_S, max(deadline - time.monotonic(), 0)))
+
+    def close(self) -> None:
+        for source in self.sources:
+            source.close()
+
+
+def _joined(batches: list[Batch]) -> Batch:
+    """One batch of several sources' batches: acknowledged and kept each by its own source."""
+    if len(batches) == 1:
+        return batches[0]
+    bodies = [body for b in batches for body in b.bodies]
+    bound = [binding for b in batches for binding in (b.bound or [None] * len(b.bodies))]
+    starts = [0]
+    for b in batches[:-1]:
+        starts.append(starts[-1] + len(b.bodies))
+
+    def ack() -> None:
+        for b in batches:
+            b.ack()
+
+    def keep(positions: list[int]) -> None:
+        for b, start in zip(batches, starts, strict=True):
+            mine = [p - start for p in positions if start <= p < start + len(b.bodies)]
+            if mine:
+                b.keep(mine)  # type: ignore[misc] - Redis batches always keep
+            else:
+                b.ack()
+
+    return Batch(bodies=bodies, ack=ack, keep=keep, bound=bound)
+
+
+class KombuSource:
+    """Events on an AMQP queue (or any kombu transport), bound to the events exchange. With
+    producers bound to tenants, a message's routing key (`<producer>.<type>`) says which."""
+
+    def __init__(self, url: str, transport_options: dict, queue: str, exchange: str,
+                 producers: dict[str, frozenset[str]] | None = None, shared: bool = True) -> None:
         from kombu import Connection, Exchange, Queue
+
+        self.producers = dict(producers or {})
+        self.shared = shared
 
         self.conn = Connection(url, transport_options=transport_options)
         self.exchange = Exchange(exchange, type="topic", durable=True)
@@ -187,8 +275,12 @@ class KombuSource:
                     message.ack()
             self._pending[:0] = [messages[i] for i in sorted(kept)]
 
+        bound = None
+        if self.producers or not self.shared:
+            bound = [routing_binding(m.delivery_info.get("routing_key") or "", self.producers, shared=self.shared)
+                     for m in messages]
         return Batch(bodies=[m.body if isinstance(m.body, bytes) else str(m.body).encode() for m in messages],
-                     ack=ack, keep=keep)
+                     ack=ack, keep=keep, bound=bound)
 
     def recover(self) -> None:
         """After a connection error: drop the consumer and connection; the next fetch opens new
@@ -221,10 +313,18 @@ def open_source(settings) -> Source:
     from notifier.bootstrap import kombu_url
 
     consumer = settings.ingest_consumer or f"{socket.gethostname()}-{os.getpid()}"
+    producers = settings.producer_bindings
     if settings.events_url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisListSource(settings.events_url, settings.events_queue, consumer)
+        if not producers:
+            return RedisListSource(settings.events_url, settings.events_queue, consumer)
+        lists = [RedisListSource(settings.events_url, producer_queue(settings.events_queue, name), consumer,
+                                 Binding(f"producer {name!r}", tenants)) for name, tenants in producers.items()]
+        if settings.events_shared:
+            lists.insert(0, RedisListSource(settings.events_url, settings.events_queue, consumer))
+        return RedisListsSource(lists)
     url, options = kombu_url(settings.events_url, settings)
-    return KombuSource(url, options, settings.events_queue, settings.events_exchange)
+    return KombuSource(url, options, settings.events_queue, settings.events_exchange, producers=producers,
+                       shared=settings.events_shared)
 
 
 def broker_errors() -> tuple[type[BaseException], ...]:
@@ -296,7 +396,7 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
         while True:
             try:
                 report = apply_events(ctx.store, batch.bodies, now=ctx.clock.now(), source=source.name,
-                                      wait_for_locks=wait_for_locks)
+                                      wait_for_locks=wait_for_locks, bound=batch.bound)
                 break
             except DBAPIError as exc:  # database down: keep the batch, back off, try again
                 log.warning("database unavailable, retrying batch of %d in %.1fs: %s", len(batch.bodies),

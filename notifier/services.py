@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -48,6 +48,7 @@ from notifier.domain.planning import (
 )
 from notifier.links import well_formed
 from notifier.phones import normalize_phone, read_phone  # noqa: F401 - normalize_phone: part of the API
+from notifier.producers import Binding
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
 from notifier.store.bulk import insert_rows
@@ -124,7 +125,8 @@ def _text(body: bytes | str) -> str:
 
 
 def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, source: str,
-                 regions: Mapping[str, Iterable[str]] | None = None, wait_for_locks: bool = True) -> IngestReport:
+                 regions: Mapping[str, Iterable[str]] | None = None, wait_for_locks: bool = True,
+                 bound: Sequence[Binding | None] | None = None) -> IngestReport:
     """Apply raw events in one transaction. Bad ones go to the dead-letter store; a database
     error propagates so the caller keeps the batch unacknowledged and retries it (N1).
 
@@ -139,11 +141,14 @@ def apply_events(store: Store, bodies: Iterable[bytes | str], *, now: datetime, 
     Isolation (N3): the batch runs in a savepoint. An error that is not an outage (`is_outage`:
     a value the database refuses, a constraint, a bug) is the input's fault: the batch is split in
     halves, each applied in a savepoint of its own, down to the event at fault, which becomes a
-    dead letter with the reason while the rest of the batch commits. Only an outage propagates."""
+    dead letter with the reason while the rest of the batch commits. Only an outage propagates.
+
+    `bound`, parallel to `bodies`: the tenants the queue each came by may speak for (a producer's,
+    notifier/producers.py); an event for another tenant is a dead letter. None: any tenant."""
     bodies = list(bodies)
     with store.transaction() as tx:
         report = _apply_isolating(tx.conn, bodies, list(range(len(bodies))), now=now, source=source,
-                                  regions=regions, wait_for_locks=wait_for_locks)
+                                  regions=regions, wait_for_locks=wait_for_locks, bound=bound)
     _count_not_planned(report.not_planned)
     return report
 
@@ -157,20 +162,21 @@ def _count_not_planned(counts: dict[tuple[str, str], int]) -> None:
 
 
 def _apply_isolating(conn: Any, bodies: list[bytes | str], positions: list[int], *, now: datetime, source: str,
-                     regions: Mapping[str, Iterable[str]] | None, wait_for_locks: bool) -> IngestReport:
+                     regions: Mapping[str, Iterable[str]] | None, wait_for_locks: bool,
+                     bound: Sequence[Binding | None] | None = None) -> IngestReport:
     try:
         with conn.begin_nested():
             report = _apply_batch(conn, [bodies[i] for i in positions], now=now, source=source, regions=regions,
-                                  wait_for_locks=wait_for_locks)
+                                  wait_for_locks=wait_for_locks, bound=[bound[i] for i in positions] if bound else None)
     except Exception as exc:  # noqa: BLE001 - an outage propagates; anything else is some event's fault
         if is_outage(exc):
             raise
         if len(positions) > 1:  # halves, waiting for locks: nothing is deferred past this point
             half = len(positions) // 2
             report = _apply_isolating(conn, bodies, positions[:half], now=now, source=source, regions=regions,
-                                      wait_for_locks=True)
+                                      wait_for_locks=True, bound=bound)
             report.merge(_apply_isolating(conn, bodies, positions[half:], now=now, source=source, regions=regions,
-                                          wait_for_locks=True))
+                                          wait_for_locks=True, bound=bound))
             return report
         reason = _refusal(exc)
         log.warning("event refused by the store, dead-lettered: %s", reason)
@@ -190,16 +196,23 @@ def _refusal(exc: BaseException) -> str:
 
 
 def _apply_batch(conn: Any, bodies: list[bytes | str], *, now: datetime, source: str,
-                 regions: Mapping[str, Iterable[str]] | None, wait_for_locks: bool) -> IngestReport:
+                 regions: Mapping[str, Iterable[str]] | None, wait_for_locks: bool,
+                 bound: Sequence[Binding | None] | None = None) -> IngestReport:
     report = IngestReport()
     parsed: list[tuple[ev.Event, str, int]] = []
     session = BatchSession(conn)
     session.regions = dict(regions or {})
     for position, body in enumerate(bodies):
         try:
-            parsed.append((ev.parse_event(body), _text(body), position))
+            event = ev.parse_event(body)
         except ev.InvalidEvent as exc:
             _dead(session, report, source, f"invalid event: {exc.reason}", body, now)
+            continue
+        refused = bound[position].refuses(event.tenant_id) if bound and bound[position] is not None else None
+        if refused:  # a producer speaking for a tenant it is not bound to
+            _dead(session, report, source, refused, body, now)
+            continue
+        parsed.append((event, _text(body), position))
     parsed.sort(key=lambda item: (item[0].tenant_id, ev.aggregate_of(item[0]), item[0].revision))
     busy = _preload(session, [e for e, _, _ in parsed], wait=wait_for_locks)
     if busy:

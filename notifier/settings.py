@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from notifier.producers import parse_producers
+
 log = logging.getLogger("notifier.settings")
 ENVIRONMENTS = ("development", "production")
 # NOTIFIER_* variables that are not settings: the loader's own, the compose file's, the tests'
@@ -66,6 +68,11 @@ class Settings:
     events_url: str = "embedded"
     events_queue: str = "notifier.events"
     events_exchange: str = "notifier.events"
+    # booking systems bound to tenants: "salon-crm=salon-berlin,salon-munich; roma-app=studio-roma"
+    # (or a TOML table); each publishes on `<events_queue>.<name>` (Redis) or with routing keys
+    # `<name>.<type>` (AMQP), and may speak for its tenants only (notifier/producers.py)
+    producers: str = ""
+    events_shared: bool = True  # also consume the shared queue, whose events may name any tenant
     # events back to the booking system (slot released, confirmed / cancelled by the customer)
     outbound_url: str = ""  # default: events_url
     outbound_queue: str = "notifier.outbound"
@@ -158,6 +165,11 @@ class Settings:
         return tuple(part.strip() for part in self.link_secret.split(",") if part.strip())
 
     @property
+    def producer_bindings(self) -> dict[str, frozenset[str]]:
+        """Producer name -> the tenants it may speak for (`producers`)."""
+        return parse_producers(self.producers)
+
+    @property
     def templates_dir(self) -> Path:
         return Path(self.templates_path) if self.templates_path else shipped_path("templates")
 
@@ -214,6 +226,8 @@ def _coerce(raw: Any, to: type | str) -> Any:
         if isinstance(raw, bool):
             raise ValueError(raw)
         return float(raw)
+    if isinstance(raw, dict):  # a TOML table, e.g. [notifier.producers] salon-crm = ["salon-berlin"]
+        return "; ".join(f"{k}={','.join(v) if isinstance(v, list | tuple) else v}" for k, v in raw.items())
     if isinstance(raw, list | tuple):  # a TOML list, e.g. link_secret = ["new", "old"]
         return ",".join(str(item).strip() for item in raw)
     return raw if not isinstance(raw, str) else raw.strip()
@@ -304,6 +318,11 @@ def _check(settings: Settings, env: Mapping[str, str], known: set[str]) -> None:
                 ipaddress.ip_network(item.strip(), strict=False)
         except ValueError:
             problems.append(f"NOTIFIER_WEBHOOK_ALLOWED_NETWORKS: {item.strip()!r} is not a network (10.0.0.0/8)")
+    try:
+        if not parse_producers(settings.producers) and not settings.events_shared:
+            problems.append("NOTIFIER_EVENTS_SHARED is off and no producers are bound: no event could be accepted")
+    except ValueError as exc:
+        problems.append(f"NOTIFIER_PRODUCERS: {exc}")
     unknown = _unknown_variables(env, known)
     if settings.production:
         problems += production_problems(settings) + unknown

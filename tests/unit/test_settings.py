@@ -144,3 +144,34 @@ def test_a_bad_value_is_refused_by_name(variable, value, expected):
 def test_a_missing_config_file_is_named():
     with pytest.raises(SettingsError, match="NOTIFIER_CONFIG: no such file '/nowhere.toml'"):
         load_settings({"NOTIFIER_CONFIG": "/nowhere.toml"})
+
+
+def test_producers_are_bound_to_tenants_in_one_setting_or_a_toml_table(tmp_path):
+    s = load_settings({"NOTIFIER_PRODUCERS": "salon-crm=salon-berlin, salon-munich; roma-app=studio-roma"})
+    assert s.producer_bindings == {"salon-crm": frozenset({"salon-berlin", "salon-munich"}),
+                                   "roma-app": frozenset({"studio-roma"})}
+    config = tmp_path / "n.toml"
+    config.write_text('[notifier.producers]\nsalon-crm = ["salon-berlin", "salon-munich"]\nroma-app = ["studio-roma"]\n')
+    assert load_settings({}, config_file=config).producer_bindings == s.producer_bindings
+    for bad, says in (("salon-crm", "expected producer=tenant"), ("Salon CRM=x", "is not a producer name"),
+                      ("booking=x", "is not a producer name"), ("a=x; a=y", "named twice")):
+        with pytest.raises(SettingsError, match=says):
+            load_settings({"NOTIFIER_PRODUCERS": bad})
+    with pytest.raises(SettingsError, match="no event could be accepted"):
+        load_settings({"NOTIFIER_EVENTS_SHARED": "false"})
+
+
+def test_a_batch_from_several_lists_is_kept_and_acknowledged_list_by_list():
+    """RedisListsSource: events another batch's locks held stay on the list they came from."""
+    from notifier.ingest import Batch, _joined
+
+    done: list[tuple[str, object]] = []
+
+    def part(name: str, n: int) -> Batch:
+        return Batch(bodies=[f"{name}{i}".encode() for i in range(n)], ack=lambda: done.append((name, "ack")),
+                     keep=lambda positions: done.append((name, positions)))
+
+    batch = _joined([part("a", 2), part("b", 3), part("c", 1)])
+    assert batch.bodies == [b"a0", b"a1", b"b0", b"b1", b"b2", b"c0"] and batch.bound == [None] * 6
+    batch.keep([1, 3, 4])
+    assert done == [("a", [1]), ("b", [1, 2]), ("c", "ack")]
