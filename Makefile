@@ -10,7 +10,7 @@ SHELL := /bin/bash
 DEV_EXTRAS := .[dev,flower]
 PIP := $(PY) -m pip install --disable-pip-version-check --no-compile
 
-.PHONY: demo test test-unit test-integration bench chaos schema requirements clean
+.PHONY: demo test test-unit test-integration bench chaos schema requirements lock audit clean
 
 # pip's output goes to $(VENV)/pip.log; on the terminal, a dot per package and the time it took
 define pip_with_progress
@@ -69,6 +69,17 @@ requirements: $(STAMP)
 # the customer page's pictures in docs/img/ (the README shows them): the browser test of every status
 screenshots: $(STAMP)
 	NOTIFIER_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_browser_links.py -k every_status
+
+# requirements.lock: the runtime dependencies and Flower, pinned with their hashes, for every platform
+# of Python 3.11 (the image installs from it with --require-hashes); after changing pyproject.toml
+lock: $(STAMP)
+	$(PY) -m uv pip compile pyproject.toml --extra flower --generate-hashes --universal --python-version 3.11 \
+	  --no-config --custom-compile-command "make lock" --quiet -o requirements.lock
+
+# the pinned dependencies against a vulnerability database (pip-audit): exit 2 and NOT CHECKED when the
+# database cannot be reached, never a silent "no known vulnerabilities"; SERVICE=osv asks OSV instead
+audit: $(STAMP)
+	$(PY) -m notifier.cli dev audit --service $(or $(SERVICE),pypi)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -628,6 +628,22 @@ def dev() -> None:
     """Tools for running notifier on a developer's machine."""
 
 
+@dev.command("audit")
+@click.option("--requirements", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=Path("requirements.lock"), show_default=True)
+@click.option("--service", type=click.Choice(["pypi", "osv"]), default="pypi", show_default=True,
+              help="The vulnerability database pip-audit asks.")
+def dev_audit(requirements: Path, service: str) -> None:
+    """Check the pinned dependencies for known vulnerabilities (pip-audit). Exit 0: checked, none
+    known; 1: vulnerable; 2: NOT CHECKED (the database could not be reached)."""
+    from notifier.audit import audit
+
+    verdict = audit(requirements, service=service)
+    for line in verdict.lines:
+        click.echo(line, err=verdict.status != 0)
+    raise SystemExit(verdict.status)
+
+
 @dev.command("smtp")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=1025, type=int, show_default=True, help="SMTP port (0: any free port).")
