@@ -22,11 +22,14 @@ define pip_with_progress
 	echo " in $$((SECONDS - start)) s"
 endef
 
-$(RUNTIME): pyproject.toml setup.py
+# the demo's environment: requirements.lock as it stands (exact versions, hashes checked, no resolving) and
+# this checkout on the path, as an editable install would put it, without building a package first
+$(RUNTIME): pyproject.toml setup.py requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "notifier needs Python 3.11 or newer (set PYTHON=...)")'
 	@test -x $(PY) || { echo "creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
-	@echo "installing notifier and its runtime dependencies into $(VENV) (once; the tools for tests come with make test)"
-	$(call pip_with_progress,-e .)
+	@echo "installing notifier's runtime dependencies (requirements.lock) into $(VENV); the tools for tests come with make test"
+	$(call pip_with_progress,--require-hashes --only-binary=:all: --no-deps -r requirements.lock)
+	@$(PY) -c 'import pathlib, sys, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "notifier-checkout.pth").write_text(sys.argv[1] + "\n")' "$(CURDIR)"
 	@touch $@
 
 $(STAMP): $(RUNTIME)

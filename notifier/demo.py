@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -242,7 +243,8 @@ def run_demo(keep: bool = True) -> int:
             where = _shown(root)
             print(f"demo: kept in {where}: the database, each process's log, the {len(mails)} mails as .eml files. "
                   "Look again with")
-            print(f"  NOTIFIER_DATABASE_URL=sqlite:///{where}/notifier.db notifier timeline salon-berlin B-1002")
+            print(f"  NOTIFIER_DATABASE_URL=sqlite:///{where}/notifier.db {_shown(Path(sys.executable))} -m notifier.cli "
+                  "timeline salon-berlin B-1002")
         else:
             shutil.rmtree(root, ignore_errors=True)
         print(f"demo: {published} events, {sent} messages sent, {failed} failed")
