@@ -4,8 +4,13 @@ Generated and hand-written bad input against each surface that takes input from 
 what became of every piece of it:
 
 - events: the consumer's `apply_events`, a corpus and hypothesis-generated bodies (random bytes,
-  random JSON, valid events with one field replaced by random JSON), each followed in its batch
-  by a valid event that must still apply (N3);
+  random JSON, valid events with one field replaced by random JSON), and the poison families of
+  issue 15 (a NUL in each string field, a raw NUL byte, 1e30, NaN and Infinity in each numeric
+  setting, unknown zones, unknown and mistyped settings, two addresses, CR/LF in a name), each
+  followed in its batch by a valid event that must still apply (N3), on SQLite and on
+  PostgreSQL (`--store`);
+- tenant files: the same bad settings and zones in `config/tenants/*.yaml` must be refused by
+  `load_tenants` naming the file and the key, loading nothing of that file;
 - template bundles: the shipped bundle with one thing broken (syntax, unknown variables,
   templates that parse but fail when rendered, undecodable files, a broken manifest, links out
   of the folder) must be refused by `validate_bundle` with the reason; template injection
@@ -14,11 +19,13 @@ what became of every piece of it:
   for another tenant, never recorded, replayed: GET and POST on the web app; none may act (N4);
 - callback endpoints: Twilio and Meta status callbacks with forged or missing signatures and
   with malformed bodies, signed or not: forged ones are refused, none changes what it must not,
-  none is a server error (N5).
+  none is a server error (N5); signed ones carrying another provider's message id are refused
+  and move nothing (issue 15).
 
 Prints a table (Markdown) and, last, one JSON line with the counts. Bugs found are listed with
 an example input. Nothing runs on the network but loopback; the store is SQLite in a temporary
-folder. `--examples N` sets the hypothesis examples per generated family (default 500).
+folder, and for the events also a scratch PostgreSQL database (NOTIFIER_TEST_PG, as the tests).
+`--examples N` sets the hypothesis examples per generated family (default 500).
 """
 
 from __future__ import annotations
@@ -148,12 +155,76 @@ def _event_bodies():
             | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")))
 
 
-def fuzz_events(folder: Path, examples: int, seed: int) -> list[Tally]:
+def string_paths(doc: Any, path: tuple = ()) -> list[tuple]:
+    """The key path of every string in a JSON document."""
+    if isinstance(doc, dict):
+        return [p for key, value in doc.items() for p in string_paths(value, (*path, key))]
+    return [path] if isinstance(doc, str) else []
+
+
+def replaced(doc: dict, path: tuple, value: Any) -> dict:
+    """A copy of a JSON document with the value at `path` replaced."""
+    out = json.loads(json.dumps(doc))
+    target = out
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return out
+
+
+def numeric_settings() -> list[tuple[str, str]]:
+    """(section, key) of every numeric notification setting."""
+    from notifier.domain.model import SECTIONS
+
+    return [(name, key) for name, section in SECTIONS.items() for key, info in section.model_fields.items()
+            if isinstance(info.default, int) and not isinstance(info.default, bool)]
+
+
+BAD_SETTINGS = [{"info": {"delay": 600}}, {"info": {"delay_s": "ten"}}, {"info": {"delay_s": -5}},
+                {"confirmation": {"repetitions": 10**9}}, {"info": {"enabled": "yes"}},
+                {"info": {"channels": ["pigeon"]}}, {"unavailable": ["sms"]}, {"nonsense": {}}]
+
+
+def poison_events() -> list[bytes]:
+    """Issue 15's families, each a body the store must not take and the batch must survive."""
+    valid = _valid_event("poison")
+    valid["data"]["service"] = "Massage"
+    shapes = [valid,
+              {**valid, "type": "booking.cancelled", "data": {"booking_id": "p", "by": "staff", "reason": "ill"}},
+              {**valid, "type": "booking.status_changed", "data": {"booking_id": "p", "reason": "ill", "status": {
+                  "id": "s", "name": "Abgesagt", "kind": "cancellation"}}},
+              {**valid, "type": "tenant.settings_updated", "data": {"name": "Salon", "timezone": "Europe/Berlin",
+                                                                    "company": {"name": "Salon"}}},
+              {**valid, "type": "resource.updated", "data": {"resource": {"id": "anna", "name": "Anna"},
+                                                             "timezone": "Europe/Berlin"}}]
+    out = [json.dumps(replaced(shape, path, nul)).encode()  # NUL (and CR/LF, a lone surrogate) in each string
+           for shape in shapes for path in string_paths(shape) for nul in ("X\u0000Y", "X\r\nY", "X\ud800Y")]
+    out += [b'{"event_id": "raw\x00", "type": "booking.created"}', json.dumps(valid).encode()[:-1] + b"\x00}"]
+    resource = shapes[4]
+    for name, key in numeric_settings():
+        for number in ("1e30", "1e400", "NaN", "Infinity", "-2", "2.5"):
+            body = json.dumps(replaced(resource, ("data", "settings"), {name: {key: 0}})).encode()
+            out.append(body.replace(b'"' + key.encode() + b'": 0', b'"' + key.encode() + b'": ' + number.encode()))
+            tenant = json.dumps(replaced(shapes[3], ("data", "settings"), {name: {key: 0}})).encode()
+            out.append(tenant.replace(b'"' + key.encode() + b'": 0', b'"' + key.encode() + b'": ' + number.encode()))
+    for settings in BAD_SETTINGS:
+        out.append(json.dumps(replaced(resource, ("data", "settings"), settings)).encode())
+        out.append(json.dumps(replaced(shapes[3], ("data", "settings"), settings)).encode())
+    for zone in ("Mars/Olympus", "Invalid/Zone", "", "../../etc/localtime", "Europe/Berlin\u0000"):
+        out.append(json.dumps(replaced(resource, ("data", "timezone"), zone)).encode())
+        out.append(json.dumps(replaced(shapes[3], ("data", "timezone"), zone)).encode())
+    for email in ("a@example.org, victim@example.com", "a@example.org\r\nBcc: v@example.com",
+                  "Erika <a@example.org>", "a@b", "a@example.org;v@example.com"):
+        out.append(json.dumps(replaced(valid, ("data", "customer", "email"), email)).encode())
+    return out
+
+
+def fuzz_events(folder: Path, examples: int, seed: int, *, store_url: str, label: str) -> list[Tally]:
     from notifier.services import apply_events, load_tenants
     from notifier.settings import shipped_path
     from notifier.store.sql import Store, make_engine
 
-    store = Store(make_engine(f"sqlite:///{folder / 'events.db'}"))
+    store = Store(make_engine(store_url))
     store.migrate()
     load_tenants(store, shipped_path("config") / "tenants", now=START)
     counter = iter(range(10**9))
@@ -174,6 +245,8 @@ def fuzz_events(folder: Path, examples: int, seed: int) -> list[Tally]:
             reason = report.dead_reasons[0]
             if reason.startswith("internal error"):
                 tally.add(f"{BUG}: dead-lettered as an internal error", (body, reason))
+            elif reason.startswith("refused by the database"):  # isolated, but the contract let it through
+                tally.add(f"{BUG}: refused by the database, not by the contract", (body, reason))
             else:
                 tally.add("dead letter: " + ("invalid event" if reason.startswith("invalid event")
                                              else reason.split(" '", 1)[0]), body)
@@ -184,13 +257,55 @@ def fuzz_events(folder: Path, examples: int, seed: int) -> list[Tally]:
         else:
             tally.add("stale or duplicate (ignored, recorded)", body)
 
-    corpus = Tally("events", "corpus (hand-written)")
+    corpus = Tally("events", f"corpus (hand-written), {label}")
     for body in event_corpus():
         one(corpus, body)
-    generated = Tally("events", "hypothesis (bytes, JSON, one field replaced)")
+    poison = Tally("events", f"issue 15 poison families, {label}")
+    for body in poison_events():
+        one(poison, body)
+    generated = Tally("events", f"hypothesis (bytes, JSON, one field replaced), {label}")
     _hypothesis_run(_event_bodies(), examples, seed, lambda body: one(generated, body))
     store.engine.dispose()
-    return [corpus, generated]
+    return [corpus, poison, generated]
+
+
+def fuzz_tenant_files(folder: Path, examples: int, seed: int) -> list[Tally]:
+    """Bad settings and zones in a tenant file: refused naming file and key; nothing of it loaded."""
+    import yaml
+
+    from notifier.services import TenantFilesInvalid, load_tenants
+    from notifier.store.sql import Store, make_engine
+
+    store = Store(make_engine(f"sqlite:///{folder / 'tenant-files.db'}"))
+    store.migrate()
+    tally = Tally("tenant files", "bad settings, numbers and zones in config/tenants/*.yaml")
+    cases: list[tuple[dict, str]] = [({"settings": {name: {key: value}}}, f"settings.{name}.{key}")
+                                     for name, key in numeric_settings() for value in (1e30, float("nan"), -2, "ten")]
+    cases += [({"settings": bad}, "settings.") for bad in BAD_SETTINGS]
+    cases += [({"timezone": zone}, "timezone") for zone in ("Mars/Olympus", "Invalid/Zone")]
+    cases += [({"resources": [{"id": "r", "name": "R", "timezone": "Mars/Olympus"}]}, "resources.0.timezone"),
+              ({"resources": [{"id": "r", "name": "R", "settings": {"late": {"delay_s": 1e30}}}]},
+               "resources.0.settings.late.delay_s"),
+              ({"company": {"name": "Salon\r\nX"}}, "company.name"), ({"channels": ["pigeon"]}, "channels.0")]
+    for number, (change, key) in enumerate(cases):
+        files = folder / f"tenant-files-{number}"
+        files.mkdir()
+        path = files / "bad.yaml"
+        path.write_text(yaml.safe_dump({"id": f"bad-{number}", "name": "Bad", **change}))
+        try:
+            load_tenants(store, files, now=START)
+        except TenantFilesInvalid as exc:
+            named = all(p.startswith(f"{path}: ") for p in exc.problems) and any(key in p for p in exc.problems)
+            with store.transaction() as tx:
+                loaded = tx.tenant(f"bad-{number}") is not None
+            tally.add("refused naming file, key and reason; nothing loaded" if named and not loaded
+                      else f"{BUG}: refused without naming {key}, or loaded", (change, exc.problems))
+        except Exception as exc:  # noqa: BLE001 - counted
+            tally.add(f"{BUG}: load_tenants raised {exc.__class__.__name__}", change)
+        else:
+            tally.add(f"{BUG}: loaded", change)
+    store.engine.dispose()
+    return [tally]
 
 
 # --- template bundles (N3, N6, R40) ---------------------------------------------------------------------
@@ -508,9 +623,13 @@ def fuzz_callbacks(folder: Path, examples: int, seed: int) -> list[Tally]:
     ctx = _web_context(folder, "callbacks")
     m = t.messages.c
     with ctx.store.engine.begin() as conn:
-        ids = conn.execute(select(m.id).order_by(m.id).limit(2)).scalars().all()
-        conn.execute(update(t.messages).where(m.id == ids[0]).values(state="sent", provider_message_id="SMgood"))
-        conn.execute(update(t.messages).where(m.id == ids[1]).values(state="sent", provider_message_id="wamid.good"))
+        ids = conn.execute(select(m.id).order_by(m.id).limit(3)).scalars().all()
+        conn.execute(update(t.messages).where(m.id == ids[0]).values(state="sent", provider_message_id="SMgood",
+                                                                     provider="twilio"))
+        conn.execute(update(t.messages).where(m.id == ids[1]).values(state="sent", provider_message_id="wamid.good",
+                                                                     provider="meta"))
+        conn.execute(update(t.messages).where(m.id == ids[2]).values(
+            state="sent", provider_message_id="<salon-berlin.b1.info@example.org>", provider="smtp"))
     client = TestClient(create_app(ctx), raise_server_exceptions=False)
     url = "https://notifier.example.org/callbacks/twilio"
 
@@ -587,13 +706,30 @@ def fuzz_callbacks(folder: Path, examples: int, seed: int) -> list[Tally]:
     _hypothesis_run(bodies, examples, seed, lambda body: judge(meta_signed, client.post(
         "/callbacks/meta", content=body, headers={"X-Hub-Signature-256": meta_signature("meta-secret", body)}),
         body, forged=False))
+    # signed, but for another provider's message: refused, nothing moves (issue 15)
+    foreign = Tally("callbacks", "signed, another provider's message id (Twilio for Meta or email, Meta for Twilio "
+                                 "or email)")
+    before = states()
+    for status in ("delivered", "read", "failed", "undelivered"):
+        for sid in ("wamid.good", "<salon-berlin.b1.info@example.org>"):
+            form = {"MessageSid": sid, "MessageStatus": status}
+            answer = client.post("/callbacks/twilio", data=form,
+                                 headers={"X-Twilio-Signature": twilio_signature("twilio-token", url, form)})
+            foreign.add("refused 409, nothing moved" if answer.status_code == 409 and states() == before
+                        else f"{BUG}: moved or not refused ({answer.status_code})", form)
+        for sid in ("SMgood", "<salon-berlin.b1.info@example.org>"):
+            body = json.dumps({"entry": [{"changes": [{"value": {"statuses": [{"id": sid, "status": status}]}}]}]})
+            answer = client.post("/callbacks/meta", content=body.encode(),
+                                 headers={"X-Hub-Signature-256": meta_signature("meta-secret", body.encode())})
+            foreign.add("refused 409, nothing moved" if answer.status_code == 409 and states() == before
+                        else f"{BUG}: moved or not refused ({answer.status_code})", body)
     final = states()  # signed statuses only ever moved forward (N5)
     order = ["sent", "delivered", "read"]
     for pid, state in final.items():
         if state != "failed" and order.index(state) < order.index(initial[pid]):
             meta_signed.add(f"{BUG}: a status moved backwards", (pid, state))
     ctx.close()
-    return [twilio_forged, meta_forged, twilio_signed, meta_signed]
+    return [twilio_forged, meta_forged, twilio_signed, meta_signed, foreign]
 
 
 # --- the table --------------------------------------------------------------------------------------------
@@ -606,11 +742,24 @@ def table(tallies: list[Tally]) -> str:
     return "\n".join(lines)
 
 
-def run(examples: int, seed: int) -> list[Tally]:
+def run(examples: int, seed: int, stores: tuple[str, ...] = ("sqlite", "postgresql")) -> list[Tally]:
+    from contextlib import ExitStack
+
     folder = Path(tempfile.mkdtemp(prefix="notifier-bad-input-"))
     try:
         tallies = []
-        for surface in (fuzz_events, fuzz_bundles, fuzz_links, fuzz_callbacks):
+        with ExitStack() as stack:
+            for store in stores:
+                begun = time.perf_counter()
+                if store == "postgresql":
+                    from bench.common import scratch_database
+
+                    url, label = stack.enter_context(scratch_database()), "PostgreSQL"
+                else:
+                    url, label = f"sqlite:///{folder / 'events.db'}", "SQLite"
+                tallies += fuzz_events(folder, examples, seed, store_url=url, label=label)
+                print(f"bad input: fuzz_events on {label} in {time.perf_counter() - begun:.0f} s", file=sys.stderr)
+        for surface in (fuzz_tenant_files, fuzz_bundles, fuzz_links, fuzz_callbacks):
             begun = time.perf_counter()
             tallies += surface(folder, examples, seed)
             print(f"bad input: {surface.__name__} in {time.perf_counter() - begun:.0f} s", file=sys.stderr)
@@ -623,11 +772,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bad_input", description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=500, help="hypothesis examples per generated family")
     parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both",
+                        help="where the events go (default both; PostgreSQL at NOTIFIER_TEST_PG)")
     args = parser.parse_args(argv)
     import logging
 
     logging.disable(logging.CRITICAL)  # an event that fails is logged with its traceback: thousands here
-    tallies = run(args.examples, args.seed)
+    tallies = run(args.examples, args.seed, ("sqlite", "postgresql") if args.store == "both" else (args.store,))
     print(table(tallies))
     for tally in tallies:
         for outcome, example in tally.examples.items():
@@ -635,7 +786,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{tally.surface} / {tally.family} / {outcome}:\n  e.g. {example}")
     summary = {f"{t.surface}: {t.family}": {"tried": t.tried, "bugs": t.bugs} for t in tallies}
     print(json.dumps({"tried": sum(t.tried for t in tallies), "bugs": sum(t.bugs for t in tallies),
-                      "examples": args.examples, "seed": args.seed, "surfaces": summary}, separators=(",", ":")))
+                      "examples": args.examples, "seed": args.seed, "store": args.store, "surfaces": summary},
+                     separators=(",", ":")))
     return 0 if not any(t.bugs for t in tallies) else 1
 
 

@@ -5,13 +5,13 @@ field (or a refused callback), no ingester stalls, and the sweeps go on for ever
 
 from __future__ import annotations
 
-import copy
 import json
 from datetime import timedelta
 
 import redis
 from sqlalchemy import func, select, update
 
+from bench.bad_input import replaced, string_paths
 from notifier.devtools import wait_for
 from notifier.domain.model import SECTIONS
 from notifier.services import sweep_due, sweep_states, timeline_of
@@ -29,23 +29,6 @@ def _valid(tenant: str, n: int) -> dict:
     return created(f"{tenant}-ok-{n}", tenant=tenant, starts_at=VISIT, event_id=f"{tenant}-ok-{n}",
                    cust=customer(f"{tenant}-c{n}", phone="+49 151 23456789", consents={"email": True}),
                    resource={"id": RESOURCE[tenant], "name": "Resource"})
-
-
-def _string_leaves(doc, path=()):
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            yield from _string_leaves(value, (*path, key))
-    elif isinstance(doc, str):
-        yield path
-
-
-def _with(doc: dict, path: tuple, value) -> dict:
-    out = copy.deepcopy(doc)
-    target = out
-    for key in path[:-1]:
-        target = target[key]
-    target[path[-1]] = value
-    return out
 
 
 def poison() -> list[tuple[bytes, str]]:
@@ -66,9 +49,9 @@ def poison() -> list[tuple[bytes, str]]:
     shapes[0]["data"]["service"] = "Massage"
     out, n = [], 0
     for shape in shapes:  # NUL in each string field of the contract
-        for path in _string_leaves(shape):
+        for path in string_paths(shape):
             n += 1
-            body = _with(shape, path, NUL)
+            body = replaced(shape, path, NUL)
             if path != ("event_id",):
                 body["event_id"] = f"p{n}"
             out.append((json.dumps(body).encode(), ".".join(path[1:] if path[0] == "data" else path)))

@@ -86,7 +86,14 @@ def test_the_shipped_bundle_still_renders_every_template():
 # --- the generated families, small: every input ends in a stated outcome, none breaks a promise ----------
 
 def test_N3_events_generated_and_corpus_each_end_dead_lettered_applied_or_ignored(tmp_path):
-    for tally in bad_input.fuzz_events(tmp_path, 40, seed=1):
+    """Issue 15's poison families among them: each refused by the contract with its reason."""
+    tallies = bad_input.fuzz_events(tmp_path, 40, seed=1, store_url=f"sqlite:///{tmp_path / 'e.db'}", label="SQLite")
+    for tally in tallies:
+        assert tally.tried and tally.bugs == 0, tally.outcomes
+
+
+def test_N3_bad_tenant_files_are_refused_naming_file_and_key_and_load_nothing(tmp_path):
+    for tally in bad_input.fuzz_tenant_files(tmp_path, 0, seed=1):
         assert tally.tried and tally.bugs == 0, tally.outcomes
 
 
@@ -98,7 +105,8 @@ def test_N4_tampered_foreign_expired_and_replayed_links_never_act(tmp_path):
 def test_N5_forged_callbacks_are_refused_and_change_nothing(tmp_path):
     tallies = {t.family: t for t in bad_input.fuzz_callbacks(tmp_path, 30, seed=1)}
     for family in ("Twilio, forged or missing signature", "Meta, forged or missing signature",
-                   "Twilio, signed, malformed or unknown fields"):
+                   "Twilio, signed, malformed or unknown fields",
+                   "signed, another provider's message id (Twilio for Meta or email, Meta for Twilio or email)"):
         assert tallies[family].tried and tallies[family].bugs == 0, tallies[family].outcomes
 
 
