@@ -41,7 +41,7 @@ def booking_events(n: int, *, seed: int = 7, customers: int = 5000) -> list[str]
             out.append(_event("booking.created", tenant, 1, at, {
                 "booking_id": bid,
                 "customer": {"id": cid, "name": f"Kunde {cid}", "email": f"{cid}@example.org",
-                             "phone": "0151 23456789" if tenant == "salon-berlin" else "+39 06 6982 1234",
+                             "phone": "0151 23456789" if tenant == "salon-berlin" else "+39 347 123 4567",
                              "language": "de" if tenant == "salon-berlin" else "it",
                              "consents": {"email": True, "sms": int(cid[1:]) % 10 < 3}, "privacy_accepted": True},
                 "resource": {"id": resource, "name": resource.title(), "type": rtype},

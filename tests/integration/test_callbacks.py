@@ -26,7 +26,7 @@ def sent(tmp_path, pg_url, clock):
                                  twilio_auth_token=providers.auth_token, twilio_from="+4930123456",
                                  twilio_api_url=providers.url, public_url=PUBLIC, meta_app_secret="app-secret-1234")
         ctx = make_context(settings, channels=build_channels(settings))
-        book(ctx, "+39 06 6982 1234")
+        book(ctx, "+39 347 123 4567")
         clock.set(info_row(ctx).due_at)
         assert run_due(ctx)["sent"] == 1
 

@@ -36,8 +36,8 @@ pytestmark = pytest.mark.integration
 # the customers: every way their data could be written down is a needle to look for
 HENRIKE = {"name": "Henrike Quastenberg", "email": "henrike.quastenberg@example.net", "phone": "0151 23456789",
            "e164": "+4915123456789"}
-GIOVANNA = {"name": "Giovanna Pellegrinetti", "email": "g.pellegrinetti@example.it", "phone": "06 6982 1234",
-            "e164": "+390669821234"}
+GIOVANNA = {"name": "Giovanna Pellegrinetti", "email": "g.pellegrinetti@example.it", "phone": "347 123 4567",
+            "e164": "+393471234567"}
 BARTHOLO = {"name": "Bartholo Wendehals", "email": "b.wendehals@example.org", "phone": "+49 170 1234567",
             "e164": "+491701234567"}
 KUNIGUNDE = {"name": "Kunigunde Zwirbelmann", "email": "kunigunde.zwirbelmann@example.com",

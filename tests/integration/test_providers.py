@@ -60,7 +60,7 @@ def attempts(ctx, message_id):
 
 
 def test_503_twice_then_success_delivers_exactly_once_with_three_attempts(sms_ctx, providers, clock):
-    book(sms_ctx, "06 6982 1234")  # an Italian number without its prefix: the tenant's home region (R5)
+    book(sms_ctx, "347 123 4567")  # an Italian number without its prefix: the tenant's home region (R5)
     clock.set(info_row(sms_ctx).due_at)
     providers.script(503, 503)
     assert run_due(sms_ctx)["retried"] == 1
@@ -73,12 +73,12 @@ def test_503_twice_then_success_delivers_exactly_once_with_three_attempts(sms_ct
     assert [(a.outcome, a.provider_code) for a in attempts(sms_ctx, row.id)] == [
         ("temporary", "503"), ("temporary", "503"), ("sent", "queued")]
     [sms] = providers.received
-    assert sms["to"] == "+390669821234" and "Studio Test Roma" in sms["body"]
+    assert sms["to"] == "+393471234567" and "Studio Test Roma" in sms["body"]
     assert sms["status_callback"].endswith("/callbacks/twilio")
 
 
 def test_429_retry_after_is_honoured(sms_ctx, providers, clock):
-    book(sms_ctx, "+39 06 6982 1234")
+    book(sms_ctx, "+39 347 123 4567")
     due = info_row(sms_ctx).due_at
     clock.set(due)
     providers.script((429, {"Retry-After": "900"}))
@@ -92,8 +92,8 @@ def test_429_retry_after_is_honoured(sms_ctx, providers, clock):
 
 
 def test_an_invalid_number_fails_once_with_the_reason_on_the_timeline(sms_ctx, providers, clock):
-    providers.invalid_numbers.add("+390669821234")
-    book(sms_ctx, "+39 06 6982 1234")
+    providers.invalid_numbers.add("+393471234567")
+    book(sms_ctx, "+39 347 123 4567")
     clock.set(info_row(sms_ctx).due_at)
     assert run_due(sms_ctx)["failed"] == 1
     clock.set(info_row(sms_ctx).due_at + timedelta(days=1))
@@ -116,7 +116,7 @@ def test_whatsapp_that_fails_for_good_goes_out_as_sms_where_the_customer_consent
         "info": {"channels": ["whatsapp", "sms"], "delay_s": 0}, "fallback": {"whatsapp": "sms"},
         "quiet_hours": {"enabled": False}}}, tenant="studio-roma")
     booking = created("b1", tenant="studio-roma", resource={"id": "giulia", "name": "Giulia", "type": "specialist"},
-                      cust=customer("c1", language="it", email=None, phone="+39 06 6982 1234",
+                      cust=customer("c1", language="it", email=None, phone="+39 347 123 4567",
                                     consents={"whatsapp": True, "sms": True}),
                       starts_at=START + timedelta(days=3, hours=6))
     apply_events(ctx.store, [json.dumps(setup), json.dumps(booking)], now=START, source="test")
@@ -124,7 +124,7 @@ def test_whatsapp_that_fails_for_good_goes_out_as_sms_where_the_customer_consent
     assert run_due(ctx)["failed"] == 1
     assert run_due(ctx)["sent"] == 1  # the fallback, planned by the replan after the failure
     [sms] = providers.received
-    assert sms["provider"] == "twilio" and sms["to"] == "+390669821234"
+    assert sms["provider"] == "twilio" and sms["to"] == "+393471234567"
     kinds = [(e["kind"], e["detail"].get("channel")) for e in timeline_of(ctx.store, "studio-roma", "b1")]
     assert ("message.failed", "whatsapp") in kinds and ("message.sent", "sms") in kinds
     ctx.close()
