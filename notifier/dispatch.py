@@ -518,6 +518,9 @@ def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> set[in
                     if is_outage(own):
                         raise
                     log.exception("message %s recorded without the provider's details", done.message.id)
+                    from notifier.observability.metrics import metrics
+
+                    metrics().parked.labels("dispatch").inc()
                     with tx.conn.begin_nested():
                         applied |= _record_in(tx.conn, [replace(done, provider_message_id=None, template=None,
                                                                 code=None, error=f"recorded without the provider's "

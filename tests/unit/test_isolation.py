@@ -165,3 +165,28 @@ def test_R42_an_update_that_removes_a_company_detail_the_templates_use_is_refuse
     assert tenant.company["phone"] and tenant.revision == 0  # nothing of the refused update was applied
     again = _apply(ctx, [json.dumps(event("tenant.settings_updated", {"company": {"fax": "+49 30 1"}}))])
     assert again.applied == 1  # a detail no template uses may come and go
+
+
+def test_N1_N3_one_send_record_the_store_refuses_does_not_hold_up_the_others(ctx, email, monkeypatch):
+    """A provider's answer the store refuses (here: a DataError on one message's id) is recorded
+    without it, the reason in its place; the chunk's other outcomes are recorded as they were."""
+    import notifier.dispatch as dispatch
+
+    _apply(ctx, [json.dumps(created(f"b{i}")) for i in range(4)])
+    real = dispatch._record_in
+    refused = {}
+
+    def refusing(conn, outcomes, regions):
+        for d in outcomes:
+            if d.message.booking_id == "b2" and d.provider_message_id:
+                refused[d.message.id] = d.provider_message_id
+                raise DataError("UPDATE", {}, ValueError("value too long for type character varying(200)"))
+        return real(conn, outcomes, regions)
+
+    monkeypatch.setattr(dispatch, "_record_in", refusing)
+    report = run_due(ctx)
+    assert report["sent"] == len(email.sent) == 4 and report["retried"] == 0
+    rows = {m.booking_id: m for m in messages(ctx) if m.kind == "info"}
+    assert all(rows[b].state == "sent" and rows[b].provider_message_id for b in ("b0", "b1", "b3"))
+    assert rows["b2"].state == "sent" and rows["b2"].provider_message_id is None
+    assert rows["b2"].error == "recorded without the provider's details: DataError"
