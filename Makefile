@@ -59,11 +59,13 @@ chaos: $(STAMP)
 	$(PY) -m bench chaos
 
 # regenerate docs/events.schema.json (the event contract, notifier/domain/events.py), docs/openapi.json
-# and docs/webhooks.schema.json (the staff and activity webhooks' body, notifier/channels/webhook.py)
+# docs/webhooks.schema.json (the staff and activity webhooks' body, notifier/channels/webhook.py) and
+# docs/outbound.schema.json (the events back to the booking system, notifier/domain/outbound.py)
 schema: $(STAMP)
 	$(PY) -c 'import json; from notifier.domain.events import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/events.schema.json
 	$(PY) -c 'import json; from notifier.web.app import openapi_document; print(json.dumps(openapi_document(), indent=2))' > docs/openapi.json
 	$(PY) -c 'import json; from notifier.channels.webhook import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/webhooks.schema.json
+	$(PY) -c 'import json; from notifier.domain.outbound import json_schema; print(json.dumps(json_schema(), indent=2))' > docs/outbound.schema.json
 
 # rewrite the "Tests:" lines of docs/requirements.md from the IDs the tests name
 requirements: $(STAMP)

@@ -72,23 +72,31 @@ def publish(events: Mapping[str, Any] | str | bytes | Iterable[Mapping[str, Any]
 class OutboundPublisher:
     """Events notifier sends back to the booking system (docs/events.md, "Outbound"): a JSON
     object per event on the Redis list `outbound_queue`, or on the AMQP topic exchange of that
-    name with the event type as routing key."""
+    name with the event type as routing key. `publish_many` sends a page of them over one
+    connection (one RPUSH on Redis)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.url = settings.outbound_url or settings.events_url
 
-    def __call__(self, type_: str, tenant_id: str, payload: dict[str, Any]) -> None:
+    def __call__(self, type_: str, tenant_id: str, payload: dict[str, Any], *, event_id: str | None = None) -> None:
         import uuid
 
-        body = json.dumps({"schema_version": 1, "event_id": uuid.uuid4().hex, "type": type_, "tenant_id": tenant_id,
-                           "data": payload}, separators=(",", ":"))
+        self.publish_many([(event_id or uuid.uuid4().hex, type_, tenant_id, payload)])
+
+    def publish_many(self, events: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """(event_id, type, tenant_id, payload) each, in order."""
+        if not events:
+            return
+        bodies = [(type_, json.dumps({"schema_version": 1, "event_id": event_id, "type": type_, "tenant_id": tenant_id,
+                                      "data": payload}, separators=(",", ":"), default=str))
+                  for event_id, type_, tenant_id, payload in events]
         if self.url.startswith(("redis://", "rediss://", "unix://")):
             import redis
 
             client = redis.Redis.from_url(self.url)
             try:
-                client.rpush(self.settings.outbound_queue, body)
+                client.rpush(self.settings.outbound_queue, *[body for _, body in bodies])
             finally:
                 client.close()
             return
@@ -99,5 +107,8 @@ class OutboundPublisher:
         broker, options = kombu_url(self.url, self.settings)
         exchange = Exchange(self.settings.outbound_queue, type="topic", durable=True)
         with Connection(broker, transport_options=options) as conn:
-            conn.Producer().publish(body.encode(), exchange=exchange, routing_key=type_, declare=[exchange],
-                                    content_type="application/json", content_encoding="utf-8", retry=True)
+            producer = conn.Producer()
+            for number, (type_, body) in enumerate(bodies):
+                producer.publish(body.encode(), exchange=exchange, routing_key=type_,
+                                 declare=[exchange] if number == 0 else [], content_type="application/json",
+                                 content_encoding="utf-8", retry=True)

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -59,10 +60,12 @@ from notifier.domain.model import (
     Resource,
     Tenant,
 )
+from notifier.domain.outbound import MESSAGE_EVENTS, message_event
 from notifier.domain.planning import failed_keys, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
 from notifier.leases import Leases
 from notifier.links import BookingLinks
+from notifier.observability.logs import mask_text
 from notifier.ratelimit import take_turn
 from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
@@ -251,7 +254,7 @@ def why_not_send(message: MessageRow, booking: Booking, customer: Customer, tena
             return f"{message.channel.value} switched off for the tenant"
         if message.channel in settings.unavailable:
             return f"{message.channel.value} not offered in {tenant.home_region}"
-    if message.key in planned:
+    if message.key in planned or message.manual:  # an operator's resend goes as they asked, with consent (R3)
         return None
     if booking.status is BookingStatus.CANCELLED:
         return "booking cancelled"
@@ -270,6 +273,48 @@ def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: 
     if message.channel in (Channel.SMS, Channel.WHATSAPP):
         return customer.phone
     return tenant.webhook_url or settings.staff_webhook_url or None  # staff, activity: the operator's URLs
+
+
+def sender_identity(tenant: Tenant, channel: Channel, settings: Any) -> dict[str, str]:
+    """Who the message comes from, as `Outgoing` fields: the tenant's own sender (its tenant
+    file's `sender`), else the settings'. An email without a `mail_from` of the tenant's comes
+    from the settings' address under the company's name; its Reply-To is the tenant's
+    `reply_to`, else the company's `email` detail (when it is one address), else the settings'.
+    An SMS comes from the tenant's number, sender id or messaging service, else the settings'."""
+    own = tenant.sender
+    if channel is Channel.EMAIL:
+        reply_to = own.get("reply_to") or _one_address(str(tenant.company.get("email") or "")) or settings.reply_to
+        return {"sender": own.get("mail_from") or _named_sender(str(tenant.company.get("name") or tenant.name),
+                                                                settings.mail_from),
+                "reply_to": reply_to}
+    if channel is Channel.SMS:
+        return {"sender": own.get("sms_from", ""), "messaging_service": own.get("sms_messaging_service", "")}
+    return {}
+
+
+@lru_cache(maxsize=1024)
+def _one_address(value: str) -> str:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(value, check_deliverability=False).normalized if value else ""
+    except EmailNotValidError:
+        return ""
+
+
+@lru_cache(maxsize=1024)
+def _named_sender(name: str, mail_from: str) -> str:
+    """The settings' address under the company's name ("Salon Lindenblatt <notifier@host>")."""
+    from email.headerregistry import Address
+    from email.utils import parseaddr
+
+    address = parseaddr(mail_from)[1]
+    if not name.strip() or "@" not in address or any(ch in name for ch in "\r\n"):
+        return mail_from
+    try:
+        return str(Address(display_name=name.strip(), addr_spec=address))
+    except (ValueError, IndexError):
+        return mail_from
 
 
 def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking,
@@ -336,7 +381,9 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
                         html=rendered.html, attachments=attachments, template=rendered.provider_template,
                         template_language=rendered.provider_language, params=rendered.params,
                         status_callback=f"{settings.public_url.rstrip('/')}/callbacks/twilio"
-                        if message.channel in (Channel.SMS, Channel.WHATSAPP) else None, metadata={
+                        if message.channel in (Channel.SMS, Channel.WHATSAPP) else None,
+                        **(sender_identity(tenant, message.channel, settings) if message.recipient == "customer"
+                           else {}), metadata={
                             "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
                             "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
     in_doubt = message.id in loaded.in_doubt
@@ -490,6 +537,20 @@ def _ms(started: float) -> int:
 # --- record ------------------------------------------------------------------------------------
 
 def record(store: Store, outcomes: list[Done], *, regions: Any = None) -> set[int]:
+    """`record_outcomes`, then each permanent failure it recorded in the log, at WARNING: the
+    message's id, channel, kind and reason, with personal data masked (an SMTP refusal may
+    quote the address)."""
+    applied = record_outcomes(store, outcomes, regions=regions)
+    for d in outcomes:
+        if d.state is MessageState.FAILED and d.message.id in applied:
+            log.warning("message %s (%s, %s) failed for good: %s", d.message.id, d.message.channel.value,
+                        d.message.kind, mask_text(_clean(d.error) or "no reason given"),
+                        extra={"message_id": d.message.id, "channel": d.message.channel.value,
+                               "code": d.code, "outcome": d.outcome})
+    return applied
+
+
+def record_outcomes(store: Store, outcomes: list[Done], *, regions: Any = None) -> set[int]:
     """Attempt rows, message states and timeline entries of many messages, in one transaction,
     with the fallback of each permanent failure planned in the same commit (the planner plans
     it from the failed key) and the provider's status reports that came before the record.
@@ -541,6 +602,8 @@ def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> set[int]:
                 expect_new=True)
     apply_pending_statuses(conn, [(d.provider, d.provider_message_id) for d in moved
                                   if d.state is MessageState.SENT and d.provider_message_id], outcomes[0].at)
+    # the booking system hears of each outcome, once: only the records that moved the message (fenced)
+    Tx(conn).add_message_events((_message_event(d) for d in moved if d.state in MESSAGE_EVENTS), outcomes[0].at)
     created = [_activity_created(d) for d in moved
                if d.message.channel is Channel.ACTIVITY and d.state is MessageState.SENT]
     if created:  # the booking system's planner learns of the task it was given (outbox, published by the sweep)
@@ -594,6 +657,17 @@ def _set_states(conn: Any, states: list[tuple[Any, ...]]) -> set[int]:
                          provider=func.coalesce(bindparam("prov", type_=c.provider.type), c.provider)))
     return {row[0] for row in states  # SQLite: one row at a time (writers are serialised anyway)
             if conn.execute(statement, dict(zip(_STATE_FIELDS, row, strict=True))).rowcount}
+
+
+def _message_event(d: Done) -> tuple[str, str, dict[str, Any]]:
+    m = d.message
+    type_, data = message_event(
+        d.state, message_id=m.id, booking_id=m.booking_id, kind=m.kind, channel=m.channel.value,
+        recipient=m.recipient, at=d.at, reason=_clean(d.error) if d.state is not MessageState.SENT else None,
+        code=_clean(d.code) if d.state is MessageState.FAILED else None,
+        provider_message_id=d.provider_message_id if d.state is MessageState.SENT else None,
+        resend_of=m.resend_of)
+    return m.tenant_id, type_, data
 
 
 def _activity_created(d: Done) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ from notifier.domain.model import (
     Resource,
     Tenant,
 )
+from notifier.domain.outbound import message_event
 from notifier.domain.planning import (
     apply_flags,
     booking_flags,
@@ -83,7 +85,8 @@ def load_tenants(store: Store, folder: Path, *, now: datetime) -> list[str]:
             continue
         tenant = Tenant(id=doc.id, name=doc.name, timezone=doc.timezone, home_region=doc.home_region,
                         language=doc.language, channels=frozenset(Channel(c) for c in doc.channels),
-                        company=dict(doc.company), settings=doc.settings.overrides(), webhook_url=doc.webhook_url)
+                        company=dict(doc.company), settings=doc.settings.overrides(), webhook_url=doc.webhook_url,
+                        message_events=doc.message_events, sender=doc.sender.values())
         with store.transaction() as tx:
             tx.save_tenant(tenant, now)
             for item in doc.resources:
@@ -818,6 +821,14 @@ def _advance_status(tx: Tx, row: Any, status: str, error: str | None, now: datet
         detail["reason"] = error
     tx.add_timeline(row.tenant_id, row.booking_id, now, f"message.{new.value}", detail, message_id=row.id,
                     dedup_key=f"message:{row.id}:{new.value}")
+    failed = new is MessageState.FAILED
+    if failed:
+        log.warning("message %s (%s, %s) failed for good: the provider reported %s%s", row.id, row.channel, row.kind,
+                    status, f" ({error})" if error else "", extra={"message_id": row.id, "channel": row.channel})
+    tx.add_message_events([(row.tenant_id, *message_event(
+        new, message_id=row.id, booking_id=row.booking_id, kind=row.kind, channel=row.channel,
+        recipient=row.recipient, at=now, reason=values.get("error") if failed else None,
+        resend_of=row.resend_of))], now)  # once: only a report that moved it
     return True
 
 
@@ -1021,19 +1032,47 @@ def counters(store: Store, tenant_id: str, day: date, *, now: datetime,
 
 
 def publish_outbox(store: Store, publish: Any, *, now: datetime, limit: int = 500) -> int:
-    """Hand unpublished outbox events to `publish(type, tenant_id, payload)`; mark them published.
-    Rows are claimed with SKIP LOCKED, so two publishers never send the same one."""
+    """Hand unpublished outbox events to the publisher; mark them published. Rows are claimed
+    with SKIP LOCKED, so two publishers never send the same one. A publisher with
+    `publish_many` (OutboundPublisher) gets the page at once, each event with an `event_id`
+    made from its outbox row, the same on every publication (at least once: a consumer dedupes
+    on it); a plain callable gets `publish(type, tenant_id, payload)` per event."""
     o = t.outbox.c
     with store.transaction() as tx:
         query = select(t.outbox).where(o.published_at.is_(None)).order_by(o.id).limit(limit)
         if store.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = tx.conn.execute(query).all()
-        for row in rows:
-            publish(row.type, row.tenant_id, row.payload)
+        many = getattr(publish, "publish_many", None)
+        if many is not None:
+            many([(outbox_event_id(row.id, row.created_at), row.type, row.tenant_id, row.payload) for row in rows])
+        else:
+            for row in rows:
+                publish(row.type, row.tenant_id, row.payload)
         if rows:
             tx.conn.execute(update(t.outbox).where(o.id.in_([r.id for r in rows])).values(published_at=now))
     return len(rows)
+
+
+def publish_all_outbox(store: Store, publish: Any, *, now: datetime, limit: int = 500, pages: int = 20) -> int:
+    """`publish_outbox` page after page until it is empty (at most `pages`): a burst of sends
+    announced to the booking system (`message.sent` each) is not published a page per sweep."""
+    total = 0
+    for _ in range(pages):
+        done = publish_outbox(store, publish, now=now, limit=limit)
+        total += done
+        if done < limit:
+            break
+    return total
+
+
+_OUTBOX_IDS = uuid.UUID("5d1f9a3e-2b7c-4c1e-9a8e-6f0b3c2d1e4a")
+
+
+def outbox_event_id(row_id: int, created_at: datetime) -> str:
+    """The `event_id` of an outbox row's event: the same whenever it is published again, and
+    not one an earlier database's row of the same id had (its creation time is in it)."""
+    return uuid.uuid5(_OUTBOX_IDS, f"{row_id}/{created_at.isoformat()}").hex
 
 
 def timeline_of(store: Store, tenant_id: str, booking_id: str) -> list[dict[str, Any]]:

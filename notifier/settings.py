@@ -91,7 +91,8 @@ class Settings:
     smtp_starttls: bool = False
     smtp_ssl: bool = False
     smtp_timeout_s: float = 10.0
-    mail_from: str = "notifier@localhost"
+    mail_from: str = "notifier@localhost"  # a tenant's `sender.mail_from` wins; else this address, the company's name
+    reply_to: str = ""  # a tenant's `sender.reply_to` wins, then its company's `email` detail; empty: no Reply-To
     # SMS and WhatsApp providers; tokens only from the environment
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""

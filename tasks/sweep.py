@@ -6,7 +6,7 @@ from __future__ import annotations
 from notifier.client import OutboundPublisher
 from notifier.domain.model import Channel
 from notifier.housekeeping import housekeeping, retention_from
-from notifier.services import publish_outbox, sweep_due, sweep_states
+from notifier.services import publish_all_outbox, sweep_due, sweep_states
 from tasks.celery_app import CHANNEL_QUEUES, app, context
 from tasks.dispatch import dispatch_batch
 
@@ -33,7 +33,7 @@ def sweep_due_task() -> int:
             # to the plan for the next sweep instead of waiting out its lease
             ctx.store.release_claims([i for _, rest in batches[number:] for i in rest], now=ctx.clock.now())
             raise
-    publish_outbox(ctx.store, OutboundPublisher(s), now=ctx.clock.now())  # after their commit, at least once
+    publish_all_outbox(ctx.store, OutboundPublisher(s), now=ctx.clock.now())  # after their commit, at least once
     return sum(len(ids) for _, ids in batches)
 
 
@@ -43,7 +43,7 @@ def sweep_states_task() -> int:
     ctx = context()
     changed = sweep_states(ctx.store, now=ctx.clock.now(), limit=ctx.settings.sweep_batch,
                            regions=ctx.settings.unavailable)
-    publish_outbox(ctx.store, OutboundPublisher(ctx.settings), now=ctx.clock.now())
+    publish_all_outbox(ctx.store, OutboundPublisher(ctx.settings), now=ctx.clock.now())
     return changed
 
 

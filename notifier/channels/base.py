@@ -37,6 +37,11 @@ class Outgoing:
     template_language: str | None = None
     params: tuple[str, ...] = ()
     status_callback: str | None = None  # where the provider reports delivery statuses
+    # the tenant's sender identity (empty: the adapter's own, from the settings): email From and
+    # Reply-To; an SMS's From number or alphanumeric id, or its Twilio messaging service
+    sender: str = ""
+    reply_to: str = ""
+    messaging_service: str = ""
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,14 @@ class SMTPChannel:
 
     def build(self, message: Outgoing) -> EmailMessage:
         mail = EmailMessage()
-        mail["From"] = self.mail_from
+        sender = message.sender or self.mail_from  # the tenant's own, else the settings'
+        mail["From"] = sender
+        if message.reply_to:
+            mail["Reply-To"] = message.reply_to
         mail["To"] = message.to
         mail["Subject"] = message.subject or ""
         mail["Date"] = formatdate(localtime=False)
-        domain = self.mail_from.rsplit("@", 1)[-1].strip(">") or "localhost"
+        domain = sender.rsplit("@", 1)[-1].strip(">") or "localhost"
         # a stable Message-ID: a receiving system can drop a resend of the same message
         mail["Message-ID"] = f"<{message.idempotency_key.replace('/', '.')}@{domain}>"
         for name, value in message.headers.items():

@@ -51,7 +51,10 @@ class TwilioSMSChannel(HttpAdapter):
 
     def form(self, message: Outgoing) -> dict[str, str]:
         form = {"To": message.to, "Body": message.text}
-        if self.messaging_service_sid:
+        if message.messaging_service or message.sender:  # the tenant's own sender
+            form.update({"MessagingServiceSid": message.messaging_service} if message.messaging_service
+                         else {"From": message.sender})
+        elif self.messaging_service_sid:
             form["MessagingServiceSid"] = self.messaging_service_sid
         else:
             form["From"] = self.sender

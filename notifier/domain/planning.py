@@ -94,6 +94,8 @@ class StoredMessage(Protocol):
     def due_at(self) -> datetime: ...
     @property
     def channel(self) -> Channel: ...
+    @property
+    def manual(self) -> bool: ...  # an operator's resend or withdrawal: left alone
 
 
 _BY_DUE_THEN_KEY = itemgetter(3, 0)  # (due_at, key) of a PlannedMessage, in C
@@ -105,6 +107,7 @@ class ExistingMessage:
     state: MessageState
     due_at: datetime
     channel: Channel
+    manual: bool = False
 
 
 @dataclass(frozen=True)
@@ -537,7 +540,8 @@ def late_path_applies(booking: Booking) -> bool:
 
 
 def diff_plan(existing: Iterable[StoredMessage], planned: Iterable[PlannedMessage]) -> PlanDiff:
-    """What to change so the store matches the plan; sent messages are never touched."""
+    """What to change so the store matches the plan; sent messages are never touched, nor those
+    an operator made (a resend) or withdrew: their state is the operator's decision."""
     have = {m.key: m for m in existing}
     want = {m.key: m for m in planned}
     add, update, withdraw = [], [], []
@@ -545,22 +549,23 @@ def diff_plan(existing: Iterable[StoredMessage], planned: Iterable[PlannedMessag
         old = have.get(key)
         if old is None:
             add.append(message)
-        elif old.state in (MessageState.PLANNED, MessageState.WITHDRAWN) and (
+        elif not old.manual and old.state in (MessageState.PLANNED, MessageState.WITHDRAWN) and (
             old.state is MessageState.WITHDRAWN or old.due_at != message.due_at or old.channel != message.channel
         ):
             update.append(message)
     for key, old in have.items():
-        if key not in want and old.state in (MessageState.PLANNED, MessageState.QUEUED):
+        if key not in want and not old.manual and old.state in (MessageState.PLANNED, MessageState.QUEUED):
             withdraw.append(key)
     return PlanDiff(add=tuple(add), update=tuple(update), withdraw=tuple(sorted(withdraw)))
 
 
 def sent_keys(existing: Iterable[StoredMessage]) -> frozenset[str]:
-    return frozenset(m.key for m in existing if m.state in SENT_STATES)
+    """The planner's messages handed to a provider (an operator's resend is not one of the plan's)."""
+    return frozenset(m.key for m in existing if m.state in SENT_STATES and not m.manual)
 
 
 def failed_keys(existing: Iterable[StoredMessage]) -> frozenset[str]:
-    return frozenset(m.key for m in existing if m.state is MessageState.FAILED)
+    return frozenset(m.key for m in existing if m.state is MessageState.FAILED and not m.manual)
 
 
 # --- time-dependent states (R12, R16, R18) -------------------------------------------------------

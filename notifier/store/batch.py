@@ -29,6 +29,7 @@ from notifier.domain.model import (
     Resource,
     Tenant,
 )
+from notifier.domain.outbound import message_event
 from notifier.domain.planning import PlanDiff, StoredMessage
 from notifier.store import schema as t
 from notifier.store.bulk import driver_errors, insert_rows
@@ -59,6 +60,7 @@ class _Message(NamedTuple):  # a `StoredMessage` to planning: handed to it as it
     due_at: datetime
     id: int | None  # None: not in the database yet
     changed: bool  # by this batch
+    manual: bool = False  # an operator's resend or withdrawal: planning leaves it alone
 
 
 _MISSING = object()
@@ -69,7 +71,7 @@ _VALUE: dict[Any, str] = {m: m.value for enum in (Channel, MessageState, Kind, B
 _BOOKING_COLUMNS = [c.name for c in t.bookings.c]
 _CUSTOMER_COLUMNS = [c.name for c in t.customers.c]
 _RESOURCE_COLUMNS = [c.name for c in t.resources.c]
-_MESSAGE_COLUMNS = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at", "id"]
+_MESSAGE_COLUMNS = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at", "id", "by"]
 _TIMELINE_WRITE = ["tenant_id", "booking_id", "at", "kind", "detail", "plan"]
 _MESSAGE_INSERT = ["tenant_id", "booking_id", "key", "kind", "channel", "recipient", "state", "due_at",
                    "attempts", "created_at", "updated_at"]
@@ -303,7 +305,8 @@ class BatchSession:
         channels, states = _CHANNELS, _STATES
         for r in self._select(t.messages, _MESSAGE_COLUMNS, "booking_id", keys):
             self.messages[(r.tenant_id, r.booking_id)][r.key] = _Message(
-                r.key, r.kind, channels[r.channel], r.recipient, states[r.state], r.due_at, r.id, False)
+                r.key, r.kind, channels[r.channel], r.recipient, states[r.state], r.due_at, r.id, False,
+                r.by is not None)
 
     def _load_held(self, keys: set[Key]) -> None:
         wanted = {(tenant, f"booking:{bid}") for tenant, bid in keys}
@@ -559,9 +562,11 @@ class BatchSession:
         in every index). One attempted (retrying) or already claimed for dispatch stays, as
         `withdrawn`, so the attempts keep their message and dispatch sees it is off."""
         inserts, replans, withdrawals = [], [], []
+        announced: dict[int, tuple[str, str, _Message]] = {}  # withdrawals the tenant wants to hear of
         planned, withdrawn = MessageState.PLANNED, MessageState.WITHDRAWN
         for tenant_id, booking_id in sorted(self.dirty["messages"]):
             box = self.messages[(tenant_id, booking_id)]
+            tenant = self.tenants.get(tenant_id)
             for key in sorted(k for k, m in box.items() if m.changed):
                 m = box[key]
                 if m.id is None:
@@ -571,6 +576,8 @@ class BatchSession:
                     replans.append((m.id, m.due_at, _VALUE[m.channel]))
                 elif m.state is withdrawn:
                     withdrawals.append(m.id)
+                    if tenant is not None and tenant.message_events:
+                        announced[m.id] = (tenant_id, booking_id, m)
         # planned from what was loaded under the booking's lock: a conflict would be a bug, and is skipped
         insert_rows(self.conn, t.messages, _MESSAGE_INSERT, inserts, keys=MESSAGE_KEY, expect_new=True)
         # replans and withdrawals touch only rows nobody has claimed meanwhile: a sent message is never touched;
@@ -578,7 +585,20 @@ class BatchSession:
         if replans:
             self._replan_stored(replans, now)
         if withdrawals:
-            self._withdraw_stored(withdrawals, now)
+            done = self._withdraw_stored(withdrawals, now)
+            self._announce_withdrawals([announced[i] for i in sorted(done & set(announced))], now)
+
+    def _announce_withdrawals(self, withdrawn: list[tuple[str, str, _Message]], now: datetime) -> None:
+        """`message.withdrawn` for each stored message this batch withdrew (those a worker had taken
+        meanwhile were not withdrawn, and are not announced), for tenants that opted in."""
+        rows = []
+        for tenant_id, booking_id, m in withdrawn:
+            type_, data = message_event(MessageState.WITHDRAWN, message_id=m.id or 0, booking_id=booking_id,
+                                        kind=m.kind, channel=_VALUE[m.channel], recipient=m.recipient, at=now,
+                                        reason="no longer applies")
+            rows.append({"tenant_id": tenant_id, "type": type_, "payload": data, "created_at": now})
+        if rows:
+            self.conn.execute(t.outbox.insert(), rows)
 
     def _replan_stored(self, replans: list[tuple[int, datetime, str]], now: datetime) -> None:
         if self.conn.dialect.name == "postgresql":  # one statement, whatever the number of rows
@@ -599,21 +619,25 @@ class BatchSession:
                  due_at=case((c.attempts > 0, func.max(c.due_at, due)), else_=due)),
             [{"mid": i, "due": d, "ch": ch} for i, d, ch in replans])
 
-    def _withdraw_stored(self, ids: list[int], now: datetime) -> None:
+    def _withdraw_stored(self, ids: list[int], now: datetime) -> set[int]:
+        """Returns the ids withdrawn (deleted or kept as `withdrawn`): not those a worker took meanwhile."""
         if self.conn.dialect.name == "postgresql":
-            kept = set(ids).difference(self.conn.exec_driver_sql(
+            deleted = set(self.conn.exec_driver_sql(
                 "DELETE FROM messages WHERE id = ANY(%(ids)b::int8[]) AND state = 'planned' AND attempts = 0 "
                 "RETURNING id", {"ids": ids}).scalars().all())  # one fetch, not one per deleted row
+            kept = set(ids) - deleted
             if kept:  # attempted, or claimed by a sweep meanwhile: they stay, withdrawn
-                self.conn.exec_driver_sql(
+                deleted |= set(self.conn.exec_driver_sql(
                     "UPDATE messages SET state = 'withdrawn', lease_until = NULL, updated_at = %(now)s "
-                    "WHERE id = ANY(%(ids)b::int8[]) AND state IN ('planned', 'queued')",
-                    {"now": now, "ids": sorted(kept)})
-            return
+                    "WHERE id = ANY(%(ids)b::int8[]) AND state IN ('planned', 'queued') RETURNING id",
+                    {"now": now, "ids": sorted(kept)}).scalars().all())
+            return deleted
         c = t.messages.c
+        done: set[int] = set()
         for chunk in (ids[i:i + 10_000] for i in range(0, len(ids), 10_000)):  # SQLite binds each id
-            self.conn.execute(delete(t.messages).where(
-                c.id.in_(chunk), c.state == MessageState.PLANNED.value, c.attempts == 0))
-            self.conn.execute(update(t.messages).where(
+            done |= set(self.conn.execute(delete(t.messages).where(
+                c.id.in_(chunk), c.state == MessageState.PLANNED.value, c.attempts == 0).returning(c.id)).scalars())
+            done |= set(self.conn.execute(update(t.messages).where(
                 c.id.in_(chunk), or_(c.state == MessageState.PLANNED.value, c.state == MessageState.QUEUED.value),
-            ).values(state=MessageState.WITHDRAWN.value, lease_until=None, updated_at=now))
+            ).values(state=MessageState.WITHDRAWN.value, lease_until=None, updated_at=now).returning(c.id)).scalars())
+        return done

@@ -85,6 +85,9 @@ tenants = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     # where staff notices and activities go: set by the operator's tenant file only, never by an event
     Column("webhook_url", String(2000)),
+    # the tenant's opt-in to message.sent / delivered / read / failed / withdrawn on the outbound queue
+    Column("message_events", Boolean, nullable=False, server_default="0"),
+    Column("sender", JSON),  # its own mail_from, reply_to, sms_from, sms_messaging_service; NULL: the settings'
 )
 
 resources = Table(
@@ -185,6 +188,9 @@ messages = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("provider", String(16)),  # who issued provider_message_id: smtp, twilio, meta, webhook (callbacks)
+    # the operator who made (a resend) or withdrew this message by hand; planning leaves it alone. NULL: the planner's
+    Column("by", String(200)),
+    Column("resend_of", BigId),  # the failed message this one sends again (an operator's resend)
     # one index both finds a booking's messages and keeps each planning key once per booking
     UniqueConstraint("tenant_id", "booking_id", "key", name="uq_messages_booking_key"),
     # (tenant_id, booking_id) names a booking, but is not a foreign key: the check it costs on every

@@ -129,6 +129,13 @@ class MessageRow:
     error: str | None
     stamped_at: datetime | None = None  # due_at when first claimed for sending (links, card)
     claim_token: int = 0  # the fencing token of the claim this row was read under (notifier/leases.py)
+    by: str | None = None  # the operator who made it (a resend); None: the planner's
+    resend_of: int | None = None  # the failed message an operator's resend repeats
+
+    @property
+    def manual(self) -> bool:
+        """Made or withdrawn by an operator: planning leaves it alone."""
+        return self.by is not None
 
 
 def _message(row: Any) -> MessageRow:
@@ -137,6 +144,7 @@ def _message(row: Any) -> MessageRow:
         channel=Channel(row.channel), recipient=row.recipient, state=MessageState(row.state),
         due_at=row.due_at, attempts=row.attempts, provider_message_id=row.provider_message_id,
         sent_at=row.sent_at, error=row.error, stamped_at=row.stamped_at, claim_token=row.claim_token,
+        by=row.by, resend_of=row.resend_of,
     )
 
 
@@ -145,7 +153,8 @@ def _message(row: Any) -> MessageRow:
 def tenant_from(row: Any) -> Tenant:
     return Tenant(id=row.id, name=row.name, timezone=row.timezone, home_region=row.home_region,
                   language=row.language, channels=frozenset(Channel(c) for c in row.channels),
-                  company=row.company, settings=row.settings, revision=row.revision, webhook_url=row.webhook_url)
+                  company=row.company, settings=row.settings, revision=row.revision, webhook_url=row.webhook_url,
+                  message_events=bool(row.message_events), sender=row.sender or {})
 
 
 def resource_from(row: Any) -> Resource:
@@ -305,7 +314,8 @@ class Tx:
             "id": tenant.id, "name": tenant.name, "timezone": tenant.timezone, "home_region": tenant.home_region,
             "language": tenant.language, "channels": sorted(c.value for c in tenant.channels),
             "company": dict(tenant.company), "settings": dict(tenant.settings), "revision": tenant.revision,
-            "updated_at": now, "webhook_url": tenant.webhook_url,
+            "updated_at": now, "webhook_url": tenant.webhook_url, "message_events": tenant.message_events,
+            "sender": dict(tenant.sender) or None,
         }, ["id"])
 
     def resource(self, tenant_id: str, resource_id: str) -> Resource | None:
@@ -495,6 +505,22 @@ class Tx:
         c = t.links.c
         row = self.conn.execute(select(c.tenant_id, c.booking_id).where(c.token == token)).first()
         return (row.tenant_id, row.booking_id) if row else None
+
+    # --- message events for the booking system (notifier/domain/outbound.py) ----------------
+    def add_message_events(self, events: Iterable[tuple[str, str, dict[str, Any]]], now: datetime) -> int:
+        """Write (tenant id, type, data) message events to the outbox, for the tenants that opted
+        in (`tenants.message_events`); the others' are dropped. Returns how many were written."""
+        events = list(events)
+        if not events:
+            return 0
+        c = t.tenants.c
+        opted = set(self.conn.execute(select(c.id).where(c.id.in_(sorted({e[0] for e in events})),
+                                                         c.message_events.is_(True))).scalars())
+        rows = [{"tenant_id": tenant_id, "type": type_, "payload": data, "created_at": now}
+                for tenant_id, type_, data in events if tenant_id in opted]
+        if rows:
+            self.conn.execute(t.outbox.insert(), rows)
+        return len(rows)
 
     # --- attempts ------------------------------------------------------------------------
     def add_attempt(self, message_id: int, started_at: datetime, duration_ms: int, outcome: str,
