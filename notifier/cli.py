@@ -263,8 +263,10 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None, hostna
         metrics.serve(metrics_port, metrics_host, multiprocess=True)
         metrics.connect_worker_signals()
     _keep_our_logging()
+    from notifier.observability.logs import quiet_idle_sweeps
     from tasks.celery_app import app
 
+    quiet_idle_sweeps()  # an idle sweep is a DEBUG line, not two INFO lines every two seconds
     argv = ["--quiet", "worker", "-Q", ",".join(wanted), "--without-gossip", "--without-mingle",
             "--loglevel", _log_level_name()]
     if concurrency:

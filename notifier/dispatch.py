@@ -92,6 +92,38 @@ class DispatchReport:
     lost: int = 0  # claims found taken by another worker (this one was paused past its lease): not sent here
 
 
+class MessagesFailed(Exception):
+    """A dispatch batch in which some messages failed for good: raised by the task after
+    everything was recorded, so that Flower counts the task as failed (tasks/dispatch.py).
+    Its text names the channel, the counts and the failed ids with the provider's code, never
+    an address (N7); `counts` holds the batch's report for the metrics."""
+
+    def __init__(self, summary: str, counts: dict[str, int] | None = None) -> None:
+        super().__init__(summary)
+        self.counts = counts or {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.counts))
+
+    @classmethod
+    def of(cls, ctx: Any, channel: str, message_ids: list[int], report: DispatchReport) -> MessagesFailed:
+        c = t.messages.c
+        with ctx.store.engine.connect() as conn:
+            failed = conn.execute(select(c.id).where(c.id.in_(sorted(set(message_ids))),
+                                                     c.state == MessageState.FAILED.value).order_by(c.id)
+                                  .limit(20)).scalars().all()
+        a = t.send_attempts.c
+        with ctx.store.engine.connect() as conn:
+            codes = dict(conn.execute(select(a.message_id, a.provider_code).where(a.message_id.in_(failed))
+                                      .order_by(a.id)).all()) if failed else {}
+        counts = {k: v for k, v in vars(report).items() if v}
+        rest = ", ".join(f"{v} {k}" for k, v in counts.items() if k != "failed")
+        shown = ", ".join(f"{i}" + (f" ({codes[i]})" if codes.get(i) else "") for i in failed)
+        more = f" and {report.failed - len(failed)} more" if report.failed > len(failed) else ""
+        return cls(f"{channel}: {report.failed} of {len(set(message_ids))} failed for good (message "
+                   f"{shown}{more}){'; ' + rest if rest else ''}", counts)
+
+
 @dataclass(frozen=True)
 class Done:
     """How one claimed message ended this time; `record` writes it."""

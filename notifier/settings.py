@@ -131,6 +131,9 @@ class Settings:
     default_language: str = "en"
     # sweeps and dispatch
     sweep_interval_s: float = 2.0
+    # beat sends a sweep only when its work is waiting (due messages, lapsed claims, unpublished
+    # outbox events; bookings whose markers change), and an idle one this often: a heartbeat
+    sweep_idle_s: float = 60.0
     sweep_batch: int = 1000
     dispatch_batch: int = 100
     dispatch_concurrency: int = 8

@@ -8,11 +8,14 @@ Queues:  sweep (beat's scans and housekeeping), email, sms, whatsapp, staff, act
   notifier.sweep_due       claim due messages, hand them to the channel queues, publish the outbox
   notifier.sweep_states    markers that change with time (red counter, late marker and counter, auto-release)
   notifier.housekeeping    expired holds, old processed event ids / outbox rows / attempts
-  notifier.dispatch_batch  send a batch of one channel; its args read "sms: 100 messages" (ids only, N7)
+  notifier.dispatch_batch  send a batch of one channel, shown as "dispatch sms (100)"; its args read
+                           "sms: 100 messages" (ids only, N7); FAILURE when a message failed for good
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from functools import cache
 from typing import Any
 
@@ -69,19 +72,52 @@ def celery_config() -> dict[str, Any]:
 app.add_defaults(celery_config)
 
 
+# beat's sweeps, and the question (`Store.work_waiting`) that says whether one has work
+WORK_QUESTIONS = {"notifier.sweep_due": "due", "notifier.sweep_states": "states"}
+log = logging.getLogger("notifier.beat")
+
+
 class MemoryScheduler(beat.Scheduler):
     """Beat's schedule in memory. Celery's default keeps it in a shelve file
     (`celerybeat-schedule`) that two beats on one data folder would corrupt; a second beat (by
     mistake, or for availability) must be harmless (N2), and what beat sends is safe to run
     twice. Every entry runs once at start, so a beat restarted more often than the
-    housekeeping interval still does its housekeeping."""
+    housekeeping interval still does its housekeeping.
+
+    A sweep is sent when the store says its work is waiting (one indexed probe a row: a due
+    message, a lapsed claim, an unpublished outbox event; a booking whose markers change), and
+    otherwise once every `sweep_idle_s`, a heartbeat through broker and worker (the
+    NotifierBeatSilent alert watches it). An idle pipeline no longer fills Flower's task list,
+    the broker and the worker's log with sweeps that find nothing. A store beat cannot ask is
+    no reason to hold a sweep back: it is sent, and its worker says what is wrong."""
 
     def setup_schedule(self) -> None:
         super().setup_schedule()
+        self._last_sent: dict[str, float] = {}
         for entry in self.schedule.values():
             run_every = getattr(entry.schedule, "run_every", None)
             if run_every is not None:
                 entry.last_run_at = entry.default_now() - run_every
+
+    def apply_entry(self, entry: beat.ScheduleEntry, producer: Any = None) -> None:
+        question = WORK_QUESTIONS.get(entry.task)
+        if question is not None and not self._worth_sending(entry.name, question):
+            log.debug("beat: %s has nothing to do; not sent", entry.task)
+            return
+        self._last_sent[entry.name] = time.monotonic()
+        super().apply_entry(entry, producer=producer)
+
+    def _worth_sending(self, name: str, question: str) -> bool:
+        last = self._last_sent.get(name)
+        ctx = context()
+        if last is None or time.monotonic() - last >= ctx.settings.sweep_idle_s:
+            return True
+        try:
+            return ctx.store.work_waiting(question, ctx.clock.now())
+        except Exception as exc:  # noqa: BLE001 - the sweep goes; its worker reports the trouble
+            log.warning("beat: cannot ask the store whether %s sweep has work (%s: %s); sending it", question,
+                        exc.__class__.__name__, exc)
+            return True
 
 
 @cache

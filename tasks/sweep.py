@@ -17,6 +17,12 @@ def dispatch_argsrepr(channel: Channel, message_ids: list[int]) -> str:
     return f"{channel.value}: {len(message_ids)} messages"
 
 
+def dispatch_name(channel: Channel, message_ids: list[int]) -> str:
+    """The name Flower and the worker's log give a dispatch task (Celery's `shadow`): "dispatch
+    sms (100)"; it runs `notifier.dispatch_batch`."""
+    return f"dispatch {channel.value} ({len(message_ids)})"
+
+
 @app.task(name="notifier.sweep_due")
 def sweep_due_task() -> int:
     """Claim due messages (and lapsed claims), dispatch them per channel, publish the outbox (P2)."""
@@ -27,7 +33,8 @@ def sweep_due_task() -> int:
     for number, (channel, ids) in enumerate(batches):
         try:
             dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel],
-                                       argsrepr=dispatch_argsrepr(channel, ids), kwargsrepr="{}")
+                                       argsrepr=dispatch_argsrepr(channel, ids), kwargsrepr="{}",
+                                       shadow=dispatch_name(channel, ids))
         except Exception:
             # the broker refused (after Celery's own retries): what was not handed out goes back
             # to the plan for the next sweep instead of waiting out its lease

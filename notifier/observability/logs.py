@@ -163,3 +163,32 @@ def configure_logging(level: str | int = "INFO", *, fmt: str = "json", stream: T
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+IDLE_SWEEPS = frozenset({"notifier.sweep_due", "notifier.sweep_states"})
+
+
+class QuietIdleSweeps(logging.Filter):
+    """A worker's lines about beat's sweeps at DEBUG unless a sweep did something: Celery logs
+    "Task ... received" and "Task ... succeeded in 0.01s: 0" at INFO for every task, and an idle
+    sweep pool wrote two of each every `sweep_interval_s`. A sweep that handed out or changed
+    something keeps its INFO line ("succeeded ...: 120"); everything else of Celery's is left alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        data = getattr(record, "data", None)
+        if not isinstance(data, Mapping) or data.get("name") not in IDLE_SWEEPS or record.levelno != logging.INFO:
+            return True
+        finished = "return_value" in data
+        if finished and str(data.get("return_value")) not in ("0", "'0'"):
+            return True  # it did something: worth its line
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def quiet_idle_sweeps() -> None:
+    """Install `QuietIdleSweeps` on the loggers of Celery's task lines (the worker calls it)."""
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietIdleSweeps) for f in logger.filters):
+            logger.addFilter(QuietIdleSweeps())
+

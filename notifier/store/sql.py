@@ -582,6 +582,21 @@ def state_checks_statement(*, now: datetime, limit: int, dialect: str) -> Select
     return query
 
 
+def work_waiting_statements(*, now: datetime) -> dict[str, list[Select]]:
+    """Beat's questions before it sends a sweep (tasks/celery_app.py): is there anything for it
+    to do? One indexed probe each, a row at most: `due` (a due planned message, ix_messages_due;
+    a lapsed claim, ix_messages_lease; an unpublished outbox event, ix_outbox_unpublished) and
+    `states` (a booking whose markers change by now, ix_bookings_next_check)."""
+    c, o, b = t.messages.c, t.outbox.c, t.bookings.c
+    in_flight = [_constant(MessageState.QUEUED.value), _constant(MessageState.SENDING.value)]
+    return {
+        "due": [select(c.id).where(c.state == _constant(MessageState.PLANNED.value), c.due_at <= now).limit(1),
+                select(c.id).where(c.state.in_(in_flight), c.lease_until < now).limit(1),
+                select(o.id).where(o.published_at.is_(None)).limit(1)],
+        "states": [select(b.id).where(b.next_check_at <= now).limit(1)],
+    }
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether an error is the database's (a lost connection; or it cannot serve now: shut down,
     out of connections or disk, a deadlock or serialization conflict, a timeout): wait and try
@@ -707,6 +722,12 @@ class Store:
         with self.engine.begin() as conn:
             return conn.execute(update(t.messages).where(c.id.in_(ids), c.state == MessageState.QUEUED.value)
                                 .values(state=MessageState.PLANNED.value, lease_until=None, updated_at=now)).rowcount
+
+    def work_waiting(self, question: str, now: datetime) -> bool:
+        """Whether the `due` or the `states` sweep has anything to do at `now` (`work_waiting_statements`)."""
+        with self.engine.connect() as conn:
+            return any(conn.execute(statement).first() is not None
+                       for statement in work_waiting_statements(now=now)[question])
 
     def count_by_state(self) -> dict[str, int]:
         c = t.messages.c

@@ -34,7 +34,7 @@ def test_R16_R17_R18_a_customer_who_does_not_come_from_follow_up_to_released_slo
         settings = make_settings(tmp_path, database_url=pg_url, broker_url=redis_url, broker_key_prefix=key_prefix,
                                  events_url=redis_url, events_queue=f"{key_prefix}.events", outbound_queue=outbound,
                                  smtp_port=mail_sink.port, staff_webhook_url=hooks.url, tenants_path=TENANTS,
-                                 sweep_interval_s=0.3)
+                                 sweep_interval_s=0.3, sweep_idle_s=1)  # idle sweeps too: the quiet spell
         ctx = make_context(settings)
         group = procs(settings_env(settings))
         group.start("worker", "worker", "-c", "2")

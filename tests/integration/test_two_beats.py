@@ -35,7 +35,8 @@ def test_N2_P2_two_beats_for_ten_simulated_minutes_send_each_message_once(tmp_pa
     settings = make_settings(tmp_path, database_url=pg_url, broker_url=redis_url, broker_key_prefix=key_prefix,
                              events_url=redis_url, events_queue=f"{key_prefix}.events",
                              outbound_queue=f"{key_prefix}.outbound", smtp_port=mail_sink.port,
-                             sweep_interval_s=0.3, dispatch_batch=3)
+                             sweep_interval_s=0.3, dispatch_batch=3,
+                             sweep_idle_s=1)  # beats send idle sweeps too (a heartbeat a second): the quiet spell
     ctx = make_context(settings)
     group = procs(settings_env(settings))
     group.start("worker", "worker", "-c", "2")  # two sweeps can run at the same moment
