@@ -539,6 +539,159 @@ def templates_samples(path: Path | None, out: Path) -> None:
     click.echo(f"wrote {', '.join(f'{out}/{lang}.md' for lang in NAMES)}")
 
 
+@templates.command("preview")
+@click.option("--tenant", "tenant_id", required=True, help="Its active bundle and company details.")
+@click.option("--kind", required=True, help="reminder, confirmation, info, ... (docs/templates.md).")
+@click.option("--channel", required=True, help="email, sms, whatsapp, staff, activity.")
+@click.option("--language", default=None, help="de, it, ru, en (default: the booking's customer's, else the tenant's).")
+@click.option("--resource-type", default=None, help="specialist or equipment (default: the booking's resource's).")
+@click.option("--booking", "booking_id", default=None, help="Render with this booking's data (default: the samples).")
+@click.option("--send-to", default=None, help="Also send it now, as a test, to this email address or phone number.")
+@click.option("--by", default=None, help="Who sends the test, for the booking's timeline (default: cli:<user>).")
+def templates_preview(tenant_id: str, kind: str, channel: str, language: str | None, resource_type: str | None,
+                      booking_id: str | None, send_to: str | None, by: str | None) -> None:
+    """Show a message as it would be rendered now (subject, text, HTML; an SMS's segments); the
+    customer's link is a placeholder of its length. With --send-to, send it as a test."""
+    from notifier.operations import PreviewRequest, preview_template, send_test
+
+    ctx = _ctx()
+    request = PreviewRequest(tenant_id=tenant_id, kind=kind, channel=channel, language=language,
+                             resource_type=resource_type, booking_id=booking_id)
+    actor = _cli_actor(by)
+    with _refusals():
+        out = preview_template(ctx, request, actor=actor)
+        click.echo(f"{out.template} ({out.language}, {out.resource_type}; {out.source})")
+        for note in out.notes:
+            click.echo(f"note: {note}")
+        if out.subject:
+            click.echo(f"Subject: {out.subject}")
+        if out.sms:
+            click.echo(f"SMS: {out.sms[2]} characters, {out.sms[0]}, {out.sms[1]} segment{'s' * (out.sms[1] != 1)}")
+        if out.whatsapp:
+            click.echo(f"WhatsApp template {out.whatsapp[0]} ({out.whatsapp[1]}): {list(out.whatsapp[2])}")
+        if out.card:
+            click.echo(out.card)
+        click.echo("")
+        click.echo(out.text)
+        if out.html:
+            click.echo("\n--- HTML ---")
+            click.echo(out.html)
+        if send_to:
+            provider_id = send_test(ctx, request, send_to, actor=actor, now=ctx.clock.now())
+            click.echo(f"\ntest sent ({provider_id})")
+
+
+def _cli_actor(by: str | None):
+    """Who acts from the command line: --by, else cli:<the OS user> (on the booking's timeline)."""
+    import getpass
+
+    from notifier.operations import Actor
+
+    return Actor(by or f"cli:{getpass.getuser()}")
+
+
+class _refusals:
+    """What an operator's action cannot do ends in one line and exit status 1."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, _tb: Any) -> bool:
+        from notifier.operations import NotAllowed, NotFound, Refused
+
+        if isinstance(exc, (NotFound, NotAllowed, Refused)):
+            raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
+        return False
+
+
+@main.group()
+def messages() -> None:
+    """Find messages, send a failed one again, withdraw a planned one (each on its booking's timeline)."""
+
+
+def _when(value: str | None, *, end: bool) -> Any:
+    """An ISO date (a whole day: --to includes it) or an ISO time with its offset, as UTC."""
+    from datetime import UTC, date, datetime, time, timedelta
+
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value) + timedelta(days=1 if end else 0)
+            return datetime.combine(day, time(), tzinfo=UTC)
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected YYYY-MM-DD or an ISO time with its offset") from None
+    if moment.tzinfo is None:
+        raise click.BadParameter(f"{value!r}: give the offset (+01:00) or Z")
+    return moment.astimezone(UTC)
+
+
+@messages.command("search")
+@click.option("--tenant", "tenant_id", default=None)
+@click.option("--booking", "booking_id", default=None)
+@click.option("--phone", default=None, help="The customer's number (their SMS and WhatsApp messages).")
+@click.option("--email", default=None, help="The customer's address (their emails).")
+@click.option("--channel", default=None)
+@click.option("--status", "state", default=None, help="planned, queued, sending, sent, delivered, read, failed, withdrawn.")
+@click.option("--from", "due_from", default=None, help="Due on or after: YYYY-MM-DD (UTC) or an ISO time.")
+@click.option("--to", "due_to", default=None, help="Due before, or on that day: YYYY-MM-DD (UTC) or an ISO time.")
+@click.option("--limit", default=50, type=click.IntRange(1, 200), show_default=True)
+@click.option("--before", "before_id", default=None, type=int, help="The next page: ids below this one.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def messages_search(tenant_id: str | None, booking_id: str | None, phone: str | None, email: str | None,
+                    channel: str | None, state: str | None, due_from: str | None, due_to: str | None, limit: int,
+                    before_id: int | None, as_json: bool) -> None:
+    """Messages matching every filter given, newest first."""
+    from notifier.operations import Actor, MessageQuery, search_messages
+
+    ctx = _ctx()
+    query = MessageQuery(tenant_id=tenant_id, booking_id=booking_id, phone=phone, email=email, channel=channel,
+                         state=state, due_from=_when(due_from, end=False), due_to=_when(due_to, end=True),
+                         before_id=before_id, limit=limit)
+    with _refusals():
+        found = search_messages(ctx.store, query, actor=Actor("cli"))
+    for row in found:
+        if as_json:
+            click.echo(json.dumps(row, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
+            continue
+        due = row["due_at"].strftime("%Y-%m-%d %H:%M") if row["due_at"] else "-"
+        extra = f"  {row['error']}" if row["error"] else ""
+        click.echo(f"{row['id']:>8}  {due} UTC  {row['tenant_id']}/{row['booking_id']}  {row['kind']:<20} "
+                   f"{row['channel']:<8} {row['state']:<9}{extra}")
+    if not as_json:
+        click.echo(f"{len(found)} message{'s' * (len(found) != 1)}" +
+                   (f"; more with --before {found[-1]['id']}" if len(found) == limit else ""))
+
+
+@messages.command("resend")
+@click.argument("message_id", type=int)
+@click.option("--channel", default=None, help="Another channel the customer may be reached on (default: the same).")
+@click.option("--by", default=None, help="Who asks, for the booking's timeline (default: cli:<user>).")
+def messages_resend(message_id: int, channel: str | None, by: str | None) -> None:
+    """Send failed message MESSAGE_ID again: a new message, due now (the next sweep sends it)."""
+    from notifier.operations import resend_message
+
+    ctx = _ctx()
+    with _refusals():
+        new_id = resend_message(ctx.store, message_id, actor=_cli_actor(by), now=ctx.clock.now(), channel=channel)
+    click.echo(f"message {message_id} will be sent again as message {new_id}")
+
+
+@messages.command("withdraw")
+@click.argument("message_id", type=int)
+@click.option("--reason", default="", help="Why, for the booking's timeline and the booking system.")
+@click.option("--by", default=None, help="Who asks, for the booking's timeline (default: cli:<user>).")
+def messages_withdraw(message_id: int, reason: str, by: str | None) -> None:
+    """Withdraw planned message MESSAGE_ID: it will not be sent, and planning will not bring it back."""
+    from notifier.operations import withdraw_message
+
+    ctx = _ctx()
+    with _refusals():
+        withdraw_message(ctx.store, message_id, actor=_cli_actor(by), now=ctx.clock.now(), reason=reason)
+    click.echo(f"message {message_id} withdrawn")
+
+
 @main.group()
 def keys() -> None:
     """API keys: a tenant's reads that tenant's /api routes; an operator's reads all (docs/security.md)."""
@@ -612,12 +765,13 @@ def dlq_list(limit: int) -> None:
 @dlq.command("replay")
 @click.argument("dead_letter_id", type=int)
 def dlq_replay(dead_letter_id: int) -> None:
-    """Apply dead letter ID again (after fixing its cause); it stays listed, marked replayed."""
-    from notifier.services import replay_dead_letter
+    """Apply dead letter ID again (after fixing its cause); it stays listed, marked replayed, and
+    the booking it applies to records the replay (cli:<user>)."""
+    from notifier.operations import replay_dead_letter
 
     ctx = _ctx()
     try:
-        report = replay_dead_letter(ctx.store, dead_letter_id, now=ctx.clock.now())
+        report = replay_dead_letter(ctx.store, dead_letter_id, actor=_cli_actor(None), now=ctx.clock.now())
     except (LookupError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(vars(report)))
