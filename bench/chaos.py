@@ -16,6 +16,13 @@ callbacks) while the run, at random moments:
   events, later revisions before earlier ones);
 - posts Twilio and Meta status callbacks, signed, out of order and duplicated.
 
+With `--starve` (issue 17) the same faults come on a starved machine: CPU hogs keep it
+oversubscribed about three times over (two busy processes per core beside the pipeline's own
+work), and Celery worker processes (a pool child, or a whole worker with its children) are
+paused with SIGSTOP for longer than the lease, then resumed, as a stalled VM or a long GC would:
+a claim may lapse only when its worker is gone, and a worker that comes back must not send
+what it no longer holds.
+
 PostgreSQL and Redis are the run's own (a cluster initdb'd into a temporary folder, a
 redis-server with an append-only file as docs/operations.md deploys it), on free ports: the
 machine's shared services are never stopped.
@@ -60,11 +67,13 @@ from bench.common import (
     PrivateRedis,
     flapping_provider_process,
     free_port,
+    niced,
     record,
 )
+from notifier.devtools import Ticker
 
 TENANT = "chaos-salon"
-MAIL_DOMAIN = "chaos.test"
+MAIL_DOMAIN = "chaos.example.org"  # a name email validation accepts (.test is reserved)
 VISIT_AFTER_S = 3600  # a visit starts an hour after its booking: nothing about the visit itself is due
 INFO_DELAY_S = 60  # the first message of a booking falls due this long after its events are published
 # the tenant's timings (seconds before the visit), so that every message falls due in the run
@@ -76,15 +85,21 @@ LAST_DUE_S = VISIT_AFTER_S - REMINDER_OFFSET_S + MOVE_BY_S + 30  # after its wav
 WORKER_QUEUES = "sweep,email,sms,whatsapp,staff,activity"
 CHILDREN = 2  # prefork children per worker pool
 DISPATCH_CONCURRENCY = 16  # sends in flight per child
+DISPATCH_BATCH = 50  # messages a dispatch task claims at once
 ASKABLE = {"sms"}  # channels whose provider says whether it has a message (Twilio's Messages list)
+REPORTS_NAME_THE_MESSAGE = {"sms", "whatsapp"}  # Twilio's and Meta's status callbacks say which message they are about
 HANG_S = 3.0  # a provider that does not answer hangs this long; clients give up after TIMEOUT_S
 TIMEOUT_S = 2.0
 CALM = dict(error_rate=0.02, throttle_rate=0.005, slow_rate=0.02, unanswered_rate=0.002, lost_answer_rate=0.001)
 STORM = dict(error_rate=0.3, throttle_rate=0.05, slow_rate=0.2, unanswered_rate=0.05, lost_answer_rate=0.02)
 OFF = {k: 0.0 for k in CALM}
 RECEIPT_AFTER_KILL_S = 1.5  # a copy answered slowly (slow_s) reaches its sink after its sender died
-RECORD_WITHIN_S = 3.0  # a received copy's outcome is committed within this (RECORD_WAIT_S, a transaction)
-LEASE_S = 30  # NOTIFIER_LEASE_S of the run: dispatch waits out a database outage for 80 % of it
+RECORD_WITHIN_S = 3.0  # a received copy's outcome is committed within this (the commit under way, then its own)
+LEASE_S = 30  # NOTIFIER_LEASE_S of the run
+# --starve: the pipeline, its PostgreSQL and Redis, and the CPU hogs run this much nicer than what
+# stands for the world outside (the loopback providers, the sinks, the callback poster: other
+# machines in production), so the starvation falls on the pipeline's host, not on its providers
+STARVED_NICE = 5
 
 
 def tenant_yaml(hook_url: str) -> str:
@@ -249,6 +264,11 @@ class Flappy:
         with self._lock:
             self.received.append(entry)
 
+    def seen(self, key: str) -> bool:
+        """Whether a delivery with this key came before (a receiver's idempotency check)."""
+        with self._lock:
+            return any(r.get("key") == key for r in self.received)
+
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.received)
@@ -256,7 +276,8 @@ class Flappy:
 
 class FlappingMailSink(Flappy):
     """An SMTP server on loopback (aiosmtpd) keeping each message's Message-ID and recipient.
-    Errors are 451 (try again later); a lost answer is a message taken in before the 250 hangs."""
+    Errors are 451 (try again later); a lost answer is a message taken in whose connection then
+    dies before the 250 (a late 250 is no loss: clients wait minutes for it, RFC 5321 4.5.3.2)."""
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
@@ -278,9 +299,10 @@ class FlappingMailSink(Flappy):
                     await asyncio.sleep(sink.flapping.hang_s)
                     return "451 4.3.0 timed out"
                 headers = BytesHeaderParser().parsebytes(envelope.content)
-                sink.keep({"message_id": headers["Message-ID"], "to": envelope.rcpt_tos[0], "fault": fault})
+                message_id = " ".join(str(headers["Message-ID"]).split())  # a long one comes folded
+                sink.keep({"message_id": message_id, "to": envelope.rcpt_tos[0], "fault": fault})
                 if fault == "lost_answer":
-                    await asyncio.sleep(sink.flapping.hang_s)
+                    server.transport.abort()  # taken on; the 250 never reaches the client
                 return "250 OK"
 
         self.port = free_port()
@@ -296,7 +318,9 @@ class FlappingMailSink(Flappy):
 
 class FlappingHookSink(Flappy):
     """The booking system's webhook endpoint for staff notices and activities: keeps each
-    delivery's idempotency key. Errors are 503; a lost answer is a delivery kept before a hang."""
+    delivery's idempotency key. Errors are 503; a lost answer is a delivery kept before a hang.
+    As docs/reliability.md asks of a booking system's receiver, it acts on a key once: a repeat is
+    answered 200 and marked `repeat` (counted, never shown twice to the staff)."""
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
@@ -321,7 +345,7 @@ class FlappingHookSink(Flappy):
                 else:
                     payload = json.loads(body)
                     sink.keep({"key": payload["idempotency_key"], "channel": payload["type"].split(".")[-1],
-                               "fault": fault})
+                               "fault": fault, "repeat": sink.seen(payload["idempotency_key"])})
                     if fault == "lost_answer":
                         time.sleep(sink.flapping.hang_s)
                 try:
@@ -358,8 +382,8 @@ class Processes:
     logs in one folder; killed ones are restarted, and ones that exit by themselves are counted
     and restarted as a supervisor (compose's restart policy, Kubernetes) would."""
 
-    def __init__(self, env: dict[str, str], logs: Path, faults: "FaultLog") -> None:
-        self.env, self.logs, self.faults = env, logs, faults
+    def __init__(self, env: dict[str, str], logs: Path, faults: "FaultLog", *, nice: int = 0) -> None:
+        self.env, self.logs, self.faults, self.nice = env, logs, faults, nice
         self.args: dict[str, list[str]] = {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.starts: Counter[str] = Counter()
@@ -375,7 +399,7 @@ class Processes:
             log = (self.logs / f"{name}.{self.starts[name]}.log").open("wb")
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "notifier.cli", *args], env=self.env,
                                                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+                                                start_new_session=True, preexec_fn=niced(self.nice))
             log.close()
             self.expected_down.discard(name)
 
@@ -390,15 +414,41 @@ class Processes:
         return out
 
     def kill_child(self, name: str, rng: random.Random) -> int | None:
+        return self._signal_child(name, rng, signal.SIGKILL)
+
+    def _signal_child(self, name: str, rng: random.Random, sig: int) -> int | None:
+        """`sig` to one of `name`'s pool children, chosen at random: its pid (None: none there)."""
         children = self.pool_children(name)
         if not children:
             return None
         victim = rng.choice(children)
         try:
-            os.kill(victim, signal.SIGKILL)
+            os.kill(victim, sig)
         except ProcessLookupError:
             return None
         return victim
+
+    def pause(self, name: str, rng: random.Random, *, whole: bool) -> tuple[int, bool] | None:
+        """SIGSTOP a pool child of `name`, or the whole worker (its process group): (pid, whole)."""
+        with self._lock:
+            if name in self.expected_down or self.procs[name].poll() is not None:
+                return None
+            if whole:
+                pid = self.procs[name].pid
+                os.killpg(pid, signal.SIGSTOP)
+                return pid, True
+            victim = self._signal_child(name, rng, signal.SIGSTOP)
+            return (victim, False) if victim is not None else None
+
+    @staticmethod
+    def resume(pid: int, whole: bool) -> None:
+        try:
+            if whole:
+                os.killpg(pid, signal.SIGCONT)
+            else:
+                os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # killed while it was paused (a kill fault): nothing to resume
 
     def kill_all(self, name: str) -> int:
         with self._lock:
@@ -434,7 +484,11 @@ class Processes:
             self.stopped = True
             for proc in self.procs.values():
                 if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    for sig in (signal.SIGTERM, signal.SIGCONT):  # a paused one wakes to its SIGTERM
+                        try:
+                            os.killpg(proc.pid, sig)
+                        except ProcessLookupError:
+                            pass
             deadline = time.monotonic() + 20
             for proc in self.procs.values():
                 try:
@@ -471,6 +525,16 @@ class FaultLog:
     def kills(self) -> list[dict[str, Any]]:
         return [e for e in self.entries if e["kind"] in ("worker_child_sigkill", "worker_sigkill")]
 
+    def pauses(self) -> list[dict[str, Any]]:
+        """Each SIGSTOP, with the moment of its SIGCONT (`resumed_at`)."""
+        out = []
+        for k, entry in enumerate(self.entries):
+            if entry["kind"] in ("worker_child_paused", "worker_paused"):
+                resumed = next((e["at"] for e in self.entries[k + 1:]
+                                if e["kind"] == "worker_resumed" and e.get("pid") == entry.get("pid")), None)
+                out.append({**entry, "resumed_at": resumed})
+        return out
+
 
 # --- status callbacks, as Twilio and Meta send them ---------------------------------------------------
 
@@ -487,11 +551,11 @@ class Callbacks:
         self.rng = random.Random(seed)
         self._local = threading.local()
         self._requests = requests
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="callback")
+        self.pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="callback")  # providers post in parallel
         self.posts: dict[str, list[tuple[float, str, bool]]] = defaultdict(list)  # id -> (when, status, taken)
         self.seen: set[str] = set()
         self.final: dict[str, str] = {}  # provider message id -> the furthest status reported
-        self.queue: list[tuple[float, str, str, str]] = []  # (when, provider, id, status)
+        self.queue: list[tuple[float, str, str, str, str | None]] = []  # (when, provider, id, status, reference)
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -512,9 +576,12 @@ class Callbacks:
             self.rng.shuffle(posts)
             self.counts["reordered"] += posts != sorted(posts, key=lambda s: ORDER[PROVIDER_STATUS[s]])
             self.counts["duplicated"] += len(posts) - len(statuses)
+            # what the provider reports with: Twilio posts to the message's StatusCallback URL (which
+            # names our message), Meta returns the message's biz_opaque_callback_data
+            reference = m.get("status_callback") if provider == "twilio" else m.get("biz_opaque_callback_data")
             with self._lock:
                 for status in posts:
-                    self.queue.append((now + self.rng.uniform(1, 20), provider, pid, status))
+                    self.queue.append((now + self.rng.uniform(1, 20), provider, pid, status, reference))
 
     def post_due(self, *, everything: bool = False) -> int:
         now = time.time()
@@ -522,14 +589,15 @@ class Callbacks:
             due = [c for c in self.queue if everything or c[0] <= now]
             self.queue = [c for c in self.queue if not (everything or c[0] <= now)]
         failed = []
-        for (_, provider, pid, status), ok in zip(due, self.pool.map(lambda c: self._post(*c[1:]), due), strict=True):
+        for (_, provider, pid, status, reference), ok in zip(due, self.pool.map(lambda c: self._post(*c[1:]), due),
+                                                             strict=True):
             if not ok:
-                failed.append((time.time() + 2, provider, pid, status))
+                failed.append((time.time() + 2, provider, pid, status, reference))
         with self._lock:
             self.queue.extend(failed)
         return len(failed)
 
-    def _post(self, provider: str, pid: str, status: str) -> bool:
+    def _post(self, provider: str, pid: str, status: str, reference: str | None) -> bool:
         from notifier.web.app import meta_signature, twilio_signature
 
         if not hasattr(self._local, "session"):
@@ -538,13 +606,15 @@ class Callbacks:
         try:
             if provider == "twilio":
                 form = {"AccountSid": "ACtest", "MessageSid": pid, "MessageStatus": status}
-                signature = twilio_signature(self.auth_token, f"{self.web_url}/callbacks/twilio", form)
-                answer = session.post(f"{self.web_url}/callbacks/twilio", data=form, timeout=10,
-                                           headers={"X-Twilio-Signature": signature})
+                url = reference or f"{self.web_url}/callbacks/twilio"
+                signature = twilio_signature(self.auth_token, url, form)
+                answer = session.post(url, data=form, timeout=10, headers={"X-Twilio-Signature": signature})
             else:
+                report = {"id": pid, "status": status, "timestamp": str(int(time.time()))}
+                if reference is not None:
+                    report["biz_opaque_callback_data"] = reference
                 body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
-                    "field": "messages", "value": {"statuses": [{"id": pid, "status": status,
-                                                                 "timestamp": str(int(time.time()))}]}}]}]}).encode()
+                    "field": "messages", "value": {"statuses": [report]}}]}]}).encode()
                 answer = session.post(f"{self.web_url}/callbacks/meta", data=body, timeout=10, headers={
                     "X-Hub-Signature-256": meta_signature(self.app_secret, body),
                     "Content-Type": "application/json"})
@@ -574,6 +644,9 @@ class Config:
     drain_s: float
     keep: bool
     storms: int
+    starve: bool = False
+    hogs: int = 0  # CPU-bound processes beside the pipeline (--starve)
+    pauses: int = 0  # SIGSTOPs of worker processes longer than the lease (--starve)
 
 
 def _estimate_per_booking() -> float:
@@ -593,14 +666,23 @@ def main(argv: list[str]) -> int:
                         help="after the faults, the longest wait for the pipeline to settle")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the run folder (logs, report) afterwards")
+    parser.add_argument("--starve", action="store_true",
+                        help="the same faults on a starved machine: CPU hogs, and workers paused past their lease")
+    parser.add_argument("--hogs", type=int, default=None,
+                        help="with --starve: CPU-bound processes beside the pipeline (default two per core)")
+    parser.add_argument("--pauses", type=int, default=6,
+                        help="with --starve: SIGSTOPs of worker processes, each longer than the lease")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     config = Config(messages=args.messages, seed=seed, kills=args.kills, waves=args.waves, spread_s=args.spread_s,
-                    drain_s=args.drain_s, keep=args.keep, storms=args.storms)
+                    drain_s=args.drain_s, keep=args.keep, storms=args.storms, starve=args.starve,
+                    hogs=(args.hogs if args.hogs is not None else 2 * (os.cpu_count() or 1)) if args.starve else 0,
+                    pauses=args.pauses if args.starve else 0)
     figures, keep_dir = run(config)
     command = ("python -m bench chaos " + " ".join(argv)).strip()
-    record("chaos", command, figures, notes=NOTES, summary=(
-        f"{figures['expected']} messages under {sum(figures['faults_injected'].values())} faults: "
+    record("chaos_starve" if config.starve else "chaos", command, figures, notes=NOTES, summary=(
+        f"{figures['expected']} messages under {sum(figures['faults_injected'].values())} faults"
+        f"{' on a starved machine' if config.starve else ''} (load {figures['load_average']['max']:.1f} at most): "
         f"lost {figures['lost']}, duplicates {figures['duplicates']} "
         f"(+{figures['duplicates_unavoidable']} unavoidable)"))
     if keep_dir:
@@ -625,17 +707,71 @@ def run(config: Config) -> tuple[dict[str, Any], str | None]:
     (folder / "tenants").mkdir()
     faults = FaultLog()
     keep = config.keep
+    load = LoadSampler()
+    running: list[Processes] = []
     try:
-        with PrivatePostgres(database="chaos") as pg, PrivateRedis() as redis_server, \
+        nice = STARVED_NICE if config.starve else 0
+        with PrivatePostgres(database="chaos", nice=nice) as pg, PrivateRedis(nice=nice) as redis_server, \
                 flapping_provider_process(latency_s=0.02, seed=config.seed) as providers, \
-                FlappingMailSink(config.seed + 1) as mail, FlappingHookSink(config.seed + 2) as hooks:
-            figures, anomalies = _run(config, rng, folder, faults, pg, redis_server, providers, mail, hooks)
+                FlappingMailSink(config.seed + 1) as mail, FlappingHookSink(config.seed + 2) as hooks, \
+                CpuHogs(config.hogs), load:
+            try:
+                figures, anomalies = _run(config, rng, folder, faults, pg, redis_server, providers, mail, hooks,
+                                          running)
+            finally:  # an interrupted run leaves nothing behind (a paused worker included)
+                for procs in running:
+                    procs.stop()
         figures["seconds"] = round(time.time() - started, 1)
+        figures["started_utc"] = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        figures["load_average"] = load.summary()
+        figures["starved"] = {"cpu_hogs": config.hogs, "cores": os.cpu_count(), "pauses": config.pauses,
+                              "pause_s": [round(LEASE_S + 3, 1), round(LEASE_S + 10, 1)]} if config.starve else None
         keep = keep or anomalies
         return figures, str(folder) if keep else None
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class CpuHogs:
+    """`n` busy processes (a loop with nothing in it) for the length of the run: the machine
+    oversubscribed, the pipeline's processes waiting for a core like everyone else."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "CpuHogs":
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=niced(STARVED_NICE))
+                      for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+class LoadSampler(Ticker):
+    """The machine's 1-minute load average before the run and every 5 s during it."""
+
+    def __init__(self) -> None:
+        super().__init__(5.0, "load")
+        self.before = os.getloadavg()[0]
+        self.samples: list[float] = []
+
+    def __enter__(self) -> "LoadSampler":
+        self.before = os.getloadavg()[0]
+        super().__enter__()
+        return self
+
+    def tick(self) -> None:
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float]:
+        during = self.samples or [self.before]
+        return {"before": round(self.before, 2), "mean": round(sum(during) / len(during), 2),
+                "max": round(max(during), 2)}
 
 
 def _env(folder: Path, pg: PrivatePostgres, redis_url: str, providers: Any, mail: FlappingMailSink,
@@ -658,7 +794,7 @@ def _env(folder: Path, pg: PrivatePostgres, redis_url: str, providers: Any, mail
         "NOTIFIER_WEBHOOK_TIMEOUT_S": str(TIMEOUT_S), "NOTIFIER_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
         # compressed for a run of minutes: sweeps every second, claims back after 30 s, retries
         # after 2 s doubling up to 20 s (production: 2 s, 120 s, 30 s to an hour)
-        "NOTIFIER_SWEEP_INTERVAL_S": "1", "NOTIFIER_SWEEP_BATCH": "2000", "NOTIFIER_DISPATCH_BATCH": "50",
+        "NOTIFIER_SWEEP_INTERVAL_S": "1", "NOTIFIER_SWEEP_BATCH": "2000", "NOTIFIER_DISPATCH_BATCH": str(DISPATCH_BATCH),
         "NOTIFIER_DISPATCH_CONCURRENCY": str(DISPATCH_CONCURRENCY), "NOTIFIER_LEASE_S": str(LEASE_S), "NOTIFIER_MAX_ATTEMPTS": "10",
         "NOTIFIER_RETRY_BASE_S": "2", "NOTIFIER_RETRY_MAX_S": "20", "NOTIFIER_HOUSEKEEPING_INTERVAL_S": "60",
     })
@@ -666,8 +802,8 @@ def _env(folder: Path, pg: PrivatePostgres, redis_url: str, providers: Any, mail
 
 
 def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg: PrivatePostgres,
-         redis_server: PrivateRedis, providers: Any, mail: FlappingMailSink,
-         hooks: FlappingHookSink) -> tuple[dict[str, Any], bool]:
+         redis_server: PrivateRedis, providers: Any, mail: FlappingMailSink, hooks: FlappingHookSink,
+         running: list[Processes]) -> tuple[dict[str, Any], bool]:
     import redis as redis_lib
     import requests
 
@@ -676,7 +812,8 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
     env = _env(folder, pg, redis_server.url, providers, mail, web_port)
     subprocess.run([sys.executable, "-m", "notifier.cli", "init"], env=env, cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
-    procs = Processes(env, folder / "logs", faults)
+    procs = Processes(env, folder / "logs", faults, nice=STARVED_NICE if config.starve else 0)
+    running.append(procs)
     for name in ("ingest-1", "ingest-2"):
         procs.start(name, "ingest")
     for name in ("beat-1", "beat-2"):
@@ -735,15 +872,22 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
         for s in range(config.storms):
             at = active_s * (s + rng.random()) / max(config.storms, 1)
             plan.append((at, "storm", lambda: _storm(providers, mail, hooks, faults, 8.0)))
+        for k in range(config.pauses):  # each over (resumed) before the faults end
+            at = 5 + (active_s - 60) * (k + rng.random()) / config.pauses
+            seconds, whole = LEASE_S + rng.uniform(3.0, 10.0), rng.random() < 0.4
+            plan.append((at, "pause", lambda s=seconds, w=whole: _pause(procs, rng, faults, s, whole=w)))
         return sorted(plan, key=lambda item: item[0])
+
+    outages: list[threading.Thread] = []
 
     def chaos() -> None:
         for at, what, action in schedule():
             _sleep_until(t0 + at, stop)
             if stop.is_set():
                 return
-            if what in ("pg", "redis", "storm"):
-                threading.Thread(target=action, daemon=True).start()
+            if what in ("pg", "redis", "storm", "pause"):
+                outages.append(threading.Thread(target=action, daemon=True))
+                outages[-1].start()
             else:
                 action()
 
@@ -765,7 +909,9 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
     while time.time() < t0 + active_s:
         procs.supervise()
         time.sleep(0.5)
-    threads[1].join()  # the last fault (an outage) is over
+    threads[1].join()  # the last fault is under way
+    for outage in outages:
+        outage.join()  # and over: the database and Redis back, every paused worker resumed
     for sink in (mail, hooks):
         sink.flap(**OFF)
     providers.flap(**OFF)
@@ -820,6 +966,8 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
         "duplicates": verdict["duplicates"], "duplicates_unavoidable": verdict["duplicates_unavoidable"],
         "duplicates_unavoidable_by_cause": verdict["unavoidable_by_cause"],
         "duplicates_by_cause": verdict["avoidable_by_cause"],
+        "duplicates_by_channel": verdict["duplicates_by_channel"],
+        "webhook_repeats_dropped_by_the_receiver": verdict["receiver_dropped"],
         "duplicates_unavoidable_per_kill_max": verdict["unavoidable_per_kill_max"],
         "duplicates_unavoidable_bound_per_kill": unavoidable_bound_per_kill(),
         "expected_by_channel": verdict["expected_by_channel"], "failed_recorded": verdict["failed"],
@@ -833,6 +981,7 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
         "faults_injected": injected,
         "unexpected_process_exits": Counter(e["process"].rsplit("-", 1)[0] for e in procs.unexpected_exits),
         "processes": {"ingesters": 2, "beats": 2, "worker_pools": 2, "children_per_pool": CHILDREN, "web": 1},
+        "sends_in_flight_per_child": DISPATCH_CONCURRENCY, "lease_s": LEASE_S,
         "seed": config.seed,
     }
     figures["unexpected_process_exits"] = dict(figures["unexpected_process_exits"])
@@ -845,12 +994,11 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
 
 
 def unavoidable_bound_per_kill() -> int:
-    """What one SIGKILL can cost at most on channels that cannot be asked: per pool child, the
-    outcomes waiting for their recording transaction (dispatch.RECORD_EVERY) plus the sends in
-    flight (dispatch_concurrency); a whole worker takes its CHILDREN children with it."""
-    from notifier import dispatch
-
-    return CHILDREN * (dispatch.RECORD_EVERY + DISPATCH_CONCURRENCY)
+    """What one SIGKILL (or pause past the lease) can cost at most on channels that cannot be
+    asked: per pool child, the messages whose provider call was under way or whose outcome was
+    waiting for the commit in progress, all of them claims of the one batch the child holds at a
+    time; a whole worker takes its CHILDREN children with it."""
+    return CHILDREN * DISPATCH_BATCH
 
 
 def _sleep_until(moment: float, stop: threading.Event) -> None:
@@ -874,6 +1022,25 @@ def _kill(procs: Processes, rng: random.Random, faults: FaultLog) -> None:
     faults.note("worker_sigkill", count=True, process=name, pid=pid)
     delay = rng.uniform(1.0, 3.0)
     threading.Timer(delay, lambda: procs.restart(name)).start()
+
+
+def _pause(procs: Processes, rng: random.Random, faults: FaultLog, seconds: float, *, whole: bool) -> None:
+    """A worker process stopped (SIGSTOP) for `seconds`, longer than the lease, then resumed:
+    its claims lapse and are handed out again; when it resumes it must not send what it no
+    longer holds."""
+    standing = [n for n in ("worker-a", "worker-b") if n not in procs.expected_down]
+    if not standing:
+        return
+    name = rng.choice(standing)
+    paused = procs.pause(name, rng, whole=whole)
+    if paused is None:
+        return
+    pid, whole = paused
+    faults.note("worker_paused" if whole else "worker_child_paused", count=True, process=name, pid=pid,
+                seconds=round(seconds, 1))
+    time.sleep(seconds)
+    procs.resume(pid, whole)
+    faults.note("worker_resumed", process=name, pid=pid)
 
 
 def _pg_outage(pg: PrivatePostgres, faults: FaultLog, seconds: float) -> None:
@@ -994,8 +1161,12 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
     for r in mail_log:
         mail_by_id[r["message_id"]].append({**r, "pid": r["message_id"]})
     hooks_by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    receiver_dropped: Counter[str] = Counter()  # repeats the receiver recognised by their key and dropped
     for r in hook_log:
-        hooks_by_key[r["key"]].append({**r, "pid": r["key"]})
+        if r.get("repeat"):
+            receiver_dropped[r["channel"]] += 1
+        else:
+            hooks_by_key[r["key"]].append({**r, "pid": r["key"]})
 
     used_groups: set[tuple] = set()
     matched: dict[str, list[dict[str, Any]]] = {}
@@ -1041,13 +1212,14 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
     unexpected += [{"channel": "email", "message_id": k, "receipts": len(v)} for k, v in mail_by_id.items()]
     unexpected += [{"channel": "webhook", "key": k, "receipts": len(v)} for k, v in hooks_by_key.items()]
 
-    kills = faults.kills()
+    kills = faults.kills() + faults.pauses()  # a worker paused past its lease is gone for the others
     pg_down = faults.window("postgres")
     details: dict[str, list[dict[str, Any]]] = {"lost": [], "duplicates": [], "duplicates_unavoidable": [],
                                                 "store_mismatches": [], "callback_state_wrong": []}
     counts: Counter[str] = Counter()
     avoidable_causes: Counter[str] = Counter()
     unavoidable_causes: Counter[str] = Counter()
+    duplicates_by_channel: dict[str, Counter[str]] = {"avoidable": Counter(), "unavoidable": Counter()}
     by_channel: Counter[str] = Counter()
     failed = 0
     for key, receipts in matched.items():
@@ -1076,6 +1248,15 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
             continue
         evidence = _duplicate_evidence(key, exp["channel"], row, receipts, attempts.get(row.get("id"), []),
                                        kills, pg_down)
+        # the status reports of the copies, as posted (when, status, taken): they name the message,
+        # and a copy reported before its message was claimed again is found by them
+        evidence["reports"] = {r["pid"]: callbacks.posts.get(r["pid"], []) for r in receipts
+                               if exp["channel"] in ("sms", "whatsapp")}
+        first, second = evidence["receipts"][0], evidence["receipts"][1]
+        reported = [at for at, _, taken in callbacks.posts.get(first["pid"], []) if taken]
+        if evidence["unavoidable"] and exp["channel"] in REPORTS_NAME_THE_MESSAGE and reported \
+                and min(reported) < second["at"] - 1.0:  # dispatch could have found the first copy by its report
+            evidence.update(unavoidable=False, cause=f"{evidence['cause']}, reported before the resend")
         if evidence["unavoidable"]:
             counts["duplicates_unavoidable"] += 1
             unavoidable_causes[evidence["cause"]] += 1
@@ -1084,6 +1265,7 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
             counts["duplicates"] += 1
             avoidable_causes[evidence["cause"]] += 1
             details["duplicates"].append(evidence)
+        duplicates_by_channel["unavoidable" if evidence["unavoidable"] else "avoidable"][exp["channel"]] += 1
 
     # status callbacks: every message ends in the furthest status its provider reported (N5)
     rows_by_pid = {r["provider_message_id"]: r for r in live.values() if r["provider_message_id"]}
@@ -1102,11 +1284,11 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
     not_processed = [e for e in unique_ids if e not in processed]
     late = sum(1 for e, w in unique_ids.items() if e in processed_at
                and processed_at[e] > work.wave_at(w) + timedelta(seconds=INFO_DELAY_S))
-    # the bound: a killed process takes with it the outcomes it had not committed yet, at most
-    # RECORD_EVERY waiting for their transaction plus dispatch_concurrency in flight, per pool child
+    # the bound: a killed process takes with it the outcomes it had not committed yet, at most the
+    # claims of the batch it held, per pool child
     per_kill: Counter[float] = Counter()
     for d in details["duplicates_unavoidable"]:
-        if d["cause"] == "worker_killed" and d["kills_near_first_copy"]:
+        if d["cause"] in ("worker_killed", "worker_paused") and d["kills_near_first_copy"]:
             per_kill[d["kills_near_first_copy"][0]["at"]] += 1
     return {
         "unavoidable_per_kill_max": max(per_kill.values(), default=0),
@@ -1114,6 +1296,8 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
         "expected": len(expected), "delivered_once": counts["delivered_once"], "lost": counts["lost"],
         "duplicates": counts["duplicates"], "duplicates_unavoidable": counts["duplicates_unavoidable"],
         "avoidable_by_cause": dict(avoidable_causes), "unavoidable_by_cause": dict(unavoidable_causes),
+        "duplicates_by_channel": {k: dict(v) for k, v in duplicates_by_channel.items()},
+        "receiver_dropped": dict(receiver_dropped),
         "expected_by_channel": dict(by_channel), "failed": failed, "unexpected": len(unexpected),
         "store_mismatches": len(details["store_mismatches"]),
         "callback_state_wrong": len(details["callback_state_wrong"]),
@@ -1139,13 +1323,12 @@ def _duplicate_evidence(key: str, channel: str, row: dict[str, Any], receipts: l
     receipts = sorted(receipts, key=lambda r: r["received_at"])
     first = receipts[0]["received_at"]
     unrecorded = (row.get("attempts") or 0) - len(attempt_rows)
-    # the first copy's outcome is recorded within a second or two of its receipt (RECORD_WAIT_S,
-    # one transaction); a copy answered slowly was received up to slow_s after its sender died
+    # the first copy's outcome is recorded within a second or two of its receipt (the commit under
+    # way, then its own); a copy answered slowly was received up to slow_s after its sender died
     db_down = [w for w in pg_down if w[0] - RECORD_WITHIN_S <= first <= w[1]]
-    # with the database down the sender holds the outcome until it is back (D2): a kill any time
-    # before then (within 80 % of the lease) loses the outcome just as a kill at the copy does
-    recorded_by = max([first + RECORD_WITHIN_S] + [min(w[1] + RECORD_WITHIN_S, first + 0.8 * LEASE_S)
-                                                   for w in db_down])
+    # with the database down the sender holds the outcome, and its claim, until it is back (D2):
+    # a kill any time before then loses the outcome just as a kill at the copy does
+    recorded_by = max([first + RECORD_WITHIN_S] + [w[1] + RECORD_WITHIN_S for w in db_down])
     killed = [k for k in kills if first - RECEIPT_AFTER_KILL_S <= k["at"] <= recorded_by]
     # the provider took the first copy and the sender saw a timeout: a lost answer, injected as
     # such, or a slow answer that came too late for the client on a busy machine
@@ -1155,19 +1338,19 @@ def _duplicate_evidence(key: str, channel: str, row: dict[str, Any], receipts: l
     # (D2), an outcome lost in an outage is one whose worker was killed while it waited
     if any(r.get("fault") == "lost_answer" for r in receipts[:-1]) or timed_out:
         cause = "answer_lost"
-    elif killed and unrecorded > 0:
-        cause = "worker_killed"
+    elif killed and unrecorded > 0:  # killed, or paused past the lease: either way gone for the others
+        cause = "worker_killed" if any(k["kind"].endswith("sigkill") for k in killed) else "worker_paused"
     elif db_down and unrecorded > 0:
         cause = "database_down_when_recording"
     else:
         cause = "unexplained"
-    unavoidable = channel not in ASKABLE and cause in ("answer_lost", "worker_killed")
+    unavoidable = channel not in ASKABLE and cause in ("answer_lost", "worker_killed", "worker_paused")
     return {"dedup_key": key, "message_id": row.get("id"), "channel": channel, "cause": cause,
             "unavoidable": unavoidable, "receipts": [{"at": r["received_at"], "fault": r.get("fault"),
                                                       "pid": r["pid"]} for r in receipts],
             "store": {"state": row.get("state"), "attempts": row.get("attempts"),
                       "provider_message_id": row.get("provider_message_id")},
             "attempt_rows": attempt_rows, "unrecorded_attempts": unrecorded,
-            "kills_near_first_copy": [{"at": k["at"], "kind": k["kind"], "process": k.get("process"), "pid": k.get("pid")}
-                              for k in killed],
+            "kills_near_first_copy": [{"at": k["at"], "kind": k["kind"], "process": k.get("process"),
+                                       "pid": k.get("pid"), "resumed_at": k.get("resumed_at")} for k in killed],
             "postgres_down": db_down}

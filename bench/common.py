@@ -532,11 +532,18 @@ def postgres_bindir() -> Path:
     raise RuntimeError("no PostgreSQL server binaries (initdb, pg_ctl) found")
 
 
+def niced(increment: int) -> Callable[[], None] | None:
+    """A `preexec_fn` that lowers a child process's priority (`nice`), or None for none: what a
+    benchmark starves runs below what stands for the world outside (providers, sinks)."""
+    return (lambda: os.nice(increment)) if increment else None
+
+
 class PrivatePostgres:
     """A PostgreSQL cluster of the run's own: initdb into a temporary folder, served on a free
-    loopback port with trust authentication; `stop(mode)` and `start()` act on it alone."""
+    loopback port with trust authentication; `stop(mode)` and `start()` act on it alone. `nice`:
+    its processes' priority increment."""
 
-    def __init__(self, *, database: str = "notifier") -> None:
+    def __init__(self, *, database: str = "notifier", nice: int = 0) -> None:
         import shutil
         import tempfile
 
@@ -547,6 +554,7 @@ class PrivatePostgres:
         self.log = self.root / "postgres.log"
         self.port = free_port()
         self.database = database
+        self.nice = nice
         self._shutil = shutil
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
@@ -557,7 +565,7 @@ class PrivatePostgres:
 
     def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(_as_postgres_user([str(self.bindir / argv[0]), *argv[1:]]), capture_output=True,
-                              text=True, check=check, cwd=self.root)
+                              text=True, check=check, cwd=self.root, preexec_fn=niced(self.nice))
 
     def __enter__(self) -> "PrivatePostgres":
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
@@ -586,12 +594,13 @@ class PrivateRedis:
     docs/operations.md deploys it (`appendfsync` everysec by default); `restart(crash=...)`
     stops it with SIGTERM (Redis saves and exits) or SIGKILL (a crash) and starts it again."""
 
-    def __init__(self, *, appendfsync: str = "everysec") -> None:
+    def __init__(self, *, appendfsync: str = "everysec", nice: int = 0) -> None:
         import tempfile
 
         self.root = Path(tempfile.mkdtemp(prefix="notifier-redis-"))
         self.port = free_port()
         self.appendfsync = appendfsync
+        self.nice = nice
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -605,7 +614,7 @@ class PrivateRedis:
                                       "--dir", str(self.root), "--appendonly", "yes",
                                       "--appendfsync", self.appendfsync, "--save", "",
                                       "--logfile", str(self.root / "redis.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=niced(self.nice))
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         deadline = time.monotonic() + 30
         while True:

@@ -105,6 +105,7 @@ def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
             host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
             user=settings.smtp_user, password=settings.smtp_password, starttls=settings.smtp_starttls,
             use_ssl=settings.smtp_ssl, timeout_s=settings.smtp_timeout_s,
+            transaction_timeout_s=settings.smtp_transaction_timeout_s,
         ),
     }
     from notifier.observability.metrics import metered_channels

@@ -206,20 +206,15 @@ def wait_for(condition: Callable[[], bool], what: str, pipeline: ProcessGroup, t
 
 
 
-class RunningClock:
-    """The simulated file clock, moving in real time from `origin`: a thread writes
-    `origin + elapsed` every `tick_s`, so workers stamp sent_at (and beat sweeps, and leases run
-    out) as with a system clock, at most `tick_s` behind."""
+class Ticker:
+    """Calls `tick()` every `every_s` seconds on a thread of its own while inside its `with`."""
 
-    def __init__(self, clock: Any, origin: datetime, *, tick_s: float = 0.02) -> None:
-        self.clock, self.origin, self.tick_s = clock, origin, tick_s
+    def __init__(self, every_s: float, name: str) -> None:
+        self.every_s = every_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="running-clock", daemon=True)
-        self.started = 0.0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> "RunningClock":
-        self.started = time.perf_counter()
-        self.clock.set(self.origin)
+    def __enter__(self) -> "Ticker":
         self._thread.start()
         return self
 
@@ -227,12 +222,35 @@ class RunningClock:
         self._stop.set()
         self._thread.join()
 
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.tick()
+
+
+class RunningClock(Ticker):
+    """The simulated file clock, moving in real time from `origin`: a thread writes
+    `origin + elapsed` every `tick_s`, so workers stamp sent_at (and beat sweeps, and leases run
+    out) as with a system clock, at most `tick_s` behind."""
+
+    def __init__(self, clock: Any, origin: datetime, *, tick_s: float = 0.02) -> None:
+        super().__init__(tick_s, "running-clock")
+        self.clock, self.origin = clock, origin
+        self.started = 0.0
+
+    def __enter__(self) -> "RunningClock":
+        self.started = time.perf_counter()
+        self.clock.set(self.origin)
+        super().__enter__()
+        return self
+
     def now(self) -> datetime:
         return self.origin + timedelta(seconds=time.perf_counter() - self.started)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            self.clock.set(self.now())
+    def tick(self) -> None:
+        self.clock.set(self.now())
 
 
 class TcpProxy:

@@ -15,12 +15,15 @@ applies only under the claim token that made the attempt.
 
 A worker killed (or paused past its lease) after a provider accepted a message and before the
 commit leaves that message `sending`; when its lease runs out the due sweep hands it out
-again. Its next claim sees that the earlier attempt was never recorded, and where the provider
-can tell (`FindsSent`), dispatch asks it first and records the message it finds instead of
-sending a second one (N1, N2). A message renders to the same text on every attempt (its link is
-the booking's, its card is stamped with its first due time), which is what lets the provider's
-copy be recognised. The load records the token of every booking a message of the batch is
-about, so the page answers before the message that carries its link arrives.
+again. Its next claim sees that the earlier attempt was never recorded (or ended without the
+provider's answer), and before sending a second copy it looks for the first: in the provider's
+status reports, which name the message (`ReportsBack`: Twilio, Meta; after a lost answer the
+retry waits `report_wait_s` for them), and where the provider can be asked (`FindsSent`:
+Twilio's Messages list), by asking (N1, N2). A copy found is recorded, not sent again. A message
+renders to the same text on every attempt (its link is the booking's, its card is stamped with
+its first due time), which is what lets the provider's copy be recognised. The load records the
+token of every booking a message of the batch is about, so the page answers before the message
+that carries its link arrives.
 """
 
 from __future__ import annotations
@@ -29,16 +32,17 @@ import logging
 import random
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections import Counter, defaultdict
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
+from queue import SimpleQueue
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
 from notifier.channels.base import (
@@ -163,8 +167,11 @@ class Ready:
     message: MessageRow
     outgoing: Outgoing
     template: str
-    in_doubt: bool  # an earlier attempt may have reached the provider unrecorded: ask it first
+    in_doubt: bool  # an earlier attempt may have reached the provider unrecorded: look for its copy first
     fallback: bool
+    # an earlier claim ended unrecorded (its worker killed or paused) and the message has not yet
+    # waited for the provider's reports of what that claim may have sent
+    awaits_reports: bool = False
 
 
 @dataclass
@@ -173,7 +180,7 @@ class _Loaded:
 
     session: BatchSession
     bundle_versions: dict[str, str | None] = field(default_factory=dict)
-    in_doubt: set[int] = field(default_factory=set)
+    in_doubt: dict[int, Doubt] = field(default_factory=dict)
     planned: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     settings: dict[tuple[str, str], NotificationSettings] = field(default_factory=dict)
 
@@ -195,24 +202,28 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
         return report
     leases = ctx.leases()
     leases.hold(claimed, now + timedelta(seconds=ctx.settings.lease_s))  # from here on, kept alive
+    # outcomes are recorded on a thread of their own while this one renders the rest: an answer
+    # never waits for the batch's rendering (on a starved machine, seconds) to be committed
+    recorder = _Recorder(store, leases, ctx.settings.unavailable)
+    submitted = 0
     try:
         loaded = _load(store, claimed, ctx.settings.unavailable, ctx.links, now)
         pool = ctx.sender_pool()
-        sending: set[Future[Done | Lost]] = set()
-        settled: list[Done | Lost] = []  # ended before any provider call: withdrawn, failed checks
         for message in claimed:  # each message leaves as soon as it is rendered
             try:
                 step = prepare(ctx, loaded, message, now)
             except Exception as exc:  # noqa: BLE001 - one message's trouble (a bundle that would not load) is its own
                 step = _retry(ctx, message, now, f"could not prepare: {exc.__class__.__name__}: {exc}", None)
             if isinstance(step, Ready):
-                sending.add(pool.submit(transmit, ctx, step))
-            else:
-                settled.append(step)
-        for key in _record_as_they_end(store, leases, sending, settled, ctx.settings.unavailable):
-            setattr(report, key, getattr(report, key) + 1)
+                pool.submit(transmit, ctx, step).add_done_callback(recorder.put)
+            else:  # ended before any provider call: withdrawn, failed checks
+                recorder.put(step)
+            submitted += 1
     finally:
+        recorder.finish(submitted)  # what was handed over is recorded, whatever stopped this loop
         leases.release(claimed)
+    for key, count in recorder.counts.items():
+        setattr(report, key, getattr(report, key) + count)
     return report
 
 
@@ -244,22 +255,34 @@ def _load(store: Store, claimed: list[MessageRow], regions: Any, links: BookingL
 
 
 ANSWER_UNKNOWN = {"timeout", "connection", "unexpected"}  # attempt codes after which the provider may have the message
+AWAITING_REPORTS = "awaiting_reports"  # the code of an attempt that only waited for the provider's reports
 
 
-def _in_doubt(conn: Any, again: list[MessageRow]) -> set[int]:
+@dataclass(frozen=True)
+class Doubt:
+    unrecorded: bool  # a claim ended without a record (its worker killed, or paused past its lease)
+    waited: bool  # the message already waited once for the provider's reports
+
+
+def _in_doubt(conn: Any, again: list[MessageRow]) -> dict[int, Doubt]:
     """Messages claimed before whose provider may hold a copy: a claim ended unrecorded (a
     worker died), or an attempt ended without the provider's answer (a timeout, a connection
     lost after the request went out). Any such attempt, not only the last: a lookup that was
     itself refused (429) settles nothing, and the attempt after it must ask again."""
     if not again:
-        return set()
+        return {}
     a = t.send_attempts.c
     recorded: dict[int, list[str | None]] = defaultdict(list)
     for message_id, code in conn.execute(select(a.message_id, a.provider_code)
                                          .where(a.message_id.in_([m.id for m in again])).order_by(a.id)):
         recorded[message_id].append(code)
-    return {m.id for m in again
-            if len(recorded[m.id]) < m.attempts - 1 or any(code in ANSWER_UNKNOWN for code in recorded[m.id])}
+    doubts = {}
+    for m in again:
+        codes = recorded[m.id]
+        unrecorded = len(codes) < m.attempts - 1
+        if unrecorded or any(code in ANSWER_UNKNOWN for code in codes):
+            doubts[m.id] = Doubt(unrecorded=unrecorded, waited=AWAITING_REPORTS in codes)
+    return doubts
 
 
 def _planned_keys(loaded: _Loaded, booking: Booking, customer: Customer, resource: Resource, tenant: Tenant,
@@ -418,9 +441,11 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
                            else {}), metadata={
                             "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
                             "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
-    in_doubt = message.id in loaded.in_doubt
+    doubt = loaded.in_doubt.get(message.id)
     fallback = message.recipient == "customer" and bool(plan_settings.fallback.get(message.channel))
-    return Ready(message, outgoing, f"{renderer.version}:{rendered.template}", in_doubt, fallback)
+    return Ready(message, outgoing, f"{renderer.version}:{rendered.template}", doubt is not None, fallback,
+                 awaits_reports=doubt is not None and doubt.unrecorded and not doubt.waited
+                 and message.attempts < settings.max_attempts)
 
 
 def _stamp(message: MessageRow) -> datetime:
@@ -436,27 +461,64 @@ def _failed(message: MessageRow, now: datetime, reason: str) -> Done:
 
 # --- send --------------------------------------------------------------------------------------
 
-def _record_as_they_end(store: Store, leases: Leases, pending: set[Future[Done | Lost]],
-                        ready: list[Done | Lost], regions: Any) -> Iterator[str]:
-    """Record each outcome as soon as it is known: whatever has come back while the previous
-    commit ran goes into the next one (a group commit; at most RECORD_EVERY). Yields each
-    message's report key: what happened, or `lost` where the claim had passed to another
-    worker before the call or before the record."""
-    while pending or ready:
-        if pending:
-            done, pending = wait(pending, timeout=0 if ready else None, return_when=FIRST_COMPLETED)
-            ready.extend(f.result() for f in done)
-        while ready:
-            chunk, ready = ready[:RECORD_EVERY], ready[RECORD_EVERY:]
-            outcomes = [d for d in chunk if isinstance(d, Done)]
-            applied = _record_patiently(store, leases, outcomes, regions) if outcomes else set()
-            for item in chunk:
-                if isinstance(item, Done) and item.message.id in applied:
-                    yield item.report_key
-                else:
-                    _lost_claim(item)
-                    yield "lost"
-            leases.release(item.message for item in chunk)
+class _Recorder:
+    """Records a batch's outcomes as soon as they are known, on a thread of its own: whatever has
+    come back while the previous commit ran goes into the next one (a group commit, at most
+    RECORD_EVERY). `counts` holds each message's report key: what happened, or `lost` where the
+    claim had passed to another worker before the call or before the record."""
+
+    def __init__(self, store: Store, leases: Leases, regions: Any) -> None:
+        self.store, self.leases, self.regions = store, leases, regions
+        self.counts: Counter[str] = Counter()
+        self._queue: SimpleQueue[Any] = SimpleQueue()  # outcomes, futures of outcomes, and the end
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="record", daemon=True)
+        self._thread.start()
+
+    def put(self, outcome: Done | Lost | Future[Done | Lost]) -> None:
+        self._queue.put(outcome)
+
+    def finish(self, handed_over: int) -> None:
+        """Wait until the `handed_over` outcomes are recorded; raise what stopped the recording."""
+        self._queue.put(_End(handed_over))
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        expected, seen = None, 0
+        try:
+            while expected is None or seen < expected:
+                items = [self._queue.get()]
+                while not self._queue.empty():
+                    items.append(self._queue.get())
+                ready: list[Done | Lost] = []
+                for item in items:
+                    if isinstance(item, _End):
+                        expected = item.count
+                    else:
+                        ready.append(item.result() if isinstance(item, Future) else item)
+                seen += len(ready)
+                for start in range(0, len(ready), RECORD_EVERY):
+                    self._record(ready[start:start + RECORD_EVERY])
+        except BaseException as exc:  # noqa: BLE001 - handed to the task's thread by finish()
+            self._error = exc
+
+    def _record(self, chunk: list[Done | Lost]) -> None:
+        outcomes = [d for d in chunk if isinstance(d, Done)]
+        applied = _record_patiently(self.store, self.leases, outcomes, self.regions) if outcomes else set()
+        for item in chunk:
+            if isinstance(item, Done) and item.message.id in applied:
+                self.counts[item.report_key] += 1
+            else:
+                _lost_claim(item)
+                self.counts["lost"] += 1
+        self.leases.release(item.message for item in chunk)
+
+
+@dataclass(frozen=True)
+class _End:
+    count: int  # outcomes handed to the recorder in all
 
 
 def _lost_claim(item: Done | Lost) -> None:
@@ -496,23 +558,36 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
     leases = ctx.leases()
     started = time.monotonic()
     try:
-        if item.in_doubt and hasattr(adapter, "find_sent"):
-            try:
-                found = _unrecorded_copy(ctx.store, adapter, adapter.find_sent(item.outgoing, since=_stamp(message)))
-            except CannotTell:
-                found = None  # at least once: the bound docs/reliability.md describes
+        if item.in_doubt:  # the provider may have it: its reports naming the message, or its answer if asked
+            reports_back = getattr(adapter, "reports_back", False)
+            found = _reported_copy(ctx.store, adapter, message) if reports_back else None
+            asked = False
+            if found is None and hasattr(adapter, "find_sent"):
+                try:
+                    found = _unrecorded_copy(ctx.store, adapter,
+                                             adapter.find_sent(item.outgoing, since=_stamp(message)))
+                    asked = True
+                except CannotTell:
+                    found = None  # at least once: the bound docs/reliability.md describes
             if found is not None:
                 return Done(message, MessageState.SENT, ctx.clock.now(), outcome="reconciled",
                             code=found.provider_code, duration_ms=_ms(started),
                             provider_message_id=found.provider_message_id, provider=adapter.provider,
                             template=item.template)
+            if reports_back and not asked and item.awaits_reports:
+                # a killed (or paused) worker's copy, if the provider took it, is reported in a while:
+                # wait for the reports once rather than sending a second copy now
+                now = ctx.clock.now()
+                return Done(message, MessageState.PLANNED, now, outcome="temporary", code=AWAITING_REPORTS,
+                            error="an earlier attempt may have reached the provider: waiting for its reports",
+                            duration_ms=_ms(started), retry_at=now + timedelta(seconds=ctx.settings.report_wait_s))
         sender = take_turn(adapter)  # a rate limit's wait comes before the claim's check, not between it and the call
         if not leases.usable(message):
             return Lost(message)
         result = sender.send(item.outgoing)
     except TemporaryFailure as exc:
-        return _retry(ctx, message, ctx.clock.now(), exc.reason, exc.code, retry_after_s=exc.retry_after_s,
-                      duration_ms=_ms(started))
+        return _retry(ctx, message, ctx.clock.now(), exc.reason, exc.code,
+                      retry_after_s=_report_wait(ctx, adapter, exc.code, exc.retry_after_s), duration_ms=_ms(started))
     except PermanentFailure as exc:
         return Done(message, MessageState.FAILED, ctx.clock.now(), error=exc.reason, outcome="permanent",
                     code=exc.code, duration_ms=_ms(started), fallback=item.fallback)
@@ -520,10 +595,34 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
         # the request may have gone out before it broke: "unexpected" puts the message in doubt
         log.exception("%s adapter failed unexpectedly on message %s", message.channel.value, message.id)
         return _retry(ctx, message, ctx.clock.now(), f"unexpected {exc.__class__.__name__}: {exc}", "unexpected",
-                      duration_ms=_ms(started))
+                      retry_after_s=_report_wait(ctx, adapter, "unexpected", None), duration_ms=_ms(started))
     return Done(message, MessageState.SENT, ctx.clock.now(), outcome="sent", code=result.provider_code,
                 duration_ms=_ms(started), provider_message_id=result.provider_message_id, provider=adapter.provider,
                 template=item.template)
+
+
+def _report_wait(ctx: Any, adapter: Any, code: str | None, retry_after_s: float | None) -> float | None:
+    """The least wait before the next attempt: after an answer that never came, a provider whose
+    reports name the message gets `report_wait_s` to report the copy it may have taken."""
+    if code in ANSWER_UNKNOWN and getattr(adapter, "reports_back", False):
+        return max(retry_after_s or 0.0, ctx.settings.report_wait_s)
+    return retry_after_s
+
+
+def _reported_copy(store: Store, adapter: Any, message: MessageRow) -> SendResult | None:
+    """The copy the provider's status reports say it has of this message (they name it: `ReportsBack`)
+    and that no message of ours has recorded: found after its answer was lost, recorded, not sent again."""
+    p, c = t.pending_statuses.c, t.messages.c
+    with store.engine.connect() as conn:
+        reports = conn.execute(select(p.provider_message_id, p.status).where(
+            p.message_id == message.id, p.provider == adapter.provider).order_by(p.id)).all()
+        if not reports:
+            return None
+        recorded = set(conn.execute(select(c.provider_message_id).where(
+            c.provider == adapter.provider, c.provider_message_id.in_([r.provider_message_id for r in reports])))
+            .scalars())
+    found = next((r for r in reports if r.provider_message_id not in recorded), None)
+    return SendResult(provider_message_id=found.provider_message_id, provider_code=found.status) if found else None
 
 
 _copies_lock = threading.Lock()
@@ -595,6 +694,13 @@ def record_outcomes(store: Store, outcomes: list[Done], *, regions: Any = None) 
     whose record still fails is recorded without the provider's details, the reason in their
     place (N3, issue 15)."""
     with store.transaction() as tx:
+        if tx.dialect == "postgresql":
+            # the commit returns without waiting for the disk flush (PostgreSQL makes it within
+            # wal_writer_delay, 200 ms): a worker killed after its provider's answer loses the
+            # outcome for a tenth of the time it did while waiting for the flush. Only a database
+            # crash in that instant can drop such a record, and then the message is in doubt and
+            # its copy looked for, as after a kill; nothing else is weakened (docs/reliability.md)
+            tx.conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
         try:
             with tx.conn.begin_nested():
                 return _record_in(tx.conn, outcomes, regions)
@@ -627,11 +733,10 @@ def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> set[int]:
                d.provider) for d in outcomes]
     applied = _set_states(conn, states)
     moved = [d for d in outcomes if d.message.id in applied]
-    insert_rows(conn, t.send_attempts, ATTEMPT_COLUMNS,
-                [(d.message.id, d.at, d.duration_ms, d.outcome, _clean(d.code), _clean(d.error))
-                 for d in moved if d.outcome is not None])
-    insert_rows(conn, t.timeline, TIMELINE_COLUMNS, [_timeline_entry(d) for d in moved], keys=["dedup_key"],
-                expect_new=True)
+    _insert(conn, t.send_attempts, ATTEMPT_COLUMNS,
+            [(d.message.id, d.at, d.duration_ms, d.outcome, _clean(d.code), _clean(d.error))
+             for d in moved if d.outcome is not None])
+    _insert(conn, t.timeline, TIMELINE_COLUMNS, [_timeline_entry(d) for d in moved], keys=["dedup_key"])
     apply_pending_statuses(conn, [(d.provider, d.provider_message_id) for d in moved
                                   if d.state is MessageState.SENT and d.provider_message_id], outcomes[0].at)
     # the booking system hears of each outcome, once: only the records that moved the message (fenced)
@@ -644,6 +749,21 @@ def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> set[int]:
         if d.fallback:
             replan_in(conn, d.message.tenant_id, d.message.booking_id, now=d.at, regions=regions)
     return applied
+
+
+FEW = 8  # rows one INSERT writes sooner than a COPY (one round trip instead of three)
+
+
+def _insert(conn: Any, table: Any, columns: list[str], rows: list[tuple[Any, ...]],
+            keys: list[str] | None = None) -> None:
+    """Rows of a record, skipping those that conflict on `keys`. Outcomes are recorded as they
+    come, a few at a time, and each round trip before the commit is time in which a worker's
+    death would lose an answer: a few rows go in one INSERT, more by COPY (`insert_rows`)."""
+    if conn.dialect.name != "postgresql" or len(rows) > FEW:
+        insert_rows(conn, table, columns, rows, keys=keys, expect_new=keys is not None)
+    elif rows:
+        statement = postgresql.insert(table).values([dict(zip(columns, row, strict=True)) for row in rows])
+        conn.execute(statement.on_conflict_do_nothing(index_elements=keys) if keys else statement)
 
 
 def _clean(text: str | None) -> str | None:

@@ -270,7 +270,8 @@ class FakeProviders:
             return 400, {}, {"error": {"code": 131026, "message": "Message undeliverable"}}
         wamid = "wamid." + uuid.uuid4().hex
         self._record({"provider": "meta", "id": wamid, "to": to, "template": template.get("name"),
-                      "language": template.get("language", {}).get("code"), "params": params})
+                      "language": template.get("language", {}).get("code"), "params": params,
+                      "biz_opaque_callback_data": payload.get("biz_opaque_callback_data")})
         return 200, {}, {"messaging_product": "whatsapp", "contacts": [{"input": payload["to"], "wa_id": to[1:]}],
                          "messages": [{"id": wamid}]}
 

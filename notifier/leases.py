@@ -131,13 +131,15 @@ class Leases:
         if not pairs:
             return
         until = self.clock.now() + self.lease  # read before the write: the stored lease is never shorter
-        held = self.store.renew_claims(pairs, until)
+        held, done = self.store.renew_claims(pairs, until)
         with self._lock:
             for message_id, token in pairs:
                 if self._held.get(message_id, (None,))[0] != token:
                     continue  # recorded and released meanwhile
                 if message_id in held:
                     self._held[message_id] = (token, until)
+                elif message_id in done:  # its outcome was committed an instant ago; released next
+                    del self._held[message_id]
                 else:
                     del self._held[message_id]
                     self.lost += 1

@@ -748,13 +748,14 @@ def sweep_due(store: Store, *, now: datetime, lease_s: int, limit: int, batch: i
 
 
 def apply_delivery_status(store: Store, provider: str, provider_message_id: str, status: str, *, now: datetime,
-                          error: str | None = None) -> str:
+                          error: str | None = None, message_id: int | None = None) -> str:
     """A provider's status report: applied forward-only (N5), once (N2), and only to a message
     that `provider` sent: ids are namespaced by provider, so a callback signed by one provider
     cannot move another's message. Returns "applied", "ignored" (a duplicate or late news),
-    "pending" (no message of ours has that id yet: the report is kept and applied when the send
-    is recorded), "foreign" (the id is another provider's message: refused, nothing kept) or
-    "unknown" (a status we do not know)."""
+    "pending" (no message of ours has that id yet: the report is kept, with the `message_id` it
+    names if it names one, and applied when the send is recorded; dispatch finds a copy whose
+    answer was lost by it), "foreign" (the id is another provider's message: refused, nothing
+    kept) or "unknown" (a status we do not know)."""
     reported = PROVIDER_STATUS.get(status.lower())
     if reported is None:
         return "unknown"
@@ -770,7 +771,8 @@ def apply_delivery_status(store: Store, provider: str, provider_message_id: str,
             return "foreign"
         if row is None:
             tx.conn.execute(t.pending_statuses.insert().values(provider=provider, provider_message_id=provider_message_id,
-                                                               status=status, error=error, received_at=now))
+                                                               status=status, error=error, received_at=now,
+                                                               message_id=message_id))
             return "pending"
         return "applied" if _advance_status(tx, row, status, error, now) else "ignored"
 

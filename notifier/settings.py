@@ -90,7 +90,8 @@ class Settings:
     smtp_password: str = ""
     smtp_starttls: bool = False
     smtp_ssl: bool = False
-    smtp_timeout_s: float = 10.0
+    smtp_timeout_s: float = 10.0  # connecting and the greeting; the replies of a mail transaction wait up to
+    smtp_transaction_timeout_s: float = 600.0  # (RFC 5321 4.5.3.2: the one after the message, ten minutes)
     mail_from: str = "notifier@localhost"  # a tenant's `sender.mail_from` wins; else this address, the company's name
     reply_to: str = ""  # a tenant's `sender.reply_to` wins, then its company's `email` detail; empty: no Reply-To
     # SMS and WhatsApp providers; tokens only from the environment
@@ -138,6 +139,9 @@ class Settings:
     dispatch_batch: int = 100
     dispatch_concurrency: int = 8
     lease_s: int = 120
+    # after an attempt whose answer was lost, how long Twilio and Meta get to report the copy they
+    # may have taken (their status callbacks name the message) before it is sent again
+    report_wait_s: float = 60.0
     max_attempts: int = 6
     retry_base_s: float = 30.0
     retry_max_s: float = 3600.0

@@ -92,3 +92,15 @@ class FindsSent(Protocol):
     messages may read the same)."""
 
     def find_sent(self, message: Outgoing, *, since: datetime) -> list[SendResult]: ...
+
+
+class ReportsBack(Protocol):
+    """An adapter whose provider's status reports name the message they are about (Twilio's
+    StatusCallback URL carries `message=<Outgoing.message_id>`; Meta returns
+    `biz_opaque_callback_data`). When the provider took a message and its answer never reached
+    us (a timeout; a worker killed, or paused past its lease, before the commit), its reports
+    still come, and dispatch finds the copy by them instead of sending a second one. After a
+    lost answer the next attempt waits `report_wait_s` for them."""
+
+    reports_back: bool
+

@@ -18,10 +18,16 @@ class SMTPChannel:
     provider = "smtp"
 
     def __init__(self, *, host: str, port: int, mail_from: str, user: str = "", password: str = "",
-                 starttls: bool = False, use_ssl: bool = False, timeout_s: float = 10.0) -> None:
+                 starttls: bool = False, use_ssl: bool = False, timeout_s: float = 10.0,
+                 transaction_timeout_s: float = 600.0) -> None:
         self.host, self.port, self.mail_from = host, port, mail_from
         self.user, self.password = user, password
         self.starttls, self.use_ssl, self.timeout_s = starttls, use_ssl, timeout_s
+        # RFC 5321 4.5.3.2: a client waits minutes for the replies of a mail transaction, ten for the
+        # one after the message, which the server sends once it has taken the message on: giving up
+        # on that reply early is how a mail gets sent twice (RFC 1047). Connecting, the greeting and
+        # the NOOP that checks a kept connection wait `timeout_s`.
+        self.transaction_timeout_s = max(transaction_timeout_s, timeout_s)
         self._local = threading.local()  # one connection per sending thread, reused
 
     def _connection(self) -> smtplib.SMTP:
@@ -92,7 +98,9 @@ class SMTPChannel:
             raise PermanentFailure(f"cannot build the email: {exc}", code="header") from None
         try:
             conn = self._connection()
+            conn.sock.settimeout(self.transaction_timeout_s)
             refused = conn.send_message(mail)
+            conn.sock.settimeout(self.timeout_s)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reason = next(iter(exc.recipients.values()))
             self._drop()

@@ -36,6 +36,7 @@ def _permanent(status: int, body: Any) -> str | None:
 class MetaWhatsAppChannel(HttpAdapter):
     name = "whatsapp"
     provider = "meta"
+    reports_back = True  # status webhooks carry biz_opaque_callback_data (ReportsBack)
 
     def __init__(self, *, token: str, phone_number_id: str, api_url: str = "https://graph.facebook.com",
                  api_version: str = "v19.0", timeout_s: float = 10.0) -> None:
@@ -48,6 +49,9 @@ class MetaWhatsAppChannel(HttpAdapter):
             raise PermanentFailure("whatsapp: business-initiated messages need an approved template (R44)")
         return {
             "messaging_product": "whatsapp", "recipient_type": "individual", "to": message.to.lstrip("+"),
+            # Meta returns it in every status webhook of this message: a copy whose answer was lost is
+            # recognised by its reports (`ReportsBack`)
+            "biz_opaque_callback_data": str(message.message_id),
             "type": "template",
             "template": {"name": message.template, "language": {"code": message.template_language or "en"},
                          "components": [{"type": "body", "parameters": [{"type": "text", "text": p}

@@ -292,8 +292,12 @@ pending_statuses = Table(
     Column("error", Text),
     Column("received_at", UTCDateTime, nullable=False),
     Column("provider", String(16)),  # the callback's provider: it applies to that provider's message only
+    # the message the report names (its StatusCallback URL, Meta's biz_opaque_callback_data): a copy
+    # whose answer never reached us is found by it (dispatch), not sent again
+    Column("message_id", BigId),
 )
 Index("ix_pending_statuses_provider_id", pending_statuses.c.provider_message_id)
+Index("ix_pending_statuses_message_id", pending_statuses.c.message_id)
 Index("ix_pending_statuses_received_at", pending_statuses.c.received_at)  # housekeeping
 
 outbox = Table(

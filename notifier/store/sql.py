@@ -631,6 +631,7 @@ def _safe_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
+IN_FLIGHT = (MessageState.QUEUED.value, MessageState.SENDING.value)  # a claim's states before its outcome
 _RENEW_PG = (  # one statement for every claim a worker holds
     "UPDATE messages SET lease_until = %(until)s FROM unnest(%(ids)s::int8[], %(tokens)s::int4[]) AS v(mid, token) "
     "WHERE messages.id = v.mid AND messages.claim_token = v.token AND messages.state = 'sending' "
@@ -690,27 +691,35 @@ class Store:
             ).all()
         return sorted((_message(r) for r in rows), key=lambda m: m.id)
 
-    def renew_claims(self, claims: Iterable[tuple[int, int]], until: datetime) -> set[int]:
+    def renew_claims(self, claims: Iterable[tuple[int, int]], until: datetime) -> tuple[set[int], set[int]]:
         """Extend the lease of each (message id, claim token) to `until` where the message is
-        still `sending` under that token; the ids whose claim still holds. A claim that lapsed
-        and was taken again (a new token), or handed back to the queue, is not renewed: its
-        old holder has lost it."""
+        still `sending` under that token. Returns the ids whose claim still holds, and those
+        whose outcome has been recorded under it meanwhile (done, not lost). Any other claim
+        lapsed and was handed out again (back to `queued`, or claimed anew under a new token):
+        its old holder has lost it."""
         pairs = sorted(set(claims))
         if not pairs:
-            return set()
+            return set(), set()
         c = t.messages.c
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 ids, tokens = (list(x) for x in zip(*pairs, strict=True))
-                return set(conn.exec_driver_sql(_RENEW_PG, {"ids": ids, "tokens": tokens, "until": until}).scalars())
-            held = set()
-            for message_id, token in pairs:  # SQLite: writers are serialised anyway
-                if conn.execute(update(t.messages).where(c.id == message_id, c.claim_token == token,
-                                                         c.state == MessageState.SENDING.value)
-                                .values(lease_until=until)).rowcount:
-                    held.add(message_id)
-            return held
-
+                held = set(conn.exec_driver_sql(_RENEW_PG, {"ids": ids, "tokens": tokens, "until": until}).scalars())
+            else:
+                held = set()
+                for message_id, token in pairs:  # SQLite: writers are serialised anyway
+                    if conn.execute(update(t.messages).where(c.id == message_id, c.claim_token == token,
+                                                             c.state == MessageState.SENDING.value)
+                                    .values(lease_until=until)).rowcount:
+                        held.add(message_id)
+            rest = {message_id: token for message_id, token in pairs if message_id not in held}
+            done = set()
+            if rest:  # rare: recorded an instant ago, or really lost
+                for message_id, token, state in conn.execute(select(c.id, c.claim_token, c.state)
+                                                             .where(c.id.in_(list(rest)))):
+                    if token == rest[message_id] and state not in IN_FLIGHT:
+                        done.add(message_id)
+            return held, done
     def release_claims(self, message_ids: Iterable[int], now: datetime) -> int:
         """Claims the due sweep made but could not hand out (the broker refused the dispatch
         task) go back to the plan at once rather than waiting for their lease. A task that did

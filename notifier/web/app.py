@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
@@ -179,6 +180,14 @@ class MetaStatus(BaseModel):
     id: str
     status: str
     errors: list[MetaError] = []
+    biz_opaque_callback_data: str | None = None  # ours, sent with the message: which message it is
+
+
+def named_message(reference: str | None) -> int | None:
+    """The message a status report names (what the adapter sent as its reference), if it names one."""
+    if reference and reference.isascii() and reference.isdigit() and len(reference) <= 18:
+        return int(reference)
+    return None
 
 
 class MetaValue(BaseModel):
@@ -273,7 +282,10 @@ def create_app(ctx: Any) -> FastAPI:
         sid, status = form.get("MessageSid") or form.get("SmsSid"), form.get("MessageStatus") or form.get("SmsStatus")
         if sid and status:
             error = f"twilio {form['ErrorCode']}" if form.get("ErrorCode") else None
-            if apply_delivery_status(ctx.store, "twilio", sid, status, now=ctx.clock.now(), error=error) == "foreign":
+            # on a thread: the event loop goes on taking callbacks while this one waits for the database
+            if await run_in_threadpool(apply_delivery_status, ctx.store, "twilio", sid, status, now=ctx.clock.now(),
+                                       error=error, message_id=named_message(request.query_params.get("message"))) \
+                    == "foreign":
                 raise HTTPException(status_code=409, detail="not a message sent through Twilio")
         return Response(status_code=204)
 
@@ -296,13 +308,19 @@ def create_app(ctx: Any) -> FastAPI:
         except ValidationError as exc:  # a clear 4xx: Meta retries a 5xx for days
             raise HTTPException(status_code=400, detail=f"not a WhatsApp webhook: {exc.error_count()} "
                                                         "problem(s)") from None
-        foreign = 0
-        for entry in payload.entry:
-            for change in entry.changes:
-                for status in change.value.statuses:
-                    error = f"whatsapp {status.errors[0].code}: {status.errors[0].title}" if status.errors else None
-                    foreign += apply_delivery_status(ctx.store, "meta", status.id, status.status, now=ctx.clock.now(),
-                                                     error=error) == "foreign"
+
+        def apply_all() -> int:
+            foreign = 0
+            for entry in payload.entry:
+                for change in entry.changes:
+                    for status in change.value.statuses:
+                        error = f"whatsapp {status.errors[0].code}: {status.errors[0].title}" if status.errors else None
+                        foreign += apply_delivery_status(
+                            ctx.store, "meta", status.id, status.status, now=ctx.clock.now(), error=error,
+                            message_id=named_message(status.biz_opaque_callback_data)) == "foreign"
+            return foreign
+
+        foreign = await run_in_threadpool(apply_all)  # the event loop goes on taking callbacks meanwhile
         if foreign:  # the others were applied; these are another provider's messages (issue 15)
             raise HTTPException(status_code=409, detail=f"{foreign} status(es) for messages not sent through Meta")
         return Response(status_code=204)

@@ -90,3 +90,29 @@ def test_N5_meta_callbacks_need_the_app_secret_signature(sent):
     assert good.status_code == 204 and state_and_timeline(ctx, row.id)[0] == "delivered"
     timeline = client.get(f"/api/tenants/studio-roma/bookings/{row.booking_id}/timeline").json()
     assert [e["kind"] for e in timeline][-1] == "message.delivered"
+
+
+def test_N2_a_report_on_a_copy_we_never_heard_of_keeps_the_message_it_names(sent):
+    """Issue 17: Twilio posts to the StatusCallback URL the message was sent with, which names
+    it (`?message=`); Meta returns the message's biz_opaque_callback_data. A report whose copy
+    no message has recorded (its answer was lost) is kept with that name, for dispatch to find."""
+    ctx, client, row = sent
+    url = f"{PUBLIC}/callbacks/twilio?message={row.id}"
+    form = {"MessageSid": "SMlost", "MessageStatus": "sent"}
+    answer = client.post(f"/callbacks/twilio?message={row.id}", data=form,
+                         headers={"X-Twilio-Signature": twilio_signature(ctx.settings.twilio_auth_token, url, form)})
+    assert answer.status_code == 204
+    statuses = [{"id": "wamid.lost", "status": "delivered", "timestamp": "1764576000",
+                 "biz_opaque_callback_data": str(row.id)},
+                {"id": "wamid.junk", "status": "sent", "timestamp": "1764576000",
+                 "biz_opaque_callback_data": "12; DROP TABLE messages"}]  # not one of our names: kept without
+    body = json.dumps({"object": "whatsapp_business_account",
+                       "entry": [{"changes": [{"value": {"statuses": statuses}}]}]}).encode()
+    answer = client.post("/callbacks/meta", content=body,
+                         headers={"X-Hub-Signature-256": meta_signature("app-secret-1234", body)})
+    assert answer.status_code == 204
+    p = t.pending_statuses.c
+    with ctx.store.engine.connect() as conn:
+        kept = conn.execute(select(p.provider, p.provider_message_id, p.message_id).order_by(p.id)).all()
+    assert [tuple(k) for k in kept] == [("twilio", "SMlost", row.id), ("meta", "wamid.lost", row.id),
+                                        ("meta", "wamid.junk", None)]

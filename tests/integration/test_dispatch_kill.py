@@ -43,14 +43,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def pipeline_settings(tmp_path, pg_url: str, redis_url: str, key_prefix: str, provider: FakeProviders,
+                      **overrides):
+    """Settings for a pipeline of real processes on this test's database, Redis prefix and
+    loopback Twilio, sweeping every 0.3 s."""
+    return make_settings(tmp_path, database_url=pg_url, broker_url=redis_url, broker_key_prefix=key_prefix,
+                         twilio_account_sid=provider.account_sid, twilio_auth_token=provider.auth_token,
+                         twilio_from="+390612345678", twilio_api_url=provider.url, sweep_interval_s=0.3,
+                         **overrides)
+
+
 def test_N1_N2_sigkill_mid_batch_loses_nothing_and_sends_nothing_twice(tmp_path, pg_url, redis_url, key_prefix,
                                                                        clock, procs):
     with FakeProviders(latency_s=0.25, clock=clock.now) as provider:
-        settings = make_settings(
-            tmp_path, database_url=pg_url, broker_url=redis_url, broker_key_prefix=key_prefix,
-            twilio_account_sid=provider.account_sid, twilio_auth_token=provider.auth_token,
-            twilio_from="+390612345678", twilio_api_url=provider.url, sweep_interval_s=0.3, lease_s=LEASE_S,
-            dispatch_batch=MESSAGES, dispatch_concurrency=8)
+        settings = pipeline_settings(tmp_path, pg_url, redis_url, key_prefix, provider, lease_s=LEASE_S,
+                                     dispatch_batch=MESSAGES, dispatch_concurrency=8)
         ctx = make_context(settings)
         events = [created(f"k{i}", tenant="studio-roma", starts_at=START + timedelta(days=3, hours=6),
                           resource={"id": "giulia", "name": "Giulia", "type": "specialist"},

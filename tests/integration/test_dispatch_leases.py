@@ -26,8 +26,8 @@ from notifier.devtools import RunningClock, wait_for
 from notifier.fake_providers import FakeProviders
 from notifier.services import apply_events
 from notifier.store import schema as t
-from tests.conftest import START, created, customer, make_context, make_settings, settings_env
-from tests.integration.test_dispatch_kill import children
+from tests.conftest import START, created, customer, make_context, settings_env
+from tests.integration.test_dispatch_kill import children, pipeline_settings
 
 ROMA = {"tenant": "studio-roma", "resource": {"id": "giulia", "name": "Giulia", "type": "specialist"}}
 
@@ -58,11 +58,8 @@ def test_N1_N2_a_worker_paused_past_its_lease_finds_its_claims_gone_and_does_not
         tmp_path, pg_url, redis_url, key_prefix, clock, procs):
     messages, lease_s = 12, 6
     with FakeProviders(latency_s=0.8, clock=clock.now) as provider:
-        settings = make_settings(
-            tmp_path, database_url=pg_url, broker_url=redis_url, broker_key_prefix=key_prefix,
-            twilio_account_sid=provider.account_sid, twilio_auth_token=provider.auth_token,
-            twilio_from="+390612345678", twilio_api_url=provider.url, sweep_interval_s=0.3, lease_s=lease_s,
-            dispatch_batch=messages, dispatch_concurrency=1)
+        settings = pipeline_settings(tmp_path, pg_url, redis_url, key_prefix, provider, lease_s=lease_s,
+                                     dispatch_batch=messages, dispatch_concurrency=1)
         ctx = make_context(settings)
         due = _bookings(ctx, sms=messages)
         group = procs(settings_env(settings))
@@ -102,11 +99,8 @@ def test_N2_a_slow_worker_keeps_its_claims_and_sends_each_message_once_over_sms_
     messages, lease_s, answer_s = 8, 5, 0.8  # 8 x 0.8 s a channel, one call at a time: longer than the lease
     mail_sink.answer_after_s = answer_s
     with FakeProviders(latency_s=answer_s, clock=clock.now) as provider:
-        settings = make_settings(
-            tmp_path, database_url=pg_url, broker_url=redis_url, broker_key_prefix=key_prefix,
-            twilio_account_sid=provider.account_sid, twilio_auth_token=provider.auth_token,
-            twilio_from="+390612345678", twilio_api_url=provider.url, smtp_port=mail_sink.port,
-            sweep_interval_s=0.3, lease_s=lease_s, dispatch_batch=messages, dispatch_concurrency=1)
+        settings = pipeline_settings(tmp_path, pg_url, redis_url, key_prefix, provider, smtp_port=mail_sink.port,
+                                     lease_s=lease_s, dispatch_batch=messages, dispatch_concurrency=1)
         ctx = make_context(settings)
         due = _bookings(ctx, sms=messages, email=messages)
         group = procs(settings_env(settings))

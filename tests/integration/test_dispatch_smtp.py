@@ -48,3 +48,17 @@ def test_an_smtp_server_that_is_down_is_a_temporary_failure(tmp_path, pg_url, cl
     report = dispatch_batch(ctx, ids)
     assert report.retried == 1 and report.sent == 0
     ctx.close()
+
+
+def test_N2_a_server_slow_to_answer_the_message_is_waited_for_not_sent_twice(tmp_path, pg_url, mail_sink, clock):
+    """Issue 17: the reply after the message comes once the server has taken it on; a client that
+    gives up on it sends the mail again (RFC 1047). It waits minutes for it (RFC 5321 4.5.3.2),
+    while connecting keeps the short `smtp_timeout_s`."""
+    mail_sink.answer_after_s = 1.5
+    settings = make_settings(tmp_path, database_url=pg_url, smtp_port=mail_sink.port, smtp_timeout_s=0.5)
+    ctx = make_context(settings, channels=build_channels(settings))
+    apply_events(ctx.store, [json.dumps(created())], now=START, source="test")
+    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=60, limit=10, batch=10)
+    assert dispatch_batch(ctx, ids).sent == 1
+    assert len(mail_sink.messages) == 1
+    ctx.close()

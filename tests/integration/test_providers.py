@@ -74,7 +74,7 @@ def test_503_twice_then_success_delivers_exactly_once_with_three_attempts(sms_ct
         ("temporary", "503"), ("temporary", "503"), ("sent", "queued")]
     [sms] = providers.received
     assert sms["to"] == "+393471234567" and "Studio Test Roma" in sms["body"]
-    assert sms["status_callback"].endswith("/callbacks/twilio")
+    assert sms["status_callback"].endswith(f"/callbacks/twilio?message={row.id}")  # its reports name the message
 
 
 def test_429_retry_after_is_honoured(sms_ctx, providers, clock):
