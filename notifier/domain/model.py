@@ -419,17 +419,19 @@ class NotificationSettings(BaseModel):
     # kinds the tenant switched on and the resource's own settings switched off (R24, R41)
     _off_for_resource: frozenset[Kind] = PrivateAttr(default=frozenset())
 
+    # read from the private dict itself: `self._x` goes through BaseModel.__getattr__, Python code
+    # that planning would run for every booking
     @property
     def unavailable(self) -> frozenset[Channel]:
-        return self._unavailable
+        return self.__pydantic_private__["_unavailable"]  # type: ignore[index]
 
     @property
     def without_provider(self) -> frozenset[Channel]:
-        return self._without_provider
+        return self.__pydantic_private__["_without_provider"]  # type: ignore[index]
 
     @property
     def off_for_resource(self) -> frozenset[Kind]:
-        return self._off_for_resource
+        return self.__pydantic_private__["_off_for_resource"]  # type: ignore[index]
 
     def overrides(self) -> dict[str, Any]:
         """What was given, as stored (JSON types): the mapping the store keeps for a layer."""
