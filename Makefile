@@ -71,9 +71,11 @@ schema: $(STAMP)
 requirements: $(STAMP)
 	$(PY) -m tests.requirements
 
-# the customer page's pictures in docs/img/ (the README shows them): the browser test of every status
+# the pictures in docs/img/ (the README shows them): the browser tests of the customer page's every
+# status and of the console's template preview
 screenshots: $(STAMP)
 	NOTIFIER_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_browser_links.py -k every_status
+	NOTIFIER_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_console.py -k preview
 
 # requirements.lock: the runtime dependencies and Flower, pinned with their hashes, for every platform
 # of Python 3.11 (the image installs from it with --require-hashes); after changing pyproject.toml

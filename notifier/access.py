@@ -24,6 +24,12 @@ class Caller:
 
     key_id: str
     tenant_id: str | None  # None: the operator
+    name: str = ""  # what the key is for (`keys create --name`)
+
+    @property
+    def who(self) -> str:
+        """How a timeline names the key's holder: "key_3f9a0c51d2e4 (ops)"."""
+        return f"{self.key_id} ({self.name})" if self.name else self.key_id
 
     @property
     def operator(self) -> bool:
@@ -62,7 +68,7 @@ def authenticate(store: Any, presented: str) -> Caller | None:
         return None
     with store.transaction() as tx:
         row = tx.api_key(key_hash(presented))
-    return Caller(key_id=row.id, tenant_id=row.tenant_id) if row is not None else None
+    return Caller(key_id=row.id, tenant_id=row.tenant_id, name=row.name or "") if row is not None else None
 
 
 def list_keys(store: Any) -> list[dict[str, Any]]:

@@ -124,6 +124,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     # the web app's /metrics and /health details: `Authorization: Bearer <metrics_token>` (unset: /metrics is off)
     metrics_token: str = ""
+    console_session_s: int = 8 * 3600  # how long the ops console keeps a key after signing in
     public_url: str = "http://127.0.0.1:8000"
     link_secret: str = ""  # comma-separated: tokens are made with the first; older ones keep working (rotation)
     link_valid_after_visit_s: int = 7 * 86400  # the page answers until this long after the visit ends

@@ -159,7 +159,8 @@ def _messages(rows: list[Any], timeline: list[dict[str, Any]]) -> list[dict[str,
         gone = withdrawn.get(r.key) if r.state is MessageState.WITHDRAWN else None
         out.append({"id": r.id, "key": r.key, "kind": r.kind, "channel": r.channel.value, "recipient": r.recipient,
                     "state": r.state.value, "due_at": _iso(r.due_at), "attempts": r.attempts,
-                    "sent_at": _iso(r.sent_at), "error": r.error, "withdrawn_at": _iso(gone[0]) if gone else None})
+                    "sent_at": _iso(r.sent_at), "error": r.error, "withdrawn_at": _iso(gone[0]) if gone else None,
+                    "by": r.by, "resend_of": r.resend_of})
     stored = {r.key for r in rows}
     for key, (at, detail) in withdrawn.items():
         if key in stored:
@@ -168,7 +169,8 @@ def _messages(rows: list[Any], timeline: list[dict[str, Any]]) -> list[dict[str,
         out.append({"id": None, "key": key, "kind": kind, "channel": planned.get(key, {}).get("channel"),
                     "recipient": "staff" if kind.startswith(("staff_", "activity_")) else "customer",
                     "state": MessageState.WITHDRAWN.value, "due_at": _iso(planned.get(key, {}).get("due_at")),
-                    "attempts": 0, "sent_at": None, "error": detail.get("reason"), "withdrawn_at": _iso(at)})
+                    "attempts": 0, "sent_at": None, "error": detail.get("reason"), "withdrawn_at": _iso(at),
+                    "by": None, "resend_of": None})
     return sorted(out, key=lambda m: (m["due_at"] or "", m["key"]))
 
 

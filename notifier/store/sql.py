@@ -477,8 +477,8 @@ class Tx:
     def api_key(self, key_hash: str) -> Any:
         """The unrevoked key with this hash, or None."""
         c = t.api_keys.c
-        return self.conn.execute(select(c.id, c.tenant_id).where(c.key_hash == key_hash, c.revoked_at.is_(None))
-                                 ).first()
+        return self.conn.execute(select(c.id, c.tenant_id, c.name).where(c.key_hash == key_hash,
+                                                                          c.revoked_at.is_(None))).first()
 
     def api_keys(self) -> list[dict[str, Any]]:
         c = t.api_keys.c

@@ -123,6 +123,31 @@ class BookingMessage(BaseModel):
     sent_at: datetime | None
     error: str | None  # why it failed or was withdrawn
     withdrawn_at: datetime | None
+    by: str | None = None  # the operator who made it (a resend) or withdrew it
+    resend_of: int | None = None  # an operator's resend: the failed message it repeats
+
+
+class MessageFound(BaseModel):
+    id: int
+    booking_id: str
+    customer_id: str
+    key: str
+    kind: str
+    channel: str
+    recipient: str  # customer | staff
+    state: str  # planned | queued | sending | sent | delivered | read | failed | withdrawn
+    due_at: datetime
+    sent_at: datetime | None
+    attempts: int
+    error: str | None  # why it failed or was withdrawn
+    provider_message_id: str | None
+    by: str | None  # the operator who made it (a resend) or withdrew it
+    resend_of: int | None
+
+
+class MessagePage(BaseModel):
+    items: list[MessageFound]  # newest first
+    next_before: int | None  # pass as `before` for the next page; null: this was the last
 
 
 class NotPlannedReason(BaseModel):
@@ -450,6 +475,35 @@ def create_app(ctx: Any) -> FastAPI:
             raise HTTPException(status_code=404, detail="no such booking")
         return BookingState(**found)
 
+    @api.get("/tenants/{tenant_id}/messages", responses={422: {"description": "a filter that cannot be read"}})
+    def messages_api(tenant_id: str,
+                     booking: Annotated[str | None, Query(description="one booking's messages")] = None,
+                     phone: Annotated[str | None, Query(description="the customer's number (E.164, or in the "
+                                                                    "tenant's region): their SMS and WhatsApp")] = None,
+                     email: Annotated[str | None, Query(description="the customer's address: their emails")] = None,
+                     channel: Annotated[str | None, Query()] = None,
+                     state: Annotated[str | None, Query(description="planned, sent, failed, ...")] = None,
+                     due_from: Annotated[datetime | None, Query(alias="from", description="due at or after")] = None,
+                     due_to: Annotated[datetime | None, Query(alias="to", description="due before")] = None,
+                     before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="ids below this one")] = None,
+                     limit: Annotated[int, Query(ge=1, le=200)] = 50) -> MessagePage:
+        """The tenant's messages that match every filter given, newest first: a booking's, a
+        customer's by phone or email (as their data is now), by channel, state and due time
+        (times with their offset). The console and `notifier messages search` ask the same."""
+        from notifier import operations as ops
+
+        for moment in (due_from, due_to):
+            if moment is not None and moment.tzinfo is None:
+                raise HTTPException(status_code=422, detail="from and to need their offset (Z or +01:00)")
+        try:
+            found = ops.search_messages(ctx.store, ops.MessageQuery(
+                tenant_id=tenant_id, booking_id=booking, phone=phone, email=email, channel=channel, state=state,
+                due_from=due_from, due_to=due_to, before_id=before, limit=limit), actor=ops.Actor("api"))
+        except ops.Refused as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        return MessagePage(items=[MessageFound(**row) for row in found],
+                           next_before=found[-1]["id"] if len(found) == limit else None)
+
     @api.get("/tenants/{tenant_id}/bookings/{booking_id}/timeline")
     def timeline(tenant_id: str, booking_id: str) -> list[dict[str, Any]]:
         entries = timeline_of(ctx.store, tenant_id, booking_id)
@@ -458,6 +512,9 @@ def create_app(ctx: Any) -> FastAPI:
         return [{"at": e["at"].isoformat(), "kind": e["kind"], "detail": e["detail"]} for e in entries]
 
     app.include_router(api)  # after its routes: including copies them
+    from notifier.web.console import install_console
+
+    install_console(app, ctx)  # the ops console, /console (notifier/web/console.py)
     return app
 
 

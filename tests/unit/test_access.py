@@ -24,7 +24,8 @@ from tests.conftest import START, created
 TENANT, OTHER = "salon-berlin", "studio-roma"
 BOOKING = "B-1001"
 # what a path parameter is filled with; a route with a parameter not named here fails the test
-PATH_VALUES = {"tenant_id": TENANT, "booking_id": BOOKING, "token": "not-a-token"}
+PATH_VALUES = {"tenant_id": TENANT, "booking_id": BOOKING, "token": "not-a-token", "message_id": "1",
+               "dead_letter_id": "1"}
 # routes anyone may call, and why (docs/security.md says the same)
 PUBLIC = {
     "/health": "up or down only; the details need the metrics token",
@@ -35,7 +36,9 @@ PUBLIC = {
     "/l/{token}": "the customer's page: the opaque token is the key (N4)",
     "/l/{token}/{action}": "the page's buttons, under the same token (N4)",
     "/l/{token}/calendar.ics": "the page's calendar card, under the same token (R22, N4)",
+    "/console/login": "the console's sign-in form: it asks for an API key, checked on POST (issue 22)",
 }
+CONSOLE = "/console"  # every other console route needs a session: an API key signed in (tested below)
 
 
 @pytest.fixture
@@ -60,8 +63,18 @@ def concrete(path: str) -> str:
 def api_routes(app) -> list[tuple[str, str]]:
     document = app.openapi()
     routes = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
-    routes |= {(method, r.path) for r in app.routes if isinstance(r, Route) for method in r.methods - {"HEAD"}}
+    routes |= {(method, path) for path, methods in _route_table(app.routes) for method in methods - {"HEAD"}}
     return sorted(routes)
+
+
+def _route_table(routes, prefix: str = ""):
+    """Every route the app answers, those of included routers too (left out of the OpenAPI
+    document or not): FastAPI keeps an included router as one entry that holds its routes."""
+    for route in routes:
+        if isinstance(route, Route):
+            yield prefix + route.path, set(route.methods or ())
+        elif hasattr(route, "original_router"):
+            yield from _route_table(route.original_router.routes, prefix + route.include_context.prefix)
 
 
 def test_every_api_route_needs_a_key_and_refuses_other_tenants(world):
@@ -69,7 +82,7 @@ def test_every_api_route_needs_a_key_and_refuses_other_tenants(world):
     routes = api_routes(client.app)
     api = [(m, p) for m, p in routes if p.startswith("/api/")]
     assert len(api) >= 4
-    assert not [p for _, p in routes if not p.startswith("/api/") and p not in PUBLIC], \
+    assert not [p for _, p in routes if not p.startswith(("/api/", CONSOLE)) and p not in PUBLIC], \
         "a route outside /api that is not on the public list"
     for method, path in api:
         url = concrete(path)
@@ -151,3 +164,79 @@ def test_no_redirect_is_built_from_the_host_header(world):
     answer = client.get("/api/dead-letters/", headers={**bearer(keys["operator"]), "Host": "evil.example"},
                         follow_redirects=False)
     assert answer.status_code == 404 and "evil.example" not in answer.headers.get("location", "")
+
+
+def console_routes(app) -> list[tuple[str, str]]:
+    return [(m, p) for m, p in api_routes(app) if p.startswith(CONSOLE) and p not in PUBLIC]
+
+
+def signed_in(client, key: str):
+    """A browser's session of the console: the key given to the sign-in form."""
+    import re as _re
+
+    from fastapi.testclient import TestClient
+
+    browser = TestClient(client.app, base_url="https://testserver", follow_redirects=False)
+    form = browser.get("/console/login")
+    token = _re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    assert browser.post("/console/login", data={"key": key, "csrf": token}).status_code == 303
+    return browser
+
+
+def test_every_console_route_needs_a_signed_in_key_and_a_csrf_token(world):
+    """Issue 22: the console's pages send a visitor without a session to the sign-in form, its
+    POSTs refuse one (403), and with a session a POST without the page's token is refused too."""
+    ctx, client, keys = world
+    routes = console_routes(client.app)
+    assert len(routes) >= 8
+    from fastapi.testclient import TestClient
+
+    stranger = TestClient(client.app, base_url="https://testserver", follow_redirects=False)
+    operator = signed_in(client, keys["operator"])
+    for method, path in routes:
+        url = concrete(path)
+        refused = stranger.request(method, url, headers=bearer(keys["operator"]))  # a bearer header is not a session
+        if method == "GET":
+            assert refused.status_code == 303 and refused.headers["location"].startswith("/console/login?next="), url
+        else:
+            assert refused.status_code == 403, (method, url)
+            assert operator.request(method, url, data={"csrf": "forged"}).status_code == 403, (method, url)
+    for method, path in routes:
+        if method == "GET":
+            assert operator.get(concrete(path)).status_code in (200, 404, 422), path  # 404: a page that says so
+    assert stranger.post("/console/login", data={"key": keys["operator"]}).status_code == 403  # no form token
+
+
+def test_a_tenants_key_sees_its_tenant_only_in_the_console(world):
+    ctx, client, keys = world
+    other = signed_in(client, keys["other"])
+    page = other.get(f"/console/tenants/{TENANT}/bookings/{BOOKING}")
+    assert page.status_code == 404 and BOOKING not in page.text.replace(f"No booking {BOOKING}", "")
+    assert other.get("/console", params={"tenant": TENANT}).text.count("data-message=") == 0
+    assert "sign in with an operator" in other.get("/console/queue").text
+    own = signed_in(client, keys["tenant"])
+    assert own.get(f"/console/tenants/{TENANT}/bookings/{BOOKING}").status_code == 200
+    import re as _re
+
+    csrf = _re.search(r'name="csrf" value="([^"]+)"', own.get("/console/queue").text).group(1)
+    assert own.post("/console/dead-letters/1/replay", data={"csrf": csrf}).status_code == 403
+
+
+def test_a_revoked_key_ends_its_console_session_and_the_cookie_is_strict(world):
+    ctx, client, keys = world
+    from fastapi.testclient import TestClient
+
+    browser = TestClient(client.app, base_url="https://testserver", follow_redirects=False)
+    import re as _re
+
+    form = browser.get("/console/login")
+    token = _re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    answer = browser.post("/console/login", data={"key": keys["operator"], "csrf": token})
+    cookie = answer.headers["set-cookie"].lower()
+    for part in ("httponly", "secure", "samesite=strict", "path=/console", "max-age="):
+        assert part in cookie, part
+    assert browser.get("/console").status_code == 200
+    key_id = next(k["id"] for k in list_keys(ctx.store) if k["name"] == "operator")
+    revoke_key(ctx.store, key_id, now=START)
+    assert browser.get("/console").status_code == 303
+

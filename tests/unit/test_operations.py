@@ -279,3 +279,24 @@ def test_the_command_line_does_the_same(world, tmp_path):
                                  "--language", "de"], env=env)
     assert shown.exit_code == 0, shown.output
     assert "SMS:" in shown.output and "GSM-7" in shown.output and "samples" in shown.output
+
+
+def test_a_booking_system_finds_its_messages_through_the_api(world):
+    from fastapi.testclient import TestClient
+
+    from notifier.access import create_key
+    from notifier.web.app import create_app
+
+    ctx, _, _ = world
+    book(ctx, "b1", email="weg@example.org")
+    book(ctx, "b2", tenant="salon-berlin")
+    run_due(ctx)
+    key = create_key(ctx.store, tenant_id=TENANT, name="crm", now=START).key
+    client = TestClient(create_app(ctx), headers={"Authorization": f"Bearer {key}"})
+    page = client.get(f"/api/tenants/{TENANT}/messages", params={"state": "failed"}).json()
+    assert [(m["booking_id"], m["kind"], m["error"]) for m in page["items"]] == [
+        ("b1", "info", "recipient refused: 550 no such user")]
+    assert page["next_before"] is None
+    assert client.get("/api/tenants/salon-berlin/messages").status_code == 403  # another tenant's
+    assert client.get(f"/api/tenants/{TENANT}/messages", params={"phone": "12"}).status_code == 422
+    assert client.get(f"/api/tenants/{TENANT}/messages", params={"from": "2026-12-01T00:00:00"}).status_code == 422
