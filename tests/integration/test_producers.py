@@ -62,7 +62,7 @@ def test_a_redis_producer_for_one_tenant_cannot_change_another(tmp_path, clock, 
     urls, users = {}, []
     try:
         for name in ("pa", "pb"):
-            user, password = f"{key_prefix}-{name}", secrets.token_urlsafe(16)
+            user, password = f"{key_prefix}-{name}", secrets.token_hex(16)
             admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", *redis_acl_rules(queue, name))
             users.append(user)
             urls[name] = with_user(redis_url, user, password)
@@ -115,7 +115,7 @@ def test_a_rabbitmq_producer_for_one_tenant_cannot_change_another(tmp_path, cloc
     users = {}
     try:
         for producer in ("pa", "pb"):
-            user, password = f"{name}-{producer}", secrets.token_urlsafe(16)
+            user, password = f"{name}-{producer}", secrets.token_hex(16)
             rabbitmqctl("add_user", user, password)
             users[producer] = with_user(amqp_url, user, password)
             for grant in rabbitmq_grants(amqp_url, name, producer, user):
