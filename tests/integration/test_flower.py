@@ -84,6 +84,10 @@ def test_P5_N7_flower_counts_a_batch_with_a_permanent_failure_as_failed_and_idle
         assert f"sms: 1 of 2 failed for good (message {refused_id} (400)); 1 sent" in task["exception"]
         assert "347" not in task["exception"] + task["args"]  # ids and counts, never a number (N7)
 
+        # the idle window opens once the store has nothing for a sweep and the sweeps beat sent
+        # while the batch's outcome waited to be published have all reached the worker (at load
+        # 20 the worker is seconds behind beat: their `received` would otherwise fall inside it)
+        wait_for(lambda: settled(ctx, settings, tasks()), "the pipeline to settle", group, timeout_s=60)
         idle_from = time.time()
         time.sleep(IDLE_S)  # the pipeline idles: what Flower and the worker's log gain meanwhile
         idle = [t for t in tasks().values() if (t.get("received") or 0) >= idle_from]
@@ -101,6 +105,22 @@ def test_P5_N7_flower_counts_a_batch_with_a_permanent_failure_as_failed_and_idle
     chatter = [line for line in lines if line["level"] == "info" and "notifier.sweep" in line["event"]
                and float_time(line["timestamp"]) >= idle_from]
     assert chatter == [], "idle sweeps log at DEBUG"
+
+
+def settled(ctx, settings, tasks: dict[str, dict]) -> bool:
+    """No work waiting in the store, no sweep waiting in the broker's queue, none unfinished."""
+    from kombu import Connection
+
+    from notifier.bootstrap import kombu_url
+    from tasks.celery_app import SWEEP_QUEUE
+
+    if any(ctx.store.work_waiting(question, ctx.clock.now()) for question in ("due", "states")):
+        return False
+    url, options = kombu_url(settings.broker_url, settings)
+    with Connection(url, transport_options=options) as conn:
+        if conn.default_channel.queue_declare(SWEEP_QUEUE).message_count:
+            return False
+    return all(t["state"] in ("SUCCESS", "FAILURE", "REVOKED") for t in tasks.values() if t["name"] in SWEEPS)
 
 
 def api_up(api: httpx.Client) -> bool:
