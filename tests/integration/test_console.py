@@ -3,11 +3,14 @@
 Headless Chromium (one for the module, as in test_browser_links.py) on `notifier web` served by
 uvicorn on a loopback port, the store on PostgreSQL and mail through a real SMTP server on
 loopback: an unauthenticated visit is sent to the sign-in form and an unsigned POST refused; an
-operator's key signs in; a search by the customer's email finds their messages; a planned
+operator's key signs in; a search by the customer's email finds their messages, by their phone
+(as they wrote it) their SMS, and by channel, status, booking and due days what each says; a
+cancellation that came before the change it follows is listed as held, with why; a planned
 reminder is withdrawn and a failed message sent again (it reaches the SMTP server at the next
 sweep), each on the booking's timeline with the key that did it; a dead letter is replayed once
 its tenant exists; a template is previewed with a booking's data, HTML and text side by side, an
-SMS's segments counted, and a test sent to a typed address reaches the SMTP server. With
+SMS's segments counted, another resource type's template with the samples, and a test sent to
+a typed address reaches the SMTP server and the booking's timeline (who, the address masked). With
 NOTIFIER_SCREENSHOTS=DIR the preview is saved as DIR/console-preview.png (`make screenshots`).
 """
 
@@ -31,7 +34,7 @@ from notifier.access import create_key
 from notifier.bootstrap import Context, build_channels
 from notifier.services import apply_events, load_tenants, timeline_of
 from notifier.store import schema as t
-from tests.conftest import START, TENANTS, created, customer, make_context, make_settings
+from tests.conftest import START, TENANTS, created, customer, event, make_context, make_settings
 from tests.integration.test_browser_links import (  # noqa: F401 - chromium: the module's one browser
     WAIT_S,
     chromium,
@@ -61,6 +64,7 @@ class Console:
 
 @pytest.fixture
 def console(tmp_path: Path, pg_url: str, mail_sink: Any, clock: Any) -> Iterator[Console]:
+    from notifier.fake_providers import FakeProviders
     from notifier.web.app import create_app
 
     folder = tmp_path / "tenants"
@@ -70,7 +74,7 @@ def console(tmp_path: Path, pg_url: str, mail_sink: Any, clock: Any) -> Iterator
         "channels": ["email", "sms"], "message_events": True,
         "company": {"name": "Salon Console", "address": "Konsolenweg 1, 10115 Berlin", "phone": "+49 30 5550199"},
         "sender": {"mail_from": "Salon Console <termine@salon-console.example>"},
-        "settings": {"info": {"channels": ["email"]}, "reminder": {"channels": ["email"]},
+        "settings": {"info": {"channels": ["email"]}, "reminder": {"channels": ["sms", "email"]},
                      "confirmation": {"enabled": False}, "feedback": {"enabled": False},
                      "quiet_hours": {"enabled": False}, "staff": {"enabled": False}},
         "resources": [{"id": "anna", "name": "Anna Weber"}]}))
@@ -78,17 +82,20 @@ def console(tmp_path: Path, pg_url: str, mail_sink: Any, clock: Any) -> Iterator
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = make_settings(tmp_path, database_url=pg_url, tenants_path=folder, public_url=base_url,
-                             smtp_port=mail_sink.port, dispatch_concurrency=1)
-    ctx = make_context(settings, channels=build_channels(settings))
-    stop = serve(create_app(ctx), sock)
-    try:
-        yield Console(ctx, base_url, mail_sink, create_key(ctx.store, tenant_id=None, name="ops",
-                                                           now=START).key)
-    finally:
-        stop()
-        ctx.close()
-        sock.close()
+    with FakeProviders() as providers:  # SMS for customers who consented to it: their reminder goes by SMS
+        settings = make_settings(tmp_path, database_url=pg_url, tenants_path=folder, public_url=base_url,
+                                 smtp_port=mail_sink.port, dispatch_concurrency=1, twilio_api_url=providers.url,
+                                 twilio_account_sid=providers.account_sid, twilio_auth_token=providers.auth_token,
+                                 twilio_from="+4930123456")
+        ctx = make_context(settings, channels=build_channels(settings))
+        stop = serve(create_app(ctx), sock)
+        try:
+            yield Console(ctx, base_url, mail_sink, create_key(ctx.store, tenant_id=None, name="ops",
+                                                               now=START).key)
+        finally:
+            stop()
+            ctx.close()
+            sock.close()
 
 
 @pytest.fixture
@@ -98,9 +105,9 @@ def browser(chromium: Any) -> Any:  # noqa: F811 - the module's browser (importe
     return chromium
 
 
-def book(console: Console, booking_id: str, email: str) -> None:
-    apply_events(console.ctx.store, [json.dumps(created(booking_id, tenant=TENANT, starts_at=VISIT, cust=customer(
-        f"c-{booking_id}", email=email)))], now=console.ctx.clock.now(), source="test")
+def book(console: Console, booking_id: str, email: str, *, starts_at: Any = VISIT, **who: Any) -> None:
+    apply_events(console.ctx.store, [json.dumps(created(booking_id, tenant=TENANT, starts_at=starts_at, cust=customer(
+        f"c-{booking_id}", email=email, **who)))], now=console.ctx.clock.now(), source="test")
 
 
 def go(driver: Any, url: str) -> str:
@@ -251,8 +258,65 @@ def test_preview_side_by_side_and_a_test_send_reaches_the_smtp_server(console, b
     assert mail["From"] == "Salon Console <termine@salon-console.example>"  # the tenant's own sender
     assert "13:00" in mail.get_body(("plain",)).get_content()
     assert console.rows("b1")["reminder"].state == "planned"  # the booking's own reminder is untouched
+    [test] = [e["detail"] for e in timeline_of(console.ctx.store, TENANT, "b1") if e["kind"] == "message.test_sent"]
+    assert test["by"].endswith(" (ops)") and test["channel"] == "email" and "ops@" not in test["to"]  # masked
 
     go(browser, f"{console.base_url}/console/templates?tenant={TENANT}&kind=reminder&channel=sms&language=it")
     segments = browser.find_element(By.ID, "segments").text
     assert "GSM-7" in segments and "segment" in segments
     assert "no HTML part" in browser.find_element(By.CSS_SELECTOR, "section[aria-label=HTML]").text
+
+
+def test_search_by_phone_channel_status_and_days_held_events_and_a_preview_of_the_samples(console, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    book(console, "b1", "kunde@example.org", phone="+49 151 23456789", consents={"email": True, "sms": True})
+    book(console, "b2", "gast@example.org", starts_at=VISIT + timedelta(days=7))  # the week after
+    run_due(console.ctx)  # both infos are sent; b1's reminder waits by SMS, b2's by email
+    apply_events(console.ctx.store, [json.dumps(event("booking.cancelled", {"booking_id": "b2", "by": "staff"},
+                                                      tenant=TENANT, revision=3))], now=START, source="test")
+    b1, b2 = console.rows("b1"), console.rows("b2")
+    assert (b1["reminder"].channel, b2["reminder"].channel) == ("sms", "email")
+    sign_in(browser, console)
+
+    def search(**fields: str) -> set[int]:
+        go(browser, console.base_url + "/console")
+        Select(browser.find_element(By.ID, "tenant")).select_by_visible_text(TENANT)
+        for name, value in fields.items():
+            field = browser.find_element(By.ID, name)
+            if field.tag_name == "select":
+                Select(field).select_by_visible_text(value)
+            elif field.get_attribute("type") == "date":  # typed as the browser's locale wants: set it instead
+                browser.execute_script("arguments[0].value = arguments[1]", field, value)
+            else:
+                field.send_keys(value)
+        submit(browser, browser.find_element(By.CSS_SELECTOR, "form[aria-label='Search messages'] button"))
+        for name, value in fields.items():  # the page keeps what was asked
+            assert browser.find_element(By.ID, name).get_attribute("value") == value
+        return {int(r.get_attribute("data-message")) for r in browser.find_elements(By.CSS_SELECTOR, "tr[data-message]")}
+
+    # the number as the customer wrote it, read in the tenant's region: their SMS, not their emails
+    assert search(phone="0151 23456789") == {b1["reminder"].id}
+    assert search(channel="email", state="sent") == {b1["info"].id, b2["info"].id}
+    assert search(booking="b2") == {b2["info"].id, b2["reminder"].id}
+    # due days in the tenant's zone: the week after holds b2's reminder alone
+    week_after = (VISIT + timedelta(days=4)).date().isoformat(), (VISIT + timedelta(days=8)).date().isoformat()
+    assert search(**{"from": week_after[0], "to": week_after[1]}) == {b2["reminder"].id}
+    assert search(**{"from": week_after[0], "to": week_after[1], "state": "sent"}) == set()
+
+    # b2's cancellation came before the change it follows: held, with why
+    go(browser, console.base_url + "/console/queue")
+    [held] = browser.find_elements(By.CSS_SELECTOR, "table[aria-label='Held events'] tbody tr")
+    cells = [c.text for c in held.find_elements(By.TAG_NAME, "td")]
+    assert cells[1:5] == [TENANT, "b2", "booking.cancelled", "3"] and cells[5], cells
+
+    # a template of the other resource type, with the samples: chosen in the form
+    go(browser, console.base_url + "/console/templates")
+    for name, value in (("tenant", TENANT), ("kind", "info"), ("channel", "email"), ("language", "en"),
+                        ("resource_type", "equipment")):
+        Select(browser.find_element(By.ID, name)).select_by_visible_text(value)
+    submit(browser, browser.find_element(By.CSS_SELECTOR, "form[aria-label='Choose a template'] button"))
+    facts = browser.find_element(By.CSS_SELECTOR, "dl.facts").text
+    assert "equipment/en/info.email.j2" in facts and "samples" in facts, facts
+    assert browser.find_element(By.ID, "text").text and browser.find_element(By.CSS_SELECTOR, "iframe")

@@ -5,7 +5,8 @@ outcome on the outbound queue, through the outbox: `message.sent`, `message.deli
 `message.read`, `message.failed` (with the reason) and `message.withdrawn`, each exactly once
 per outcome whatever is repeated (a redelivered dispatch task, a provider's callback sent
 twice), each naming the message by its stable `message_id`. A tenant that did not opt in gets
-none. Its emails come from its own `mail_from` with its `reply_to`.
+none. Its emails come from its own `mail_from` with its `reply_to`, its SMS from its own number,
+sender id or messaging service; a tenant without them falls back to the settings'.
 """
 
 from __future__ import annotations
@@ -187,6 +188,32 @@ def test_an_sms_goes_from_the_tenants_number_or_messaging_service():
     assert twilio.form(Outgoing(**base, sender="Lindenblatt"))["From"] == "Lindenblatt"
     own = twilio.form(Outgoing(**base, messaging_service="MG" + "a" * 32))
     assert own["MessagingServiceSid"] == "MG" + "a" * 32 and "From" not in own
+
+
+def test_a_tenants_sms_comes_from_its_sender_id_and_another_from_the_settings_number(tmp_path, clock):
+    from notifier.channels.twilio import TwilioSMSChannel
+
+    by_sms = {"channels": ["email", "sms"], "settings": {
+        "info": {"channels": ["sms"]}, "reminder": {"enabled": False}, "confirmation": {"enabled": False},
+        "feedback": {"enabled": False}, "quiet_hours": {"enabled": False}, "staff": {"enabled": False}}}
+    tenant_file(tmp_path / "tenants", sender={"sms_from": "Lindenblatt"}, **by_sms)
+    plain = yaml.safe_load((tmp_path / "tenants" / f"{TENANT}.yaml").read_text())
+    plain.pop("sender")
+    (tmp_path / "tenants" / "salon-plain.yaml").write_text(yaml.safe_dump({**plain, "id": "salon-plain"}))
+    sms = FakeChannel("sms")
+    ctx = make_context(make_settings(tmp_path, tenants_path=tmp_path / "tenants"), channels={Channel.SMS: sms})
+    try:
+        for tenant in (TENANT, "salon-plain"):
+            apply_events(ctx.store, [json.dumps(created("b1", tenant=tenant, starts_at=START + timedelta(days=2),
+                                                        cust=customer("c1", phone="+49 151 23456789",
+                                                                      consents={"sms": True})))],
+                         now=START, source="test")
+        assert run_due(ctx)["sent"] == 2
+    finally:
+        ctx.close()
+    twilio = TwilioSMSChannel(account_sid="AC1", auth_token="x", sender="+4930000000")  # the settings' number
+    sent_from = {m.metadata["tenant_id"]: twilio.form(m)["From"] for m in sms.sent}
+    assert sent_from == {TENANT: "Lindenblatt", "salon-plain": "+4930000000"}
 
 
 @pytest.mark.parametrize("sender, problem", [
