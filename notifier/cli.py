@@ -480,7 +480,7 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
 
     from notifier.domain.model import Channel, Tenant
     from notifier.rendering.bundles import as_json as problems_json
-    from notifier.rendering.bundles import validate_bundle
+    from notifier.rendering.bundles import MAX_SMS_SEGMENTS, SmsSize, validate_bundle
 
     folder = tenants_dir or load_settings().tenants_dir
     tenants = []
@@ -488,13 +488,21 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
         doc = yaml.safe_load(file.read_text(encoding="utf-8"))
         tenants.append(Tenant(id=doc["id"], name=doc.get("name", doc["id"]), company=doc.get("company", {}),
                               channels=frozenset(Channel(c) for c in doc.get("channels", ["email"]))))
-    problems = validate_bundle(path, tenants=tenants, public_url=load_settings().public_url)
+    sms_sizes: dict[str, SmsSize] = {}
+    problems = validate_bundle(path, tenants=tenants, public_url=load_settings().public_url, sms_sizes=sms_sizes)
     errors = [p for p in problems if p.severity == "error"]
     if as_json:
-        click.echo(json.dumps({"ok": not errors, "problems": problems_json(problems)}, indent=2))
+        click.echo(json.dumps({"ok": not errors, "problems": problems_json(problems),
+                               "sms": {name: size._asdict() for name, size in sorted(sms_sizes.items())}}, indent=2))
     else:
         for problem in problems:
             click.echo(str(problem), err=True)
+        if sms_sizes:
+            name, size = max(sms_sizes.items(), key=lambda item: (item[1].segments, item[1].characters))
+            within = sum(s.segments <= MAX_SMS_SEGMENTS for s in sms_sizes.values())
+            click.echo(f"SMS: {within} of {len(sms_sizes)} templates within {MAX_SMS_SEGMENTS} segments with the "
+                       f"sample booking and its link; the longest {name} ({size.characters} characters, "
+                       f"{size.encoding}, {size.segments} segments)")
         click.echo(f"{path}: {len(errors)} errors, {len(problems) - len(errors)} warnings")
     if errors:
         raise SystemExit(1)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gsm0338  # noqa: F401 - registers the "gsm03.38" codec
 from jinja2 import TemplateSyntaxError, nodes
@@ -51,6 +51,13 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         return f"{where}: {self.severity}: {self.message}"
+
+
+class SmsSize(NamedTuple):
+    """An SMS template as rendered with the sample booking, counted as a carrier counts it."""
+    encoding: str  # "GSM-7" or "UCS-2"
+    segments: int
+    characters: int
 
 
 def channels_of(kind: Kind) -> tuple[str, ...]:
@@ -132,10 +139,12 @@ def _manifest(root: Path) -> dict[str, Any]:
 
 
 def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languages: Iterable[str] = LANGUAGES,
-                    kinds: Iterable[Kind] = tuple(Kind), public_url: str = SAMPLE_PUBLIC_URL) -> list[Problem]:
+                    kinds: Iterable[Kind] = tuple(Kind), public_url: str = SAMPLE_PUBLIC_URL,
+                    sms_sizes: dict[str, SmsSize] | None = None) -> list[Problem]:
     """Every problem of the bundle at `root`, each with file and line. Never raises on a broken
     bundle: whatever is wrong with it is a problem in the list (N3). SMS lengths count the
-    customer's link at `public_url` (or the sample's address, when that is longer)."""
+    customer's link at `public_url` (or the sample's address, when that is longer); each SMS
+    template's size as rendered is put in `sms_sizes` when one is given."""
     root = Path(root)
     renderer = Renderer(root, manifest=_manifest(root))
     env = renderer.env
@@ -185,7 +194,7 @@ def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languag
             problems.append(Problem(name, None, f"missing block '{block}' (a {channel or 'message'} needs "
                                              f"{' and '.join(sorted(needed))})"))
         if not [p for p in problems if p.file == name]:
-            problems.extend(_check_renders(renderer, name, path, channel, sample_link(public_url)))
+            problems.extend(_check_renders(renderer, name, path, channel, sample_link(public_url), sms_sizes))
     languages = tuple(languages)
     problems.extend(_check_coverage(root, renderer, languages, kinds))
     problems.extend(_check_manifest(root, renderer, languages, company_needs))
@@ -297,7 +306,8 @@ def read_bundle(root: Path | str) -> Bundle:
                   files=files)
 
 
-def _check_renders(renderer: Renderer, name: str, path: Path, channel: str, link: str) -> list[Problem]:
+def _check_renders(renderer: Renderer, name: str, path: Path, channel: str, link: str,
+                   sms_sizes: dict[str, SmsSize] | None) -> list[Problem]:
     """Render the template with a sample booking, as a send would: a template that parses but
     fails when rendered is reported now, not at its first send (N3); an SMS is measured."""
     kind = path.name.split(".")[0]
@@ -316,6 +326,8 @@ def _check_renders(renderer: Renderer, name: str, path: Path, channel: str, link
     if channel != "sms":
         return []
     encoding, segments = sms_segments(out.text)
+    if sms_sizes is not None:
+        sms_sizes[name] = SmsSize(encoding, segments, len(out.text))
     if segments > MAX_SMS_SEGMENTS:
         return [Problem(name, None, f"SMS too long: {len(out.text)} characters, {encoding}, {segments} segments "
                                  f"(at most {MAX_SMS_SEGMENTS})")]

@@ -4,6 +4,7 @@ file, the line and the problem; the shipped bundle passes."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -39,10 +40,14 @@ def test_the_cli_passes_the_shipped_bundle_and_fails_a_broken_one(bundle):
     ok = subprocess.run([sys.executable, "-m", "notifier.cli", "templates", "validate", str(SHIPPED), "--json"],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
+    sizes = json.loads(ok.stdout)["sms"]
+    for language in ("de", "en", "it", "ru"):  # N4: the confirmation request and its link fit two segments
+        assert sizes[f"default/{language}/confirmation.sms.j2"]["segments"] <= 2
     (bundle / "default" / "de" / "late.sms.j2").write_text("{% block text %}{{ oops {% endblock %}")
     bad = subprocess.run([sys.executable, "-m", "notifier.cli", "templates", "validate", str(bundle)],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "default/de/late.sms.j2:1: error: syntax error" in bad.stderr
+    assert re.search(r"SMS: (\d+) of \1 templates within 2 segments", bad.stdout), bad.stdout
 
 
 def test_a_syntax_error_names_file_and_line(bundle):
