@@ -14,6 +14,7 @@ from typing import Any
 from notifier.channels.base import ChannelAdapter
 from notifier.clock import Clock, clock_from
 from notifier.domain.model import Channel
+from notifier.failover import Account, Failover, Health
 from notifier.leases import Leases
 from notifier.links import BookingLinks, link_secret
 from notifier.rendering.environment import Renderer
@@ -84,12 +85,12 @@ def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
     hooks: dict[str, Any] = dict(timeout_s=settings.webhook_timeout_s,
                                  allowed_networks=parse_networks(settings.webhook_allowed_networks))
     providers: dict[Channel, ChannelAdapter] = {}
+    accounts: dict[Channel, list[Account]] = {Channel.SMS: [], Channel.EMAIL: []}  # in failover order
     twilio = dict(account_sid=settings.twilio_account_sid, auth_token=settings.twilio_auth_token,
                   api_url=settings.twilio_api_url, timeout_s=settings.provider_timeout_s)
     if settings.twilio_account_sid and settings.twilio_auth_token:  # SMS only where configured (R2)
-        providers[Channel.SMS] = TwilioSMSChannel(sender=settings.twilio_from,
-                                                  messaging_service_sid=settings.twilio_messaging_service_sid,
-                                                  **twilio)
+        accounts[Channel.SMS].append(Account("twilio", TwilioSMSChannel(
+            sender=settings.twilio_from, messaging_service_sid=settings.twilio_messaging_service_sid, **twilio)))
         if settings.whatsapp_provider == "twilio":
             providers[Channel.WHATSAPP] = TwilioWhatsAppChannel(sender=settings.twilio_whatsapp_from, **twilio)
     if settings.whatsapp_provider == "meta" and settings.meta_token and settings.meta_phone_number_id:
@@ -97,41 +98,72 @@ def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
                                                           phone_number_id=settings.meta_phone_number_id,
                                                           api_url=settings.meta_api_url,
                                                           timeout_s=settings.provider_timeout_s)
-    channels = {
+    for relay in settings.sms_account_list:  # further accounts on Twilio's API, tried in order
+        accounts[Channel.SMS].append(Account(relay.name, TwilioSMSChannel(
+            account_sid=relay.user, auth_token=relay.password, api_url=relay.base_url,
+            sender=relay.options.get("from", settings.twilio_from),
+            messaging_service_sid=relay.options.get("messaging_service", ""), timeout_s=settings.provider_timeout_s)))
+    accounts[Channel.EMAIL].append(Account("smtp", SMTPChannel(
+        host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
+        user=settings.smtp_user, password=settings.smtp_password, starttls=settings.smtp_starttls,
+        use_ssl=settings.smtp_ssl, timeout_s=settings.smtp_timeout_s,
+        transaction_timeout_s=settings.smtp_transaction_timeout_s)))
+    for relay in settings.smtp_relay_list:
+        accounts[Channel.EMAIL].append(Account(relay.name, SMTPChannel(
+            host=relay.host, port=relay.port or (465 if relay.scheme == "smtps" else 25), mail_from=settings.mail_from,
+            user=relay.user, password=relay.password, starttls=relay.options.get("starttls", "") in ("1", "true", "yes"),
+            use_ssl=relay.scheme == "smtps", timeout_s=settings.smtp_timeout_s,
+            transaction_timeout_s=settings.smtp_transaction_timeout_s)))
+    channels: dict[Channel, ChannelAdapter] = {
         **providers,
         Channel.STAFF: WebhookChannel("staff", secret=secret, **hooks),
         Channel.ACTIVITY: WebhookChannel("activity", secret=secret, **hooks),
-        Channel.EMAIL: SMTPChannel(
-            host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
-            user=settings.smtp_user, password=settings.smtp_password, starttls=settings.smtp_starttls,
-            use_ssl=settings.smtp_ssl, timeout_s=settings.smtp_timeout_s,
-            transaction_timeout_s=settings.smtp_transaction_timeout_s,
-        ),
     }
     from notifier.observability.metrics import metered_channels
 
-    return limit_rates(metered_channels(channels), settings)  # provider calls counted and timed, waits not
+    # provider calls counted and timed (by account), waits not; each account has its own rate limit
+    limited = limit_rates(metered_channels(channels), settings)
+    client = _redis(settings)
+    for channel, listed in accounts.items():
+        listed = [Account(a.name, limit_rates({channel: metered_channels({channel: a.adapter}, account=a.name)[
+            channel]}, settings, account=a.name, client=client)[channel]) for a in listed]
+        if len(listed) == 1:
+            limited[channel] = listed[0].adapter
+        elif listed:
+            limited[channel] = Failover(channel.value, listed, Health(
+                failures=settings.failover_failures, window_s=settings.failover_window_s,
+                cooldown_s=settings.failover_cooldown_s, client=client, prefix=settings.broker_key_prefix))
+    return limited
 
 
-def limit_rates(channels: dict[Channel, ChannelAdapter], settings: Settings) -> dict[Channel, ChannelAdapter]:
-    """Wrap the adapters that have a configured rate in a token bucket shared by all workers."""
+def _redis(settings: Settings) -> Any:
+    """The Redis that rate limits and provider health share between workers (None: per process)."""
+    redis_url = settings.ratelimit_redis_url or (settings.broker_url if settings.broker_url.startswith("redis")
+                                                  else "")
+    if not redis_url:
+        return None
+    import redis
+
+    return redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+
+
+def limit_rates(channels: dict[Channel, ChannelAdapter], settings: Settings, *, account: str = "",
+                client: Any = None) -> dict[Channel, ChannelAdapter]:
+    """Wrap the adapters that have a configured rate in a token bucket shared by all workers: one
+    bucket per provider account (`rate_limits` names a channel, or an account for its own rate)."""
     from notifier.ratelimit import LocalTokenBucket, RateLimited, RedisTokenBucket, parse_limits
 
     limits = parse_limits(settings.rate_limits)
     if not limits:
         return channels
-    redis_url = settings.ratelimit_redis_url or (settings.broker_url if settings.broker_url.startswith("redis")
-                                                  else "")
-    client = None
-    if redis_url:
-        import redis
-
-        client = redis.Redis.from_url(redis_url)
+    client = client if client is not None else _redis(settings)
     out = dict(channels)
     for channel, adapter in channels.items():
-        rate = limits.get(channel.value)
+        rate = limits.get(account) or limits.get(channel.value)
         if rate:
-            key = f"{settings.broker_key_prefix}notifier:rate:{channel.value}"
+            # the first account keeps the channel's key (its bucket from before failover)
+            own = f":{account}" if account and account not in ("twilio", "smtp") else ""
+            key = f"{settings.broker_key_prefix}notifier:rate:{channel.value}{own}"
             bucket = RedisTokenBucket(client, key, rate_per_s=rate) if client else LocalTokenBucket(rate_per_s=rate)
             out[channel] = RateLimited(adapter, bucket)
     return out

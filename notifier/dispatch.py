@@ -67,10 +67,10 @@ from notifier.domain.model import (
 from notifier.domain.outbound import MESSAGE_EVENTS, message_event
 from notifier.domain.planning import failed_keys, plan_booking, sent_keys, zone_of
 from notifier.domain.retry import compute_backoff_s
+from notifier.failover import AccountFailure, accounts_of, send_through
 from notifier.leases import Leases
 from notifier.links import BookingLinks
 from notifier.observability.logs import mask_text
-from notifier.ratelimit import take_turn
 from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
 from notifier.services import apply_pending_statuses, replan_in, settings_for
@@ -144,6 +144,8 @@ class Done:
     template: str | None = None
     retry_at: datetime | None = None
     fallback: bool = False  # a permanent failure on a channel with a fallback: replan the booking
+    account: str | None = None  # the provider account the call went to (notifier/failover.py)
+    passed: tuple[str, ...] = ()  # accounts passed over on the way: down, refused, or a 5xx
 
     @property
     def report_key(self) -> str:
@@ -172,6 +174,7 @@ class Ready:
     # an earlier claim ended unrecorded (its worker killed or paused) and the message has not yet
     # waited for the provider's reports of what that claim may have sent
     awaits_reports: bool = False
+    doubt_at: frozenset[str] | None = None  # the accounts that may hold a copy (None: any of them)
 
 
 @dataclass
@@ -262,6 +265,7 @@ AWAITING_REPORTS = "awaiting_reports"  # the code of an attempt that only waited
 class Doubt:
     unrecorded: bool  # a claim ended without a record (its worker killed, or paused past its lease)
     waited: bool  # the message already waited once for the provider's reports
+    accounts: frozenset[str] | None = None  # where a copy may be; None: any account (which one is unknown)
 
 
 def _in_doubt(conn: Any, again: list[MessageRow]) -> dict[int, Doubt]:
@@ -272,16 +276,18 @@ def _in_doubt(conn: Any, again: list[MessageRow]) -> dict[int, Doubt]:
     if not again:
         return {}
     a = t.send_attempts.c
-    recorded: dict[int, list[str | None]] = defaultdict(list)
-    for message_id, code in conn.execute(select(a.message_id, a.provider_code)
-                                         .where(a.message_id.in_([m.id for m in again])).order_by(a.id)):
-        recorded[message_id].append(code)
+    recorded: dict[int, list[tuple[str | None, str | None]]] = defaultdict(list)
+    for message_id, code, account in conn.execute(select(a.message_id, a.provider_code, a.account)
+                                                  .where(a.message_id.in_([m.id for m in again])).order_by(a.id)):
+        recorded[message_id].append((code, account))
     doubts = {}
     for m in again:
-        codes = recorded[m.id]
+        codes = [code for code, _ in recorded[m.id]]
         unrecorded = len(codes) < m.attempts - 1
-        if unrecorded or any(code in ANSWER_UNKNOWN for code in codes):
-            doubts[m.id] = Doubt(unrecorded=unrecorded, waited=AWAITING_REPORTS in codes)
+        at = [account for code, account in recorded[m.id] if code in ANSWER_UNKNOWN]
+        if unrecorded or at:
+            accounts = None if unrecorded or None in at else frozenset(at)  # an unrecorded call's account is unknown
+            doubts[m.id] = Doubt(unrecorded=unrecorded, waited=AWAITING_REPORTS in codes, accounts=accounts)
     return doubts
 
 
@@ -445,7 +451,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     fallback = message.recipient == "customer" and bool(plan_settings.fallback.get(message.channel))
     return Ready(message, outgoing, f"{renderer.version}:{rendered.template}", doubt is not None, fallback,
                  awaits_reports=doubt is not None and doubt.unrecorded and not doubt.waited
-                 and message.attempts < settings.max_attempts)
+                 and message.attempts < settings.max_attempts, doubt_at=doubt.accounts if doubt else None)
 
 
 def _stamp(message: MessageRow) -> datetime:
@@ -552,7 +558,9 @@ def _record_patiently(store: Store, leases: Leases, outcomes: list[Done], region
 
 def transmit(ctx: Any, item: Ready) -> Done | Lost:
     """The provider call for one message (on a sender thread), as a `Done`; `Lost` where the
-    claim turned out to be another worker's by the time of the call."""
+    claim turned out to be another worker's by the time of the call. A channel with several
+    provider accounts sends through the first that is up (notifier/failover.py); a message in
+    doubt is first looked for where an earlier attempt may have left it."""
     message = item.message
     adapter = ctx.channels[message.channel]
     leases = ctx.leases()
@@ -561,19 +569,14 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
         if item.in_doubt:  # the provider may have it: its reports naming the message, or its answer if asked
             reports_back = getattr(adapter, "reports_back", False)
             found = _reported_copy(ctx.store, adapter, message) if reports_back else None
-            asked = False
-            if found is None and hasattr(adapter, "find_sent"):
-                try:
-                    found = _unrecorded_copy(ctx.store, adapter,
-                                             adapter.find_sent(item.outgoing, since=_stamp(message)))
-                    asked = True
-                except CannotTell:
-                    found = None  # at least once: the bound docs/reliability.md describes
+            account, asked = None, False
+            if found is None:
+                found, account, asked = _ask_accounts(ctx, item, adapter)
             if found is not None:
                 return Done(message, MessageState.SENT, ctx.clock.now(), outcome="reconciled",
                             code=found.provider_code, duration_ms=_ms(started),
                             provider_message_id=found.provider_message_id, provider=adapter.provider,
-                            template=item.template)
+                            template=item.template, account=account)
             if reports_back and not asked and item.awaits_reports:
                 # a killed (or paused) worker's copy, if the provider took it, is reported in a while:
                 # wait for the reports once rather than sending a second copy now
@@ -581,24 +584,59 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
                 return Done(message, MessageState.PLANNED, now, outcome="temporary", code=AWAITING_REPORTS,
                             error="an earlier attempt may have reached the provider: waiting for its reports",
                             duration_ms=_ms(started), retry_at=now + timedelta(seconds=ctx.settings.report_wait_s))
-        sender = take_turn(adapter)  # a rate limit's wait comes before the claim's check, not between it and the call
-        if not leases.usable(message):
-            return Lost(message)
-        result = sender.send(item.outgoing)
-    except TemporaryFailure as exc:
-        return _retry(ctx, message, ctx.clock.now(), exc.reason, exc.code,
-                      retry_after_s=_report_wait(ctx, adapter, exc.code, exc.retry_after_s), duration_ms=_ms(started))
-    except PermanentFailure as exc:
-        return Done(message, MessageState.FAILED, ctx.clock.now(), error=exc.reason, outcome="permanent",
-                    code=exc.code, duration_ms=_ms(started), fallback=item.fallback)
-    except Exception as exc:  # noqa: BLE001 - an adapter's bug must not sink the rest of the batch
-        # the request may have gone out before it broke: "unexpected" puts the message in doubt
-        log.exception("%s adapter failed unexpectedly on message %s", message.channel.value, message.id)
-        return _retry(ctx, message, ctx.clock.now(), f"unexpected {exc.__class__.__name__}: {exc}", "unexpected",
-                      retry_after_s=_report_wait(ctx, adapter, "unexpected", None), duration_ms=_ms(started))
+        carried = send_through(adapter, item.outgoing, usable=lambda: leases.usable(message))
+    except AccountFailure as failure:
+        return _failure(ctx, item, adapter, failure.failure, started, failure.account, tuple(failure.passed))
+    except Exception as exc:  # noqa: BLE001 - a lookup's own trouble (the store) is this message's, not the batch's
+        return _failure(ctx, item, adapter, exc, started, None, ())
+    if carried is None:
+        return Lost(message)
+    result, via = carried
     return Done(message, MessageState.SENT, ctx.clock.now(), outcome="sent", code=result.provider_code,
                 duration_ms=_ms(started), provider_message_id=result.provider_message_id, provider=adapter.provider,
-                template=item.template)
+                template=item.template, account=via.account, passed=tuple(via.passed))
+
+
+def _ask_accounts(ctx: Any, item: Ready, adapter: Any) -> tuple[SendResult | None, str | None, bool]:
+    """The copy of an in-doubt message that an account where it may be holds and no message of
+    ours has recorded, that account, and whether any account could be asked. An account that
+    cannot be asked now (down) ends the attempt (`AccountFailure`): the message waits for it
+    rather than going out through another account (docs/reliability.md)."""
+    asked = False
+    for account in accounts_of(adapter):
+        if item.doubt_at is not None and account.name not in item.doubt_at:
+            continue
+        if not hasattr(account.adapter, "find_sent"):
+            continue  # cannot tell: at least once, the bound docs/reliability.md describes
+        try:
+            copies = account.adapter.find_sent(item.outgoing, since=_stamp(item.message))
+        except CannotTell:
+            continue
+        except Exception as exc:
+            raise AccountFailure(exc, account.name, []) from exc
+        asked = True
+        found = _unrecorded_copy(ctx.store, account.adapter, copies)
+        if found is not None:
+            return found, account.name, asked
+    return None, None, asked
+
+
+def _failure(ctx: Any, item: Ready, adapter: Any, exc: BaseException, started: float, account: str | None,
+             passed: tuple[str, ...]) -> Done:
+    """How a provider call (or lookup) that failed ends: a retry, a failure, or in doubt."""
+    message = item.message
+    if isinstance(exc, TemporaryFailure):
+        done = _retry(ctx, message, ctx.clock.now(), exc.reason, exc.code,
+                      retry_after_s=_report_wait(ctx, adapter, exc.code, exc.retry_after_s), duration_ms=_ms(started))
+    elif isinstance(exc, PermanentFailure):
+        done = Done(message, MessageState.FAILED, ctx.clock.now(), error=exc.reason, outcome="permanent",
+                    code=exc.code, duration_ms=_ms(started), fallback=item.fallback)
+    else:  # an adapter's bug must not sink the rest of the batch
+        # the request may have gone out before it broke: "unexpected" puts the message in doubt
+        log.error("%s adapter failed unexpectedly on message %s", message.channel.value, message.id, exc_info=exc)
+        done = _retry(ctx, message, ctx.clock.now(), f"unexpected {exc.__class__.__name__}: {exc}", "unexpected",
+                      retry_after_s=_report_wait(ctx, adapter, "unexpected", None), duration_ms=_ms(started))
+    return replace(done, account=account, passed=passed)
 
 
 def _report_wait(ctx: Any, adapter: Any, code: str | None, retry_after_s: float | None) -> float | None:
@@ -734,7 +772,7 @@ def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> set[int]:
     applied = _set_states(conn, states)
     moved = [d for d in outcomes if d.message.id in applied]
     _insert(conn, t.send_attempts, ATTEMPT_COLUMNS,
-            [(d.message.id, d.at, d.duration_ms, d.outcome, _clean(d.code), _clean(d.error))
+            [(d.message.id, d.at, d.duration_ms, d.outcome, _clean(d.code), _clean(d.error), d.account)
              for d in moved if d.outcome is not None])
     _insert(conn, t.timeline, TIMELINE_COLUMNS, [_timeline_entry(d) for d in moved], keys=["dedup_key"])
     apply_pending_statuses(conn, [(d.provider, d.provider_message_id) for d in moved
@@ -771,7 +809,7 @@ def _clean(text: str | None) -> str | None:
     return text.replace("\x00", "\ufffd")[:2000] if text else text
 
 
-ATTEMPT_COLUMNS = ["message_id", "started_at", "duration_ms", "outcome", "provider_code", "error"]
+ATTEMPT_COLUMNS = ["message_id", "started_at", "duration_ms", "outcome", "provider_code", "error", "account"]
 TIMELINE_COLUMNS = ["tenant_id", "booking_id", "at", "kind", "detail", "message_id", "dedup_key"]
 _STATES_PG = (  # one statement for the whole chunk, whatever its size
     "UPDATE messages SET state = v.st, error = v.err, updated_at = v.at, lease_until = NULL, "
@@ -832,6 +870,10 @@ def _activity_created(d: Done) -> dict[str, Any]:
 def _timeline_entry(d: Done) -> tuple[Any, ...]:
     m = d.message
     detail: dict[str, Any] = {"kind": m.kind, "channel": m.channel.value}
+    if d.account:  # which provider account carried it (or answered), and those passed over on the way
+        detail["account"] = d.account
+    if d.passed:
+        detail["passed_over"] = list(d.passed)
     if d.state is MessageState.PLANNED:  # a retry
         detail.update(reason=_clean(d.error), attempt=m.attempts, next_at=d.retry_at.isoformat() if d.retry_at else None)
         kind, dedup = "message.retry", f"message:{m.id}:retry:{m.attempts}"

@@ -12,6 +12,12 @@ accepted), or a lost answer (the message is accepted and recorded, then the answ
 past the client's timeout, as when a connection dies after the provider committed). What
 was injected is counted (GET /_fake/faults) and a message accepted with a lost answer is
 marked `"fault": "lost_answer"` in the received log.
+
+Outage (`outage()`, or POST /_fake/outage {"mode": "refuse" | "5xx" | null, "for_s": 20}): the
+provider refuses connections (its port closed; it opens again on the same port when the outage
+ends), or answers every API request with a 503, until switched back or for `for_s` seconds.
+Two instances with their own account (`account_sid`, `auth_token`) stand for two accounts of a
+channel, for failover (notifier/failover.py).
 """
 
 from __future__ import annotations
@@ -88,8 +94,49 @@ class FakeProviders:
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self.outage_mode: str | None = None  # "refuse", "5xx", or None: up
+        self._outage_lock = threading.Lock()
+        self._outage_timer: threading.Timer | None = None
 
     def __enter__(self) -> "FakeProviders":
+        self._serve()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._outage_lock:
+            if self._outage_timer is not None:
+                self._outage_timer.cancel()
+            self._halt()
+
+    def outage(self, mode: str | None, *, for_s: float | None = None) -> None:
+        """Go down ("refuse": connections refused; "5xx": every API request answered 503) or come
+        back (None); with `for_s`, come back by itself after that long."""
+        if mode not in (None, "refuse", "5xx"):
+            raise ValueError(f"unknown outage mode {mode!r}: refuse, 5xx or none")
+        with self._outage_lock:
+            if self._outage_timer is not None:
+                self._outage_timer.cancel()
+                self._outage_timer = None
+            if mode == "refuse" and self.outage_mode != "refuse":
+                self._halt()
+            elif mode != "refuse" and self.outage_mode == "refuse":
+                self.socket = socket.create_server(("127.0.0.1", int(self.url.rsplit(":", 1)[1])), backlog=1024)
+                self._serve()
+            self.outage_mode = mode
+            if mode is not None and for_s:
+                self._outage_timer = threading.Timer(for_s, self.outage, args=(None,))
+                self._outage_timer.daemon = True
+                self._outage_timer.start()
+
+    def _halt(self) -> None:
+        """Stop serving and close the port: connections are refused."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.socket.close()
+
+    def _serve(self) -> None:
         import uvicorn
 
         config = uvicorn.Config(self, log_level="warning", access_log=False, lifespan="off", loop="uvloop",
@@ -102,13 +149,6 @@ class FakeProviders:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the fake providers did not start")
             time.sleep(0.005)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.socket.close()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The ASGI entry: read the request, wait the provider's latency, answer."""
@@ -129,6 +169,17 @@ class FakeProviders:
                 self.flap(**json.loads(body or b"{}"))
             with self._lock:
                 status, extra, payload = 200, {}, {"flapping": asdict(self.flapping), "injected": dict(self.injected)}
+        elif scope["path"] == "/_fake/outage" and scope["method"] == "POST":
+            wanted = json.loads(body or b"{}")
+            mode, for_s = wanted.get("mode"), wanted.get("for_s")
+            # after this answer has gone out: going down stops this very server
+            threading.Timer(0.1, self.outage, args=(mode,), kwargs={"for_s": for_s}).start()
+            status, extra, payload = 202, {}, {"mode": mode, "for_s": for_s}
+        elif self.outage_mode == "5xx":
+            with self._lock:
+                self.injected["outage"] += 1
+            status, extra, payload = 503, {}, {"code": 503, "message": "outage",
+                                               "error": {"code": 503, "message": "outage"}}
         else:
             fault = self._fault()
             if fault in ("error", "throttle"):
@@ -290,8 +341,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-s", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=None, help="seed of the flapping's random choices")
+    parser.add_argument("--account-sid", default="ACtest", help="the Twilio account it answers for")
+    parser.add_argument("--auth-token", default="secret-token")
     args = parser.parse_args(argv)
-    with FakeProviders(latency_s=args.latency_s, port=args.port, seed=args.seed) as providers:
+    with FakeProviders(latency_s=args.latency_s, port=args.port, seed=args.seed, account_sid=args.account_sid,
+                       auth_token=args.auth_token) as providers:
         print(providers.url, flush=True)
         threading.Event().wait()
 

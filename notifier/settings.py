@@ -94,6 +94,9 @@ class Settings:
     smtp_transaction_timeout_s: float = 600.0  # (RFC 5321 4.5.3.2: the one after the message, ten minutes)
     mail_from: str = "notifier@localhost"  # a tenant's `sender.mail_from` wins; else this address, the company's name
     reply_to: str = ""  # a tenant's `sender.reply_to` wins, then its company's `email` detail; empty: no Reply-To
+    # further SMTP relays, tried in this order when the one above is down (notifier/failover.py),
+    # comma-separated: smtp://user:password@host:587?starttls=1&name=backup (smtps://: TLS from the start)
+    smtp_relays: str = ""
     # SMS and WhatsApp providers; tokens only from the environment
     twilio_account_sid: str = ""
     twilio_auth_token: str = ""
@@ -108,6 +111,16 @@ class Settings:
     meta_app_secret: str = ""  # signs Meta's status callbacks (X-Hub-Signature-256)
     meta_verify_token: str = ""  # Meta's webhook subscription handshake
     provider_timeout_s: float = 10.0
+    # further SMS accounts on Twilio's Messages API (Twilio, or a provider compatible with it), tried
+    # in this order when the one above is down, comma-separated: the API's base URL with the account
+    # SID and auth token, https://SID:TOKEN@api.twilio.com?from=%2B4930123456&name=backup
+    # (messaging_service=MG... instead of from=)
+    sms_accounts: str = ""
+    # failover: an account is skipped for failover_cooldown_s after failover_failures down signals
+    # (connection refused, 5xx, timeouts) within failover_window_s; channels with one account never skip
+    failover_failures: int = 3
+    failover_window_s: float = 30.0
+    failover_cooldown_s: float = 60.0
     # per provider account, shared by all workers: "sms=200,whatsapp=80,email=50" (messages/s)
     rate_limits: str = ""
     ratelimit_redis_url: str = ""  # default: the broker's Redis; none: per process
@@ -165,6 +178,21 @@ class Settings:
         return {str(k): [str(r) for r in v] for k, v in dict(self.extra.get("unavailable", {})).items()}
 
     @property
+    def sms_account_list(self) -> list[ProviderAccount]:
+        """The further SMS accounts of `sms_accounts`, in failover order."""
+        return parse_accounts(self.sms_accounts, "sms", ("http", "https"))
+
+    @property
+    def smtp_relay_list(self) -> list[ProviderAccount]:
+        """The further SMTP relays of `smtp_relays`, in failover order."""
+        return parse_accounts(self.smtp_relays, "smtp", ("smtp", "smtps"))
+
+    @property
+    def twilio_auth_tokens(self) -> tuple[str, ...]:
+        """Every Twilio-API account's token: a status callback is signed with its account's."""
+        return tuple(t for t in (self.twilio_auth_token, *(a.password for a in self.sms_account_list)) if t)
+
+    @property
     def production(self) -> bool:
         return self.env == "production"
 
@@ -189,6 +217,52 @@ class Settings:
     @property
     def broker_dir(self) -> Path:
         return Path(self.data_dir) / "broker"
+
+
+@dataclass(frozen=True)
+class ProviderAccount:
+    """One further provider account of a channel, read from its URL (`smtp_relays`, `sms_accounts`)."""
+
+    name: str
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+    user: str = field(repr=False, default="")
+    password: str = field(repr=False, default="")
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}{f':{self.port}' if self.port else ''}{self.path.rstrip('/')}"
+
+
+def parse_accounts(spec: str, kind: str, schemes: tuple[str, ...]) -> list[ProviderAccount]:
+    """Comma-separated account URLs; ValueError naming the account by position, never its secret.
+    Unnamed accounts are `<kind>-2`, `<kind>-3`, ... (the first is the channel's own settings)."""
+    from urllib.parse import parse_qsl, unquote
+
+    accounts = []
+    for number, item in enumerate(filter(None, (p.strip() for p in spec.split(","))), start=2):
+        parts = urlsplit(item)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in schemes or not parts.hostname or port == -1:
+            raise ValueError(f"account {number - 1} is not a {' or '.join(s + '://' for s in schemes)} URL "
+                             f"with a host")
+        options = dict(parse_qsl(parts.query))
+        name = options.pop("name", "") or f"{kind}-{number}"
+        if kind == "sms" and not (parts.username and parts.password):
+            raise ValueError(f"account {number - 1} ({name}) needs its SID and token: https://SID:TOKEN@host")
+        accounts.append(ProviderAccount(name=name, scheme=parts.scheme, host=parts.hostname, port=port,
+                                        path=parts.path, user=unquote(parts.username or ""),
+                                        password=unquote(parts.password or ""), options=options))
+    names = [{"sms": "twilio"}.get(kind, kind), *(a.name for a in accounts)]  # the first account's name
+    if len(set(names)) < len(names):
+        raise ValueError(f"account names repeat: {', '.join(names)}")
+    return accounts
 
 
 # the expected form of each kind of value, as a user reads it in an error
@@ -327,6 +401,12 @@ def _check(settings: Settings, env: Mapping[str, str], known: set[str]) -> None:
                 ipaddress.ip_network(item.strip(), strict=False)
         except ValueError:
             problems.append(f"NOTIFIER_WEBHOOK_ALLOWED_NETWORKS: {item.strip()!r} is not a network (10.0.0.0/8)")
+    for name, read in (("sms_accounts", lambda: settings.sms_account_list),
+                       ("smtp_relays", lambda: settings.smtp_relay_list)):
+        try:
+            read()
+        except ValueError as exc:
+            problems.append(f"{_variable(name)}: {exc}")
     try:
         if not parse_producers(settings.producers) and not settings.events_shared:
             problems.append("NOTIFIER_EVENTS_SHARED is off and no producers are bound: no event could be accepted")

@@ -98,6 +98,13 @@ class SMTPChannel:
             raise PermanentFailure(f"cannot build the email: {exc}", code="header") from None
         try:
             conn = self._connection()
+        except smtplib.SMTPResponseException as exc:  # the greeting or the login refused
+            self._drop()
+            raise _answered(exc) from exc
+        except (smtplib.SMTPException, OSError) as exc:  # no session: nothing reached the relay
+            self._drop()
+            raise TemporaryFailure(f"SMTP cannot connect: {exc.__class__.__name__}: {exc}", code="refused") from exc
+        try:
             conn.sock.settimeout(self.transaction_timeout_s)
             refused = conn.send_message(mail)
             conn.sock.settimeout(self.timeout_s)
@@ -108,8 +115,7 @@ class SMTPChannel:
             raise failure(f"recipient refused: {code} {reason.decode(errors='replace')}", code=str(code)) from exc
         except smtplib.SMTPResponseException as exc:
             self._drop()
-            failure = PermanentFailure if 500 <= exc.smtp_code < 600 else TemporaryFailure
-            raise failure(f"SMTP {exc.smtp_code} {exc.smtp_error!r}", code=str(exc.smtp_code)) from exc
+            raise _answered(exc) from exc
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
             raise TemporaryFailure(f"SMTP connection: {exc.__class__.__name__}: {exc}", code="connection") from exc
@@ -119,3 +125,9 @@ class SMTPChannel:
 
     def close(self) -> None:
         self._drop()
+
+
+def _answered(exc: smtplib.SMTPResponseException) -> PermanentFailure | TemporaryFailure:
+    """A server's refusal by its reply code: 5xx for good, 4xx for now."""
+    failure = PermanentFailure if 500 <= exc.smtp_code < 600 else TemporaryFailure
+    return failure(f"SMTP {exc.smtp_code} {exc.smtp_error!r}", code=str(exc.smtp_code))

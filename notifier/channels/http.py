@@ -51,7 +51,8 @@ class HttpAdapter:
              data: dict[str, str] | bytes | None = None, json: Any = None, params: dict[str, str] | None = None,
              headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None,
              keep_answer: bool = True) -> Any:
-        """One request; 5xx, 408, 429, timeouts and connection errors are temporary; other 4xx
+        """One request; 5xx, 408, 429, timeouts and connection errors are temporary (code `refused`
+        where no connection was made: nothing reached the provider); other 4xx
         are permanent unless `permanent(status, body)` returns None (then temporary).
         `keep_answer=False`: the answer's body is neither parsed nor put in a reason (a receiver
         that is not a provider of ours: what it says is not ours to store)."""
@@ -65,6 +66,8 @@ class HttpAdapter:
             url = f"{url}?{urlencode(params)}"
         try:
             response = self.http.request(method, url, body=data, json=json, headers=sent_headers)
+        except urllib3.exceptions.ConnectTimeoutError as exc:  # refused, unreachable: the request never left
+            raise TemporaryFailure(f"{self.name}: cannot connect ({exc.__class__.__name__})", code="refused") from exc
         except urllib3.exceptions.TimeoutError as exc:
             raise TemporaryFailure(f"{self.name}: timeout after {self.timeout_s:.0f} s", code="timeout") from exc
         except urllib3.exceptions.HTTPError as exc:

@@ -18,6 +18,8 @@ alerts in docs/operations.md use them):
 | notifier_not_planned_total | reason, kind | ingester, worker, web: `message.not_planned` entries written (each once per booking) |
 | notifier_sends_total | channel, outcome: sent, temporary, permanent, error | worker: provider calls |
 | notifier_send_seconds (histogram) | channel | worker: one provider call |
+| notifier_provider_sends_total | channel, account, outcome | worker: provider calls by provider account (which one carried each message) |
+| notifier_provider_cooldowns_total | channel, account | worker: an account found down and skipped for its cool-down (notifier/failover.py) |
 | notifier_dispatch_messages_total | channel, outcome: sent, failed, retried, withdrawn, skipped, ... | worker |
 | notifier_task_seconds (histogram) | task | worker |
 | notifier_task_failures_total | task | worker: a task that raised |
@@ -66,6 +68,8 @@ class Metrics:
     beat_last_sent: Any
     parked: Any
     not_planned: Any
+    provider_sends: Any
+    provider_cooldowns: Any
 
 
 _building = threading.Lock()
@@ -107,6 +111,10 @@ def _metrics() -> Metrics:
                        "reason (on the timeline) so that the rest went on, by loop.", ["loop"]),
         not_planned=Counter("notifier_not_planned", "Message kinds planning left out for a booking, recorded on "
                             "its timeline (once per booking and reason), by reason and kind.", ["reason", "kind"]),
+        provider_sends=Counter("notifier_provider_sends", "Provider calls by channel, provider account and outcome.",
+                               ["channel", "account", "outcome"]),
+        provider_cooldowns=Counter("notifier_provider_cooldowns", "Provider accounts found down and skipped for "
+                                   "their cool-down, by channel and account.", ["channel", "account"]),
     )
 
 
@@ -205,9 +213,10 @@ def count_ingested(report: Any) -> None:
 class MeteredChannel:
     """A channel adapter that counts and times each provider call; everything else passes through."""
 
-    def __init__(self, channel: str, adapter: Any) -> None:
+    def __init__(self, channel: str, adapter: Any, account: str = "") -> None:
         self._channel, self._adapter = channel, adapter
         self.name = getattr(adapter, "name", channel)
+        self.account = account or getattr(adapter, "provider", "") or channel  # who carried it
 
     def send(self, message: Any) -> Any:
         from notifier.channels.base import PermanentFailure, TemporaryFailure
@@ -227,6 +236,7 @@ class MeteredChannel:
             raise
         finally:
             m.sends.labels(self._channel, outcome).inc()
+            m.provider_sends.labels(self._channel, self.account, outcome).inc()
             m.send_seconds.labels(self._channel).observe(time.perf_counter() - started)
 
     def close(self) -> None:
@@ -236,8 +246,8 @@ class MeteredChannel:
         return getattr(self._adapter, name)
 
 
-def metered_channels(channels: dict[Any, Any]) -> dict[Any, Any]:
-    return {channel: MeteredChannel(getattr(channel, "value", str(channel)), adapter)
+def metered_channels(channels: dict[Any, Any], *, account: str = "") -> dict[Any, Any]:
+    return {channel: MeteredChannel(getattr(channel, "value", str(channel)), adapter, account)
             for channel, adapter in channels.items()}
 
 

@@ -219,6 +219,9 @@ send_attempts = Table(
     Column("outcome", String(16), nullable=False),  # sent | temporary | permanent | unknown
     Column("provider_code", String(64)),
     Column("error", Text),
+    # the provider account the call went to (a channel may have several: notifier/failover.py);
+    # an attempt whose answer is unknown puts the message in doubt at that account
+    Column("account", String(64)),
     # message_id names a message but is not a foreign key: a withdrawn message that was never
     # attempted is deleted (`BatchSession.flush`), and the check each delete cost (a query on this
     # table per row) was a tenth of PostgreSQL's work in `bench ingest`. Attempts exist only for

@@ -301,8 +301,8 @@ def create_app(ctx: Any) -> FastAPI:
         url = settings.public_url.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query
                                                                     else "")
         given = request.headers.get("X-Twilio-Signature", "")
-        expected = twilio_signature(settings.twilio_auth_token, url, form) if settings.twilio_auth_token else ""
-        if not expected or not same(given, expected):
+        # signed with the token of the account that sent the message (a channel may have several)
+        if not any(same(given, twilio_signature(token, url, form)) for token in settings.twilio_auth_tokens):
             raise HTTPException(status_code=403, detail="invalid signature")
         sid, status = form.get("MessageSid") or form.get("SmsSid"), form.get("MessageStatus") or form.get("SmsStatus")
         if sid and status:
