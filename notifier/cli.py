@@ -186,7 +186,9 @@ def ingest(idle_exit: float | None, metrics_port: int | None, metrics_host: str)
     finally:
         source.close()
         ctx.close()
-    click.echo(mask_text(json.dumps(vars(total) | {"dead_reasons": total.dead_reasons[:20]})))
+    summary = vars(total) | {"dead_reasons": total.dead_reasons[:20],  # the counts keyed (reason, kind): as text
+                             "not_planned": {"/".join(key): n for key, n in getattr(total, "not_planned", {}).items()}}
+    click.echo(mask_text(json.dumps(summary)))
 
 
 @main.command()
@@ -349,14 +351,14 @@ def web(host: str, port: int) -> None:
 def sweep() -> None:
     """Run one state sweep and one due sweep now, dispatching in this process (operations, debugging)."""
     from notifier.dispatch import DispatchReport, dispatch_batch
-    from notifier.services import sweep_due, sweep_states
+    from notifier.services import max_claims, sweep_due, sweep_states
 
     ctx = _ctx()
     s = ctx.settings
     sweep_states(ctx.store, now=ctx.clock.now(), regions=s.unavailable)
     total = vars(DispatchReport())
     for _channel, ids in sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
-                                   batch=s.dispatch_batch):
+                                   batch=s.dispatch_batch, max_claims=max_claims(s)):
         for key, value in vars(dispatch_batch(ctx, ids)).items():
             total[key] += value
     click.echo(json.dumps(total))

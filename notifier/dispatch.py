@@ -210,11 +210,14 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
     recorder = _Recorder(store, leases, ctx.settings.unavailable)
     submitted = 0
     try:
-        loaded = _load(store, claimed, ctx.settings.unavailable, ctx.links, now)
+        loads, unreadable = _load_contained(store, claimed, ctx.settings.unavailable, ctx.links, now)
         pool = ctx.sender_pool()
         for message in claimed:  # each message leaves as soon as it is rendered
             try:
-                step = prepare(ctx, loaded, message, now)
+                if message.id in unreadable:
+                    step = _failed(message, now, unreadable[message.id])
+                else:
+                    step = prepare(ctx, loads[message.id], message, now)
             except Exception as exc:  # noqa: BLE001 - one message's trouble (a bundle that would not load) is its own
                 step = _retry(ctx, message, now, f"could not prepare: {exc.__class__.__name__}: {exc}", None)
             if isinstance(step, Ready):
@@ -255,6 +258,41 @@ def _load(store: Store, claimed: list[MessageRow], regions: Any, links: BookingL
         loaded = _Loaded(session, bundle_versions={tid: tx.active_bundle_version(tid) for tid in sorted(tenants)})
         loaded.in_doubt = _in_doubt(conn, [m for m in claimed if m.attempts > 1])
     return loaded
+
+
+def _load_contained(store: Store, claimed: list[MessageRow], regions: Any, links: BookingLinks | None,
+                    now: datetime) -> tuple[dict[int, _Loaded], dict[int, str]]:
+    """`_load` for the whole batch; should it fail for anything but an outage (a stored row this
+    version cannot read: a status, a channel or a kind it does not know), the batch's bookings are
+    loaded in halves, down to the booking at fault, whose messages fail with the reason while the
+    others go out (N3). Returns what each message was loaded with, and the messages that could not be."""
+    loads: dict[int, _Loaded] = {}
+    unreadable: dict[int, str] = {}
+
+    def load(part: list[MessageRow]) -> None:
+        try:
+            loaded = _load(store, part, regions, links, now)
+        except Exception as exc:  # noqa: BLE001 - an outage propagates; anything else is some booking's data
+            if is_outage(exc):
+                raise
+            bookings = sorted({(m.tenant_id, m.booking_id) for m in part})
+            if len(bookings) > 1:
+                first = set(bookings[:len(bookings) // 2])
+                load([m for m in part if (m.tenant_id, m.booking_id) in first])
+                load([m for m in part if (m.tenant_id, m.booking_id) not in first])
+                return
+            from notifier.observability.metrics import metrics
+
+            log.warning("booking %s/%s could not be read for dispatch: %s", *bookings[0], exc.__class__.__name__,
+                        exc_info=exc)
+            metrics().parked.labels("dispatch").inc(len(part))
+            for m in part:
+                unreadable[m.id] = f"its booking's data could not be read: {exc.__class__.__name__}: {exc}"[:500]
+            return
+        loads.update((m.id, loaded) for m in part)
+
+    load(claimed)
+    return loads, unreadable
 
 
 ANSWER_UNKNOWN = {"timeout", "connection", "unexpected"}  # attempt codes after which the provider may have the message
@@ -754,14 +792,21 @@ def record_outcomes(store: Store, outcomes: list[Done], *, regions: Any = None) 
                 except Exception as own:  # noqa: BLE001 - this message's own trouble
                     if is_outage(own):
                         raise
-                    log.exception("message %s recorded without the provider's details", done.message.id)
                     from notifier.observability.metrics import metrics
 
                     metrics().parked.labels("dispatch").inc()
-                    with tx.conn.begin_nested():
-                        applied |= _record_in(tx.conn, [replace(done, provider_message_id=None, template=None,
-                                                                code=None, error=f"recorded without the provider's "
-                                                                f"details: {own.__class__.__name__}")], regions)
+                    try:
+                        with tx.conn.begin_nested():
+                            applied |= _record_in(tx.conn, [replace(
+                                done, provider_message_id=None, template=None, code=None, fallback=False,
+                                error=f"recorded without the provider's details: {own.__class__.__name__}")], regions)
+                        log.exception("message %s recorded without the provider's details", done.message.id)
+                    except Exception as bare:  # noqa: BLE001 - not even that: left to its lease, the rest recorded
+                        if is_outage(bare):
+                            raise
+                        log.exception("message %s could not be recorded; its claim is left to lapse (the due sweep "
+                                      "hands it out again, in doubt, and sets it aside after max_claims)",
+                                      done.message.id)
             return applied
 
 

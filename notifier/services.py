@@ -738,13 +738,23 @@ def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) ->
 
 # --- sweep -------------------------------------------------------------------------------
 
-def sweep_due(store: Store, *, now: datetime, lease_s: int, limit: int, batch: int) -> list[tuple[Channel, list[int]]]:
-    """Claim what is due and cut it into per-channel batches for dispatch tasks."""
+def sweep_due(store: Store, *, now: datetime, lease_s: int, limit: int, batch: int,
+              max_claims: int | None = None) -> list[tuple[Channel, list[int]]]:
+    """Claim what is due and cut it into per-channel batches for dispatch tasks. A message the
+    sweep cannot hand out (an unknown channel; with `max_claims`, claimed that often without an
+    outcome) fails with the reason, and the rest is handed out (`Store.claim_due`, N3)."""
     by_channel: dict[Channel, list[int]] = defaultdict(list)
-    for message_id, channel in store.claim_due(now, lease_s=lease_s, limit=limit):
+    for message_id, channel in store.claim_due(now, lease_s=lease_s, limit=limit, max_claims=max_claims):
         by_channel[channel].append(message_id)
     return [(channel, ids[i:i + batch]) for channel, ids in sorted(by_channel.items())
             for i in range(0, len(ids), batch)]
+
+
+def max_claims(settings: Any) -> int:
+    """How often a message may be claimed for sending before the due sweep sets it aside: twice
+    `max_attempts`. Retries stop at `max_attempts` once an outcome is recorded, so only claims
+    that never came back (a dispatch that dies on the message every time) reach this."""
+    return 2 * settings.max_attempts
 
 
 def apply_delivery_status(store: Store, provider: str, provider_message_id: str, status: str, *, now: datetime,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from notifier.client import OutboundPublisher
 from notifier.domain.model import Channel
 from notifier.housekeeping import housekeeping, retention_from
-from notifier.services import publish_all_outbox, sweep_due, sweep_states
+from notifier.services import max_claims, publish_all_outbox, sweep_due, sweep_states
 from tasks.celery_app import CHANNEL_QUEUES, app, context
 from tasks.dispatch import dispatch_batch
 
@@ -29,7 +29,7 @@ def sweep_due_task() -> int:
     ctx = context()
     s = ctx.settings
     batches = sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
-                        batch=s.dispatch_batch)
+                        batch=s.dispatch_batch, max_claims=max_claims(s))
     for number, (channel, ids) in enumerate(batches):
         try:
             dispatch_batch.apply_async(args=(channel.value, ids), queue=CHANNEL_QUEUES[channel],

@@ -573,6 +573,25 @@ def claim_due_statement(question: str, *, now: datetime, lease_s: int, limit: in
             .returning(c.id, c.channel))
 
 
+def exhausted_claims_statement(*, now: datetime, max_claims: int, limit: int, dialect: str) -> Update:
+    """The due sweep's containment: lapsed claims of messages claimed `max_claims` times already
+    become `failed` instead of being handed out once more. Each claim for sending counts an
+    attempt; a message whose dispatch never gets as far as recording an outcome (a worker that
+    dies on it, a record the store refuses every time) would otherwise go round for ever, and take
+    its batch-mates with it every time (ix_messages_lease, as the `lease` question)."""
+    c = t.messages.c
+    in_flight = [_constant(MessageState.QUEUED.value), _constant(MessageState.SENDING.value)]
+    ids = select(c.id).where(c.state.in_(in_flight), c.lease_until < now, c.attempts >= max_claims) \
+        .order_by(c.lease_until).limit(limit)
+    if dialect == "postgresql":
+        ids = ids.with_for_update(skip_locked=True)
+    reason = f"set aside by the due sweep: claimed {max_claims} times or more without an outcome recorded"
+    return (update(t.messages).where(among(c.id, ids, dialect))
+            .values(state=MessageState.FAILED.value, lease_until=None, updated_at=now, error=reason)
+            .returning(c.id, c.tenant_id, c.booking_id, c.kind, c.channel, c.recipient, c.attempts, c.resend_of,
+                       c.error))
+
+
 def state_checks_statement(*, now: datetime, limit: int, dialect: str) -> Select:
     """The state sweep's question: bookings whose markers may change by `now` (ix_bookings_next_check)."""
     b = t.bookings.c
@@ -631,6 +650,40 @@ def _safe_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
+_CHANNELS = frozenset(channel.value for channel in Channel)
+
+
+def _fail_unknown_channels(conn: Connection, ids: list[int], now: datetime) -> list[tuple[Any, str]]:
+    c = t.messages.c
+    rows = conn.execute(select(c.id, c.tenant_id, c.booking_id, c.kind, c.channel, c.recipient, c.attempts,
+                               c.resend_of).where(c.id.in_(ids))).all()
+    out = []
+    for row in rows:
+        reason = f"unknown channel {_safe_text(str(row.channel))[:40]!r}: not one this version sends on"
+        conn.execute(update(t.messages).where(c.id == row.id).values(
+            state=MessageState.FAILED.value, lease_until=None, updated_at=now, error=reason))
+        out.append((row, reason))
+    return out
+
+
+def _park_messages(conn: Connection, parked: list[tuple[Any, str]], now: datetime, *, loop: str) -> None:
+    """Messages a loop failed for their own trouble: `message.failed` with the reason and the
+    loop on their booking's timeline, and (a known channel) `message.failed` to the booking system."""
+    from notifier.domain.outbound import message_event
+
+    tx = Tx(conn)
+    events = []
+    for row, reason in parked:
+        tx.add_timeline(row.tenant_id, row.booking_id, now, "message.failed",
+                        {"kind": row.kind, "channel": _safe_text(str(row.channel))[:40], "reason": reason,
+                         "by": loop}, message_id=row.id, dedup_key=f"message:{row.id}:failed")
+        if row.channel in _CHANNELS:
+            events.append((row.tenant_id, *message_event(
+                MessageState.FAILED, message_id=row.id, booking_id=row.booking_id, kind=row.kind, channel=row.channel,
+                recipient=row.recipient, at=now, reason=reason, resend_of=row.resend_of)))
+    tx.add_message_events(events, now)
+
+
 IN_FLIGHT = (MessageState.QUEUED.value, MessageState.SENDING.value)  # a claim's states before its outcome
 _RENEW_PG = (  # one statement for every claim a worker holds
     "UPDATE messages SET lease_until = %(until)s FROM unnest(%(ids)s::int8[], %(tokens)s::int4[]) AS v(mid, token) "
@@ -657,18 +710,41 @@ class Store:
         upgrade(self.engine)
 
     # --- claims (single statements, safe under concurrency) ------------------------------
-    def claim_due(self, now: datetime, *, lease_s: int, limit: int) -> list[tuple[int, Channel]]:
+    def claim_due(self, now: datetime, *, lease_s: int, limit: int,
+                  max_claims: int | None = None) -> list[tuple[int, Channel]]:
         """Claim due messages for dispatch: planned rows whose time has come, and claims whose
-        lease ran out (a lost task, a crashed worker). They become `queued` under a new lease."""
+        lease ran out (a lost task, a crashed worker). They become `queued` under a new lease.
+
+        One message's trouble stays its own (N3): a row whose channel this version does not know
+        (written by another version, or by hand) fails with that reason rather than failing
+        the claim of everything due; with `max_claims`, a lapsed claim of a message claimed that
+        often already fails rather than going round again (`exhausted_claims_statement`). Each
+        is parked: the reason on its timeline and in `notifier_parked{loop="due sweep"}`."""
         claimed: list[tuple[int, Channel]] = []
+        parked: list[tuple[Any, str]] = []
         with self.engine.begin() as conn:
+            if max_claims is not None:
+                parked += [(r, r.error) for r in conn.execute(exhausted_claims_statement(
+                    now=now, max_claims=max_claims, limit=limit, dialect=conn.dialect.name))]
             for question in DUE_QUESTIONS:
                 room = limit - len(claimed)
                 if room <= 0:
                     break
                 result = conn.execute(claim_due_statement(question, now=now, lease_s=lease_s, limit=room,
                                                           dialect=conn.dialect.name))
-                claimed.extend((r.id, Channel(r.channel)) for r in result)
+                unknown = []
+                for r in result:
+                    if r.channel in _CHANNELS:
+                        claimed.append((r.id, Channel(r.channel)))
+                    else:
+                        unknown.append(r.id)
+                if unknown:
+                    parked += _fail_unknown_channels(conn, unknown, now)
+            _park_messages(conn, parked, now, loop="due sweep")
+        if parked:
+            from notifier.observability.metrics import metrics
+
+            metrics().parked.labels("due sweep").inc(len(parked))
         return sorted(claimed)
 
     def claim_batch_for_send(self, message_ids: Iterable[int], now: datetime, *, lease_s: int) -> list[MessageRow]:

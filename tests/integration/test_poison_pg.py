@@ -12,9 +12,11 @@ import redis
 from sqlalchemy import func, select, update
 
 from bench.bad_input import replaced, string_paths
+from notifier.channels.fake import FakeChannel
 from notifier.devtools import wait_for
-from notifier.domain.model import SECTIONS
-from notifier.services import sweep_due, sweep_states, timeline_of
+from notifier.dispatch import dispatch_batch
+from notifier.domain.model import SECTIONS, Channel
+from notifier.services import max_claims, sweep_due, sweep_states, timeline_of
 from notifier.store import schema as t
 from notifier.web.app import twilio_signature
 from tests.conftest import START, api_client, created, customer, event, make_context, make_settings, settings_env
@@ -45,8 +47,25 @@ def poison() -> list[tuple[bytes, str]]:
                                           "company": {"name": "Praxis"}}, tenant="studio-roma", event_id="p"),
         event("resource.updated", {"resource": {"id": "giulia", "name": "Giulia"}, "timezone": "Europe/Rome"},
               tenant="studio-roma", event_id="p"),
+        event("booking.rescheduled", {"booking_id": "p-b", "starts_at": VISIT.isoformat(),
+                                      "ends_at": (VISIT + timedelta(hours=1)).isoformat(),
+                                      "resource": {"id": "dr-weiss", "name": "Dr. Weiss"}}, tenant="clinic-full",
+              event_id="p"),
+        event("booking.visit_marked", {"booking_id": "p-b", "outcome": "arrived"}, tenant="clinic-full",
+              event_id="p"),
+        event("booking.confirmed", {"booking_id": "p-b", "via": "phone"}, tenant="clinic-full", event_id="p"),
+        event("customer.updated", {"customer": customer("p-c", phone="+49 151 1")}, tenant="clinic-full",
+              event_id="p"),
     ]
-    shapes[0]["data"]["service"] = "Massage"
+    shapes[3]["data"].update(home_region="IT", language="it")
+    shapes[3]["data"]["company"].update(address="Via Roma 1", phone="+39 06 1234", email="info@example.org")
+    shapes[0]["data"].update(service="Massage", source="staff",
+                             status={"id": "s1", "name": "Neu", "kind": "start"})
+    shapes[0]["data"]["resource"]["type"] = "specialist"
+    shapes[5]["data"]["resource"]["type"] = "equipment"
+    shapes[4]["data"]["settings"] = {"channel_policy": "first", "fallback": {"whatsapp": "sms"},
+                                     "quiet_hours": {"start": "21:00", "end": "08:00"},
+                                     "reminder": {"morning_at": "08:00", "channel_policy": "first"}}
     out, n = [], 0
     for shape in shapes:  # NUL in each string field of the contract
         for path in string_paths(shape):
@@ -96,7 +115,8 @@ def test_N1_N3_every_poison_family_between_two_tenants_valid_events_on_postgresq
     settings = make_settings(tmp_path, database_url=pg_url, events_url=redis_url, events_queue=queue,
                              ingest_batch_max=20, twilio_auth_token="twilio-token",
                              public_url="https://notifier.example.org")
-    ctx = make_context(settings)
+    mail = FakeChannel("email")
+    ctx = make_context(settings, channels={Channel.EMAIL: mail})
     group = procs(settings_env(settings))
     group.start("ingester-1", "ingest")
     group.start("ingester-2", "ingest")
@@ -113,10 +133,14 @@ def test_N1_N3_every_poison_family_between_two_tenants_valid_events_on_postgresq
         def settled() -> bool:
             return _count(ctx, t.processed_events) + _count(ctx, t.dead_letters) >= len(valid) + len(bad)
 
+        def drained() -> bool:  # each batch leaves its ingester's processing list once committed
+            return client.llen(queue) == 0 and all(
+                client.llen(key) == 0 for key in client.scan_iter(match=f"{queue}:processing:*"))
+
         wait_for(settled, "every event applied or dead-lettered", group, timeout_s=180)
+        wait_for(drained, "the main list and both processing lists drained", group, timeout_s=60)
         group.check()  # both ingesters still running
-        assert client.llen(queue) == 0
-        assert all(client.llen(key) == 0 for key in client.scan_iter(match=f"{queue}:processing:*"))
+        assert [key for key in client.scan_iter(match=f"{queue}:processing:*") if client.llen(key)] == []
 
         # every valid event applied and planned
         assert _count(ctx, t.processed_events, t.processed_events.c.outcome == "applied") == len(valid)
@@ -153,23 +177,57 @@ def test_N1_N3_every_poison_family_between_two_tenants_valid_events_on_postgresq
         with ctx.store.engine.begin() as conn:
             conn.execute(update(t.resources).where(t.resources.c.id == "legacy-room")
                          .values(settings={"late": {"release_delay_s": 10**30}}))
-        claimed = sweep_due(ctx.store, now=START + timedelta(hours=2), lease_s=60, limit=10_000, batch=100)
+        # rows this version cannot hand out or read, as another version (or a hand) may leave them:
+        # a channel it does not know, a consent for one, a message whose dispatch never came back
+        m = t.messages.c
+        info = {b: m.booking_id == b and m.kind == "info" for b in ("clinic-full-ok-5", "studio-roma-ok-7")}
+        with ctx.store.engine.begin() as conn:
+            conn.execute(update(t.messages).where(info["clinic-full-ok-5"]).values(channel="fax"))
+            conn.execute(update(t.customers).where(t.customers.c.id == "studio-roma-c3")
+                         .values(consents=["email", "pigeon"]))
+            conn.execute(update(t.messages).where(info["studio-roma-ok-7"]).values(
+                state="sending", attempts=max_claims(settings), lease_until=START))
+        due_at = START + timedelta(hours=2)
+        claimed = sweep_due(ctx.store, now=due_at, lease_s=60, limit=10_000, batch=100,
+                            max_claims=max_claims(settings))
         assert claimed, "the due sweep hands out what is due"
         with ctx.store.engine.connect() as conn:
-            tenants = set(conn.execute(select(t.messages.c.tenant_id).where(t.messages.c.state == "queued"))
-                          .scalars())
+            tenants = set(conn.execute(select(m.tenant_id).where(m.state == "queued")).scalars())
         assert tenants == set(TENANTS)
+        ctx.clock.set(due_at)
+        for _channel, ids in claimed:
+            dispatch_batch(ctx, ids)
+        with ctx.store.engine.connect() as conn:
+            infos = {r.booking_id: r for r in conn.execute(select(t.messages).where(m.kind == "info"))}
+        assert infos["clinic-full-ok-5"].state == "failed"
+        assert infos["clinic-full-ok-5"].error.startswith("unknown channel 'fax'")
+        assert infos["studio-roma-ok-7"].error.startswith("set aside by the due sweep: claimed")
+        assert infos["studio-roma-ok-3"].error.startswith("its booking's data could not be read: ValueError")
+        aside = {"clinic-full-ok-5", "studio-roma-ok-7", "studio-roma-ok-3"}
+        for booking, row in infos.items():
+            if booking.startswith(TENANTS) and booking not in aside and row.id != mid:
+                assert row.state == "sent", (booking, row.state, row.error)
+        sent_to = {o.metadata["booking_id"] for o in mail.sent}
+        assert sent_to & aside == set() and {b.split("-ok-")[0] for b in sent_to} == set(TENANTS)
+        for booking in aside:
+            tenant = booking.split("-ok-")[0]
+            assert [e for e in timeline_of(ctx.store, tenant, booking) if e["kind"] == "message.failed"], booking
         later = VISIT + timedelta(hours=3)
         while sweep_states(ctx.store, now=later, limit=7):  # several small sweeps, as beat runs them
             pass
         with ctx.store.engine.connect() as conn:
             rows = {r.id: r for r in conn.execute(select(t.bookings))}
+        unreadable = {"clinic-full-ok-5": "KeyError: 'fax'", "studio-roma-ok-3": "'pigeon' is not a valid Channel",
+                      "legacy": "release_delay_s"}
         for body in valid:  # late marker lit and slot released, for both tenants
             row = rows[body["data"]["booking_id"]]
-            assert row.released_at == later and row.status == "cancelled", row.id
-        assert rows["legacy"].released_at is None and rows["legacy"].next_check_at is None
-        parked = [e for e in timeline_of(ctx.store, "clinic-full", "legacy") if e["kind"] == "booking.parked"]
-        assert parked and parked[0]["detail"]["by"] == "state sweep"
+            if row.id not in unreadable:
+                assert row.released_at == later and row.status == "cancelled", row.id
+        for booking, words in unreadable.items():  # parked, with the reason
+            tenant = "studio-roma" if booking.startswith("studio-roma") else "clinic-full"
+            assert rows[booking].released_at is None and rows[booking].next_check_at is None
+            parked = [e for e in timeline_of(ctx.store, tenant, booking) if e["kind"] == "booking.parked"]
+            assert parked and parked[0]["detail"]["by"] == "state sweep" and words in parked[0]["detail"]["reason"]
         group.check()
     finally:
         client.close()

@@ -17,7 +17,7 @@ from notifier.housekeeping import housekeeping
 from notifier.services import apply_delivery_status, apply_events, replay_dead_letter, sweep_states, timeline_of
 from notifier.store import schema as t
 from notifier.store.batch import BatchSession
-from tests.conftest import START, created, event
+from tests.conftest import START, created, customer, event
 from tests.unit.test_services import messages, run_due
 
 
@@ -190,3 +190,133 @@ def test_N1_N3_one_send_record_the_store_refuses_does_not_hold_up_the_others(ctx
     assert all(rows[b].state == "sent" and rows[b].provider_message_id for b in ("b0", "b1", "b3"))
     assert rows["b2"].state == "sent" and rows["b2"].provider_message_id is None
     assert rows["b2"].error == "recorded without the provider's details: DataError"
+
+
+def _parked(loop):
+    from notifier.observability.metrics import metrics
+
+    return metrics().parked.labels(loop)._value.get()
+
+
+def _timeline_kinds(ctx, booking, kind):
+    return [e for e in timeline_of(ctx.store, "salon-berlin", booking) if e["kind"] == kind]
+
+
+def test_N3_a_message_the_due_sweep_cannot_hand_out_fails_with_its_reason_and_the_rest_is_claimed(ctx):
+    """A due row this version cannot read (a channel written by another version, or by hand) used to
+    fail the due sweep's one claim for every tenant, at every sweep: now that message fails with
+    the reason on its timeline, and everything else due is handed out."""
+    from notifier.services import sweep_due
+
+    _apply(ctx, [json.dumps(created(f"b{i}", cust=customer(f"c{i}"))) for i in range(3)])
+    with ctx.store.engine.begin() as conn:
+        conn.execute(update(t.messages).where(t.messages.c.booking_id == "b1").values(channel="fax"))
+    before = _parked("due sweep")
+    batches = sweep_due(ctx.store, now=START, lease_s=60, limit=100, batch=100)
+    handed = {m.booking_id for m in messages(ctx) if m.id in {i for _, ids in batches for i in ids}}
+    assert handed == {"b0", "b2"}
+    [fax] = [m for m in messages(ctx) if m.booking_id == "b1" and m.kind == "info"]
+    assert fax.state == "failed" and fax.error.startswith("unknown channel 'fax'")
+    [entry] = _timeline_kinds(ctx, "b1", "message.failed")
+    assert entry["detail"]["by"] == "due sweep" and entry["detail"]["reason"] == fax.error
+    assert _parked("due sweep") == before + 1
+    assert sweep_due(ctx.store, now=START + timedelta(minutes=1), lease_s=60, limit=100, batch=100) == []
+
+
+def test_N1_N3_a_message_whose_dispatch_never_comes_back_is_set_aside_after_max_claims(ctx, email):
+    """A message whose dispatch dies every time before its outcome is recorded (here: a worker
+    that claims it and is gone) goes back to the due sweep with every lapsed lease. After
+    `max_claims` claims the sweep fails it with the reason instead of handing it out again;
+    another booking's message, claimed and sent meanwhile, is not touched."""
+    from notifier.dispatch import dispatch_batch
+    from notifier.services import max_claims, sweep_due
+
+    _apply(ctx, [json.dumps(created("b-dies", cust=customer("c1"))), json.dumps(created("b-ok", cust=customer("c2")))])
+    bound = max_claims(ctx.settings)
+    now = START
+    for claim in range(bound):
+        batches = sweep_due(ctx.store, now=now, lease_s=60, limit=100, batch=100, max_claims=bound)
+        ids = [i for _, part in batches for i in part]
+        rows = {m.id: m for m in messages(ctx)}
+        dying = [i for i in ids if rows[i].booking_id == "b-dies"]
+        assert dying, f"claim {claim + 1}: handed out again"
+        ctx.store.claim_batch_for_send(dying, now, lease_s=60)  # the worker takes it, and dies
+        if claim == 0:
+            assert dispatch_batch(ctx, [i for i in ids if i not in dying]).sent == 1
+        now += timedelta(seconds=61)
+    before = _parked("due sweep")
+    assert sweep_due(ctx.store, now=now, lease_s=60, limit=100, batch=100, max_claims=bound) == []
+    rows = {m.booking_id: m for m in messages(ctx) if m.kind == "info"}
+    assert rows["b-dies"].state == "failed" and rows["b-dies"].attempts == bound
+    assert rows["b-dies"].error == f"set aside by the due sweep: claimed {bound} times or more without an outcome recorded"
+    assert rows["b-ok"].state == "sent" and [o.metadata["booking_id"] for o in email.sent] == ["b-ok"]
+    assert _timeline_kinds(ctx, "b-dies", "message.failed")[0]["detail"]["by"] == "due sweep"
+    assert _parked("due sweep") == before + 1
+
+
+def test_N3_a_booking_dispatch_cannot_read_fails_its_own_messages_and_the_batch_goes_out(ctx, email):
+    """A stored row this version cannot read (a consent for a channel it does not know) used to
+    fail the whole batch's load at every claim, every message of it going round for ever: now the
+    load is split down to that booking, whose message fails at once with the reason."""
+    _apply(ctx, [json.dumps(created(f"b{i}", cust=customer(f"c{i}"))) for i in range(4)])
+    with ctx.store.engine.begin() as conn:
+        conn.execute(update(t.customers).where(t.customers.c.id == "c2").values(consents=["email", "pigeon"]))
+    before = _parked("dispatch")
+    report = run_due(ctx)
+    assert (report["sent"], report["failed"], report["retried"]) == (3, 1, 0)
+    assert sorted(o.metadata["booking_id"] for o in email.sent) == ["b0", "b1", "b3"]
+    [bad] = [m for m in messages(ctx) if m.booking_id == "b2" and m.kind == "info"]
+    assert bad.state == "failed" and bad.attempts == 1
+    assert bad.error == "its booking's data could not be read: ValueError: 'pigeon' is not a valid Channel"
+    assert _timeline_kinds(ctx, "b2", "message.failed")[0]["detail"]["reason"] == bad.error
+    assert _parked("dispatch") == before + 1
+
+
+def test_N1_N3_a_message_whose_outcome_cannot_be_recorded_at_all_leaves_the_others_recorded(ctx, email, monkeypatch):
+    """Not even the record without the provider's details goes in (here every record of b2 is
+    refused): the chunk's other outcomes are still recorded, and b2's claim is left to lapse
+    (handed out again in doubt, and set aside after `max_claims`), instead of the whole chunk
+    being rolled back and every message of it left in doubt."""
+    import notifier.dispatch as dispatch
+
+    _apply(ctx, [json.dumps(created(f"b{i}", cust=customer(f"c{i}"))) for i in range(4)])
+    real = dispatch._record_in
+
+    def refusing(conn, outcomes, regions):
+        if any(d.message.booking_id == "b2" for d in outcomes):
+            raise DataError("UPDATE", {}, ValueError("a value the store refuses"))
+        return real(conn, outcomes, regions)
+
+    monkeypatch.setattr(dispatch, "_record_in", refusing)
+    report = run_due(ctx)
+    assert len(email.sent) == 4 and (report["sent"], report["lost"]) == (3, 1)
+    rows = {m.booking_id: m for m in messages(ctx) if m.kind == "info"}
+    assert all(rows[b].state == "sent" for b in ("b0", "b1", "b3"))
+    assert rows["b2"].state == "sending"
+
+
+def test_N3_housekeeping_dead_letters_a_held_event_that_cannot_be_applied_and_releases_the_others(ctx, monkeypatch):
+    """Held events past `hold_s` are applied by housekeeping with the gap recorded; one whose
+    application fails becomes a dead letter with the reason, and the others' are applied."""
+    from notifier.domain import transitions as tr
+
+    _apply(ctx, [json.dumps(created(b, cust=customer(f"c-{b}"))) for b in ("b-ok", "b-bad")])
+    held = [event("booking.cancelled", {"booking_id": b, "by": "staff", "reason": "ill"}, revision=3)
+            for b in ("b-ok", "b-bad")]
+    assert _apply(ctx, [json.dumps(e) for e in held]).held == 2
+    real = tr.apply_to_booking
+
+    def failing(booking, ev_):
+        if booking.id == "b-bad":
+            raise OverflowError("date value out of range")
+        return real(booking, ev_)
+
+    monkeypatch.setattr(tr, "apply_to_booking", failing)
+    report = housekeeping(ctx.store, now=START + timedelta(hours=1), hold_s=600, retention_s={}, batch=100)
+    assert (report.holds_released, report.holds_dead) == (1, 1)
+    with ctx.store.engine.connect() as conn:
+        status = dict(conn.execute(select(t.bookings.c.id, t.bookings.c.status)).all())
+    assert status == {"b-ok": "cancelled", "b-bad": "active"}
+    [dead] = _dead(ctx)
+    assert dead.reason == "held event could not be applied: internal error: OverflowError: date value out of range"
+    assert json.loads(dead.body)["data"]["booking_id"] == "b-bad"
