@@ -5,10 +5,15 @@ what became of every piece of it:
 
 - events: the consumer's `apply_events`, a corpus and hypothesis-generated bodies (random bytes,
   random JSON, valid events with one field replaced by random JSON), and the poison families of
-  issue 15 (a NUL in each string field, a raw NUL byte, 1e30, NaN and Infinity in each numeric
-  setting, unknown zones, unknown and mistyped settings, two addresses, CR/LF in a name), each
+  issue 15 (a NUL in each string field of the ten event types, a raw NUL byte, 1e30, NaN and
+  Infinity in each numeric setting, unknown zones, unknown and mistyped settings, two addresses,
+  CR/LF in a name), each
   followed in its batch by a valid event that must still apply (N3), on SQLite and on
   PostgreSQL (`--store`);
+- the loops: rows as another version (or a hand) may have left them, which the contract refuses
+  today (settings out of the model, unknown zones, channels, statuses; a message claimed
+  `max_claims` times): the due sweep, dispatch and the state sweep must go on for the other
+  bookings and tenants, and the booking at fault end with its reason (issue 15);
 - tenant files: the same bad settings and zones in `config/tenants/*.yaml` must be refused by
   `load_tenants` naming the file and the key, loading nothing of that file;
 - template bundles: the shipped bundle with one thing broken (syntax, unknown variables,
@@ -196,11 +201,23 @@ def poison_events() -> list[bytes]:
               {**valid, "type": "tenant.settings_updated", "data": {"name": "Salon", "timezone": "Europe/Berlin",
                                                                     "company": {"name": "Salon"}}},
               {**valid, "type": "resource.updated", "data": {"resource": {"id": "anna", "name": "Anna"},
-                                                             "timezone": "Europe/Berlin"}}]
+                                                             "timezone": "Europe/Berlin"}},
+              {**valid, "type": "booking.rescheduled", "data": {
+                  "booking_id": "p", "starts_at": valid["data"]["starts_at"], "ends_at": valid["data"]["ends_at"],
+                  "resource": {"id": "anna", "name": "Anna", "type": "specialist"}}},
+              {**valid, "type": "booking.visit_marked", "data": {"booking_id": "p", "outcome": "arrived"}},
+              {**valid, "type": "booking.confirmed", "data": {"booking_id": "p", "via": "phone"}},
+              {**valid, "type": "customer.updated", "data": {"customer": valid["data"]["customer"]}}]
+    valid["data"].update(source="staff", status={"id": "s1", "name": "Neu", "kind": "start"})
+    shapes[3]["data"].update(home_region="DE", language="de")
+    shapes[3]["data"]["company"].update(address="Linienstr. 1", phone="+49 30 1234", email="info@example.org")
+    shapes[4]["data"]["settings"] = {"channel_policy": "first", "fallback": {"whatsapp": "sms"},
+                                     "quiet_hours": {"start": "21:00", "end": "08:00"},
+                                     "reminder": {"morning_at": "08:00", "channel_policy": "first"}}
     out = [json.dumps(replaced(shape, path, nul)).encode()  # NUL (and CR/LF, a lone surrogate) in each string
            for shape in shapes for path in string_paths(shape) for nul in ("X\u0000Y", "X\r\nY", "X\ud800Y")]
     out += [b'{"event_id": "raw\x00", "type": "booking.created"}', json.dumps(valid).encode()[:-1] + b"\x00}"]
-    resource = shapes[4]
+    resource = {**shapes[4], "data": {k: v for k, v in shapes[4]["data"].items() if k != "settings"}}
     for name, key in numeric_settings():
         for number in ("1e30", "1e400", "NaN", "Infinity", "-2", "2.5"):
             body = json.dumps(replaced(resource, ("data", "settings"), {name: {key: 0}})).encode()
@@ -267,6 +284,144 @@ def fuzz_events(folder: Path, examples: int, seed: int, *, store_url: str, label
     _hypothesis_run(_event_bodies(), examples, seed, lambda body: one(generated, body))
     store.engine.dispose()
     return [corpus, poison, generated]
+
+
+# --- the loops (issue 15): rows as another version, or a hand, may have left them ------------------
+
+def _legacy_rows() -> list[tuple[str, Callable[..., None]]]:
+    """(what, change) each: `change(conn, victim)` leaves one booking's stored rows as the
+    contract would refuse them today; victim: (tenant, booking, customer, resource) ids."""
+    from sqlalchemy import update
+
+    from notifier.services import max_claims
+    from notifier.store import schema as t
+
+    def resource(**values: Any) -> Callable[..., None]:
+        return lambda conn, v, settings: conn.execute(update(t.resources).where(
+            t.resources.c.tenant_id == v[0], t.resources.c.id == v[3]).values(**values))
+
+    def messages(**values: Any) -> Callable[..., None]:
+        return lambda conn, v, settings: conn.execute(update(t.messages).where(
+            t.messages.c.tenant_id == v[0], t.messages.c.booking_id == v[1], t.messages.c.kind == "info")
+            .values(**{k: (f(settings) if callable(f) else f) for k, f in values.items()}))
+
+    def tenant(**values: Any) -> Callable[..., None]:
+        return lambda conn, v, settings: conn.execute(update(t.tenants).where(t.tenants.c.id == v[0]).values(**values))
+
+    return [
+        ("a resource's late.delay_s of 1e30", resource(settings={"late": {"delay_s": 10**30}})),
+        ("a resource's info.delay_s of \"ten\"", resource(settings={"info": {"delay_s": "ten"}})),
+        ("a resource's unknown setting", resource(settings={"info": {"delay": 600}})),
+        ("a resource in Mars/Olympus", resource(timezone="Mars/Olympus")),
+        ("a tenant in Invalid/Zone", tenant(timezone="Invalid/Zone")),
+        ("a tenant's reminder.offset_s of -10^12", tenant(settings={"reminder": {"offset_s": -10**12}})),
+        ("a consent for an unknown channel", lambda conn, v, settings: conn.execute(update(t.customers).where(
+            t.customers.c.tenant_id == v[0], t.customers.c.id == v[2]).values(consents=["email", "pigeon"]))),
+        ("an unknown booking status", lambda conn, v, settings: conn.execute(update(t.bookings).where(
+            t.bookings.c.tenant_id == v[0], t.bookings.c.id == v[1]).values(status="archived"))),
+        ("a message on an unknown channel", messages(channel="fax")),
+        ("a message claimed max_claims times, never recorded",
+         messages(state="sending", attempts=max_claims, lease_until=START)),
+    ]
+
+
+def fuzz_loops(folder: Path, store_url: str, label: str) -> list[Tally]:
+    """Per legacy row: a booking whose row it is and two others (one per tenant) whose info is due,
+    then the due sweep with dispatch, and the state sweep hours later. The others must be sent and
+    released (else BUG); the booking at fault must end with its reason: its message failed or
+    retried with it, the booking parked with it, or (the row still works) sent and released."""
+    from sqlalchemy import select
+
+    from notifier.bootstrap import build
+    from notifier.channels.fake import FakeChannel
+    from notifier.dispatch import dispatch_batch
+    from notifier.domain.model import Channel
+    from notifier.services import apply_events, load_tenants, max_claims, sweep_due, sweep_states, timeline_of
+    from notifier.settings import load_settings, shipped_path
+    from notifier.store import schema as t
+
+    data = folder / f"loops-{label}"
+    tenants = data / "tenants"
+    tenants.mkdir(parents=True)
+    for source in (shipped_path("config") / "tenants").glob("*.yaml"):
+        shutil.copy(source, tenants / source.name)
+    cases = _legacy_rows()
+    for day in range(len(cases)):  # a tenant of its own for each row: a tenant's row spoils only its own
+        (tenants / f"legacy-{day}.yaml").write_text((tenants / "studio-roma.yaml").read_text().replace(
+            "id: studio-roma", f"id: legacy-{day}"))
+    (data / "clock").write_text(START.isoformat())
+    settings = load_settings({"NOTIFIER_DATABASE_URL": store_url, "NOTIFIER_DATA_DIR": str(data),
+                              "NOTIFIER_TENANTS_PATH": str(tenants), "NOTIFIER_CLOCK": f"file:{data / 'clock'}",
+                              "NOTIFIER_LINK_SECRET": "bad-input-link-secret-0123456789"})
+    mail = FakeChannel("email")
+    ctx = build(settings, channels={Channel.EMAIL: mail})
+    ctx.store.migrate()
+    load_tenants(ctx.store, tenants, now=START)
+    tally = Tally("loops", f"issue 15: rows the contract refuses today, {label}")
+    for day, (what, change) in enumerate(cases):
+        base = START + timedelta(days=day)
+        ctx.clock.set(base)
+        ids = {"victim": (f"legacy-{day}", f"v{day}", f"cv{day}", f"rv{day}")}
+        ids.update({f"other-{tenant}": (tenant, f"o{day}-{tenant}", f"co{day}-{tenant}", f"ro{day}")
+                    for tenant in ("salon-berlin", "studio-roma")})
+        bodies = []
+        for tenant, booking, customer, resource in ids.values():
+            body = _valid_event(booking)
+            visit = base + timedelta(hours=3)
+            body.update(tenant_id=tenant, event_id=f"loop-{booking}", occurred_at=base.isoformat())
+            body["data"].update(starts_at=visit.isoformat(), ends_at=(visit + timedelta(minutes=30)).isoformat())
+            body["data"]["customer"]["id"] = customer
+            body["data"]["resource"]["id"] = resource
+            bodies.append(json.dumps(body))
+        apply_events(ctx.store, bodies, now=base, source="loops")
+        with ctx.store.engine.begin() as conn:
+            change(conn, ids["victim"], settings)
+        raised = []
+        due = base + timedelta(hours=1)  # 08:00 local: after quiet hours
+        ctx.clock.set(due)
+        try:
+            for _channel, batch in sweep_due(ctx.store, now=due, lease_s=60, limit=1000, batch=100,
+                                            max_claims=max_claims(settings)):
+                dispatch_batch(ctx, batch)
+        except Exception as exc:  # noqa: BLE001 - counted
+            raised.append(f"{BUG}: the due sweep or dispatch raised {exc.__class__.__name__}")
+        later = base + timedelta(hours=6)  # after the late path's release
+        try:
+            while sweep_states(ctx.store, now=later, limit=50):
+                pass
+        except Exception as exc:  # noqa: BLE001 - counted
+            raised.append(f"{BUG}: the state sweep raised {exc.__class__.__name__}")
+        with ctx.store.engine.connect() as conn:
+            infos = {r.booking_id: r for r in conn.execute(select(t.messages).where(
+                t.messages.c.kind == "info", t.messages.c.booking_id.in_([v[1] for v in ids.values()])))}
+            released = dict(conn.execute(select(t.bookings.c.id, t.bookings.c.released_at).where(
+                t.bookings.c.id.in_([v[1] for v in ids.values()]))).all())
+        others = [v for k, v in ids.items() if k != "victim"]
+        if raised:
+            tally.add(raised[0], what)
+        elif any(infos[v[1]].state != "sent" for v in others):
+            tally.add(f"{BUG}: another booking's message was not sent", what)
+        elif any(released[v[1]] is None for v in others):
+            tally.add(f"{BUG}: another booking was not released", what)
+        else:
+            tenant_id, booking = ids["victim"][:2]
+            info = infos.get(booking)
+            parked = [e for e in timeline_of(ctx.store, tenant_id, booking) if e["kind"] == "booking.parked"]
+            if info is not None and info.state == "failed" and info.error:
+                fate = f"message failed with the reason ({info.error.split(':')[0]})"
+            elif info is not None and info.state == "planned" and info.error:
+                fate = f"message retried with the reason ({info.error.split(':')[0]})"
+            elif info is not None and info.state == "sent" or info is None and not parked:
+                fate = "still works: sent or nothing to send"
+            else:
+                fate = f"{BUG}: left without a reason ({info.state if info else 'no message'})"
+            if parked:
+                fate += "; booking parked with the reason"
+            elif released.get(booking) is not None:
+                fate += "; released"
+            tally.add(fate, what)
+    ctx.close()
+    return [tally]
 
 
 def fuzz_tenant_files(folder: Path, examples: int, seed: int) -> list[Tally]:
@@ -758,6 +913,7 @@ def run(examples: int, seed: int, stores: tuple[str, ...] = ("sqlite", "postgres
                 else:
                     url, label = f"sqlite:///{folder / 'events.db'}", "SQLite"
                 tallies += fuzz_events(folder, examples, seed, store_url=url, label=label)
+                tallies += fuzz_loops(folder, url.replace("events.db", "loops.db"), label)
                 print(f"bad input: fuzz_events on {label} in {time.perf_counter() - begun:.0f} s", file=sys.stderr)
         for surface in (fuzz_tenant_files, fuzz_bundles, fuzz_links, fuzz_callbacks):
             begun = time.perf_counter()
