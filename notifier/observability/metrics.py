@@ -107,8 +107,8 @@ def _metrics() -> Metrics:
         beat_sent=Counter("notifier_beat_sent", "Tasks beat published.", ["task"]),
         beat_last_sent=Gauge("notifier_beat_last_sent_timestamp_seconds", "Unix time beat last published a task.",
                              ["task"], multiprocess_mode="max"),
-        parked=Counter("notifier_parked", "Bookings, held events, messages and message records a loop set aside with their "
-                       "reason (on the timeline) so that the rest went on, by loop.", ["loop"]),
+        parked=Counter("notifier_parked", "Bookings, held events, messages and message records a loop set aside "
+                       "with their reason (on the timeline) so that the rest went on, by loop.", ["loop"]),
         not_planned=Counter("notifier_not_planned", "Message kinds planning left out for a booking, recorded on "
                             "its timeline (once per booking and reason), by reason and kind.", ["reason", "kind"]),
         provider_sends=Counter("notifier_provider_sends", "Provider calls by channel, provider account and outcome.",

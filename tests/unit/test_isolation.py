@@ -248,7 +248,8 @@ def test_N1_N3_a_message_whose_dispatch_never_comes_back_is_set_aside_after_max_
     assert sweep_due(ctx.store, now=now, lease_s=60, limit=100, batch=100, max_claims=bound) == []
     rows = {m.booking_id: m for m in messages(ctx) if m.kind == "info"}
     assert rows["b-dies"].state == "failed" and rows["b-dies"].attempts == bound
-    assert rows["b-dies"].error == f"set aside by the due sweep: claimed {bound} times or more without an outcome recorded"
+    assert rows["b-dies"].error == \
+        f"set aside by the due sweep: claimed {bound} times or more without an outcome recorded"
     assert rows["b-ok"].state == "sent" and [o.metadata["booking_id"] for o in email.sent] == ["b-ok"]
     assert _timeline_kinds(ctx, "b-dies", "message.failed")[0]["detail"]["by"] == "due sweep"
     assert _parked("due sweep") == before + 1
