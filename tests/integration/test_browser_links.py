@@ -188,7 +188,24 @@ def press(driver: Any, button_id: str) -> None:
 
     button = WebDriverWait(driver, WAIT_S).until(ec.element_to_be_clickable((By.ID, button_id)))
     button.click()
-    WebDriverWait(driver, WAIT_S).until(ec.staleness_of(button))
+    WebDriverWait(driver, WAIT_S).until(lambda _: gone(button))
+
+
+def gone(element: Any) -> bool:
+    """Whether the page that held `element` was replaced. Asked while the old page unloads,
+    chromedriver may answer "Node with given id does not belong to the document" instead of a
+    stale reference: that is gone too."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def cancel_on_page(driver: Any, reason: str = "") -> None:

@@ -38,6 +38,7 @@ from tests.conftest import START, TENANTS, created, customer, event, make_contex
 from tests.integration.test_browser_links import (  # noqa: F401 - chromium: the module's one browser
     WAIT_S,
     chromium,
+    gone,
     screenshot,
     serious_accessibility_problems,
     serve,
@@ -127,7 +128,8 @@ def submit(driver: Any, button: Any) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
     button.click()
-    WebDriverWait(driver, WAIT_S).until(ec.staleness_of(button))
+    WebDriverWait(driver, WAIT_S).until(lambda _: gone(button))
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return document.readyState") == "complete")
     WebDriverWait(driver, WAIT_S).until(ec.presence_of_element_located((By.TAG_NAME, "h1")))
     return driver.find_element(By.TAG_NAME, "main").text
 
