@@ -10,7 +10,8 @@ reminder is withdrawn and a failed message sent again (it reaches the SMTP serve
 sweep), each on the booking's timeline with the key that did it; a dead letter is replayed once
 its tenant exists; a template is previewed with a booking's data, HTML and text side by side, an
 SMS's segments counted, another resource type's template with the samples, and a test sent to
-a typed address reaches the SMTP server and the booking's timeline (who, the address masked). With
+a typed address reaches the SMTP server and the booking's timeline (who, the address masked), as
+does one from `notifier templates preview --send-to`. With
 NOTIFIER_SCREENSHOTS=DIR the preview is saved as DIR/console-preview.png (`make screenshots`).
 """
 
@@ -34,7 +35,7 @@ from notifier.access import create_key
 from notifier.bootstrap import Context, build_channels
 from notifier.services import apply_events, load_tenants, timeline_of
 from notifier.store import schema as t
-from tests.conftest import START, TENANTS, created, customer, event, make_context, make_settings
+from tests.conftest import START, TENANTS, created, customer, event, make_context, make_settings, settings_env
 from tests.integration.test_browser_links import (  # noqa: F401 - chromium: the module's one browser
     WAIT_S,
     chromium,
@@ -322,3 +323,20 @@ def test_search_by_phone_channel_status_and_days_held_events_and_a_preview_of_th
     facts = browser.find_element(By.CSS_SELECTOR, "dl.facts").text
     assert "equipment/en/info.email.j2" in facts and "samples" in facts, facts
     assert browser.find_element(By.ID, "text").text and browser.find_element(By.CSS_SELECTOR, "iframe")
+
+
+def test_the_command_line_previews_a_template_and_sends_a_test_to_the_smtp_server(console):
+    from click.testing import CliRunner
+
+    from notifier.cli import main
+
+    book(console, "b1", "kunde@example.org")
+    shown = CliRunner().invoke(main, ["templates", "preview", "--tenant", TENANT, "--kind", "reminder", "--channel",
+                                      "email", "--booking", "b1", "--send-to", "ops@salon-console.example",
+                                      "--by", "anna"], env=settings_env(console.ctx.settings))
+    assert shown.exit_code == 0, shown.output
+    assert "Donnerstag, 3. Dezember 2026 um 13:00 Uhr" in shown.output and "test sent" in shown.output
+    [mail] = console.mail.messages
+    assert mail["To"] == "ops@salon-console.example" and mail["Subject"].startswith("[Test] Erinnerung")
+    assert [e["detail"]["by"] for e in timeline_of(console.ctx.store, TENANT, "b1")
+            if e["kind"] == "message.test_sent"] == ["anna"]

@@ -279,6 +279,13 @@ def test_the_command_line_does_the_same(world, tmp_path):
                                  "--language", "de"], env=env)
     assert shown.exit_code == 0, shown.output
     assert "SMS:" in shown.output and "GSM-7" in shown.output and "samples" in shown.output
+    run_due(ctx)  # b1's info is refused for good
+    failed = ids(ctx, "b1")["info"]
+    resent = runner.invoke(main, ["messages", "resend", str(failed), "--channel", "email", "--by", "anna"], env=env)
+    assert resent.exit_code == 0, resent.output
+    new = ids(ctx, "b1")["info#resend1"]
+    assert f"sent again as message {new}" in resent.output
+    assert (row(ctx, new).resend_of, row(ctx, new).by, row(ctx, new).state) == (failed, "anna", "planned")
 
 
 def test_a_booking_system_finds_its_messages_through_the_api(world):
