@@ -17,6 +17,7 @@ from notifier.domain.model import Channel
 from notifier.failover import Account, Failover, Health
 from notifier.leases import Leases
 from notifier.links import BookingLinks, link_secret
+from notifier.receipts import Receipts
 from notifier.rendering.environment import Renderer
 from notifier.settings import Settings, load_settings
 from notifier.store.sql import Store, make_engine
@@ -34,6 +35,7 @@ class Context:
     _senders: ThreadPoolExecutor | None = None
     _senders_lock: threading.Lock = field(default_factory=threading.Lock)
     _leases: Leases | None = None
+    _receipts: Receipts | None = None
 
     def sender_pool(self) -> ThreadPoolExecutor:
         """The threads that make provider calls, kept for the process's life so their pooled
@@ -50,6 +52,13 @@ class Context:
             if self._leases is None:
                 self._leases = Leases(self.store, self.clock, self.settings.lease_s)
             return self._leases
+
+    def receipts(self) -> Receipts:
+        """Where sender threads write down each provider answer at once (notifier/receipts.py), one per process."""
+        with self._senders_lock:
+            if self._receipts is None:
+                self._receipts = Receipts(self.store)
+            return self._receipts
 
     def renderer_for(self, tenant_id: str, version: str | None) -> Renderer:
         """The tenant's active bundle (R40), compiled once per version; the shipped one otherwise."""
@@ -69,6 +78,8 @@ class Context:
             self._senders.shutdown(wait=True)
         if self._leases is not None:
             self._leases.close()
+        if self._receipts is not None:
+            self._receipts.close()
         for adapter in self.channels.values():
             adapter.close()
         self.store.engine.dispose()

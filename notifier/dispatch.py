@@ -71,6 +71,7 @@ from notifier.failover import AccountFailure, accounts_of, send_through
 from notifier.leases import Leases
 from notifier.links import BookingLinks
 from notifier.observability.logs import mask_text
+from notifier.receipts import receipted_copy
 from notifier.rendering.calendar import calendar_card
 from notifier.rendering.environment import TemplateMissing
 from notifier.services import apply_pending_statuses, replan_in, settings_for
@@ -604,16 +605,19 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
     leases = ctx.leases()
     started = time.monotonic()
     try:
-        if item.in_doubt:  # the provider may have it: its reports naming the message, or its answer if asked
+        if item.in_doubt:  # the provider may have it: its answer written down, its reports, or asked
             reports_back = getattr(adapter, "reports_back", False)
-            found = _reported_copy(ctx.store, adapter, message) if reports_back else None
-            account, asked = None, False
+            receipt = receipted_copy(ctx.store, message)
+            found, account, asked = (receipt.result, receipt.account, False) if receipt else (None, None, False)
+            if found is None and reports_back:
+                found = _reported_copy(ctx.store, adapter, message)
             if found is None:
                 found, account, asked = _ask_accounts(ctx, item, adapter)
             if found is not None:
                 return Done(message, MessageState.SENT, ctx.clock.now(), outcome="reconciled",
                             code=found.provider_code, duration_ms=_ms(started),
-                            provider_message_id=found.provider_message_id, provider=adapter.provider,
+                            provider_message_id=found.provider_message_id,
+                            provider=receipt.provider if receipt else adapter.provider,
                             template=item.template, account=account)
             if reports_back and not asked and item.awaits_reports:
                 # a killed (or paused) worker's copy, if the provider took it, is reported in a while:
@@ -630,7 +634,11 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
     if carried is None:
         return Lost(message)
     result, via = carried
-    return Done(message, MessageState.SENT, ctx.clock.now(), outcome="sent", code=result.provider_code,
+    now = ctx.clock.now()
+    # written down at once, before the outcome's full record: a worker that dies before that
+    # commit leaves this, and the message's next claim finds the copy by it
+    ctx.receipts().keep(message.id, message.claim_token, adapter.provider, via.account, result, now)
+    return Done(message, MessageState.SENT, now, outcome="sent", code=result.provider_code,
                 duration_ms=_ms(started), provider_message_id=result.provider_message_id, provider=adapter.provider,
                 template=item.template, account=via.account, passed=tuple(via.passed))
 

@@ -35,6 +35,8 @@ RETAINED = {
     "attempts": (t.send_attempts, t.send_attempts.c.id, t.send_attempts.c.started_at),
     # status reports that never found their message (another system's, on a shared provider account)
     "pending_statuses": (t.pending_statuses, t.pending_statuses.c.id, t.pending_statuses.c.received_at),
+    # providers' answers written down before their send's record (notifier/receipts.py)
+    "receipts": (t.receipts, t.receipts.c.id, t.receipts.c.received_at),
     # events that could not be applied: their (capped) bodies hold personal data (migration 0011)
     "dead_letters": (t.dead_letters, t.dead_letters.c.id, t.dead_letters.c.received_at),
 }
@@ -49,6 +51,7 @@ class HousekeepingReport:
     outbox: int = 0
     attempts: int = 0
     pending_statuses: int = 0
+    receipts: int = 0
     dead_letters: int = 0
 
 
@@ -95,4 +98,5 @@ def housekeeping(store: Store, *, now: datetime, hold_s: float, retention_s: Map
 def retention_from(settings: Any) -> dict[str, float]:
     return {"processed_events": settings.retention_processed_events_s, "outbox": settings.retention_outbox_s,
             "attempts": settings.retention_attempts_s, "pending_statuses": PENDING_STATUSES_S,
+            "receipts": PENDING_STATUSES_S,
             "dead_letters": settings.retention_dead_letters_s}

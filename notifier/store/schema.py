@@ -301,6 +301,21 @@ pending_statuses = Table(
 )
 Index("ix_pending_statuses_provider_id", pending_statuses.c.provider_message_id)
 Index("ix_pending_statuses_message_id", pending_statuses.c.message_id)
+
+receipts = Table(
+    "receipts",  # a provider's answer to a claim's send, committed the instant it came (notifier/receipts.py)
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("message_id", BigId, nullable=False),
+    Column("claim_token", Integer, nullable=False),  # the claim that sent it: a later claim finds this copy
+    Column("provider", String(16)),
+    Column("account", String(64)),  # the provider account that took it (notifier/failover.py)
+    Column("provider_message_id", String(200)),
+    Column("provider_code", String(64)),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+Index("ix_receipts_message_id", receipts.c.message_id)
+Index("ix_receipts_received_at", receipts.c.received_at)
 Index("ix_pending_statuses_received_at", pending_statuses.c.received_at)  # housekeeping
 
 outbox = Table(

@@ -7,9 +7,10 @@ in real time (`RunningClock`), so leases run out as they would in production, on
   resumed, finds its claims gone and sends nothing more. Every message reaches the provider
   exactly once (the one whose call was under way when it stopped is found at Twilio by the
   new holder, not sent again).
-- A worker that is only slow (its sends take longer than the lease in all) keeps its claims:
-  another worker stands by the whole time and takes nothing, and each message, SMS over the
-  Twilio API and email over SMTP, goes out once under its first claim.
+- A worker that is only slow keeps its claims: its SMS take longer than the lease in all, and
+  its SMTP server answers each email only after more than a lease (the issue's case: the mail
+  taken, the claim lapsed, the copy sent again). Another worker stands by the whole time and
+  takes nothing, and each message goes out once under its first claim.
 """
 
 from __future__ import annotations
@@ -96,13 +97,15 @@ def test_N1_N2_a_worker_paused_past_its_lease_finds_its_claims_gone_and_does_not
 
 def test_N2_a_slow_worker_keeps_its_claims_and_sends_each_message_once_over_sms_and_smtp(
         tmp_path, pg_url, redis_url, key_prefix, clock, procs, mail_sink):
-    messages, lease_s, answer_s = 8, 5, 0.8  # 8 x 0.8 s a channel, one call at a time: longer than the lease
-    mail_sink.answer_after_s = answer_s
-    with FakeProviders(latency_s=answer_s, clock=clock.now) as provider:
+    # one call at a time: 8 SMS of 0.8 s each, longer than the lease in all; 3 emails whose server
+    # answers each one only after more than a lease (no provider call meanwhile renews anything)
+    sms, emails, lease_s = 8, 3, 5
+    mail_sink.answer_after_s = lease_s + 1.5
+    with FakeProviders(latency_s=0.8, clock=clock.now) as provider:
         settings = pipeline_settings(tmp_path, pg_url, redis_url, key_prefix, provider, smtp_port=mail_sink.port,
-                                     lease_s=lease_s, dispatch_batch=messages, dispatch_concurrency=1)
+                                     lease_s=lease_s, dispatch_batch=sms, dispatch_concurrency=1)
         ctx = make_context(settings)
-        due = _bookings(ctx, sms=messages, email=messages)
+        due = _bookings(ctx, sms=sms, email=emails)
         group = procs(settings_env(settings))
         with RunningClock(clock, due):
             group.start("sweeper", "worker", "-Q", "sweep", "-c", "1", "-n", "sweeper@%h")
@@ -115,7 +118,7 @@ def test_N2_a_slow_worker_keeps_its_claims_and_sends_each_message_once_over_sms_
                      timeout_s=120)
             assert time.monotonic() - started > lease_s  # the sends did outlast the lease
 
-        assert sorted(m["to"] for m in provider.received) == sorted(f"+39333{i:07d}" for i in range(messages))
-        assert sorted(m["To"] for m in mail_sink.messages) == sorted(f"k{i}@example.org" for i in range(messages))
+        assert sorted(m["to"] for m in provider.received) == sorted(f"+39333{i:07d}" for i in range(sms))
+        assert sorted(m["To"] for m in mail_sink.messages) == sorted(f"k{i}@example.org" for i in range(emails))
         assert {r.claim_token for r in _info(ctx)} == {1}  # every claim held from first to last: none lapsed
         ctx.close()

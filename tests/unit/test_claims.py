@@ -14,6 +14,7 @@ import json
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from notifier.bootstrap import Context
@@ -199,4 +200,58 @@ def test_N2_a_dead_workers_message_waits_for_the_providers_reports_once_before_i
         rows = dict(conn.execute(select(t.messages.c.id, t.messages.c.provider_message_id)
                                  .where(t.messages.c.id.in_([reported.id, silent.id]))).all())
     assert rows == {reported.id: "wamid.dead", silent.id: "wamid.1"}
+    ctx.close()
+
+
+class UnaskableProvider:
+    """An SMTP server as dispatch sees it: it takes a message and answers, and can be neither
+    asked whether it has one nor heard from about it later."""
+
+    provider = "smtp"
+
+    def __init__(self) -> None:
+        self.accepted: list[Outgoing] = []
+
+    def send(self, message: Outgoing) -> SendResult:
+        self.accepted.append(message)
+        return SendResult(provider_message_id=f"<m{message.message_id}@example.org>", provider_code="250")
+
+    def close(self) -> None:
+        pass
+
+
+def test_N1_N2_a_copy_taken_just_before_its_worker_died_is_found_by_its_receipt_not_sent_again(
+        tmp_path, clock, monkeypatch):
+    """Chaos from a fresh clone, 2026-12-06 01:23 UTC (load 20 to 30): a worker killed 0.2 to
+    1.9 s after the SMTP server took 30 emails, before their record was committed; each went out
+    again. The answer is written down the instant it comes (one INSERT of a thread of its own),
+    and the message's next claim finds the copy by it."""
+    import notifier.dispatch as dispatch
+
+    smtp = UnaskableProvider()
+    ctx = make_context(make_settings(tmp_path), channels={Channel.EMAIL: smtp})
+    apply_events(ctx.store, [json.dumps(created())], now=START, source="test")
+
+    def receipts() -> int:
+        with ctx.store.engine.connect() as conn:
+            return len(conn.execute(select(t.receipts.c.id)).all())
+
+    def killed(store, outcomes, **kw):  # the worker dies after the answer, before the record's commit
+        deadline = time.monotonic() + 10
+        while receipts() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling the database for the condition, with a deadline
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(dispatch, "record", killed)
+    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=ctx.settings.lease_s, limit=10, batch=10)
+    with pytest.raises(SystemExit):
+        dispatch_batch(ctx, ids)
+    monkeypatch.undo()
+    assert len(smtp.accepted) == 1 and _info(ctx).state == "sending"
+
+    clock.set(START + timedelta(seconds=ctx.settings.lease_s + 1))  # its claim lapses; the sweep hands it out
+    assert _due_now(ctx).reconciled == 1
+    assert len(smtp.accepted) == 1  # found by its receipt, not sent again
+    info = _info(ctx)
+    assert (info.state, info.provider_message_id, info.provider) == ("sent", f"<m{info.id}@example.org>", "smtp")
     ctx.close()
