@@ -88,6 +88,17 @@ DISPATCH_CONCURRENCY = 16  # sends in flight per child
 DISPATCH_BATCH = 50  # messages a dispatch task claims at once
 ASKABLE = {"sms"}  # channels whose provider says whether it has a message (Twilio's Messages list)
 REPORTS_NAME_THE_MESSAGE = {"sms", "whatsapp"}  # Twilio's and Meta's status callbacks say which message they are about
+# per channel, what can still reach someone twice after every way to find the first copy was tried
+# (docs/reliability.md, "Where a message can still reach someone twice")
+WHY_UNAVOIDABLE = {
+    "email": "SMTP cannot be asked and does not report: a copy whose answer was lost, or whose worker died "
+             "before writing the answer down, is sent again (with the same Message-ID)",
+    "whatsapp": "Meta cannot be asked: a copy whose answer was lost or whose worker died before writing it "
+                "down is found only by its status reports, and was sent again when none had come in time",
+    "sms": "none: Twilio is asked (its Messages list) and reports naming the message",
+    "staff": "none: the receiver drops a repeated idempotency key",
+    "activity": "none: the receiver drops a repeated idempotency key",
+}
 HANG_S = 3.0  # a provider that does not answer hangs this long; clients give up after TIMEOUT_S
 TIMEOUT_S = 2.0
 CALM = dict(error_rate=0.02, throttle_rate=0.005, slow_rate=0.02, unanswered_rate=0.002, lost_answer_rate=0.001)
@@ -981,6 +992,7 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
         "duplicates_unavoidable_by_cause": verdict["unavoidable_by_cause"],
         "duplicates_by_cause": verdict["avoidable_by_cause"],
         "duplicates_by_channel": verdict["duplicates_by_channel"],
+        "duplicates_unavoidable_by_channel": verdict["unavoidable_by_channel"],
         "webhook_repeats_dropped_by_the_receiver": verdict["receiver_dropped"],
         "duplicates_unavoidable_per_kill_max": verdict["unavoidable_per_kill_max"],
         "duplicates_unavoidable_bound_per_kill": unavoidable_bound_per_kill(),
@@ -1157,6 +1169,9 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
         dead = conn.execute(select(func.count()).select_from(t.dead_letters)).scalar_one()
         sent_entries = Counter(conn.execute(select(t.timeline.c.message_id).where(
             t.timeline.c.kind == "message.sent")).scalars())
+        written_down: dict[int, list[float]] = defaultdict(list)  # provider answers' receipts (notifier/receipts.py)
+        for message_id, at in conn.execute(select(t.receipts.c.message_id, t.receipts.c.received_at)):
+            written_down[message_id].append(at.timestamp())
 
     # receipts, grouped into logical messages: per recipient and text, the link tokens' time stamps
     # left out (a message retried after a temporary failure is rendered with its new due time);
@@ -1235,6 +1250,7 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
     avoidable_causes: Counter[str] = Counter()
     unavoidable_causes: Counter[str] = Counter()
     duplicates_by_channel: dict[str, Counter[str]] = {"avoidable": Counter(), "unavoidable": Counter()}
+    unavoidable_by_channel: dict[str, Counter[str]] = defaultdict(Counter)
     by_channel: Counter[str] = Counter()
     failed = 0
     for key, receipts in matched.items():
@@ -1272,9 +1288,14 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
         if evidence["unavoidable"] and exp["channel"] in REPORTS_NAME_THE_MESSAGE and reported \
                 and min(reported) < second["at"] - 1.0:  # dispatch could have found the first copy by its report
             evidence.update(unavoidable=False, cause=f"{evidence['cause']}, reported before the resend")
+        written = written_down.get(row.get("id"), [])
+        if evidence["cause"] == "worker_killed" and any(at < second["at"] - 1.0 for at in written):
+            # the killed worker had written the first copy's answer down: its next claim could have found it
+            evidence.update(unavoidable=False, cause="worker_killed, receipt written before the resend")
         if evidence["unavoidable"]:
             counts["duplicates_unavoidable"] += 1
             unavoidable_causes[evidence["cause"]] += 1
+            unavoidable_by_channel[exp["channel"]][evidence["cause"]] += 1
             details["duplicates_unavoidable"].append(evidence)
         else:
             counts["duplicates"] += 1
@@ -1312,6 +1333,8 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
         "duplicates": counts["duplicates"], "duplicates_unavoidable": counts["duplicates_unavoidable"],
         "avoidable_by_cause": dict(avoidable_causes), "unavoidable_by_cause": dict(unavoidable_causes),
         "duplicates_by_channel": {k: dict(v) for k, v in duplicates_by_channel.items()},
+        "unavoidable_by_channel": {channel: {"by_cause": dict(causes), "why": WHY_UNAVOIDABLE[channel]}
+                                   for channel, causes in sorted(unavoidable_by_channel.items())},
         "receiver_dropped": dict(receiver_dropped),
         "expected_by_channel": dict(by_channel), "failed": failed, "unexpected": len(unexpected),
         "store_mismatches": len(details["store_mismatches"]),
