@@ -39,6 +39,7 @@ CONTEXT: dict[str, set[str]] = {
 TEMPLATE_NAMES = frozenset({"loop", "self", "super", "caller", "varargs", "kwargs"})
 MAX_SMS_SEGMENTS = 2
 SAMPLE_PUBLIC_URL = "https://termine.example.de"  # a realistic length for the links an SMS carries
+SAMPLE_REASON = "Die Behandlerin ist erkrankt; wir rufen Sie wegen eines neuen Termins an, versprochen"
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,15 @@ def sample_link(public_url: str = SAMPLE_PUBLIC_URL) -> str:
 
 
 def _sample_context(company: dict[str, str], link: str = "") -> dict[str, Any]:
-    """Realistic lengths: a long name and resource, so an SMS that fits here fits in practice."""
+    """Realistic lengths: a long name, resource and reason, so an SMS that fits here fits in
+    practice (a reason may run to 500 characters: an SMS shortens it, `|truncate`)."""
     starts = datetime(2026, 9, 23, 14, 30, tzinfo=UTC)
     link = link or sample_link()
     return {
         "customer": {"name": "Maximiliane Musterfrau-Schmidt", "first_name": "Maximiliane", "language": "de"},
         "company": company,
         "booking": {"id": "B-100234", "starts_at": starts, "ends_at": starts.replace(hour=15), "service": "Beratung",
-                    "duration_min": 30, "cancel_reason": "Krankheit", "cancelled_by": "staff", "status": ""},
+                    "duration_min": 30, "cancel_reason": SAMPLE_REASON, "cancelled_by": "staff", "status": ""},
         "resource": {"name": "Dr. Konstantin Weißenberger", "type": "specialist"},
         "links": {"page": link, "confirm": link, "cancel": link}}
 

@@ -258,3 +258,28 @@ def test_R11_the_sms_budget_counts_the_link_at_the_deployments_length(bundle):
     problems = errors(bundle, public_url=long_url)
     assert problems and all("SMS too long" in p.message for p in problems)
     assert errors(bundle, public_url="http://127.0.0.1:8000") == []  # a short one counts as the sample's
+
+
+@pytest.mark.parametrize("language", ["de", "it", "ru", "en"])
+def test_R34_the_reason_reaches_the_customer_in_the_cancellation_and_rejection_on_every_channel(language):
+    """A cancellation or a rejected request says why, by email, SMS and WhatsApp; a reason as long
+    as the contract allows still leaves the SMS within two segments, and no reason leaves no
+    WhatsApp parameter empty (the provider refuses one)."""
+    from notifier.rendering.environment import Renderer
+    from notifier.rendering.samples import sample_context
+
+    renderer = Renderer(SHIPPED)
+    for kind in ("cancellation", "request_rejected"):
+        for reason, told in (("Praxis zu", True), ("Wasserschaden " * 35, False), ("", False)):
+            context = sample_context(language, "specialist")
+            context["booking"] = dict(context["booking"], cancel_reason=reason.strip(), cancelled_by="staff")
+            out = {channel: renderer.render(kind, channel, "specialist", (language,), context,
+                                            timezone="Europe/Berlin", locale=language)
+                   for channel in ("email", "sms", "whatsapp")}
+            where = f"{kind} {language} {reason[:14]!r}"
+            if told:
+                assert reason in out["email"].text and reason in out["email"].html, where
+                assert reason in out["sms"].text, where
+                assert reason in out["whatsapp"].params, where
+            assert sms_segments(out["sms"].text)[1] <= 2, (where, len(out["sms"].text))
+            assert all(p.strip() for p in out["whatsapp"].params), where
