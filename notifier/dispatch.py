@@ -54,6 +54,7 @@ from notifier.channels.base import (
     TemporaryFailure,
 )
 from notifier.domain.model import (
+    CARD_KINDS,
     Booking,
     BookingStatus,
     Channel,
@@ -81,7 +82,6 @@ from notifier.store.bulk import insert_rows
 from notifier.store.sql import MessageRow, Store, Tx, is_outage
 
 # emails that carry the appointment card (R22): new, confirmed, moved, cancelled
-CARD_KINDS = {Kind.INFO.value, Kind.REQUEST_ACCEPTED.value, Kind.CHANGE.value, Kind.CANCELLATION.value}
 RECORD_EVERY = 256  # outcomes per recording transaction, at most (a burst that came back at once)
 log = logging.getLogger("notifier.dispatch")
 
@@ -472,8 +472,9 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
         return _failed(message, now, f"template error: {exc.__class__.__name__}: {exc}")
     attachments: tuple[Attachment, ...] = ()
     if message.channel is Channel.EMAIL and message.kind in CARD_KINDS:  # R22: the card, new or updated
-        ics, method = calendar_card(booking, resource, tenant, zone=zone_of(tenant, resource),
-                                    title=rendered.subject or resource.name, stamp=_stamp(message))
+        ics, method = calendar_card(booking, resource, tenant, customer, zone=zone_of(tenant, resource),
+                                    organizer=sender_identity(tenant, Channel.EMAIL, settings)["sender"],
+                                    stamp=_stamp(message))
         attachments = (Attachment("termin.ics" if language == "de" else "appointment.ics",
                                   f"text/calendar; method={method}", ics),)
     outgoing = Outgoing(message_id=message.id, idempotency_key=f"{message.tenant_id}/{message.booking_id}/"

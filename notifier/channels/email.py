@@ -83,6 +83,12 @@ class SMTPChannel:
             maintype, _, rest = attachment.content_type.partition("/")
             subtype, *raw_params = [part.strip() for part in rest.split(";")]
             params = dict(p.split("=", 1) for p in raw_params if "=" in p)  # e.g. method=REQUEST for a card
+            if (maintype, subtype) == ("text", "calendar") and "method" in params:
+                # an invitation (iMIP, RFC 6047) as calendar invitations are mailed: the card as an
+                # alternative of the text, which Outlook and Gmail apply to the entry they hold,
+                # and as a file to open (application/ics, so that it is not applied twice)
+                mail.add_alternative(attachment.data.decode(), subtype="calendar", params=params)
+                maintype, subtype, params = "application", "ics", {}
             mail.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename,
                                 params=params)
         return mail

@@ -75,6 +75,10 @@ class Kind(StrEnum):
         return self in (Kind.LATE, Kind.FEEDBACK, Kind.CANCELLATION, Kind.REQUEST_REJECTED)
 
 
+# R22: the kinds whose email carries the appointment card (new, changed or cancelled)
+CARD_KINDS = frozenset({Kind.INFO, Kind.REQUEST_ACCEPTED, Kind.CHANGE, Kind.CANCELLATION})
+
+
 class MessageState(StrEnum):
     PLANNED = "planned"  # waiting for its due time
     QUEUED = "queued"  # claimed by a sweep, handed to a dispatch task (lease)

@@ -27,6 +27,7 @@ from typing import NamedTuple, Protocol
 from zoneinfo import ZoneInfo
 
 from notifier.domain.model import (
+    CARD_KINDS,
     INVALID_PHONE,
     RECEIVING_PHONE_TYPES,
     Booking,
@@ -371,7 +372,7 @@ def plan_booking(
     failed for good (for the fallback channel)."""
     plan = _Plan(booking, tenant, customer, zone_of(tenant, resource), settings, now, failed)
     if booking.status is BookingStatus.CANCELLED:
-        _plan_cancellation(plan, booking, settings)
+        _plan_cancellation(plan, booking, settings, sent)
     elif booking.needs_approval and booking.approved_at is None:
         _plan_request(plan, booking, settings)  # R23, R32: nothing else until it is accepted
     else:
@@ -394,7 +395,7 @@ def _plan_request(plan: _Plan, booking: Booking, s: NotificationSettings) -> Non
         plan.staff(Kind.STAFF_NEW_REQUEST, booking.created_at)
 
 
-def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings) -> None:
+def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings, sent: frozenset[str]) -> None:
     at = booking.cancelled_at or booking.scheduled_at
     by = booking.cancelled_by
     if by == "release":  # R18: the notice planned for this moment still goes out
@@ -405,6 +406,10 @@ def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings) -
     if by == "customer":
         if s.cancellation.inform_staff_on_customer_cancel and s.staff.cancelled:  # R14, R19
             plan.staff(Kind.STAFF_CANCELLED, at)
+        if s.cancellation.enabled and Channel.EMAIL in plan.reachable and _card_sent(sent):
+            # R22: the customer saw the page say it; the email's card (METHOD:CANCEL) takes the
+            # visit out of the calendar an earlier card put it in (no card goes by SMS)
+            plan.customer_message(Kind.CANCELLATION, (Channel.EMAIL,), at, policy="all")
         return
     if booking.needs_approval and booking.approved_at is None:
         # R23, R34: a request turned down, by a cancellation-kind status or by the staff cancelling
@@ -419,6 +424,13 @@ def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings) -
                                   policy=s.cancellation.channel_policy)
         else:
             plan.switched_off(Kind.CANCELLATION, s.cancellation.channels)
+
+
+def _card_sent(sent: frozenset[str]) -> bool:
+    """Whether a message that may have carried the appointment card went out: a card kind by email,
+    or in the customer's one slot (`channel_policy: first`, whose key does not say the channel)."""
+    return any(kind in CARD_KINDS and slot in (Channel.EMAIL, "customer")
+               for kind, slot, *_ in (key.split("/") + [""] for key in sent))
 
 
 def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: NotificationSettings, zone: ZoneInfo,

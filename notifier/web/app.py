@@ -29,7 +29,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ValidationError
 
 from notifier import views
-from notifier.domain.model import BookingStatus
+from notifier.dispatch import sender_identity
+from notifier.domain.model import BookingStatus, Channel
 from notifier.domain.planning import zone_of
 from notifier.rendering.calendar import calendar_card
 from notifier.services import (
@@ -46,7 +47,6 @@ from notifier.web.auth import api_router, caller_dependency, has_metrics_token
 from notifier.web.limits import BodyLimit, HeaderDefaults
 from notifier.web.pages import (
     brand_of,
-    card_title,
     page_language,
     page_response,
     render_appointment,
@@ -413,8 +413,9 @@ def create_app(ctx: Any) -> FastAPI:
         if booking is None or resource is None or tenant is None:
             return page(request, token, outcome)
         language = page_language(outcome.customer, tenant)
-        ics, _method = calendar_card(booking, resource, tenant, zone=zone_of(tenant, resource),
-                                     title=card_title(booking, resource, tenant), stamp=ctx.clock.now())
+        ics, _method = calendar_card(booking, resource, tenant, outcome.customer, zone=zone_of(tenant, resource),
+                                     organizer=sender_identity(tenant, Channel.EMAIL, settings)["sender"],
+                                     stamp=ctx.clock.now())
         name = "termin.ics" if language == "de" else "appointment.ics"
         return Response(ics, media_type="text/calendar; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store",

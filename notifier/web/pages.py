@@ -236,9 +236,3 @@ def security_headers(html: str, *, images: str = "'self' data:") -> dict[str, st
 
 def page_response(html: str, *, brand: Brand, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(html, status_code=status_code, headers=security_headers(html, images=brand.image_sources))
-
-
-def card_title(booking: Booking, resource: Resource, tenant: Tenant) -> str:
-    """The calendar entry's title: what and where, as a person names it."""
-    company = str(tenant.company.get("name") or tenant.name)
-    return ", ".join(part for part in (booking.service or resource.name, company) if part)

@@ -17,14 +17,15 @@ from fastapi.testclient import TestClient
 from icalendar import Calendar
 from sqlalchemy import func, select
 
-from notifier.dispatch import template_context
+from notifier.dispatch import sender_identity, template_context
+from notifier.domain.model import Channel
 from notifier.domain.planning import zone_of
 from notifier.links import ALPHABET, TOKEN_CHARS, BookingLinks
 from notifier.rendering.calendar import calendar_card
 from notifier.services import apply_events, load_tenants, publish_outbox, timeline_of
 from notifier.store import schema as t
 from notifier.web.app import create_app
-from notifier.web.pages import PAGE_BACKGROUND, accessible_accent, brand_of, card_title
+from notifier.web.pages import PAGE_BACKGROUND, accessible_accent, brand_of
 from tests.conftest import START, created, customer, event
 from tests.unit.test_services import run_due
 
@@ -220,7 +221,7 @@ def test_R14_cancelling_inside_the_window_frees_the_slot_and_tells_the_staff_the
     assert events["slot.released"]["reason"] == "cancelled_by_customer"
     with ctx.store.engine.connect() as conn:
         planned = conn.execute(select(t.messages.c.kind).where(t.messages.c.state == "planned")).scalars().all()
-    assert planned == ["staff_cancelled"]
+    assert planned == ["staff_cancelled"]  # no card went out: none to take back (R22)
     assert "slot.released" in [e["kind"] for e in timeline_of(ctx.store, TENANT, "b1")]
     before = snapshot(ctx)  # the confirm button cannot bring the booking back, the cancel does nothing more
     assert press(web, url, "confirm").status_code == 409 and snapshot(ctx) == before
@@ -387,12 +388,37 @@ def test_R22_the_download_is_the_emails_card_for_the_booking_as_it_is_now(ctx, w
     got = web.get(f"{url}/calendar.ics")
     assert got.status_code == 200 and got.headers["content-type"].startswith("text/calendar")
     assert got.headers["content-disposition"] == 'attachment; filename="termin.ics"'
-    tenant, resource, _customer, booking = _parts(ctx)
-    expected, _method = calendar_card(booking, resource, tenant, zone=zone_of(tenant, resource),
-                                      title=card_title(booking, resource, tenant), stamp=ctx.clock.now())
+    tenant, resource, customer_, booking = _parts(ctx)
+    expected, _method = calendar_card(booking, resource, tenant, customer_, zone=zone_of(tenant, resource),
+                                      organizer=sender_identity(tenant, Channel.EMAIL, ctx.settings)["sender"],
+                                      stamp=ctx.clock.now())
     assert got.content == expected
     [card] = Calendar.from_ical(got.content).walk("VEVENT")
     assert card["UID"] == f"booking-{TENANT}-b1@notifier" and card.decoded("DTSTART") == VISIT
+    assert str(card["ATTENDEE"]) == f"mailto:{customer_.email}" and str(card["ORGANIZER"]).startswith("mailto:")
+
+
+def test_R22_a_customer_cancelling_by_link_gets_the_card_that_removes_the_visit(ctx, email, web):
+    """The info email put the visit in the customer's calendar; cancelling on the page sends the
+    card that takes it out again: the same UID and organizer, a higher SEQUENCE, METHOD:CANCEL."""
+    ctx.clock.set(START + timedelta(hours=2))  # 09:00, after the quiet hours
+    run_due(ctx)  # the info email, with the card
+    [info] = email.sent
+    url = page_url(ctx)
+    assert press(web, url, "cancel").status_code == 303
+    run_due(ctx)
+    [info, cancellation] = email.sent
+    cards = []
+    for mail in (info, cancellation):
+        [attachment] = mail.attachments
+        [card] = Calendar.from_ical(attachment.data).walk("VEVENT")
+        cards.append((attachment.content_type, card))
+    (first_type, first), (then_type, then) = cards
+    assert first_type == "text/calendar; method=REQUEST" and then_type == "text/calendar; method=CANCEL"
+    assert then["UID"] == first["UID"] and int(then["SEQUENCE"]) > int(first["SEQUENCE"])
+    assert str(then["STATUS"]) == "CANCELLED" and then["ORGANIZER"] == first["ORGANIZER"]
+    assert str(then["ATTENDEE"]) == str(first["ATTENDEE"]) == f"mailto:{info.to}"
+    assert cancellation.to == info.to and "Kalender" in cancellation.text  # it says what the card is for
 
 
 # --- branding -----------------------------------------------------------------------------------------------

@@ -143,10 +143,19 @@ def cancelled(by: str, **kw) -> Booking:
                    cancelled_at=at(2026, 12, 2, 11), **kw)
 
 
-def test_R14_customer_cancels_the_staff_is_told_at_once():
-    planned = plan(cancelled("customer"), now=at(2026, 12, 2, 11))
-    assert [(m.kind, m.due_at, m.recipient) for m in planned] == [
-        (Kind.STAFF_CANCELLED, at(2026, 12, 2, 11), "staff")]
+def test_R14_R22_customer_cancels_the_staff_is_told_at_once_and_the_card_is_withdrawn_by_email():
+    """The page tells the customer; an email carries the card that takes the visit out of the
+    calendar an earlier card put it in (METHOD:CANCEL). Only by email: no other channel carries a
+    card; and only after a card went out."""
+    card = frozenset({"info/customer"})
+    planned = plan(cancelled("customer"), now=at(2026, 12, 2, 11), sent=card)
+    assert [(m.kind, m.channel, m.due_at, m.recipient) for m in planned] == [
+        (Kind.CANCELLATION, Channel.EMAIL, at(2026, 12, 2, 11), "customer"),
+        (Kind.STAFF_CANCELLED, Channel.STAFF, at(2026, 12, 2, 11), "staff")]
+    for sent, s in ((frozenset(), conf()), (frozenset({"info/sms"}), conf()),
+                    (card, conf(cancellation={"enabled": False}))):
+        assert [m.kind for m in plan(cancelled("customer"), s, now=at(2026, 12, 2, 11), sent=sent)] == [
+            Kind.STAFF_CANCELLED]
 
 
 @pytest.mark.parametrize("inform, expected", [(False, []), (True, [Kind.CANCELLATION])])
