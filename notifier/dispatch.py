@@ -392,6 +392,19 @@ def sender_identity(tenant: Tenant, channel: Channel, settings: Any) -> dict[str
     return {}
 
 
+def content_sid_of(tenant: Tenant, settings: Any, template: str | None, language: str | None) -> str:
+    """Twilio's Content SID of an approved WhatsApp template in a language: the tenant's own
+    (`sender.whatsapp_content`), else the settings' (`twilio_content`); "" when neither maps it
+    (the Twilio adapter then fails the message, naming the template)."""
+    if not template or not language:
+        return ""
+    for table in (tenant.sender.get("whatsapp_content") or {}, settings.twilio_content):
+        sid = (table.get(template) or {}).get(language)
+        if sid:
+            return str(sid)
+    return ""
+
+
 @lru_cache(maxsize=1024)
 def _one_address(value: str) -> str:
     from email_validator import EmailNotValidError, validate_email
@@ -481,6 +494,8 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
                         f"{message.key}", to=address, text=rendered.text, subject=rendered.subject,
                         html=rendered.html, attachments=attachments, template=rendered.provider_template,
                         template_language=rendered.provider_language, params=rendered.params,
+                        content_sid=content_sid_of(tenant, settings, rendered.provider_template,
+                                                   rendered.provider_language),
                         status_callback=f"{settings.public_url.rstrip('/')}/callbacks/twilio"
                         if message.channel in (Channel.SMS, Channel.WHATSAPP) else None,
                         **(sender_identity(tenant, message.channel, settings) if message.recipient == "customer"

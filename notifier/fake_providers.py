@@ -296,6 +296,8 @@ class FakeProviders:
                              "status": 400}
         if not (form.get("Body") or form.get("ContentSid")):
             return 400, {}, {"code": 21602, "message": "Message body is required.", "status": 400}
+        if "ContentSid" in form and not re.fullmatch(r"HX[0-9a-fA-F]{32}", form["ContentSid"]):
+            return 400, {}, {"code": 21655, "message": "The ContentSid is Invalid.", "status": 400}
         sid = "SM" + uuid.uuid4().hex
         moment = self.clock()
         self._record({"provider": "twilio", "sid": sid, "to": to, "day": moment.date().isoformat(),

@@ -193,6 +193,14 @@ class Settings:
         return tuple(t for t in (self.twilio_auth_token, *(a.password for a in self.sms_account_list)) if t)
 
     @property
+    def twilio_content(self) -> dict[str, dict[str, str]]:
+        """Twilio's WhatsApp templates (`[notifier.twilio_content]`): the approved template's name
+        -> its language code -> its Content SID; a tenant's `sender.whatsapp_content` wins."""
+        table = self.extra.get("twilio_content")
+        return {str(name): {str(lang): str(sid) for lang, sid in sids.items()}
+                for name, sids in table.items() if isinstance(sids, Mapping)} if isinstance(table, Mapping) else {}
+
+    @property
     def production(self) -> bool:
         return self.env == "production"
 
@@ -412,6 +420,7 @@ def _check(settings: Settings, env: Mapping[str, str], known: set[str]) -> None:
             problems.append("NOTIFIER_EVENTS_SHARED is off and no producers are bound: no event could be accepted")
     except ValueError as exc:
         problems.append(f"NOTIFIER_PRODUCERS: {exc}")
+    problems += content_sid_problems(settings.extra.get("twilio_content"), "twilio_content")
     unknown = _unknown_variables(env, known)
     if settings.production:
         problems += production_problems(settings) + unknown
@@ -422,6 +431,24 @@ def _check(settings: Settings, env: Mapping[str, str], known: set[str]) -> None:
                 log.warning("%s; ignored", problem)
     if problems:
         raise SettingsError(problems)
+
+
+def content_sid_problems(table: Any, where: str) -> list[str]:
+    """What is wrong with a table of Twilio Content SIDs: template name -> language -> HX + 32 hex digits."""
+    from notifier.channels.twilio import CONTENT_SID
+
+    if table is None:
+        return []
+    if not isinstance(table, Mapping):
+        return [f"{where}: expected a table of template names, each a table of language = \"HX...\""]
+    problems = []
+    for name, sids in table.items():
+        if not isinstance(sids, Mapping):
+            problems.append(f"{where}.{name}: expected a table of language = \"HX...\" (the template's Content SIDs)")
+            continue
+        problems += [f"{where}.{name}.{lang} = {sid!r}: expected a Content SID, HX and 32 hexadecimal digits"
+                     for lang, sid in sids.items() if not (isinstance(sid, str) and CONTENT_SID.fullmatch(sid))]
+    return problems
 
 
 def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:

@@ -42,6 +42,8 @@ class Outgoing:
     sender: str = ""
     reply_to: str = ""
     messaging_service: str = ""
+    # Twilio's WhatsApp: the Content SID (HX...) of `template` in `template_language` for the tenant
+    content_sid: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ MessagingServiceSid), Body or ContentSid + ContentVariables, StatusCallback.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from notifier.channels.base import CannotTell, Outgoing, SendResult
+from notifier.channels.base import CannotTell, Outgoing, PermanentFailure, SendResult
 from notifier.channels.http import HttpAdapter
 
 # Twilio error codes that will not go away by retrying (https status 400 with these codes)
@@ -22,10 +23,12 @@ PERMANENT_CODES = {
     21610: "the recipient unsubscribed (replied STOP)",
     21612: "the 'To' number cannot receive this message",
     21614: "'To' is not a mobile number",
+    21655: "the ContentSid is not a template of this account",
     63016: "outside the WhatsApp session window: a template is needed",
     20003: "authentication failed",
 }
 TEMPORARY_CODES = {20429, 30001}  # too many requests, queue overflow
+CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")  # a Content API template (twilio error 21655 otherwise)
 
 
 def _permanent(status: int, body: Any) -> str | None:
@@ -97,13 +100,11 @@ class TwilioSMSChannel(HttpAdapter):
 
 
 class TwilioWhatsAppChannel(TwilioSMSChannel):
-    """WhatsApp through Twilio: the approved template is a Content SID with numbered variables."""
+    """WhatsApp through Twilio: an approved template is a Content SID (HX...) with numbered
+    variables. Dispatch looks the SID up for the tenant and the template's language
+    (`dispatch.content_sid_of`); a template without one is refused here, never sent by name."""
 
     name = "whatsapp"
-
-    def __init__(self, *, content_sids: dict[str, str] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.content_sids = content_sids or {}  # provider template name -> Twilio Content SID
 
     def form(self, message: Outgoing) -> dict[str, str]:
         form = super().form(message)
@@ -111,7 +112,12 @@ class TwilioWhatsAppChannel(TwilioSMSChannel):
         if "From" in form:
             form["From"] = f"whatsapp:{self.sender}"
         if message.template:
+            if not CONTENT_SID.fullmatch(message.content_sid):
+                raise PermanentFailure(f"twilio: WhatsApp template {message.template} "
+                                       f"({message.template_language or '?'}) has no Content SID: map it under "
+                                       f"[notifier.twilio_content] or the tenant's sender.whatsapp_content",
+                                       code="content_sid")
             form.pop("Body")
-            form["ContentSid"] = self.content_sids.get(message.template, message.template)
+            form["ContentSid"] = message.content_sid
             form["ContentVariables"] = json.dumps({str(i + 1): p for i, p in enumerate(message.params)})
         return form

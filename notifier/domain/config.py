@@ -73,6 +73,11 @@ class SenderConfig(_Config):
     reply_to: Annotated[str, Field(max_length=320), AfterValidator(_mailbox)] | None = None
     sms_from: Annotated[str, AfterValidator(_sms_sender)] | None = None
     sms_messaging_service: Annotated[str, Field(pattern=r"^MG[0-9a-f]{32}$")] | None = None
+    # Twilio's WhatsApp: the tenant's approved templates, name -> language code -> Content SID
+    # (over the settings' `[notifier.twilio_content]`)
+    whatsapp_content: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]{1,512}$")],
+                           dict[Annotated[str, Field(pattern=r"^[A-Za-z_]{2,8}$")],
+                                Annotated[str, Field(pattern=r"^HX[0-9a-fA-F]{32}$")]]] | None = None
 
     @model_validator(mode="after")
     def _one_sms_sender(self) -> SenderConfig:

@@ -113,8 +113,9 @@ class Tenant:
     revision: int = 0
     webhook_url: str | None = None  # staff notices and activities; from the operator's tenant file only
     message_events: bool = False  # message.sent / delivered / read / failed / withdrawn on the outbound queue
-    # its own mail_from, reply_to, sms_from or sms_messaging_service (else the settings'); tenant file only
-    sender: Mapping[str, str] = field(default_factory=dict)
+    # its own mail_from, reply_to, sms_from or sms_messaging_service (else the settings'), and its
+    # Twilio WhatsApp Content SIDs (whatsapp_content: template -> language -> SID); tenant file only
+    sender: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -226,59 +226,79 @@ def _check_manifest(root: Path, renderer: Renderer, languages: tuple[str, ...],
         return [Problem("bundle.yaml", 1, f"must be a mapping (name:, whatsapp:), not {type(manifest).__name__}")]
     if not isinstance(manifest.get("whatsapp") or {}, dict):
         return [Problem("bundle.yaml", 1, "'whatsapp' must map message kinds to their approved templates")]
-    entries = _whatsapp_entry_lines(text)
+    lines = _whatsapp_entry_lines(text)
+    own = manifest.get("whatsapp_for") or {}
+    if not isinstance(own, dict):
+        return [Problem("bundle.yaml", lines.get("whatsapp_for"), "'whatsapp_for' must map resource types "
+                                                                  "(or resources/<id>) to their own templates")]
+    sections = [("", manifest.get("whatsapp") or {})]
+    problems = []
+    for folder, entries in own.items():
+        folder = str(folder)
+        if folder not in RESOURCE_TYPES and not (folder.startswith("resources/") and folder.count("/") == 1):
+            problems.append(Problem("bundle.yaml", lines.get(folder), f"whatsapp_for: '{folder}' is neither a "
+                                    f"resource type ({', '.join(RESOURCE_TYPES)}) nor resources/<id>"))
+        elif not isinstance(entries, dict):
+            problems.append(Problem("bundle.yaml", lines.get(folder), f"whatsapp_for: '{folder}' must map message "
+                                                                      f"kinds to their approved templates"))
+        else:
+            sections.append((folder, entries))
+    for folder, entries in sections:
+        for kind, entry in entries.items():
+            problems += _check_whatsapp_entry(renderer, str(kind), entry, lines.get(f"{folder}/{kind}".lstrip("/")),
+                                              languages, company_needs)
+    return problems
 
-    def line_of(kind: str) -> int | None:
-        return entries.get(kind)
 
+def _check_whatsapp_entry(renderer: Renderer, kind: str, entry: Any, line: int | None, languages: tuple[str, ...],
+                          company_needs: dict[str, set[tuple[str, int]]]) -> list[Problem]:
+    """One approved template of bundle.yaml: a known kind, a name, its languages, its parameters."""
     problems = []
     customer_kinds = {k.value for k in Kind if not k.to_staff}
-    for kind, entry in (manifest.get("whatsapp") or {}).items():
-        line = line_of(kind)
-        if kind not in customer_kinds:
-            problems.append(Problem("bundle.yaml", line, f"WhatsApp entry for unknown customer kind '{kind}'"))
+    if kind not in customer_kinds:
+        problems.append(Problem("bundle.yaml", line, f"WhatsApp entry for unknown customer kind '{kind}'"))
+        return problems
+    if not isinstance(entry, dict) or not entry.get("template"):
+        problems.append(Problem("bundle.yaml", line, f"WhatsApp entry '{kind}' names no approved template"))
+        return problems
+    params = entry.get("params") or []
+    approved = entry.get("param_count")
+    if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+        problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
+                                                     f"'params' must be a list of expressions"))
+        return problems
+    if not isinstance(entry.get("languages") or {}, dict):
+        problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
+                                                     f"'languages' must map our languages to the provider's"))
+        return problems
+    if not isinstance(approved, int) or isinstance(approved, bool):
+        problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
+                                                     f"'param_count' must be a whole number, not {approved!r}"))
+    elif approved != len(params):
+        problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}) was "
+                                                     f"approved with {approved} parameters, the bundle gives "
+                                                     f"{len(params)}"))
+    for expression in params:
+        try:
+            tree = renderer.env.parse("{{ " + str(expression) + " }}")
+        except TemplateSyntaxError as exc:
+            problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': {exc.message}"))
             continue
-        if not isinstance(entry, dict) or not entry.get("template"):
-            problems.append(Problem("bundle.yaml", line, f"WhatsApp entry '{kind}' names no approved template"))
-            continue
-        params = entry.get("params") or []
-        approved = entry.get("param_count")
-        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
-                                                         f"'params' must be a list of expressions"))
-            continue
-        if not isinstance(entry.get("languages") or {}, dict):
-            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
-                                                         f"'languages' must map our languages to the provider's"))
-            continue
-        if not isinstance(approved, int) or isinstance(approved, bool):
-            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
-                                                         f"'param_count' must be a whole number, not {approved!r}"))
-        elif approved != len(params):
-            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}) was "
-                                                         f"approved with {approved} parameters, the bundle gives "
-                                                         f"{len(params)}"))
-        for expression in params:
-            try:
-                tree = renderer.env.parse("{{ " + str(expression) + " }}")
-            except TemplateSyntaxError as exc:
-                problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': {exc.message}"))
-                continue
-            problems.extend(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': {message}")
-                            for _, message in sandbox_problems(tree))
-            for var, attr, _ in _attribute_uses(tree):
-                if var not in CONTEXT:
-                    problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': unknown "
-                                                                 f"variable '{var}'"))
-                elif var == "company" and attr:
-                    company_needs.setdefault("bundle.yaml", set()).add((attr, line))
-                elif attr and CONTEXT[var] and attr not in CONTEXT[var]:
-                    problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': unknown "
-                                                                 f"variable '{var}.{attr}'"))
-        missing = [lang for lang in languages if lang not in (entry.get("languages") or {})]
-        if missing:
-            problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} has no "
-                                                         f"language {', '.join(missing)}"))
+        problems.extend(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': {message}")
+                        for _, message in sandbox_problems(tree))
+        for var, attr, _ in _attribute_uses(tree):
+            if var not in CONTEXT:
+                problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': unknown "
+                                                             f"variable '{var}'"))
+            elif var == "company" and attr:
+                company_needs.setdefault("bundle.yaml", set()).add((attr, line))
+            elif attr and CONTEXT[var] and attr not in CONTEXT[var]:
+                problems.append(Problem("bundle.yaml", line, f"WhatsApp parameter '{expression}': unknown "
+                                                             f"variable '{var}.{attr}'"))
+    missing = [lang for lang in languages if lang not in (entry.get("languages") or {})]
+    if missing:
+        problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} has no "
+                                                     f"language {', '.join(missing)}"))
     return problems
 
 
@@ -337,14 +357,23 @@ def _check_renders(renderer: Renderer, name: str, path: Path, channel: str, link
 
 
 def _whatsapp_entry_lines(text: str) -> dict[str, int]:
-    """The line of each key under `whatsapp:` in bundle.yaml, from YAML's own node marks."""
+    """The line of each entry of bundle.yaml's WhatsApp templates, from YAML's own node marks:
+    `info` under `whatsapp:`; `equipment` and `equipment/info` under `whatsapp_for:`; and
+    `whatsapp_for` itself."""
     import yaml
 
     root = yaml.compose(text)
+    lines: dict[str, int] = {}
     for key, value in getattr(root, "value", []) if isinstance(root, yaml.MappingNode) else []:
         if key.value == "whatsapp" and isinstance(value, yaml.MappingNode):
-            return {str(k.value): k.start_mark.line + 1 for k, _ in value.value}
-    return {}
+            lines.update({str(k.value): k.start_mark.line + 1 for k, _ in value.value})
+        elif key.value == "whatsapp_for":
+            lines["whatsapp_for"] = key.start_mark.line + 1
+            for folder, entries in value.value if isinstance(value, yaml.MappingNode) else []:
+                lines[str(folder.value)] = folder.start_mark.line + 1
+                for k, _ in entries.value if isinstance(entries, yaml.MappingNode) else []:
+                    lines[f"{folder.value}/{k.value}"] = k.start_mark.line + 1
+    return lines
 
 
 def _template_line(exc: BaseException, path: Path) -> int | None:

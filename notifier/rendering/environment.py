@@ -92,7 +92,8 @@ class Renderer:
     Lookup order per language: `resources/<resource_id>/` (a resource's own wording, R41),
     `<resource_type>/` (specialist or equipment), `default/`. WhatsApp messages name a
     pre-approved provider template and its parameters (R44), declared in the bundle's
-    manifest (`bundle.yaml`). Compiled templates are cached by the Jinja environment.
+    manifest (`bundle.yaml`), found in the same order (`whatsapp_entry`). Compiled templates
+    are cached by the Jinja environment.
     """
 
     def __init__(self, root: Path | str | None = None, *, files: Mapping[str, str] | None = None,
@@ -140,7 +141,7 @@ class Renderer:
                ) -> Rendered:
         values = dict(context, _tz=timezone, _locale=locale)
         if channel == "whatsapp":
-            return self._whatsapp(kind, languages, values)
+            return self._whatsapp(kind, languages, values, resource_type, resource_id)
         name = self.path_for(kind, channel, resource_type, languages, resource_id)
         try:
             template = self.env.get_template(name)
@@ -155,10 +156,20 @@ class Renderer:
             raise TemplateMissing(f"{name} has no 'text' block")
         return Rendered(subject=parts["subject"], text=parts["text"], html=parts["html"], template=name)
 
-    def _whatsapp(self, kind: str, languages: tuple[str, ...], values: dict[str, Any]) -> Rendered:
-        entry = (self.manifest.get("whatsapp") or {}).get(kind)
-        if not entry:
-            raise TemplateMissing(f"no WhatsApp template declared for {kind} in bundle.yaml")
+    def whatsapp_entry(self, kind: str, resource_type: str, resource_id: str | None = None) -> Mapping[str, Any]:
+        """The approved template a kind is sent with (R41, R44), looked up as the files are: the
+        resource's own (`whatsapp_for: resources/<id>:`), its type's (`whatsapp_for: equipment:`),
+        then `whatsapp:`."""
+        own = self.manifest.get("whatsapp_for") or {}
+        folders = ([f"resources/{resource_id}"] if resource_id else []) + [resource_type]
+        for entries in [own.get(folder) or {} for folder in folders] + [self.manifest.get("whatsapp") or {}]:
+            if entries.get(kind):
+                return entries[kind]
+        raise TemplateMissing(f"no WhatsApp template declared for {kind} ({resource_type}) in bundle.yaml")
+
+    def _whatsapp(self, kind: str, languages: tuple[str, ...], values: dict[str, Any], resource_type: str,
+                  resource_id: str | None) -> Rendered:
+        entry = self.whatsapp_entry(kind, resource_type, resource_id)
         codes = entry.get("languages") or {}
         language = next((lang for lang in languages if lang in codes), None)
         if language is None:

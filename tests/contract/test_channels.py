@@ -32,6 +32,9 @@ class Rig:
     retry_after: bool = True  # whether the protocol can say when to come back
 
 
+REMINDER_SID = "HX" + "0123456789abcdef" * 2  # Twilio's Content SID of booking_reminder_v1 in German
+
+
 def outgoing(to: str, **kw) -> Outgoing:
     return Outgoing(message_id=1, idempotency_key="t/b1/reminder/customer/20261203T1400Z", to=to,
                     text="Erinnerung: morgen 15:00 bei Anna", subject="Erinnerung", **kw)
@@ -81,10 +84,9 @@ def rig(request) -> Iterator[Rig]:
             adapter: ChannelAdapter = TwilioSMSChannel(sender="+4930123456", **common)
             good = outgoing("+4915123456789")
         elif kind == "twilio-whatsapp":
-            adapter = TwilioWhatsAppChannel(sender="+4930123456", content_sids={"booking_reminder_v1": "HX123"},
-                                            **common)
+            adapter = TwilioWhatsAppChannel(sender="+4930123456", **common)
             good = outgoing("+4915123456789", template="booking_reminder_v1", template_language="de",
-                            params=("Erika", "03.12.2026", "15:00", "Anna"))
+                            params=("Erika", "03.12.2026", "15:00", "Anna"), content_sid=REMINDER_SID)
         else:
             adapter = MetaWhatsAppChannel(token=providers.meta_token, phone_number_id="1055",
                                           api_url=providers.url)
@@ -148,3 +150,22 @@ def test_N2_an_adapter_that_can_find_a_sent_message_finds_exactly_that_one(rig):
                                                                             first.provider_message_id]
     assert find(replace(rig.good, text="another text"), since=since) == []
     assert find(replace(rig.good, to="+4915199999999"), since=since) == []
+
+
+def test_R44_twilio_whatsapp_sends_the_templates_content_sid_never_its_name():
+    """Twilio knows an approved template by its Content SID; a template that has none for the
+    tenant and language fails for good, with the template named, and nothing is sent."""
+    with FakeProviders() as providers:
+        adapter = TwilioWhatsAppChannel(sender="+4930123456", account_sid=providers.account_sid,
+                                        auth_token=providers.auth_token, api_url=providers.url)
+        message = outgoing("+4915123456789", template="booking_reminder_v1", template_language="de",
+                           params=("Erika", "03.12.2026"), content_sid=REMINDER_SID)
+        adapter.send(message)
+        [sent] = providers.received
+        assert sent["content_sid"] == REMINDER_SID and sent["variables"] == {"1": "Erika", "2": "03.12.2026"}
+        assert sent["body"] is None and sent["to"] == "whatsapp:+4915123456789"
+        with pytest.raises(PermanentFailure, match="booking_reminder_v1 \\(de\\) has no Content SID"):
+            adapter.send(replace(message, content_sid=""))
+        with pytest.raises(PermanentFailure, match="has no Content SID"):
+            adapter.send(replace(message, content_sid="booking_reminder_v1"))
+        assert len(providers.received) == 1

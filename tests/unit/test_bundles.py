@@ -283,3 +283,37 @@ def test_R34_the_reason_reaches_the_customer_in_the_cancellation_and_rejection_o
                 assert reason in out["whatsapp"].params, where
             assert sms_segments(out["sms"].text)[1] <= 2, (where, len(out["sms"].text))
             assert all(p.strip() for p in out["whatsapp"].params), where
+
+
+def test_R41_whatsapp_templates_resolve_per_resource_type_then_resource_like_the_files(bundle):
+    from datetime import UTC, datetime
+
+    from notifier.rendering.environment import Renderer
+
+    manifest = bundle / "bundle.yaml"
+    manifest.write_text(manifest.read_text() + (
+        "  resources/sauna:\n    info: {template: sauna_info_v1, languages: {de: de, it: it, ru: ru, en: en},"
+        " param_count: 1, params: [links.page]}\n"))
+    context = {"customer": {"first_name": "Erika"}, "company": {"name": "Salon", "phone": "+49 30 1"},
+               "links": {"page": LINK},
+               "booking": {"starts_at": datetime(2026, 12, 3, 14, tzinfo=UTC),
+                           "ends_at": datetime(2026, 12, 3, 16, tzinfo=UTC)}, "resource": {"name": "Sauna 2"}}
+    renderer = Renderer(bundle)
+
+    def template(resource_type, resource_id=None, kind="info"):
+        return renderer.render(kind, "whatsapp", resource_type, ("de",), context, timezone="Europe/Berlin",
+                               locale="de", resource_id=resource_id).provider_template
+
+    assert template("specialist") == "booking_info_v2"
+    assert template("equipment") == "booking_info_room_v1"  # reserved from one time to another
+    assert template("equipment", "sauna") == "sauna_info_v1"  # the resource's own
+    assert template("equipment", "sauna", kind="late") == "booking_late_v2"  # a kind it has not: the bundle's
+    assert errors(bundle) == []
+
+    text = manifest.read_text().replace("      param_count: 7\n", "      param_count: 6\n", 1)
+    manifest.write_text(text.replace("  resources/sauna:", "  rooms:"))
+    lines = manifest.read_text().splitlines()
+    problems = {p.line: p.message for p in errors(bundle)}
+    info_line = 1 + lines.index("  equipment:") + 1
+    assert "booking_info_room_v1 (info) was approved with 6 parameters, the bundle gives 7" in problems[info_line]
+    assert "'rooms' is neither a resource type" in problems[1 + lines.index("  rooms:")]
