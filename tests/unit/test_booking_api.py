@@ -14,12 +14,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from notifier.access import create_key
+from notifier.channels.fake import FakeChannel
 from notifier.cli import main
-from notifier.services import apply_events, load_tenants, timeline_of
+from notifier.domain.model import Channel
+from notifier.services import apply_events, load_tenants, replan_booking, sweep_states, timeline_of
 from notifier.web.app import create_app
 from tests.conftest import START, customer, event, settings_env
+from tests.unit.test_services import run_due
 
 TENANT = "praxis-test"
 RESOURCE = {"id": "dr-weiss", "name": "Dr. Weiss", "type": "specialist"}
@@ -65,63 +69,95 @@ def email_only(ctx):
     assert apply_events(ctx.store, [json.dumps(body)], now=START, source="test").applied == 1
 
 
-# each reason: how to make it happen, and what the one entry with it must say
+# each reason: the requirement it keeps, how to make it happen, and the kinds its one entry concerns
 SCENARIOS = {
-    "inside_lead_time": (lambda ctx: book(ctx, at=START + timedelta(hours=2), starts=START + timedelta(hours=2,
-                                                                                                    minutes=30)),
+    "inside_lead_time": ("R11", lambda ctx: book(ctx, at=START + timedelta(hours=2),
+                                                 starts=START + timedelta(hours=2, minutes=30)),
                          {"confirmation", "reminder", "activity_unconfirmed"}),
-    "quiet_hours_after_visit": (lambda ctx: book(ctx, at=START + timedelta(hours=15),  # 22:00, for 07:30
-                                                 starts=START + timedelta(days=1, minutes=30)), {"info"}),
-    "visit_started": (lambda ctx: book(ctx, at=VISIT + timedelta(minutes=20)),
+    "quiet_hours_after_visit": ("R10", lambda ctx: book(ctx, at=START + timedelta(hours=15),  # 22:00, for 07:30
+                                                        starts=START + timedelta(days=1, minutes=30)), {"info"}),
+    "visit_started": ("R10", lambda ctx: book(ctx, at=VISIT + timedelta(minutes=20)),
                       {"info", "confirmation", "reminder", "activity_unconfirmed"}),
-    "privacy_not_accepted": (lambda ctx: book(ctx, created_via_online_booking=True, privacy_accepted=False),
+    "privacy_not_accepted": ("R4", lambda ctx: book(ctx, created_via_online_booking=True, privacy_accepted=False),
                              {"reminder"}),
-    "no_show": (lambda ctx: (book(ctx), later(ctx, "booking.visit_marked", {"outcome": "no_show"}, revision=2,
-                                              at=VISIT + timedelta(minutes=40))), {"feedback"}),
-    "switched_off_for_resource": (lambda ctx: book(ctx, resource={"id": "room-2", "name": "Raum 2",
-                                                                  "type": "equipment"}), {"feedback"}),
-    "channel_switched_off": (lambda ctx: (email_only(ctx), book(ctx, phone=MOBILE, consents={"sms": True, "email": True}),
-                                          later(ctx, "booking.rescheduled", {
-                                              "starts_at": (VISIT + timedelta(days=1)).isoformat(),
-                                              "ends_at": (VISIT + timedelta(days=1, hours=1)).isoformat()},
-                                              revision=2, at=START + timedelta(hours=1))),
+    "no_show": ("R25", lambda ctx: (book(ctx), later(ctx, "booking.visit_marked", {"outcome": "no_show"}, revision=2,
+                                                     at=VISIT + timedelta(minutes=40))), {"feedback"}),
+    # a kind switched off: for the resource (the tenant's own switch leaves nothing to say, R24)
+    "switched_off_for_resource": ("R24", lambda ctx: book(ctx, resource={"id": "room-2", "name": "Raum 2",
+                                                                         "type": "equipment"}), {"feedback"}),
+    "channel_switched_off": ("R2", lambda ctx: (email_only(ctx),
+                                                book(ctx, phone=MOBILE, consents={"sms": True, "email": True}),
+                                                later(ctx, "booking.rescheduled", {
+                                                    "starts_at": (VISIT + timedelta(days=1)).isoformat(),
+                                                    "ends_at": (VISIT + timedelta(days=1, hours=1)).isoformat()},
+                                                    revision=2, at=START + timedelta(hours=1))),
                              {"change"}),  # change notices by SMS only
-    "no_consent": (lambda ctx: book(ctx, consents={}), {"info", "confirmation", "reminder", "feedback"}),
-    "channel_unavailable_in_region": (lambda ctx: book(ctx, phone=MOBILE, consents={"whatsapp": True, "email": True},
-                                                       regions={"whatsapp": ["DE"]}),
+    "no_consent": ("R3", lambda ctx: book(ctx, consents={}), {"info", "confirmation", "reminder", "feedback"}),
+    "channel_unavailable_in_region": ("R6", lambda ctx: book(ctx, phone=MOBILE,
+                                                             consents={"whatsapp": True, "email": True},
+                                                             regions=WHATSAPP_NOT_IN_DE),
                                       {"info", "confirmation", "reminder"}),
-    "no_address": (lambda ctx: book(ctx, email=None), {"info", "confirmation", "reminder", "feedback"}),
-    "invalid_number": (lambda ctx: book(ctx, phone="12", consents={"sms": True, "email": True}),
+    "no_address": ("R1", lambda ctx: book(ctx, email=None), {"info", "confirmation", "reminder", "feedback"}),
+    "invalid_number": ("R5", lambda ctx: book(ctx, phone="12", consents={"sms": True, "email": True}),
                        {"info", "confirmation", "reminder"}),
-    "number_cannot_receive": (lambda ctx: book(ctx, phone="030 1234567", consents={"sms": True, "email": True}),
+    "number_cannot_receive": ("R5", lambda ctx: book(ctx, phone="030 1234567", consents={"sms": True, "email": True}),
                               {"info", "confirmation", "reminder"}),
-    "no_reachable_channel": (lambda ctx: book(ctx, email=None, phone="030 1234567",
-                                              consents={"sms": True, "email": True}),
+    "no_reachable_channel": ("R1", lambda ctx: book(ctx, email=None, phone="030 1234567",
+                                                    consents={"sms": True, "email": True}),
                              {"info", "confirmation", "reminder"}),  # feedback goes by email only: no_address
 }
+WHATSAPP_NOT_IN_DE = {"whatsapp": ["DE"]}
 
 
-@pytest.mark.parametrize("reason", sorted(SCENARIOS))
-def test_each_not_planned_reason_is_on_the_timeline_and_in_the_booking_once(api, reason):
+def counted(reason: str, kind: str) -> float:
+    return REGISTRY.get_sample_value("notifier_not_planned_total", {"reason": reason, "kind": kind}) or 0.0
+
+
+@pytest.mark.parametrize("reason", [pytest.param(reason, id=f"{req}-{reason}")
+                                    for reason, (req, _, _) in sorted(SCENARIOS.items())])
+def test_N1_N3_each_not_planned_reason_is_said_once_on_the_timeline_in_the_booking_and_the_metric(api, reason):
+    """Made to happen through events: one timeline entry with the reason, the same in the booking
+    endpoint, each kind counted once; planning the same state again (a replan, a state sweep)
+    writes nothing more and counts nothing more."""
     ctx, client = api
-    make, kinds = SCENARIOS[reason]
+    _, make, kinds = SCENARIOS[reason]
+    before = {kind: counted(reason, kind) for kind in kinds}
     make(ctx)
-    on_timeline = [e["detail"] for e in timeline_of(ctx.store, TENANT, "b1")
-                   if e["kind"] == "message.not_planned" and e["detail"]["reason"] == reason]
-    assert len(on_timeline) == 1, [(e["kind"], e["detail"]) for e in timeline_of(ctx.store, TENANT, "b1")]
+
+    def entries():
+        timeline = timeline_of(ctx.store, TENANT, "b1")
+        said = [e for e in timeline if e["kind"] == "message.not_planned"]
+        return timeline, said, [e["detail"] for e in said if e["detail"]["reason"] == reason]
+
+    timeline, said, on_timeline = entries()
+    assert len(on_timeline) == 1, [(e["kind"], e["detail"]) for e in timeline]
     answer = client.get(f"/api/tenants/{TENANT}/bookings/b1")
     assert answer.status_code == 200
     in_booking = [n for n in answer.json()["not_planned"] if n["reason"] == reason]
     assert len(in_booking) == 1
     assert set(on_timeline[0]["kinds"]) == set(in_booking[0]["kinds"]) == kinds
     assert in_booking[0]["since"] is not None
+    assert {kind: counted(reason, kind) - before[kind] for kind in kinds} == dict.fromkeys(kinds, 1)
+
+    # the same state planned again, at the time of the last event
+    last = max(e["at"] for e in timeline)
+    regions = WHATSAPP_NOT_IN_DE if reason == "channel_unavailable_in_region" else None
+    replan_booking(ctx.store, TENANT, "b1", now=last, regions=regions)
+    sweep_states(ctx.store, now=last, regions=regions)
+    _, said_again, on_timeline_again = entries()
+    assert len(said_again) == len(said) and len(on_timeline_again) == 1
+    assert [n for n in client.get(f"/api/tenants/{TENANT}/bookings/b1").json()["not_planned"]
+            if n["reason"] == reason] == in_booking
+    assert {kind: counted(reason, kind) - before[kind] for kind in kinds} == dict.fromkeys(kinds, 1)
 
 
-def test_R5_a_landline_gets_no_sms_and_email_goes_where_consented(api):
+def test_R5_a_landline_gets_no_sms_and_email_goes_where_consented(api, email):
     """The two cases of the issue: an Italian tenant's customer writing a German mobile without
     its prefix (an Italian landline), a German tenant's customer writing an Italian mobile
-    without its prefix (a German landline)."""
+    without its prefix (a German landline). Both consented to SMS and email: the reason is on the
+    timeline and in the booking, and once the messages are due only email goes out."""
     ctx, client = api
+    sms = ctx.channels[Channel.SMS] = FakeChannel("sms")
     rome = event("tenant.settings_updated", {"channels": ["email", "sms"], "home_region": "IT",
                                              "timezone": "Europe/Rome"}, tenant=TENANT, revision=1)
     book(ctx, booking_id="de", phone="347 1234567", consents={"sms": True, "email": True})
@@ -133,9 +169,17 @@ def test_R5_a_landline_gets_no_sms_and_email_goes_where_consented(api):
         assert customer_messages and {m["channel"] for m in customer_messages} == {"email"}, booking_id
         [reason] = state["not_planned"]
         assert reason["reason"] == "number_cannot_receive" and reason["channels"] == ["sms"]
+        [said] = [e["detail"] for e in timeline_of(ctx.store, TENANT, booking_id) if e["kind"] == "message.not_planned"]
+        assert said["reason"] == "number_cannot_receive" and said["channels"] == ["sms"]
+        assert {"info", "confirmation", "reminder"} <= set(said["kinds"])
     with ctx.store.transaction() as tx:
         assert tx.customer(TENANT, "c1").phone == "+493471234567"  # stored as E.164 all the same (R5)
         assert tx.customer(TENANT, "c2").phone == "+3901512345678"
+    ctx.clock.set(VISIT + timedelta(hours=3))  # every message before and after the visit is due
+    run_due(ctx)
+    assert sms.sent == []
+    to_customer = [m for m in email.sent if m.to == "kunde@example.org"]
+    assert {m.idempotency_key.split("/")[1] for m in to_customer} == {"de", "it"}
 
 
 def test_R35_the_history_of_a_workflow_booking_lists_its_statuses_newest_first(api):
