@@ -132,20 +132,33 @@ def test_R44_a_whatsapp_parameter_is_checked_too(small):
     assert any("'.__class__'" in p.message and "sandbox" in p.message for p in found)
 
 
-def test_N6_templates_validate_exits_1_naming_file_and_line(bundle):
-    line = hide(bundle, "cycler.__init__.__globals__.os")
+# what `templates validate` and `templates load` must refuse, hidden in a branch no sample takes, and
+# the start of what the error says
+REFUSED = {
+    "issue": ("''.__class__.__mro__[1].__subclasses__()", "'.__class__'"),  # the payload of issue 19
+    "globals": ("cycler.__init__.__globals__.os", "'.__init__'"),
+    "filter": ("''|attr('__class__')", "|attr('__class__')"),
+    "unknown-name": ("settings.link_secret", "unknown variable 'settings'"),  # outside the documented context
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_N6_R42_templates_validate_exits_1_naming_file_and_line(bundle, case):
+    payload, said = REFUSED[case]
+    line = hide(bundle, payload)
     result = CliRunner().invoke(main, ["templates", "validate", str(bundle)])
-    assert result.exit_code == 1
-    assert f"{TARGET}:{line}: error: '.__init__'" in result.output
+    assert result.exit_code == 1, result.output
+    assert f"{TARGET}:{line}: error: " in result.output and said in result.output, result.output
 
 
-def test_N6_templates_load_loads_nothing_when_a_branch_hides_a_payload(ctx, bundle):
+@pytest.mark.parametrize("case", ["issue", "filter", "unknown-name"])
+def test_N6_R42_templates_load_loads_nothing_when_a_branch_hides_a_payload(ctx, bundle, case):
     env = settings_env(ctx.settings)
     good = CliRunner().invoke(main, ["templates", "load", str(SHIPPED), "--tenant", "salon-berlin"], env=env)
     assert good.exit_code == 0, good.output
     with ctx.store.transaction() as tx:
         active = tx.active_bundle_version("salon-berlin")
-    line = hide(bundle, "''|attr('__class__')")
+    line = hide(bundle, REFUSED[case][0])
     refused = CliRunner().invoke(main, ["templates", "load", str(bundle), "--tenant", "salon-berlin"], env=env)
     assert refused.exit_code == 1
     assert f"{TARGET}:{line}: error:" in refused.output and "nothing loaded" in refused.output
