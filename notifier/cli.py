@@ -33,6 +33,32 @@ def _ctx(*, initialised: bool = True):
     return ctx
 
 
+def _require_database() -> None:
+    """What `_ctx` refuses, checked before a long-running process (worker, beat) starts: without
+    it, one started on a database `notifier init` has not set up says it is ready and fails on
+    its first sweep or task. A database that cannot be reached now is an outage, not a mistake:
+    the process starts all the same and waits for it, as it would once running. Builds nothing
+    else (prometheus_client must not be imported before a worker's metrics are prepared)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    from notifier.store.migrate import require_file, require_schema
+    from notifier.store.sql import make_engine
+
+    url = load_settings().database_url
+    require_file(url)
+    engine = make_engine(url)
+    try:
+        try:
+            engine.connect().close()
+        except (OperationalError, InterfaceError) as exc:
+            click.echo(f"notifier: the database {shown_url(url)} cannot be reached now ({first_line(exc)}); "
+                       "starting all the same, the sweeps and tasks wait for it", err=True)
+            return
+        require_schema(engine)
+    finally:
+        engine.dispose()
+
+
 class _Commands(click.Group):
     """What a user can get wrong with the database ends in one line naming the cause and what to
     do, with exit status 1, never in a traceback (settings: `main` below, exit status 2)."""
@@ -258,6 +284,7 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None, hostna
     if unknown or not wanted:
         raise click.BadParameter(f"unknown queue{'s' if len(unknown) > 1 else ''} {', '.join(unknown) or '(none)'}: "
                                  f"the queues are {', '.join(ALL_QUEUES)}", param_hint="'-Q' / '--queues'")
+    _require_database()
     if metrics_port is not None:  # before prometheus_client is imported: the pool's children share a folder
         from notifier.observability import metrics
 
@@ -287,6 +314,7 @@ def worker(queues: str | None, concurrency: int | None, pool: str | None, hostna
 def beat(metrics_port: int | None, metrics_host: str) -> None:
     """Run Celery beat: the due and state sweeps every sweep_interval_s, housekeeping every
     housekeeping_interval_s. One is enough; a second (by mistake, or for availability) is harmless."""
+    _require_database()
     if metrics_port is not None:
         from notifier.observability import metrics
 

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,40 @@ def test_an_empty_database_says_to_run_init(tmp_path):
     (tmp_path / "empty.db").touch()
     error = one_error(notifier("dlq", "list", cwd=tmp_path, NOTIFIER_DATABASE_URL=f"sqlite:///{tmp_path}/empty.db"))
     assert error.endswith("has no notifier schema: run `notifier init` (migrates it and loads the tenants)")
+
+
+@pytest.mark.parametrize("process", [["worker", "-Q", "sms"], ["beat"]])
+def test_P2_P3_worker_and_beat_refuse_to_start_without_an_initialised_database(tmp_path, process):
+    """They would otherwise say they are ready and fail on their first sweep or task."""
+    error = one_error(notifier(*process, cwd=tmp_path))
+    assert error == f"Error: no database at {tmp_path / 'var' / 'notifier.db'}: run `notifier init` to create it, " \
+                    "or point NOTIFIER_DATABASE_URL at an initialised one"
+    assert list(tmp_path.iterdir()) == []  # no database, no broker file: nothing started
+    (tmp_path / "empty.db").touch()
+    error = one_error(notifier(*process, cwd=tmp_path, NOTIFIER_DATABASE_URL=f"sqlite:///{tmp_path}/empty.db"))
+    assert error.endswith("has no notifier schema: run `notifier init` (migrates it and loads the tenants)")
+
+
+def test_P2_beat_started_during_a_database_outage_says_so_and_waits_for_it(tmp_path):
+    """An unreachable database is an outage (a supervisor restarting beat or a worker while
+    PostgreSQL is down): it starts all the same instead of exiting, and says so."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    beat = subprocess.Popen([sys.executable, "-m", "notifier.cli", "beat"], cwd=tmp_path, text=True,
+                            env=CLEAN_ENV | {"NOTIFIER_DATABASE_URL": f"postgresql://n:secret@127.0.0.1:{port}/n"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        said: list[str] = []
+        reader = threading.Thread(target=lambda: said.append(beat.stderr.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert said and said[0].startswith(f"notifier: the database postgresql+psycopg://n:***@127.0.0.1:{port}/n "
+                                           "cannot be reached now ("), said
+        assert "starting all the same" in said[0] and beat.poll() is None
+    finally:
+        beat.terminate()
+        beat.wait(timeout=60)
 
 
 @pytest.mark.parametrize("variable, value, expected", [
