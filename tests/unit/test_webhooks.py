@@ -117,3 +117,17 @@ def test_the_schema_refuses_what_notifier_never_sends():
                   {k: v for k, v in good.items() if k != "booking_id"}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_N4_the_links_lifetime_in_events_md_is_the_default():
+    """A booking system's developer reads how long the customer's link works in docs/events.md;
+    the figure there is the setting's default."""
+    from dataclasses import fields
+
+    from notifier.settings import Settings
+
+    text = (DOCS / "events.md").read_text(encoding="utf-8")
+    section = text[text.index("## The customer's link"):]
+    [days] = re.findall(r"`link_valid_after_visit_s`\s+after the visit ends \(default (\d+) days", section)
+    [default] = [f.default for f in fields(Settings) if f.name == "link_valid_after_visit_s"]
+    assert int(days) * 86_400 == default
