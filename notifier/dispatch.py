@@ -16,10 +16,14 @@ applies only under the claim token that made the attempt.
 A worker killed (or paused past its lease) after a provider accepted a message and before the
 commit leaves that message `sending`; when its lease runs out the due sweep hands it out
 again. Its next claim sees that the earlier attempt was never recorded (or ended without the
-provider's answer), and before sending a second copy it looks for the first: in the provider's
-status reports, which name the message (`ReportsBack`: Twilio, Meta; after a lost answer the
-retry waits `report_wait_s` for them), and where the provider can be asked (`FindsSent`:
-Twilio's Messages list), by asking (N1, N2). A copy found is recorded, not sent again. A message
+provider's answer), and before sending a second copy it looks for the first: in the
+receipt its worker wrote the instant the provider answered (notifier/receipts.py), in the
+provider's status reports, which name the message (`ReportsBack`: Twilio, Meta; after a lost
+answer the retry waits `report_wait_s` for them), and where the provider can be asked
+(`FindsSent`: Twilio's Messages list), by asking (N1, N2). Where it cannot ask, a message whose
+claim ended unrecorded waits `report_wait_s` once: for the reports, and for a worker that was
+only stalled past its lease to come back and write down what it sent. A copy found is
+recorded, not sent again. A message
 renders to the same text on every attempt (its link is the booking's, its card is stamped with
 its first due time), which is what lets the provider's copy be recognised. The load records the
 token of every booking a message of the batch is about, so the page answers before the message
@@ -173,7 +177,7 @@ class Ready:
     in_doubt: bool  # an earlier attempt may have reached the provider unrecorded: look for its copy first
     fallback: bool
     # an earlier claim ended unrecorded (its worker killed or paused) and the message has not yet
-    # waited for the provider's reports of what that claim may have sent
+    # waited for the provider's reports, or the stalled worker's receipt, of what that claim sent
     awaits_reports: bool = False
     doubt_at: frozenset[str] | None = None  # the accounts that may hold a copy (None: any of them)
 
@@ -635,12 +639,14 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
                             provider_message_id=found.provider_message_id,
                             provider=receipt.provider if receipt else adapter.provider,
                             template=item.template, account=account)
-            if reports_back and not asked and item.awaits_reports:
-                # a killed (or paused) worker's copy, if the provider took it, is reported in a while:
-                # wait for the reports once rather than sending a second copy now
+            if not asked and item.awaits_reports:
+                # the earlier claim's copy, if the provider took it, is reported in a while (Twilio,
+                # Meta), and a worker that was only stalled past its lease (a paused VM) writes down the
+                # answers it got once it runs again: wait for either once rather than send a copy now
                 now = ctx.clock.now()
                 return Done(message, MessageState.PLANNED, now, outcome="temporary", code=AWAITING_REPORTS,
-                            error="an earlier attempt may have reached the provider: waiting for its reports",
+                            error="an earlier attempt may have reached the provider: waiting for its reports "
+                            "or receipt",
                             duration_ms=_ms(started), retry_at=now + timedelta(seconds=ctx.settings.report_wait_s))
         carried = send_through(adapter, item.outgoing, usable=lambda: leases.usable(message))
     except AccountFailure as failure:

@@ -11,7 +11,10 @@ code) to its process's `Receipts` as soon as the call returns, and a thread of i
 everything handed over since its last write in one INSERT, on a connection it keeps, in
 autocommit: one round trip, whatever the recorder is doing. A message claimed again after its
 worker died (or was paused past its lease) is in doubt; its receipt from the earlier claim, if
-any, is the copy the provider took, recorded as found (`reconciled`), not sent again.
+any, is the copy the provider took, recorded as found (`reconciled`), not sent again. Where no
+receipt is there yet and the provider cannot be asked, the message waits `report_wait_s` once
+(`dispatch.transmit`): a worker that was stalled past its lease rather than killed (a paused VM,
+SIGSTOP) reads the answers waiting in its sockets when it runs again, and writes them down.
 
 What remains is the time from the provider's taking the message to that one INSERT: its answer
 on the way back, and a round trip. A receipt that cannot be written (the database away) is

@@ -154,7 +154,9 @@ class Settings:
     dispatch_concurrency: int = 8
     lease_s: int = 120
     # after an attempt whose answer was lost, how long Twilio and Meta get to report the copy they
-    # may have taken (their status callbacks name the message) before it is sent again
+    # may have taken (their status callbacks name the message) before it is sent again; and after a
+    # claim that ended unrecorded, on any channel that cannot be asked, how long a worker that was
+    # only stalled past its lease gets to come back and write down what it sent (notifier/receipts.py)
     report_wait_s: float = 60.0
     max_attempts: int = 6
     retry_base_s: float = 30.0

@@ -255,3 +255,30 @@ def test_N1_N2_a_copy_taken_just_before_its_worker_died_is_found_by_its_receipt_
     info = _info(ctx)
     assert (info.state, info.provider_message_id, info.provider) == ("sent", f"<m{info.id}@example.org>", "smtp")
     ctx.close()
+
+
+def test_N2_a_stalled_workers_email_waits_once_for_its_receipt_before_it_is_sent_again(tmp_path, clock):
+    """Stalled past its lease (a paused VM, SIGSTOP) with the SMTP server's answers waiting in its
+    sockets: its claims are handed out again, and it writes the answers down only when it runs
+    again. The next claim waits `report_wait_s` once for such a receipt before it sends a copy
+    the provider cannot be asked about: one whose receipt came is recorded, the other sent once."""
+    smtp = UnaskableProvider()
+    ctx = make_context(make_settings(tmp_path), channels={Channel.EMAIL: smtp})
+    apply_events(ctx.store, [json.dumps(created(f"b{i}")) for i in range(2)], now=START, source="test")
+    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=ctx.settings.lease_s, limit=10, batch=10)
+    taken, silent = ctx.store.claim_batch_for_send(ids, START, lease_s=ctx.settings.lease_s)  # then it stalled
+
+    clock.set(START + timedelta(seconds=ctx.settings.lease_s + 1))  # its claims lapse
+    assert (_due_now(ctx).retried, smtp.accepted) == (2, [])  # nothing sent: waiting once
+    # the stalled worker runs again: the server had taken one of its emails
+    ctx.receipts().keep(taken.id, taken.claim_token, "smtp", None,
+                        SendResult(provider_message_id=f"<m{taken.id}@example.org>", provider_code="250"), clock.now())
+    deadline = time.monotonic() + 10
+    while ctx.receipts().written < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling for the condition, with a deadline
+
+    clock.set(clock.now() + timedelta(seconds=ctx.settings.report_wait_s))
+    report = _due_now(ctx)
+    assert (report.reconciled, report.sent) == (1, 1)
+    assert [m.message_id for m in smtp.accepted] == [silent.id]  # the other sent once, after the wait
+    ctx.close()
