@@ -71,8 +71,10 @@ from notifier.domain.model import (
 )
 from notifier.domain.outbound import MESSAGE_EVENTS, message_event
 from notifier.domain.planning import failed_keys, plan_booking, sent_keys, zone_of
+from notifier.domain.replies import opted_out_by_error
 from notifier.domain.retry import compute_backoff_s
 from notifier.failover import AccountFailure, accounts_of, send_through
+from notifier.inbound import opted_out_at_provider
 from notifier.leases import Leases
 from notifier.links import BookingLinks
 from notifier.observability.logs import mask_text
@@ -354,6 +356,8 @@ def why_not_send(message: MessageRow, booking: Booking, customer: Customer, tena
     if message.recipient == "customer":
         if message.channel not in customer.consents:
             return f"no consent for {message.channel.value}"
+        if message.channel in customer.opted_out:
+            return f"the customer opted out of {message.channel.value}"
         if message.channel is not Channel.EMAIL and message.channel not in tenant.channels:
             return f"{message.channel.value} switched off for the tenant"
         if message.channel in settings.unavailable:
@@ -435,7 +439,7 @@ def _named_sender(name: str, mail_from: str) -> str:
 
 
 def template_context(tenant: Tenant, resource: Resource, customer: Customer, booking: Booking,
-                     links: BookingLinks | None = None) -> dict[str, Any]:
+                     links: BookingLinks | None = None, reply: dict[str, str] | None = None) -> dict[str, Any]:
     """The allow-listed data templates may use (plain dicts and values, no live objects).
     `links.page` is the booking's one link; `confirm` and `cancel` name the same page, for
     bundles written when each action had a link of its own."""
@@ -451,6 +455,7 @@ def template_context(tenant: Tenant, resource: Resource, customer: Customer, boo
                     "status": (booking.workflow_status or {}).get("name", "")},
         "resource": {"name": resource.name, "type": resource.type},
         "links": urls,
+        "reply": reply or {"text": "", "channel": ""},  # staff_reply (R1): the customer's message
     }
 
 
@@ -477,10 +482,12 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     language = tenant.language if message.recipient == "staff" else customer.language
     languages = tuple(dict.fromkeys((language, tenant.language, settings.default_language, "en")))
     renderer = ctx.renderer_for(tenant.id, loaded.bundle_versions.get(tenant.id))
+    reply = _reply_of(ctx.store, message) if message.kind == Kind.STAFF_REPLY else None
     try:
         rendered = renderer.render(
             message.kind, message.channel.value, resource.type, languages,
-            template_context(tenant, resource, customer, booking, ctx.links),
+            template_context(tenant, resource, customer, booking, ctx.links,
+                             reply=reply and {"text": reply["text"], "channel": reply["channel"]}),
             timezone=str(zone_of(tenant, resource)), locale=language, resource_id=resource.id,
         )
     except TemplateMissing as exc:
@@ -500,17 +507,39 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
                         template_language=rendered.provider_language, params=rendered.params,
                         content_sid=content_sid_of(tenant, settings, rendered.provider_template,
                                                    rendered.provider_language),
+                        buttons=rendered.buttons,
                         status_callback=f"{settings.public_url.rstrip('/')}/callbacks/twilio"
                         if message.channel in (Channel.SMS, Channel.WHATSAPP) else None,
                         **(sender_identity(tenant, message.channel, settings) if message.recipient == "customer"
                            else {}), metadata={
                             "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
-                            "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat()})
+                            "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat(),
+                            **({"type": "customer.replied", "reply": reply} if reply is not None else {})})
     doubt = loaded.in_doubt.get(message.id)
     fallback = message.recipient == "customer" and bool(plan_settings.fallback.get(message.channel))
     return Ready(message, outgoing, f"{renderer.version}:{rendered.template}", doubt is not None, fallback,
                  awaits_reports=doubt is not None and doubt.unrecorded and not doubt.waited
                  and message.attempts < settings.max_attempts, doubt_at=doubt.accounts if doubt else None)
+
+
+def _reply_of(store: Store, message: MessageRow) -> dict[str, Any]:
+    """The customer's message a staff_reply forwards (R1; its key is `reply/<inbound message id>`),
+    as the staff webhook's `reply` says it; its text is empty once retention has deleted it."""
+    i = t.inbound_messages.c
+    number = message.key.rsplit("/", 1)[-1]
+    row = None
+    if number.isdigit():  # a read of its own: the batch's load is over, and such messages are rare
+        with store.transaction() as tx:
+            row = tx.conn.execute(select(i.text, i.channel, i.intent, i.outcome, i.received_at)
+                                  .where(i.id == int(number))).first()
+    if row is None:
+        return {"text": "", "channel": "", "received_at": None}
+    out = {"text": row.text or "", "channel": row.channel, "received_at": row.received_at.isoformat()}
+    if row.intent:
+        out["intent"] = row.intent
+    if row.outcome not in ("forwarded", "received"):
+        out["refused"] = row.outcome  # an answer the page would have refused, and why
+    return out
 
 
 def _stamp(message: MessageRow) -> datetime:
@@ -859,7 +888,11 @@ def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> set[int]:
     if created:  # the booking system's planner learns of the task it was given (outbox, published by the sweep)
         conn.execute(t.outbox.insert(), created)
     for d in moved:
-        if d.fallback:
+        if d.state is MessageState.FAILED and d.message.recipient == "customer" and opted_out_by_error(d.error):
+            # the provider says the customer opted out with it (R3): as their STOP, the channel goes
+            opted_out_at_provider(conn, d.message.tenant_id, d.message.booking_id, d.message.channel, now=d.at,
+                                  regions=regions)
+        elif d.fallback:
             replan_in(conn, d.message.tenant_id, d.message.booking_id, now=d.at, regions=regions)
     return applied
 

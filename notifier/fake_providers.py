@@ -18,6 +18,11 @@ provider refuses connections (its port closed; it opens again on the same port w
 ends), or answers every API request with a 503, until switched back or for `for_s` seconds.
 Two instances with their own account (`account_sid`, `auth_token`) stand for two accounts of a
 channel, for failover (notifier/failover.py).
+
+Inbound (`reply_sms`, `reply_whatsapp`, or POST /_fake/inbound): a customer's message, posted to
+notifier's webhook the way each provider does, signed with the account's auth token (Twilio) or
+the app secret (Meta). As Twilio does, a number that texted STOP (or another of its opt-out
+words) is refused with error 21610 until it texts START.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import argparse
 import asyncio
 import base64
 import contextvars
+import hashlib
+import hmac
 import json
 import random
 import re
@@ -40,9 +47,13 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
+from urllib.request import Request, urlopen
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _FAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar("fake_provider_fault", default=None)
+# Twilio's default opt-out and opt-in keywords (a reply of exactly one of them, any case)
+TWILIO_OPT_OUT = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+TWILIO_OPT_IN = frozenset({"START", "UNSTOP", "YES"})
 
 
 @dataclass
@@ -75,9 +86,12 @@ class FakeProviders:
     the sender's), where GET /_fake/received gives what it received."""
 
     def __init__(self, *, account_sid: str = "ACtest", auth_token: str = "secret-token",
-                 meta_token: str = "meta-token", latency_s: float = 0.0, port: int = 0,
+                 meta_token: str = "meta-token", meta_app_secret: str = "app-secret-1234",
+                 latency_s: float = 0.0, port: int = 0,
                  seed: int | None = None, clock: Callable[[], datetime] | None = None) -> None:
         self.account_sid, self.auth_token, self.meta_token = account_sid, auth_token, meta_token
+        self.meta_app_secret = meta_app_secret
+        self.opted_out: set[str] = set()  # numbers that texted STOP to the Twilio sender (refused: 21610)
         self.clock = clock or (lambda: datetime.now(UTC))  # a test's simulated clock stamps what it receives
         self.latency_s = latency_s
         self.flapping = Flapping()
@@ -164,6 +178,12 @@ class FakeProviders:
         if scope["method"] == "GET" and scope["path"] == "/_fake/received":
             with self._lock:
                 status, extra, payload = 200, {}, {"received": list(self.received), "requests": self.requests}
+        elif scope["method"] == "POST" and scope["path"] == "/_fake/inbound":
+            request = json.loads(body or b"{}")
+            kind = request.pop("provider", "twilio")
+            sending = self.reply_whatsapp if kind == "meta" else self.reply_sms
+            answer = await asyncio.get_running_loop().run_in_executor(None, lambda: sending(**request))
+            status, extra, payload = 200, {}, {"status": answer}
         elif scope["path"] == "/_fake/faults":
             if scope["method"] == "POST":
                 self.flap(**json.loads(body or b"{}"))
@@ -249,6 +269,58 @@ class FakeProviders:
                 self._script.append((status, headers, {"code": status, "message": f"scripted {status}",
                                                        "error": {"code": status, "message": f"scripted {status}"}}))
 
+    # --- inbound: customers' messages to notifier's webhooks -----------------------------------
+    def reply_sms(self, url: str, *, sender: str, to: str, body: str = "", whatsapp: bool = False,
+                  replied_to: str | None = None, button_payload: str | None = None, signed_url: str | None = None,
+                  sid: str | None = None, messaging_service: str | None = None, sign_with: str | None = None) -> int:
+        """POST a customer's message to `url` (notifier's /inbound/twilio) as Twilio does: the
+        number's webhook, form-encoded, signed for `signed_url` (the URL notifier knows itself by;
+        default `url`) with the auth token (`sign_with`: another key, a forger's). Returns the
+        status code notifier answered."""
+        prefix = "whatsapp:" if whatsapp else ""
+        form = {"MessageSid": sid or "SM" + uuid.uuid4().hex, "SmsSid": "", "AccountSid": self.account_sid,
+                "From": prefix + sender, "To": prefix + to, "Body": body, "NumMedia": "0", "NumSegments": "1",
+                "SmsStatus": "received", "ApiVersion": "2010-04-01"}
+        form["SmsSid"] = form["MessageSid"]
+        if messaging_service:
+            form["MessagingServiceSid"] = messaging_service
+        if button_payload:
+            form.update(ButtonPayload=button_payload, ButtonText=body, MessageType="button")
+        if replied_to:
+            form["OriginalRepliedMessageSid"] = replied_to
+        keyword = body.strip().upper()
+        if not whatsapp and keyword in TWILIO_OPT_OUT | TWILIO_OPT_IN:  # Twilio acts on it, then passes it on
+            with self._lock:
+                (self.opted_out.add if keyword in TWILIO_OPT_OUT else self.opted_out.discard)(sender)
+        data = (signed_url or url) + "".join(f"{key}{form[key]}" for key in sorted(form))
+        signature = base64.b64encode(hmac.new((sign_with or self.auth_token).encode(), data.encode(),
+                                              hashlib.sha1).digest()).decode()
+        return _post(url, urlencode(form).encode(), {"Content-Type": "application/x-www-form-urlencoded",
+                                                     "X-Twilio-Signature": signature})
+
+    def reply_whatsapp(self, url: str, *, sender: str, body: str | None = None, button_payload: str | None = None,
+                       replied_to: str | None = None, phone_number_id: str = "1055", wamid: str | None = None,
+                       sign_with: str | None = None) -> int:
+        """POST a customer's WhatsApp message to `url` (notifier's /callbacks/meta) as Meta's
+        webhook does: a text, or a template's quick-reply button (`button_payload`, with `body`
+        as the button's label), signed with the app secret (`sign_with`: another)."""
+        message: dict[str, Any] = {"from": sender.lstrip("+"), "id": wamid or "wamid." + uuid.uuid4().hex,
+                                   "timestamp": str(int(self.clock().timestamp()))}
+        if button_payload:
+            message.update(type="button", button={"payload": button_payload, "text": body or button_payload})
+        else:
+            message.update(type="text", text={"body": body or ""})
+        if replied_to:
+            message["context"] = {"from": "15550001055", "id": replied_to}
+        payload = {"object": "whatsapp_business_account", "entry": [{"id": "WABA", "changes": [{"field": "messages",
+                   "value": {"messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550001055",
+                                                                           "phone_number_id": phone_number_id},
+                             "contacts": [{"profile": {"name": "Customer"}, "wa_id": sender.lstrip("+")}],
+                             "messages": [message]}}]}]}
+        raw = json.dumps(payload).encode()
+        signature = "sha256=" + hmac.new((sign_with or self.meta_app_secret).encode(), raw, hashlib.sha256).hexdigest()
+        return _post(url, raw, {"Content-Type": "application/json", "X-Hub-Signature-256": signature})
+
     def sent_to(self, number: str) -> list[dict[str, Any]]:
         return [m for m in self.received if m["to"].endswith(number.lstrip("+"))]
 
@@ -294,6 +366,8 @@ class FakeProviders:
         if not E164.match(number) or number in self.invalid_numbers:
             return 400, {}, {"code": 21211, "message": f"The 'To' number {to} is not a valid phone number.",
                              "status": 400}
+        if not to.startswith("whatsapp:") and number in self.opted_out:
+            return 400, {}, {"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}
         if not (form.get("Body") or form.get("ContentSid")):
             return 400, {}, {"code": 21602, "message": "Message body is required.", "status": 400}
         if "ContentSid" in form and not re.fullmatch(r"HX[0-9a-fA-F]{32}", form["ContentSid"]):
@@ -315,7 +389,10 @@ class FakeProviders:
         if payload.get("type") != "template" or "template" not in payload:
             return 400, {}, {"error": {"code": 131047, "message": "Re-engagement message"}}
         template = payload["template"]
-        params = [p.get("text") for c in template.get("components", []) for p in c.get("parameters", [])]
+        params = [p.get("text") for c in template.get("components", []) if c.get("type") == "body"
+                  for p in c.get("parameters", [])]
+        buttons = [p.get("payload") for c in template.get("components", []) if c.get("type") == "button"
+                   for p in c.get("parameters", [])]
         expected = self.templates.get(template.get("name"))
         if expected is not None and expected != len(params):
             return 400, {}, {"error": {"code": 132000, "message": "Number of parameters does not match"}}
@@ -323,7 +400,7 @@ class FakeProviders:
             return 400, {}, {"error": {"code": 131026, "message": "Message undeliverable"}}
         wamid = "wamid." + uuid.uuid4().hex
         self._record({"provider": "meta", "id": wamid, "to": to, "template": template.get("name"),
-                      "language": template.get("language", {}).get("code"), "params": params,
+                      "language": template.get("language", {}).get("code"), "params": params, "buttons": buttons,
                       "biz_opaque_callback_data": payload.get("biz_opaque_callback_data")})
         return 200, {}, {"messaging_product": "whatsapp", "contacts": [{"input": payload["to"], "wa_id": to[1:]}],
                          "messages": [{"id": wamid}]}
@@ -335,6 +412,17 @@ class FakeProviders:
             message["fault"] = fault
         with self._lock:
             self.received.append(message)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    """POST and return the status code (an error status too)."""
+    from urllib.error import HTTPError
+
+    try:
+        with urlopen(Request(url, data=body, headers=headers, method="POST"), timeout=30) as answer:  # noqa: S310
+            return int(answer.status)
+    except HTTPError as exc:
+        return int(exc.code)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,8 @@
 
 - Held events whose predecessor never came are applied with the gap recorded, or dead-lettered
   when their booking never came (`hold_s`; the ingesters do it too, under the same locks).
-- Processed event ids, published outbox events, send attempts and dead letters older than their
+- Processed event ids, published outbox events, send attempts, customers' messages (with the
+  attempts' retention) and dead letters older than their
   retention are deleted, `batch` rows per statement, oldest first, each statement its own transaction.
 
 Expired claims need nothing here: the due sweep takes back every claim whose lease ran out.
@@ -39,6 +40,8 @@ RETAINED = {
     "receipts": (t.receipts, t.receipts.c.id, t.receipts.c.received_at),
     # events that could not be applied: their (capped) bodies hold personal data (migration 0011)
     "dead_letters": (t.dead_letters, t.dead_letters.c.id, t.dead_letters.c.received_at),
+    # customers' messages (R3, R11, R14): their text is personal data; kept as long as send attempts
+    "inbound_messages": (t.inbound_messages, t.inbound_messages.c.id, t.inbound_messages.c.received_at),
 }
 PENDING_STATUSES_S = 86400.0  # a send is recorded long before a day is out
 
@@ -53,6 +56,7 @@ class HousekeepingReport:
     pending_statuses: int = 0
     receipts: int = 0
     dead_letters: int = 0
+    inbound_messages: int = 0
 
 
 def expired_rows_statement(what: str, *, before: datetime, limit: int, dialect: str) -> Delete:
@@ -99,4 +103,4 @@ def retention_from(settings: Any) -> dict[str, float]:
     return {"processed_events": settings.retention_processed_events_s, "outbox": settings.retention_outbox_s,
             "attempts": settings.retention_attempts_s, "pending_statuses": PENDING_STATUSES_S,
             "receipts": PENDING_STATUSES_S,
-            "dead_letters": settings.retention_dead_letters_s}
+            "dead_letters": settings.retention_dead_letters_s, "inbound_messages": settings.retention_attempts_s}

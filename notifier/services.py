@@ -48,6 +48,7 @@ from notifier.domain.planning import (
     plan_booking,
     sent_keys,
 )
+from notifier.domain.replies import opted_out_by_error
 from notifier.links import well_formed
 from notifier.phones import normalize_phone, read_phone  # noqa: F401 - normalize_phone: part of the API
 from notifier.producers import Binding
@@ -834,6 +835,11 @@ def _advance_status(tx: Tx, row: Any, status: str, error: str | None, now: datet
     tx.add_timeline(row.tenant_id, row.booking_id, now, f"message.{new.value}", detail, message_id=row.id,
                     dedup_key=f"message:{row.id}:{new.value}")
     failed = new is MessageState.FAILED
+    if failed and row.recipient == "customer" and opted_out_by_error(values["error"]):
+        from notifier.inbound import opted_out_at_provider  # (it builds on this module)
+
+        # the provider reports the customer opted out with it (R3): as their STOP, the channel goes
+        opted_out_at_provider(tx.conn, row.tenant_id, row.booking_id, Channel(row.channel), now=now)
     if failed:
         log.warning("message %s (%s, %s) failed for good: the provider reported %s%s", row.id, row.channel, row.kind,
                     status, f" ({error})" if error else "", extra={"message_id": row.id, "channel": row.channel})
@@ -871,7 +877,7 @@ def look_up_link(store: Store, token: str, *, now: datetime, valid_after_visit_s
     if not well_formed(token):
         return LinkOutcome("invalid")
     with store.transaction() as tx:
-        return _link_state(BatchSession(tx.conn), token, now, valid_after_visit_s, regions)
+        return _link_state(BatchSession(tx.conn), tx.link_target(token), now, valid_after_visit_s, regions)
 
 
 def use_link(store: Store, token: str, action: str, *, shown_starts_at: str, now: datetime,
@@ -884,45 +890,56 @@ def use_link(store: Store, token: str, action: str, *, shown_starts_at: str, now
     with store.transaction() as tx:
         s = BatchSession(tx.conn)
         s.regions = dict(regions or {})
-        target = tx.link_target(token)
-        if target is not None:
-            s.lock([f"b:{target[0]}:{target[1]}"])
-        seen = _link_state(s, token, now, valid_after_visit_s, regions)
-        if seen.status != "ok":
-            return seen
-        tenant, booking, view = seen.tenant, seen.booking, seen.appointment
-        assert tenant is not None and booking is not None and view is not None
-        if action == "confirm" and booking.confirmed_at is not None and booking.status is BookingStatus.ACTIVE \
-                or action == "cancel" and booking.status is BookingStatus.CANCELLED:
-            return replace_outcome(seen, "already")  # a second press, a replayed POST: nothing more (N2)
-        if shown_starts_at != booking.starts_at.isoformat():
-            return replace_outcome(seen, "changed")
-        if action == "confirm":
-            if not view.may_confirm:
-                return replace_outcome(seen, "not_now")
-            new, notes = tr.confirmed_by_customer(booking, now)
-            event_type, status = "booking.confirmed_by_customer", "confirmed"
-        else:
-            if view.cancel_until is None:
-                return replace_outcome(seen, "not_allowed")
-            if not view.may_cancel:
-                return replace_outcome(seen, "outside_window" if booking.status is BookingStatus.ACTIVE
-                                       and now < booking.starts_at else "not_now")
-            reason = " ".join(reason.split())[:CANCEL_REASON_MAX]
-            new, notes = tr.cancelled_by_customer(booking, now, reason=reason or None)
-            event_type, status = "booking.cancelled_by_customer", "cancelled"
-        _save(s, tenant, new, notes, now)
-        payload = {"booking_id": booking.id, "starts_at": booking.starts_at.isoformat(),
-                   "resource_id": booking.resource_id, "at": now.isoformat()}
-        if status == "cancelled" and reason:
-            payload["reason"] = reason
-        s.add_outbox(tenant.id, event_type, payload, now)
-        if status == "cancelled":  # R14: the slot goes back to the booking system's planner
-            s.add_outbox(tenant.id, "slot.released", dict(payload, reason="cancelled_by_customer"), now)
+        outcome = customer_acts(s, tx.link_target(token), action, shown_starts_at=shown_starts_at, reason=reason,
+                                now=now, valid_after_visit_s=valid_after_visit_s, via="link")
         s.flush(now)
-        outcome = _link_state(s, token, now, valid_after_visit_s, regions, status=status)
     _count_not_planned(s.not_planned_written)
     return outcome
+
+
+def customer_acts(s: BatchSession, target: tuple[str, str] | None, action: str, *, shown_starts_at: str, reason: str,
+                  now: datetime, valid_after_visit_s: int, via: str) -> LinkOutcome:
+    """The customer confirms or cancels a booking ((tenant id, booking id)), in the caller's
+    transaction: the page's buttons (`via` "link") and answers by message ("sms", "whatsapp",
+    R11, R14) alike, so both have the same window, the same idempotency, the same staff notices,
+    freed slot and events for the booking system. The caller flushes the session and commits."""
+    if target is not None:
+        s.lock([f"b:{target[0]}:{target[1]}"])
+    seen = _link_state(s, target, now, valid_after_visit_s, s.regions)
+    if seen.status != "ok":
+        return seen
+    tenant, booking, view = seen.tenant, seen.booking, seen.appointment
+    assert tenant is not None and booking is not None and view is not None
+    if action == "confirm" and booking.confirmed_at is not None and booking.status is BookingStatus.ACTIVE \
+            or action == "cancel" and booking.status is BookingStatus.CANCELLED:
+        return replace_outcome(seen, "already")  # a second press, a replayed POST: nothing more (N2)
+    if shown_starts_at != booking.starts_at.isoformat():
+        return replace_outcome(seen, "changed")
+    if action == "confirm":
+        if not view.may_confirm:
+            return replace_outcome(seen, "not_now")
+        new, notes = tr.confirmed_by_customer(booking, now, via=via)
+        event_type, status = "booking.confirmed_by_customer", "confirmed"
+    else:
+        if view.cancel_until is None:
+            return replace_outcome(seen, "not_allowed")
+        if not view.may_cancel:
+            return replace_outcome(seen, "outside_window" if booking.status is BookingStatus.ACTIVE
+                                   and now < booking.starts_at else "not_now")
+        reason = " ".join(reason.split())[:CANCEL_REASON_MAX]
+        new, notes = tr.cancelled_by_customer(booking, now, reason=reason or None, via=via)
+        event_type, status = "booking.cancelled_by_customer", "cancelled"
+    _save(s, tenant, new, notes, now)
+    payload = {"booking_id": booking.id, "starts_at": booking.starts_at.isoformat(),
+               "resource_id": booking.resource_id, "at": now.isoformat()}
+    if via != "link":
+        payload["via"] = via
+    if status == "cancelled" and reason:
+        payload["reason"] = reason
+    s.add_outbox(tenant.id, event_type, payload, now)
+    if status == "cancelled":  # R14: the slot goes back to the booking system's planner
+        s.add_outbox(tenant.id, "slot.released", dict(payload, reason="cancelled_by_customer"), now)
+    return _link_state(s, target, now, valid_after_visit_s, s.regions, status=status)
 
 
 def replace_outcome(outcome: LinkOutcome, status: str, **changes: Any) -> LinkOutcome:
@@ -931,9 +948,8 @@ def replace_outcome(outcome: LinkOutcome, status: str, **changes: Any) -> LinkOu
     return dc_replace(outcome, status=status, **changes)
 
 
-def _link_state(s: BatchSession, token: str, now: datetime, valid_after_visit_s: int,
+def _link_state(s: BatchSession, target: tuple[str, str] | None, now: datetime, valid_after_visit_s: int,
                 regions: Mapping[str, Iterable[str]] | None, status: str = "ok") -> LinkOutcome:
-    target = Tx(s.conn).link_target(token)
     tenant = s.tenant(target[0]) if target else None
     booking = s.booking(*target) if target and tenant else None
     resource = s.resource(tenant.id, booking.resource_id) if tenant and booking else None

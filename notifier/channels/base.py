@@ -36,6 +36,7 @@ class Outgoing:
     template: str | None = None
     template_language: str | None = None
     params: tuple[str, ...] = ()
+    buttons: tuple[str, ...] = ()  # the template's quick-reply buttons in order: confirm, cancel (R11, R14)
     status_callback: str | None = None  # where the provider reports delivery statuses
     # the tenant's sender identity (empty: the adapter's own, from the settings): email From and
     # Reply-To; an SMS's From number or alphanumeric id, or its Twilio messaging service

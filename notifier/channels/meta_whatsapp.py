@@ -55,7 +55,11 @@ class MetaWhatsAppChannel(HttpAdapter):
             "type": "template",
             "template": {"name": message.template, "language": {"code": message.template_language or "en"},
                          "components": [{"type": "body", "parameters": [{"type": "text", "text": p}
-                                                                         for p in message.params]}]},
+                                                                         for p in message.params]},
+                                        # quick replies: a tap comes back with the payload (R11, R14, notifier/inbound.py)
+                                        *({"type": "button", "sub_type": "quick_reply", "index": str(i),
+                                           "parameters": [{"type": "payload", "payload": f"{b}:{message.message_id}"}]}
+                                          for i, b in enumerate(message.buttons))]},
         }
 
     def send(self, message: Outgoing) -> SendResult:

@@ -29,6 +29,21 @@ from notifier.domain.model import Kind
 STAFF_KINDS = tuple(k.value for k in Kind if k.to_staff)
 
 
+class Reply(BaseModel):
+    """A customer's message that notifier could not act on (R1), for the staff: an answer that
+    means nothing known, or one the customer's page would have refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="what the customer wrote (or the button they pressed), at most 1,600 characters")
+    channel: str = Field(json_schema_extra={"enum": ["sms", "whatsapp"]})
+    received_at: str | None = Field(json_schema_extra={"format": "date-time"})
+    intent: str | None = Field(None, json_schema_extra={"enum": ["confirm", "cancel"]},
+                               description="what notifier read in it, when it read an answer it could not carry out")
+    refused: str | None = Field(None, description="why the answer was not carried out, as the page would say: "
+                                                  "outside_window, not_allowed, not_now, changed, expired")
+
+
 class WebhookBody(BaseModel):
     """The JSON body of a staff notice or follow-up activity, as `WebhookChannel.send` writes it
     for a message `notifier.dispatch` prepared: docs/webhooks.schema.json is generated from this
@@ -43,9 +58,10 @@ class WebhookBody(BaseModel):
                        "connection is retried with backoff (Retry-After honoured), any other answer fails the "
                        "message for good (on the booking's timeline). See docs/events.md."})
 
-    type: str = Field(json_schema_extra={"enum": ["notifier.staff", "notifier.activity"]},
+    type: str = Field(json_schema_extra={"enum": ["notifier.staff", "notifier.activity", "customer.replied"]},
                       description="notifier.staff: a notice for the staff (R14, R18, R23, R33); notifier.activity: "
-                                  "a follow-up task for the responsible staff member (R13, R17)")
+                                  "a follow-up task for the responsible staff member (R13, R17); customer.replied: "
+                                  "the customer's message that notifier could not act on (R1), in `reply`")
     message_id: int = Field(description="notifier's id of the message; the same on every delivery attempt")
     idempotency_key: str = Field(description="tenant/booking/planning key, the same on every delivery attempt "
                                              "(also the X-Notifier-Idempotency-Key header): dedupe on it")
@@ -55,10 +71,11 @@ class WebhookBody(BaseModel):
     booking_id: str
     kind: str = Field(json_schema_extra={"enum": list(STAFF_KINDS)},
                       description="staff_new_request, staff_confirmed, staff_cancelled, staff_released (notices); "
-                                  "activity_unconfirmed, activity_late (activities)")
+                                  "staff_reply (customer.replied); activity_unconfirmed, activity_late (activities)")
     resource_id: str = Field(description="the booked resource: the staff member, room or equipment")
     starts_at: str = Field(json_schema_extra={"format": "date-time"},
                            description="the visit's start, ISO 8601 with offset (UTC)")
+    reply: Reply | None = Field(None, description="customer.replied only: the customer's message")
 
 
 def json_schema() -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Kind(StrEnum):
     STAFF_CONFIRMED = "staff_confirmed"  # R33 notice to the resource / branch / company
     STAFF_CANCELLED = "staff_cancelled"  # R14, R19 the customer cancelled
     STAFF_RELEASED = "staff_released"  # R18 the slot was released automatically
+    STAFF_REPLY = "staff_reply"  # R1 the customer's message that means nothing we know (customer.replied)
     ACTIVITY_UNCONFIRMED = "activity_unconfirmed"  # R13 call the customer who has not confirmed
     ACTIVITY_LATE = "activity_late"  # R17 call the customer who has not come
 
@@ -151,6 +152,9 @@ class Customer:
     # the number's type as its numbering plan says ("mobile", "fixed_line", ...; phonenumbers'
     # names in lower case), INVALID_PHONE for a number given but not valid, None: not known
     phone_type: str | None = None
+    # channels the customer withdrew by replying STOP (or a provider's opt-out error), R3: theirs,
+    # not the booking system's, so a later customer.updated keeps them; START restores the channel
+    opted_out: frozenset[Channel] = frozenset()
 
     @property
     def phone_receives_messages(self) -> bool:

@@ -63,6 +63,8 @@ class BookingData(_Data):
     starts_at: AwareDatetime
     resource_id: str
     at: AwareDatetime
+    via: Literal["sms", "whatsapp"] | None = Field(None, description="the customer answered by message on this "
+                                                                      "channel (R11, R14); absent: on their page")
 
 
 class CancelledData(BookingData):
@@ -87,6 +89,17 @@ class SlotReleasedData(_Data):
     red: bool | None = None
     late: bool | None = None
     late_counter: bool | None = None
+
+
+class ConsentData(_Data):
+    customer_id: str
+    channel: Literal["sms", "whatsapp"]
+    consent: bool = Field(description="false: the customer opted out of the channel; true: opted in again")
+    via: Literal["reply", "provider"] = Field(description="reply: the customer's message (STOP, START, ...); "
+                                                          "provider: the provider refused as the customer had "
+                                                          "opted out with it (Twilio 21610, WhatsApp 131050)")
+    keyword: str | None = Field(None, description="reply: the word the customer sent, as notifier read it")
+    at: AwareDatetime
 
 
 class ActivityData(_Data):
@@ -115,6 +128,9 @@ OUTBOUND_TYPES: dict[str, tuple[type[_Data], str]] = {
     "booking.cancelled_by_customer": (CancelledData, "the customer cancelled on their page (R14)"),
     "slot.released": (SlotReleasedData, "the slot is free again (R14, R18)"),
     "counters.changed": (CountersData, "a booking's markers changed (R12, R16)"),
+    "customer.consent_changed": (ConsentData, "the customer withdrew or restored consent for a channel by "
+                                              "message, or its provider says they opted out (R3): the booking "
+                                              "system should record it; notifier keeps it either way"),
     "activity.created": (ActivityData, "a follow-up activity reached the booking system's webhook (R13, R17)"),
 }
 _MODELS = tuple(_envelope(type_, data, doc) for type_, (data, doc) in OUTBOUND_TYPES.items())

@@ -70,17 +70,18 @@ CHANNEL_SWITCHED_OFF = "channel_switched_off"  # R2: SMS / WhatsApp not switched
 CHANNEL_UNAVAILABLE_IN_REGION = "channel_unavailable_in_region"  # R6
 NO_PROVIDER = "no_provider"  # no provider configured for the channel
 NO_CONSENT = "no_consent"  # R3
+OPTED_OUT = "opted_out"  # R3: the customer replied STOP on the channel (or its provider says so)
 NO_ADDRESS = "no_address"  # no email address / phone number
 INVALID_NUMBER = "invalid_number"  # R5: the number given is not valid
 NUMBER_CANNOT_RECEIVE = "number_cannot_receive"  # a landline (or pager, toll-free...) takes no SMS / WhatsApp
 NO_REACHABLE_CHANNEL = "no_reachable_channel"  # ... or different reasons per channel (`NotPlanned.why`)
 NOT_PLANNED_REASONS = (INSIDE_LEAD_TIME, QUIET_HOURS_AFTER_VISIT, VISIT_STARTED, PRIVACY_NOT_ACCEPTED, NO_SHOW,
                        SWITCHED_OFF_FOR_RESOURCE, CHANNEL_SWITCHED_OFF, CHANNEL_UNAVAILABLE_IN_REGION, NO_PROVIDER,
-                       NO_CONSENT, NO_ADDRESS, INVALID_NUMBER, NUMBER_CANNOT_RECEIVE, NO_REACHABLE_CHANNEL)
+                       NO_CONSENT, OPTED_OUT, NO_ADDRESS, INVALID_NUMBER, NUMBER_CANNOT_RECEIVE, NO_REACHABLE_CHANNEL)
 # a channel the customer consented to but cannot be reached on for one of these is recorded even
 # when the kind goes out on another channel: their number, the region or the installation is at fault
 PASSED_OVER = frozenset({CHANNEL_UNAVAILABLE_IN_REGION, NO_PROVIDER, INVALID_NUMBER, NUMBER_CANNOT_RECEIVE})
-_NOT_WANTED = frozenset({CHANNEL_SWITCHED_OFF, NO_CONSENT})  # channels nobody asked for
+_NOT_WANTED = frozenset({CHANNEL_SWITCHED_OFF, NO_CONSENT, OPTED_OUT})  # channels nobody asked for
 
 
 class StoredMessage(Protocol):
@@ -199,6 +200,8 @@ def channel_refusal(channel: Channel, tenant: Tenant, customer: Customer, settin
         return CHANNEL_SWITCHED_OFF
     if channel not in customer.consents:
         return NO_CONSENT
+    if channel in customer.opted_out:
+        return OPTED_OUT
     if channel in settings.unavailable:
         return CHANNEL_UNAVAILABLE_IN_REGION
     if channel in settings.without_provider:
@@ -214,7 +217,8 @@ def reachable_channels(tenant: Tenant, customer: Customer, settings: Notificatio
     """Customer channels we may use: those `channel_refusal` has nothing against (the same
     rules, spelled out for speed: this runs for every plan)."""
     out = []
-    consents, off = customer.consents, settings.unavailable | settings.without_provider if settings.without_provider \
+    consents = customer.consents - customer.opted_out if customer.opted_out else customer.consents
+    off = settings.unavailable | settings.without_provider if settings.without_provider \
         else settings.unavailable
     if Channel.EMAIL in consents and customer.email and Channel.EMAIL not in off:
         out.append(Channel.EMAIL)  # email is always available to the tenant (R2)

@@ -172,17 +172,19 @@ def noted_at(note: Note, at: datetime) -> dict[str, Any]:
     return {"kind": note.kind, "at": at, "detail": note.detail}
 
 
-def confirmed_by_customer(booking: Booking, now: datetime) -> tuple[Booking, list[Note]]:
-    """R11: the customer used the confirmation link. The booking system's revision is theirs to count."""
-    return replace(booking, confirmed_at=booking.confirmed_at or now), [Note("booking.confirmed", {"via": "link"})]
+def confirmed_by_customer(booking: Booking, now: datetime, *, via: str = "link") -> tuple[Booking, list[Note]]:
+    """R11: the customer used the confirmation link (or answered by message, R11, R14: `via` the
+    channel). The booking system's revision is theirs to count."""
+    return replace(booking, confirmed_at=booking.confirmed_at or now), [Note("booking.confirmed", {"via": via})]
 
 
-def cancelled_by_customer(booking: Booking, now: datetime, *, reason: str | None = None) -> tuple[Booking, list[Note]]:
-    """R14: the customer cancelled on the page (with a reason, if they gave one): the staff hears
-    of it, the slot is free again."""
+def cancelled_by_customer(booking: Booking, now: datetime, *, reason: str | None = None,
+                          via: str = "link") -> tuple[Booking, list[Note]]:
+    """R14: the customer cancelled on the page (or by message, R11, R14), with a reason if they gave
+    one: the staff hears of it, the slot is free again."""
     cancelled = replace(booking, status=BookingStatus.CANCELLED, cancelled_by="customer", cancelled_at=now,
                         cancel_reason=reason)
-    detail = {"by": "customer", "via": "link"} | ({"reason": reason} if reason else {})
+    detail = {"by": "customer", "via": via} | ({"reason": reason} if reason else {})
     return cancelled, [Note("booking.cancelled", detail),
                        Note("slot.released", {"starts_at": booking.starts_at.isoformat(),
                                               "resource_id": booking.resource_id})]

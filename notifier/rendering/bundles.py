@@ -21,6 +21,7 @@ import gsm0338  # noqa: F401 - registers the "gsm03.38" codec
 from jinja2 import TemplateSyntaxError, nodes
 
 from notifier.domain.model import Channel, Kind, Tenant
+from notifier.domain.replies import BUTTON_PAYLOADS
 from notifier.links import TOKEN_CHARS
 from notifier.rendering.checks import sandbox_problems
 from notifier.rendering.environment import Renderer
@@ -34,6 +35,7 @@ CONTEXT: dict[str, set[str]] = {
     "booking": {"id", "starts_at", "ends_at", "service", "duration_min", "cancel_reason", "cancelled_by", "status"},
     "resource": {"name", "type"},
     "links": {"page", "confirm", "cancel"},  # one page; `confirm` and `cancel` are older names for it
+    "reply": {"text", "channel"},  # staff_reply (R1): the customer's message; empty in every other kind
 }
 # names Jinja itself gives a template: loops, blocks and macros (their attributes are checked too)
 TEMPLATE_NAMES = frozenset({"loop", "self", "super", "caller", "varargs", "kwargs"})
@@ -97,7 +99,9 @@ def _sample_context(company: dict[str, str], link: str = "") -> dict[str, Any]:
         "booking": {"id": "B-100234", "starts_at": starts, "ends_at": starts.replace(hour=15), "service": "Beratung",
                     "duration_min": 30, "cancel_reason": SAMPLE_REASON, "cancelled_by": "staff", "status": ""},
         "resource": {"name": "Dr. Konstantin Weißenberger", "type": "specialist"},
-        "links": {"page": link, "confirm": link, "cancel": link}}
+        "links": {"page": link, "confirm": link, "cancel": link},
+        "reply": {"text": "Kann ich statt 14:30 auch um 16 Uhr kommen? Ich bringe meine Tochter mit.",
+                  "channel": "sms"}}
 
 
 def _attribute_uses(tree: nodes.Template) -> Iterable[tuple[str, str | None, int]]:
@@ -278,6 +282,11 @@ def _check_whatsapp_entry(renderer: Renderer, kind: str, entry: Any, line: int |
         problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}) was "
                                                      f"approved with {approved} parameters, the bundle gives "
                                                      f"{len(params)}"))
+    buttons = entry.get("buttons") or []
+    if not isinstance(buttons, list) or not set(buttons) <= set(BUTTON_PAYLOADS) or len(set(buttons)) < len(buttons):
+        problems.append(Problem("bundle.yaml", line, f"WhatsApp template {entry['template']} ({kind}): "
+                                                     f"'buttons' must list each of {', '.join(BUTTON_PAYLOADS)} "
+                                                     f"at most once, not {buttons!r}"))
     for expression in params:
         try:
             tree = renderer.env.parse("{{ " + str(expression) + " }}")

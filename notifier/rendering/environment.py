@@ -38,6 +38,7 @@ class Rendered:
     provider_template: str | None = None  # WhatsApp: the pre-approved template's name (R44)
     provider_language: str | None = None
     params: tuple[str, ...] = ()
+    buttons: tuple[str, ...] = ()  # WhatsApp: the template's quick-reply buttons, `confirm` / `cancel` (R11, R14)
 
 
 def _plain(text: str) -> str:
@@ -183,4 +184,5 @@ class Renderer:
             params.append(compiled.render(values).strip())
         return Rendered(subject=None, text=f"{entry['template']}: " + " | ".join(params), html=None,
                         template=f"whatsapp:{entry['template']}", provider_template=entry["template"],
-                        provider_language=codes[language], params=tuple(params))
+                        provider_language=codes[language], params=tuple(params),
+                        buttons=tuple(str(b) for b in entry.get("buttons") or ()))

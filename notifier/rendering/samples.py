@@ -27,6 +27,9 @@ def sample_context(language: str, resource_type: str) -> dict:
                     "service": "", "duration_min": 30, "cancel_reason": "", "cancelled_by": "", "status": ""},
         "resource": {"name": "Anna Weber" if resource_type == "specialist" else "Sauna 2", "type": resource_type},
         "links": {"page": LINK, "confirm": LINK, "cancel": LINK},
+        "reply": {"text": {"de": "Kann ich eine halbe Stunde später kommen?", "it": "Posso venire mezz'ora dopo?",
+                           "ru": "Можно прийти на полчаса позже?", "en": "Can I come half an hour later?"}[language],
+                  "channel": "whatsapp"},
     }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -423,8 +424,13 @@ class BatchSession:
     def set_next_check(self, tenant_id: str, booking_id: str, at: datetime | None) -> None:
         self._set(self.next_check, (tenant_id, booking_id), at)
 
-    def put_customer(self, customer: Customer, phone_error: str | None) -> None:
+    def put_customer(self, customer: Customer, phone_error: str | None, *, opted_out_given: bool = False) -> None:
+        """`customer` as it is now. The channels they opted out of (R3) are theirs, not the booking
+        system's: kept from the customer held unless `opted_out_given`, while the number stays."""
         key = (customer.tenant_id, customer.id)
+        held = self.customers.get(key)
+        if not opted_out_given and held is not None and held.opted_out and held.phone == customer.phone:
+            customer = replace(customer, opted_out=held.opted_out)
         self._set(self.customers, key, customer)
         self._set(self.phone_errors, key, phone_error)
         self._add(self.dirty["customers"], key)
@@ -515,7 +521,7 @@ class BatchSession:
         self._upsert(t.customers, _CUSTOMER_COLUMNS, [
             (c.tenant_id, c.id, c.name, c.phone, self.phone_errors.get((c.tenant_id, c.id)), c.email, c.language,
              sorted(x.value for x in c.consents), c.privacy_accepted, c.created_via_online_booking, c.revision,
-             c.snapshot_at, c.phone_type)
+             c.snapshot_at, c.phone_type, sorted(x.value for x in c.opted_out) or None)
             for c in (self.customers[k] for k in sorted(self.dirty["customers"])) if c is not None])
         self._upsert(t.bookings, _BOOKING_COLUMNS, [
             (b.tenant_id, b.id, b.customer_id, b.resource_id, b.starts_at, b.ends_at, b.created_at, b.scheduled_at,

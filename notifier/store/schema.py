@@ -119,8 +119,12 @@ customers = Table(
     Column("revision", Integer, nullable=False),  # of the last customer.updated applied (0: none yet)
     Column("snapshot_at", UTCDateTime, nullable=False),  # occurred_at of the data held; breaks ties
     Column("phone_type", String(24)),  # mobile, fixed_line, ... (phonenumbers), invalid; NULL: not known
+    # channels the customer opted out of by a reply or at the provider (R3); NULL: none. Not the
+    # booking system's: its customer.updated events leave it as it is
+    Column("opted_out", JSON),
     ForeignKeyConstraint(["tenant_id"], ["tenants.id"]),
 )
+Index("ix_customers_phone", customers.c.phone)  # a reply is matched to its customer by number (R3, R11, R14)
 
 bookings = Table(
     "bookings",
@@ -317,6 +321,26 @@ receipts = Table(
 Index("ix_receipts_message_id", receipts.c.message_id)
 Index("ix_receipts_received_at", receipts.c.received_at)
 Index("ix_pending_statuses_received_at", pending_statuses.c.received_at)  # housekeeping
+
+# a customer's message to us (R3, R11, R14), once per provider message: a webhook delivered again is
+# recognised; what it meant and what became of it. Deleted after `retention_attempts_s`.
+inbound_messages = Table(
+    "inbound_messages",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("provider", String(16), nullable=False),  # twilio | meta
+    Column("provider_message_id", Ident(200), nullable=False),
+    Column("channel", String(16), nullable=False),  # sms | whatsapp
+    Column("tenant_id", Ident(128)),  # NULL: no customer of ours has the number
+    Column("customer_id", Ident(128)),
+    Column("booking_id", Ident(128)),  # the booking it most likely belongs to
+    Column("intent", String(16)),  # opt_out | opt_in | confirm | cancel; NULL: nothing we know
+    Column("outcome", String(32), nullable=False),
+    Column("text", Text),
+    Column("received_at", UTCDateTime, nullable=False),
+    UniqueConstraint("provider", "provider_message_id", name="uq_inbound_provider_id"),
+)
+Index("ix_inbound_messages_received_at", inbound_messages.c.received_at)  # housekeeping
 
 outbox = Table(
     "outbox",  # events for the booking system, written with the change, published after commit

@@ -169,7 +169,8 @@ def customer_from(row: Any) -> Customer:
     return Customer(id=row.id, tenant_id=row.tenant_id, name=row.name, phone=row.phone, email=row.email,
                     language=row.language, consents=frozenset(Channel(x) for x in row.consents),
                     privacy_accepted=row.privacy_accepted, created_via_online_booking=row.created_via_online_booking,
-                    revision=row.revision, snapshot_at=_utc(row.snapshot_at), phone_type=phone_type)
+                    revision=row.revision, snapshot_at=_utc(row.snapshot_at), phone_type=phone_type,
+                    opted_out=frozenset(Channel(x) for x in row.opted_out) if row.opted_out else frozenset())
 
 
 def booking_from(row: Any) -> Booking:
@@ -345,6 +346,7 @@ class Tx:
             "consents": sorted(x.value for x in customer.consents), "privacy_accepted": customer.privacy_accepted,
             "created_via_online_booking": customer.created_via_online_booking, "revision": customer.revision,
             "snapshot_at": customer.snapshot_at, "phone_type": customer.phone_type,
+            "opted_out": sorted(x.value for x in customer.opted_out) or None,
         }, ["tenant_id", "id"])
 
     def booking(self, tenant_id: str, booking_id: str, *, lock: bool = False) -> Booking | None:

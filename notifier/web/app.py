@@ -9,8 +9,9 @@ FastAPI because it validates requests, documents the API as OpenAPI without extr
 (docs/openapi.json), and runs on uvicorn; the handlers are thin and call notifier.services
 (use cases) or notifier.views (read-only queries).
 
-Callbacks are accepted only with a valid signature: Twilio's X-Twilio-Signature (HMAC-SHA1
-of the URL and the sorted form fields, with the auth token), Meta's X-Hub-Signature-256
+Callbacks and customers' messages (Twilio's `/inbound/twilio`; Meta's come with its status
+webhook) are accepted only with a valid signature: Twilio's X-Twilio-Signature (HMAC-SHA1 of
+the URL and the sorted form fields, with the auth token), Meta's X-Hub-Signature-256
 (HMAC-SHA256 of the raw body, with the app secret). Anything else is a 403.
 """
 
@@ -26,12 +27,13 @@ from zoneinfo import ZoneInfo
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from notifier import views
 from notifier.dispatch import sender_identity
 from notifier.domain.model import BookingStatus, Channel
 from notifier.domain.planning import zone_of
+from notifier.inbound import Inbound, receive_reply
 from notifier.rendering.calendar import calendar_card
 from notifier.services import (
     ACTIONS,
@@ -215,8 +217,57 @@ def named_message(reference: str | None) -> int | None:
     return None
 
 
+class MetaText(BaseModel):
+    body: str = ""
+
+
+class MetaButton(BaseModel):
+    payload: str | None = None  # a template's quick-reply button: the payload we gave it
+    text: str | None = None
+
+
+class MetaButtonReply(BaseModel):
+    id: str | None = None
+    title: str | None = None
+
+
+class MetaInteractive(BaseModel):
+    button_reply: MetaButtonReply | None = None
+
+
+class MetaContext(BaseModel):
+    id: str | None = None  # the message of ours it answers
+
+
+class MetaMessage(BaseModel):
+    """A customer's message (R3, R11, R14); kinds other than text and buttons (images, ...) are read as
+    a reply without words, for the staff."""
+
+    id: str
+    from_: str = Field(alias="from")
+    type: str = "text"
+    text: MetaText | None = None
+    button: MetaButton | None = None
+    interactive: MetaInteractive | None = None
+    context: MetaContext | None = None
+
+    def inbound(self) -> Inbound:
+        reply = self.interactive.button_reply if self.interactive else None
+        payload = self.button.payload if self.button else reply.id if reply else None
+        words = self.text.body if self.text else self.button.text if self.button else reply.title if reply \
+            else f"({self.type})"
+        return Inbound(provider="meta", channel=Channel.WHATSAPP, provider_message_id=self.id, sender=self.from_,
+                       text=words, button_payload=payload, replied_to=self.context.id if self.context else None)
+
+
+class MetaMetadata(BaseModel):
+    phone_number_id: str = ""  # which of the business's numbers: ours, or another's of the same account
+
+
 class MetaValue(BaseModel):
-    statuses: list[MetaStatus] = []  # messages and other fields of the webhook are not ours
+    statuses: list[MetaStatus] = []
+    messages: list[MetaMessage] = []
+    metadata: MetaMetadata = MetaMetadata()  # other fields of the webhook are not ours
 
 
 class MetaChange(BaseModel):
@@ -228,7 +279,8 @@ class MetaEntry(BaseModel):
 
 
 class MetaWebhook(BaseModel):
-    """The part of Meta's webhook that carries message statuses; other fields are ignored."""
+    """The parts of Meta's webhook that carry message statuses and customers' messages; other
+    fields are ignored."""
 
     entry: list[MetaEntry] = []
 
@@ -295,8 +347,8 @@ def create_app(ctx: Any) -> FastAPI:
             registry_holder.append(reg)
         return registry_holder[0]
 
-    @app.post("/callbacks/twilio", status_code=204)
-    async def twilio_callback(request: Request) -> Response:
+    async def twilio_form(request: Request) -> dict[str, str]:
+        """The form of a request Twilio signed for this URL; anything else is a 403."""
         form = {k: str(v) for k, v in (await request.form()).items()}
         url = settings.public_url.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query
                                                                     else "")
@@ -304,6 +356,11 @@ def create_app(ctx: Any) -> FastAPI:
         # signed with the token of the account that sent the message (a channel may have several)
         if not any(same(given, twilio_signature(token, url, form)) for token in settings.twilio_auth_tokens):
             raise HTTPException(status_code=403, detail="invalid signature")
+        return form
+
+    @app.post("/callbacks/twilio", status_code=204)
+    async def twilio_callback(request: Request) -> Response:
+        form = await twilio_form(request)
         sid, status = form.get("MessageSid") or form.get("SmsSid"), form.get("MessageStatus") or form.get("SmsStatus")
         if sid and status:
             error = f"twilio {form['ErrorCode']}" if form.get("ErrorCode") else None
@@ -313,6 +370,32 @@ def create_app(ctx: Any) -> FastAPI:
                     == "foreign":
                 raise HTTPException(status_code=409, detail="not a message sent through Twilio")
         return Response(status_code=204)
+
+    def receive(inbound: Inbound) -> str:
+        return receive_reply(ctx.store, inbound, now=ctx.clock.now(), regions=settings.unavailable,
+                             valid_after_visit_s=settings.link_valid_after_visit_s).status
+
+    @app.post("/inbound/twilio", response_class=Response,
+              responses={200: {"content": {"text/xml": {}}, "description": "taken (an empty TwiML answer: "
+                                                                            "notifier replies nothing)"},
+                         403: {"description": "not signed by Twilio with this account's auth token"}})
+    async def twilio_inbound(request: Request) -> Response:
+        """A customer's SMS or WhatsApp message to one of our Twilio numbers (R3, R11, R14): the number's
+        "a message comes in" webhook. Signed like the status callbacks."""
+        form = await twilio_form(request)
+        if form.get("AccountSid") and not same(form["AccountSid"], settings.twilio_account_sid):
+            raise HTTPException(status_code=403, detail="another account's message")
+        sid, sender = form.get("MessageSid") or form.get("SmsSid"), form.get("From", "")
+        if not sid or not sender:
+            raise HTTPException(status_code=400, detail="not an inbound message: MessageSid and From are needed")
+        whatsapp = sender.startswith("whatsapp:")
+        inbound = Inbound(provider="twilio", channel=Channel.WHATSAPP if whatsapp else Channel.SMS,
+                          provider_message_id=sid, sender=sender, to=form.get("To", "").removeprefix("whatsapp:"),
+                          messaging_service=form.get("MessagingServiceSid", ""), text=form.get("Body"),
+                          button_payload=form.get("ButtonPayload"),
+                          replied_to=form.get("OriginalRepliedMessageSid"), opt_out_type=form.get("OptOutType"))
+        await run_in_threadpool(receive, inbound)
+        return Response("<Response/>", media_type="text/xml")
 
     @app.get("/callbacks/meta", response_class=PlainTextResponse)
     def meta_verify(request: Request) -> str:
@@ -338,6 +421,9 @@ def create_app(ctx: Any) -> FastAPI:
             foreign = 0
             for entry in payload.entry:
                 for change in entry.changes:
+                    ours = change.value.metadata.phone_number_id in ("", settings.meta_phone_number_id)
+                    for message in change.value.messages if ours else ():  # a customer's message (R3, R11, R14)
+                        receive(message.inbound())
                     for status in change.value.statuses:
                         error = f"whatsapp {status.errors[0].code}: {status.errors[0].title}" if status.errors else None
                         foreign += apply_delivery_status(

@@ -33,6 +33,7 @@ PUBLIC = {
     "/openapi.json": "needs a key itself (tested below)",
     "/callbacks/twilio": "accepted only with Twilio's signature (N5)",
     "/callbacks/meta": "accepted only with Meta's signature or verify token (N5)",
+    "/inbound/twilio": "customers' messages, accepted only with Twilio's signature (N5, R3, R11, R14)",
     "/l/{token}": "the customer's page: the opaque token is the key (N4)",
     "/l/{token}/{action}": "the page's buttons, under the same token (N4)",
     "/l/{token}/calendar.ics": "the page's calendar card, under the same token (R22, N4)",

@@ -15,7 +15,7 @@ FORBIDDEN = {"celery", "kombu", "sqlalchemy", "alembic", "psycopg", "jinja2", "r
 # check_deliverability=False, so it never asks DNS (its resolver is imported only when asked to).
 # email is the standard library's header model (a tenant's From mailbox, quoted as mail reads it),
 # parsing only: sending lives in smtplib, forbidden above.
-ALLOWED = {"__future__", "dataclasses", "datetime", "enum", "typing", "zoneinfo", "collections", "functools",
+ALLOWED = {"__future__", "unicodedata", "dataclasses", "datetime", "enum", "typing", "zoneinfo", "collections", "functools",
            "itertools", "math", "operator", "re", "pydantic", "email_validator", "email", "notifier"}
 
 

@@ -16,6 +16,7 @@ CONTEXT = {
                 "ends_at": datetime(2026, 3, 29, 8, 30, tzinfo=UTC), "service": "", "duration_min": 60},
     "resource": {"name": "Anna Weber", "type": "specialist"},
     "links": {"page": "https://book.example/l/0Vt8NBv9otkt1QBI1"},
+    "reply": {"text": "", "channel": ""},  # a staff_reply's (issue 23); empty in every other kind, as in dispatch
 }
 
 
@@ -100,7 +101,8 @@ def test_R41_R45_every_kind_renders_in_every_shipped_language(shipped, kind, res
     channels = (["activity"] if kind.value.startswith("activity_") else ["staff"]) if kind.to_staff \
         else ["email", "sms"]
     context = dict(CONTEXT, links=LINKS, booking=dict(CONTEXT["booking"], cancel_reason="Krank", cancelled_by="",
-                                                      status=""))
+                                                      status=""),
+                   reply={"text": "Geht auch 10 Uhr?", "channel": "sms"})
     for channel in channels:
         out = shipped.render(kind.value, channel, resource_type, (language,), context, timezone="Europe/Berlin",
                              locale=language)
@@ -110,5 +112,7 @@ def test_R41_R45_every_kind_renders_in_every_shipped_language(shipped, kind, res
         assert out.subject or channel == "sms"
         if kind in (Kind.CONFIRMATION,):
             assert LINKS["page"] in out.text
+        if kind is Kind.STAFF_REPLY:  # R1: the staff read what the customer wrote
+            assert "Geht auch 10 Uhr?" in out.text
         if channel == "sms":
             assert len(out.text) <= 320, f"{out.template}: {len(out.text)} characters is more than two segments"

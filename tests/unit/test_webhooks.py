@@ -18,6 +18,7 @@ from notifier.channels.outbound import parse_networks
 from notifier.channels.webhook import STAFF_KINDS, WebhookChannel, json_schema
 from notifier.devtools import HttpSink
 from notifier.domain.model import Channel
+from notifier.inbound import Inbound, receive_reply
 from notifier.services import apply_events, sweep_states
 from tests.conftest import START, customer, event, make_context, make_settings
 from tests.unit.test_services import run_due
@@ -66,8 +67,8 @@ def apply(ctx, *events):
     return apply_events(ctx.store, [json.dumps(e) for e in events], now=ctx.clock.now(), source="test")
 
 
-def booked(booking_id: str, **data):
-    return event("booking.created", {"booking_id": booking_id, "customer": customer(f"c-{booking_id}"),
+def booked(booking_id: str, phone: str | None = None, **data):
+    return event("booking.created", {"booking_id": booking_id, "customer": customer(f"c-{booking_id}", phone=phone),
                                      "resource": RESOURCE, "starts_at": VISIT.isoformat(),
                                      "ends_at": (VISIT + timedelta(hours=1)).isoformat(), **data}, tenant=TENANT)
 
@@ -80,9 +81,13 @@ def at(ctx, moment):
 
 def test_R1_every_staff_notice_and_activity_sent_matches_the_documented_schema_and_signature(wired, hooks):
     ctx = wired
-    apply(ctx, booked("late"),  # unconfirmed (R13), then not marked arrived (R17, R18)
+    apply(ctx, booked("late", phone="+49 151 23456789"),  # unconfirmed (R13), then not marked arrived (R17, R18)
           booked("request", status={"id": "s1", "name": "Anfrage", "kind": "start"}),  # R23
           booked("leaving"))
+    # R1: the customer writes what notifier cannot act on; the staff get it (customer.replied)
+    assert receive_reply(ctx.store, Inbound("twilio", Channel.SMS, "SM-reply-1", sender="+4915123456789",
+                                            text="Ich komme 10 Minuten später"),
+                         now=START, valid_after_visit_s=3600).status == "forwarded"
     at(ctx, START)  # the new request's notice goes before the request is accepted
     apply(ctx, event("booking.status_changed", {"booking_id": "request", "status": {
         "id": "s2", "name": "Bestätigt", "kind": "confirmation"}}, tenant=TENANT, revision=2),  # R33
@@ -103,7 +108,9 @@ def test_R1_every_staff_notice_and_activity_sent_matches_the_documented_schema_a
         assert headers["x-notifier-idempotency-key"] == request["json"]["idempotency_key"]
         assert headers["content-type"] == "application/json"
         body = request["json"]
-        assert body["type"] == ("notifier.activity" if body["kind"].startswith("activity_") else "notifier.staff")
+        assert body["type"] == ("notifier.activity" if body["kind"].startswith("activity_") else
+                                "customer.replied" if body["kind"] == "staff_reply" else "notifier.staff")
+        assert ("reply" in body) == (body["kind"] == "staff_reply")
         assert body["tenant_id"] == TENANT and body["title"] and body["body"]
 
 
