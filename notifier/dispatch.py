@@ -70,7 +70,7 @@ from notifier.domain.model import (
     Tenant,
 )
 from notifier.domain.outbound import MESSAGE_EVENTS, message_event
-from notifier.domain.planning import failed_keys, plan_booking, sent_keys, zone_of
+from notifier.domain.planning import card_sent_in, failed_keys, plan_booking, sent_keys, zone_of
 from notifier.domain.replies import opted_out_by_error
 from notifier.domain.retry import compute_backoff_s
 from notifier.failover import AccountFailure, accounts_of, send_through
@@ -344,7 +344,7 @@ def _planned_keys(loaded: _Loaded, booking: Booking, customer: Customer, resourc
         existing = loaded.session.existing_messages(booking.tenant_id, booking.id)
         loaded.planned[key] = frozenset(m.key for m in plan_booking(
             booking, customer, resource, tenant, settings, now=now, sent=sent_keys(existing),
-            failed=failed_keys(existing)).messages)
+            failed=failed_keys(existing), card_sent=card_sent_in(existing)).messages)
     return loaded.planned[key]
 
 

@@ -42,6 +42,7 @@ from notifier.domain.outbound import message_event
 from notifier.domain.planning import (
     apply_flags,
     booking_flags,
+    card_sent_in,
     diff_plan,
     failed_keys,
     next_flag_change,
@@ -718,7 +719,7 @@ def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) ->
         return booking
     existing = s.existing_messages(tenant.id, booking.id)
     plan = plan_booking(booking, customer, resource, tenant, _settings_in(s, tenant, resource), now=now,
-                        sent=sent_keys(existing), failed=failed_keys(existing))
+                        sent=sent_keys(existing), failed=failed_keys(existing), card_sent=card_sent_in(existing))
     diff = diff_plan(existing, plan.messages)
     left_out: tuple[NotPlanned, ...] = ()
     if plan.not_planned != booking.not_planned:  # most bookings: both empty

@@ -368,15 +368,17 @@ def plan_booking(
     now: datetime,
     sent: frozenset[str] = frozenset(),
     failed: frozenset[str] = frozenset(),
+    card_sent: bool = False,
 ) -> Plan:
     """Every message and staff activity this booking needs, in due order, and the kinds switched
     on that it will not get, with the reason (the same state gives the same answer).
 
     `sent`: keys of messages already handed to a provider (for R21); `failed`: keys that
-    failed for good (for the fallback channel)."""
+    failed for good (for the fallback channel); `card_sent`: an email with the appointment card
+    went out (`card_sent_in`; R22: a cancellation takes it back)."""
     plan = _Plan(booking, tenant, customer, zone_of(tenant, resource), settings, now, failed)
     if booking.status is BookingStatus.CANCELLED:
-        _plan_cancellation(plan, booking, settings, sent)
+        _plan_cancellation(plan, booking, settings, card_sent)
     elif booking.needs_approval and booking.approved_at is None:
         _plan_request(plan, booking, settings)  # R23, R32: nothing else until it is accepted
     else:
@@ -399,7 +401,7 @@ def _plan_request(plan: _Plan, booking: Booking, s: NotificationSettings) -> Non
         plan.staff(Kind.STAFF_NEW_REQUEST, booking.created_at)
 
 
-def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings, sent: frozenset[str]) -> None:
+def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings, card_sent: bool) -> None:
     at = booking.cancelled_at or booking.scheduled_at
     by = booking.cancelled_by
     if by == "release":  # R18: the notice planned for this moment still goes out
@@ -410,7 +412,7 @@ def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings, s
     if by == "customer":
         if s.cancellation.inform_staff_on_customer_cancel and s.staff.cancelled:  # R14, R19
             plan.staff(Kind.STAFF_CANCELLED, at)
-        if s.cancellation.enabled and Channel.EMAIL in plan.reachable and _card_sent(sent):
+        if s.cancellation.enabled and Channel.EMAIL in plan.reachable and card_sent:
             # R22: the customer saw the page say it; the email's card (METHOD:CANCEL) takes the
             # visit out of the calendar an earlier card put it in (no card goes by SMS)
             plan.customer_message(Kind.CANCELLATION, (Channel.EMAIL,), at, policy="all")
@@ -428,13 +430,6 @@ def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings, s
                                   policy=s.cancellation.channel_policy)
         else:
             plan.switched_off(Kind.CANCELLATION, s.cancellation.channels)
-
-
-def _card_sent(sent: frozenset[str]) -> bool:
-    """Whether a message that may have carried the appointment card went out: a card kind by email,
-    or in the customer's one slot (`channel_policy: first`, whose key does not say the channel)."""
-    return any(kind in CARD_KINDS and slot in (Channel.EMAIL, "customer")
-               for kind, slot, *_ in (key.split("/") + [""] for key in sent))
 
 
 def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: NotificationSettings, zone: ZoneInfo,
@@ -578,6 +573,12 @@ def diff_plan(existing: Iterable[StoredMessage], planned: Iterable[PlannedMessag
 def sent_keys(existing: Iterable[StoredMessage]) -> frozenset[str]:
     """The planner's messages handed to a provider (an operator's resend is not one of the plan's)."""
     return frozenset(m.key for m in existing if m.state in SENT_STATES and not m.manual)
+
+
+def card_sent_in(existing: Iterable[StoredMessage]) -> bool:
+    """Whether an email of the booking carried the appointment card to the customer (R22)."""
+    return any(m.state in SENT_STATES and m.channel is Channel.EMAIL and m.key.split("/", 1)[0] in CARD_KINDS
+               for m in existing)
 
 
 def failed_keys(existing: Iterable[StoredMessage]) -> frozenset[str]:

@@ -25,6 +25,7 @@ from notifier.domain.model import (
 from notifier.domain.planning import (
     ExistingMessage,
     booking_flags,
+    card_sent_in,
     diff_plan,
     in_quiet_hours,
     local_days_before,
@@ -147,15 +148,20 @@ def test_R14_R22_customer_cancels_the_staff_is_told_at_once_and_the_card_is_with
     """The page tells the customer; an email carries the card that takes the visit out of the
     calendar an earlier card put it in (METHOD:CANCEL). Only by email: no other channel carries a
     card; and only after a card went out."""
-    card = frozenset({"info/customer"})
-    planned = plan(cancelled("customer"), now=at(2026, 12, 2, 11), sent=card)
-    assert [(m.kind, m.channel, m.due_at, m.recipient) for m in planned] == [
+    def planned(card_sent, s=NotificationSettings()):
+        return plan_booking(cancelled("customer"), CUSTOMER, RESOURCE, TENANT, s, now=at(2026, 12, 2, 11),
+                            card_sent=card_sent).messages
+
+    assert [(m.kind, m.channel, m.due_at, m.recipient) for m in planned(True)] == [
         (Kind.CANCELLATION, Channel.EMAIL, at(2026, 12, 2, 11), "customer"),
         (Kind.STAFF_CANCELLED, Channel.STAFF, at(2026, 12, 2, 11), "staff")]
-    for sent, s in ((frozenset(), conf()), (frozenset({"info/sms"}), conf()),
-                    (card, conf(cancellation={"enabled": False}))):
-        assert [m.kind for m in plan(cancelled("customer"), s, now=at(2026, 12, 2, 11), sent=sent)] == [
-            Kind.STAFF_CANCELLED]
+    assert [m.kind for m in planned(False)] == [Kind.STAFF_CANCELLED]
+    assert [m.kind for m in planned(True, conf(cancellation={"enabled": False}))] == [Kind.STAFF_CANCELLED]
+    # what says a card went out: an email of a kind that carries one, handed to the provider
+    info = ExistingMessage("info/customer", MessageState.SENT, at(2026, 12, 1, 9), Channel.EMAIL)
+    assert card_sent_in([info]) and not card_sent_in([replace(info, channel=Channel.SMS)])
+    assert not card_sent_in([replace(info, state=MessageState.PLANNED)])
+    assert not card_sent_in([replace(info, key="confirmation/customer")])
 
 
 @pytest.mark.parametrize("inform, expected", [(False, []), (True, [Kind.CANCELLATION])])
