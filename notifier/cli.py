@@ -509,8 +509,8 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
     import yaml
 
     from notifier.domain.model import Channel, Tenant
-    from notifier.rendering.bundles import as_json as problems_json
     from notifier.rendering.bundles import MAX_SMS_SEGMENTS, SmsSize, validate_bundle
+    from notifier.rendering.bundles import as_json as problems_json
 
     folder = tenants_dir or load_settings().tenants_dir
     tenants = []
