@@ -116,3 +116,20 @@ def test_R41_R45_every_kind_renders_in_every_shipped_language(shipped, kind, res
             assert "Geht auch 10 Uhr?" in out.text
         if channel == "sms":
             assert len(out.text) <= 320, f"{out.template}: {len(out.text)} characters is more than two segments"
+
+
+CUSTOMER_KINDS = [kind for kind in Kind if not kind.to_staff]
+
+
+@pytest.mark.parametrize("language", ["de", "it", "en", "ru"])
+@pytest.mark.parametrize("channel", ["email", "sms", "whatsapp"])
+def test_R11_R14_R27_every_customer_message_on_every_channel_carries_the_page_that_confirms_and_cancels(
+        shipped, channel, language):
+    """The confirmation request's link also cancels (R11): an email had a cancel link of its own,
+    SMS and WhatsApp only the confirm link. Every message now carries the booking's one page."""
+    context = dict(CONTEXT, links=LINKS, booking=dict(CONTEXT["booking"], cancel_reason="Krank", cancelled_by="",
+                                                      status=""))
+    for kind in CUSTOMER_KINDS:
+        out = shipped.render(kind.value, channel, "specialist", (language,), context, timezone="Europe/Berlin",
+                             locale=language)
+        assert LINKS["page"] in (out.params if channel == "whatsapp" else out.text), out.template
