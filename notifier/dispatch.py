@@ -495,7 +495,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     except Exception as exc:  # noqa: BLE001 - a broken template fails its message, nothing else (N3)
         return _failed(message, now, f"template error: {exc.__class__.__name__}: {exc}")
     attachments: tuple[Attachment, ...] = ()
-    if message.channel is Channel.EMAIL and message.kind in CARD_KINDS:  # R22: the card, new or updated
+    if message.channel is Channel.EMAIL and message.kind in CARD_KINDS and booking.send_card is not False:  # R22
         ics, method = calendar_card(booking, resource, tenant, customer, zone=zone_of(tenant, resource),
                                     organizer=sender_identity(tenant, Channel.EMAIL, settings)["sender"],
                                     stamp=_stamp(message))

@@ -120,7 +120,8 @@ def booking_view(store: Store, tenant_id: str, booking_id: str, *, now: datetime
         "markers": {"unconfirmed": bool(flags and flags.unconfirmed), "red_since": _iso(booking.red_since),
                     "late_since": _iso(booking.late_since), "late_counter_since": _iso(booking.late_counter_since),
                     "released_at": _iso(booking.released_at)},
-        "status_history": [{"at": _iso(e.at), "status": e.status, "kind": e.kind, "reason": e.reason}
+        "status_history": [{"at": _iso(e.at), "status": e.status, "kind": e.kind, "reason": e.reason,
+                            "description": e.description, "position": e.position, "colour": e.colour}
                            for e in status_history(_status_entries(timeline))],
         "messages": _messages(rows, timeline),
         "not_planned": _not_planned(booking.not_planned, timeline),
@@ -132,11 +133,12 @@ def _status_entries(timeline: list[dict[str, Any]]) -> list[StatusEntry]:
     entries = []
     for e in timeline:
         detail = e["detail"] or {}
+        shown = {name: detail.get(name) for name in ("description", "position", "colour")}
         if e["kind"] == "booking.created" and detail.get("status"):
-            entries.append(StatusEntry(e["at"], detail["status"], detail.get("status_kind", "none")))
+            entries.append(StatusEntry(e["at"], detail["status"], detail.get("status_kind", "none"), **shown))
         elif e["kind"] == "booking.status_changed":
             entries.append(StatusEntry(e["at"], detail.get("status", ""), detail.get("kind", "none"),
-                                       detail.get("reason")))
+                                       detail.get("reason"), **shown))
     return entries
 
 

@@ -119,9 +119,19 @@ class ResourceData(_Strict):
 
 
 class WorkflowStatus(_Strict):
+    """R31: a status of the tenant's workflow as its booking system defines it: a name, what it
+    means, where it stands in the list, its colour on the board, and its kind."""
+
     id: Id
     name: Annotated[Line, Field(max_length=100)]
     kind: Literal["start", "confirmation", "cancellation", "none"] = "none"
+    description: Annotated[Text, Field(max_length=500)] | None = None
+    position: Annotated[int, Field(ge=0, le=10_000)] | None = None  # its place in the workflow's list
+    colour: Annotated[str, Field(pattern=r"^#[0-9A-Fa-f]{6}$")] | None = None  # on the planner's board
+
+    def attributes(self) -> dict[str, Any]:
+        """As a booking keeps it: {id, name, kind} and the attributes given."""
+        return self.model_dump(exclude_none=True)
 
 
 class BookingCreated(_Strict):
@@ -136,6 +146,10 @@ class BookingCreated(_Strict):
     # (R30-R32) the booking starts in its start status: pass it here
     needs_approval: bool = False
     status: WorkflowStatus | None = None
+    # what the person booking chose for this booking (salon seed): the appointment card with the
+    # email messages (R22; false: none, nor its updates), and reminders (R15; false: none)
+    send_card: bool = True
+    reminders: bool = True
 
     @model_validator(mode="after")
     def _ends_after_start(self) -> "BookingCreated":

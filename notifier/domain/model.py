@@ -200,7 +200,8 @@ class Booking:
     cancel_reason: str | None = None
     needs_approval: bool = False  # an online request the business must accept (R23, R32)
     approved_at: datetime | None = None  # when it entered a confirmation-kind status (R33)
-    workflow_status: Mapping[str, str] | None = None  # {id, name, kind} (R30-R35)
+    # {id, name, kind} and, where given, description, position, colour (R30-R35)
+    workflow_status: Mapping[str, Any] | None = None
     confirmed_at: datetime | None = None
     visit_outcome: str | None = None  # arrived | no_show
     revision: int = 0
@@ -211,7 +212,7 @@ class Booking:
     released_at: datetime | None = None
     received_at: datetime | None = None  # when notifier first applied it (None: as `created_at`)
     # the booking system's choices for this booking when it was made (salon seed): the appointment
-    # card by email (None: the settings decide, R22), reminders on or off (R15)
+    # card with its email messages (R22; None, as stored before the choice existed: sent), reminders (R15)
     send_card: bool | None = None
     reminders: bool = True
     # what planning left out, as last recorded on the timeline (each entry is written once)

@@ -65,6 +65,7 @@ VISIT_STARTED = "visit_started"  # the booking was made or moved after its visit
 PRIVACY_NOT_ACCEPTED = "privacy_not_accepted"  # R4: an online customer who has not accepted the policy
 NO_SHOW = "no_show"  # feedback for a visit the customer did not come to
 SWITCHED_OFF_FOR_RESOURCE = "switched_off_for_resource"  # on for the tenant, off for this resource
+SWITCHED_OFF_FOR_BOOKING = "switched_off_for_booking"  # on for the resource, off for this booking (its choice)
 # no channel of the kind reaches the customer: one reason for all of them ...
 CHANNEL_SWITCHED_OFF = "channel_switched_off"  # R2: SMS / WhatsApp not switched on by the tenant
 CHANNEL_UNAVAILABLE_IN_REGION = "channel_unavailable_in_region"  # R6
@@ -76,8 +77,9 @@ INVALID_NUMBER = "invalid_number"  # R5: the number given is not valid
 NUMBER_CANNOT_RECEIVE = "number_cannot_receive"  # a landline (or pager, toll-free...) takes no SMS / WhatsApp
 NO_REACHABLE_CHANNEL = "no_reachable_channel"  # ... or different reasons per channel (`NotPlanned.why`)
 NOT_PLANNED_REASONS = (INSIDE_LEAD_TIME, QUIET_HOURS_AFTER_VISIT, VISIT_STARTED, PRIVACY_NOT_ACCEPTED, NO_SHOW,
-                       SWITCHED_OFF_FOR_RESOURCE, CHANNEL_SWITCHED_OFF, CHANNEL_UNAVAILABLE_IN_REGION, NO_PROVIDER,
-                       NO_CONSENT, OPTED_OUT, NO_ADDRESS, INVALID_NUMBER, NUMBER_CANNOT_RECEIVE, NO_REACHABLE_CHANNEL)
+                       SWITCHED_OFF_FOR_RESOURCE, SWITCHED_OFF_FOR_BOOKING, CHANNEL_SWITCHED_OFF,
+                       CHANNEL_UNAVAILABLE_IN_REGION, NO_PROVIDER, NO_CONSENT, OPTED_OUT, NO_ADDRESS, INVALID_NUMBER,
+                       NUMBER_CANNOT_RECEIVE, NO_REACHABLE_CHANNEL)
 # a channel the customer consented to but cannot be reached on for one of these is recorded even
 # when the kind goes out on another channel: their number, the region or the installation is at fault
 PASSED_OVER = frozenset({CHANNEL_UNAVAILABLE_IN_REGION, NO_PROVIDER, INVALID_NUMBER, NUMBER_CANNOT_RECEIVE})
@@ -491,6 +493,8 @@ def _plan_active(plan: _Plan, booking: Booking, customer: Customer, s: Notificat
     privacy_ok = customer.privacy_accepted or not customer.created_via_online_booking
     if not r.enabled:
         plan.switched_off(Kind.REMINDER, r.channels)
+    elif not booking.reminders:  # switched off for this booking when it was made
+        plan.not_planned(Kind.REMINDER, SWITCHED_OFF_FOR_BOOKING, r.channels, r.channel_policy)
     elif not privacy_ok:
         plan.not_planned(Kind.REMINDER, PRIVACY_NOT_ACCEPTED, r.channels, r.channel_policy)
     else:  # R15

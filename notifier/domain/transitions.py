@@ -95,16 +95,23 @@ def booking_created(event: ev.BookingCreatedEvent, received_at: datetime | None 
         service=data.service,
         needs_approval=data.needs_approval or (data.status is not None and data.status.kind in ("start", "none")),
         approved_at=occurred if data.status is not None and data.status.kind == "confirmation" else None,
-        workflow_status=({"id": data.status.id, "name": data.status.name, "kind": data.status.kind}
-                         if data.status else None),
+        workflow_status=data.status.attributes() if data.status else None,
         revision=event.revision,
         received_at=received_at,
+        send_card=data.send_card,
+        reminders=data.reminders,
     )
     detail: dict[str, Any] = {"starts_at": booking.starts_at.isoformat(), "resource_id": booking.resource_id,
                               "source": booking.source}
     if data.status is not None:  # the workflow status it starts in, the first of its history (R32, R35)
-        detail.update(status=data.status.name, status_kind=data.status.kind)
+        detail.update(status=data.status.name, status_kind=data.status.kind, **_shown(data.status))
     return booking, [Note("booking.created", detail)]
+
+
+def _shown(status: ev.WorkflowStatus) -> dict[str, Any]:
+    """How a status looks in the history (R31): its description, position and colour, where given."""
+    return {k: v for k, v in (("description", status.description), ("position", status.position),
+                              ("colour", status.colour)) if v is not None}
 
 
 def booking_rescheduled(booking: Booking, event: ev.BookingRescheduledEvent) -> tuple[Booking, list[Note]]:
@@ -132,8 +139,7 @@ def booking_cancelled(booking: Booking, event: ev.BookingCancelledEvent) -> tupl
 def booking_status_changed(booking: Booking, event: ev.BookingStatusChangedEvent) -> tuple[Booking, list[Note]]:
     status = event.data.status
     at = ev.utc(event.occurred_at)
-    changes: dict[str, Any] = {"workflow_status": {"id": status.id, "name": status.name, "kind": status.kind},
-                               "revision": event.revision}
+    changes: dict[str, Any] = {"workflow_status": status.attributes(), "revision": event.revision}
     if status.kind == "cancellation" and booking.status is BookingStatus.ACTIVE:  # R34: it cancels, with reason
         changes.update(status=BookingStatus.CANCELLED, cancelled_by="workflow", cancelled_at=at,
                        cancel_reason=event.data.reason)
@@ -141,7 +147,8 @@ def booking_status_changed(booking: Booking, event: ev.BookingStatusChangedEvent
         changes.update(approved_at=at, needs_approval=True)
     elif status.kind == "start" and booking.approved_at is None:  # R32: under a workflow from now on
         changes.update(needs_approval=True)
-    note = Note("booking.status_changed", {"status": status.name, "kind": status.kind, "reason": event.data.reason})
+    note = Note("booking.status_changed", {"status": status.name, "kind": status.kind, "reason": event.data.reason,
+                                           **_shown(status)})
     return replace(booking, **changes), [note]
 
 

@@ -27,6 +27,9 @@ class StatusEntry:
     status: str
     kind: str
     reason: str | None = None
+    description: str | None = None  # R31: how the booking system describes and shows the status
+    position: int | None = None
+    colour: str | None = None
 
 
 def status_history(entries: Iterable[StatusEntry]) -> list[StatusEntry]:

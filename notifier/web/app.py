@@ -111,6 +111,9 @@ class StatusStep(BaseModel):
     status: str
     kind: str  # start | confirmation | cancellation | none
     reason: str | None
+    description: str | None = None  # R31: as the booking system described the status
+    position: int | None = None
+    colour: str | None = None  # "#RRGGBB"
 
 
 class BookingMessage(BaseModel):
@@ -171,7 +174,7 @@ class BookingState(BaseModel):
     created_at: datetime
     revision: int
     status: str  # active | cancelled
-    workflow_status: dict[str, str] | None  # {id, name, kind} (R30-R34)
+    workflow_status: dict[str, Any] | None  # {id, name, kind; description, position, colour} (R30-R34)
     needs_approval: bool
     approved_at: datetime | None
     confirmed_at: datetime | None

@@ -200,6 +200,29 @@ def test_R35_the_history_of_a_workflow_booking_lists_its_statuses_newest_first(a
     assert kinds["request_received"] == "withdrawn" and kinds["request_accepted"] == "planned"
 
 
+def test_R31_a_status_carries_its_description_position_and_colour(api):
+    """The contract refused a status's description, position and colour: such events were dead letters."""
+    ctx, client = api
+    start = {"id": "s1", "name": "Anfrage", "kind": "start", "description": "Online angefragt", "position": 1,
+             "colour": "#F5A623"}
+    body = event("booking.created", {"booking_id": "w1", "customer": customer(), "resource": RESOURCE,
+                                     "starts_at": VISIT.isoformat(), "ends_at": (VISIT + timedelta(hours=1)).isoformat(),
+                                     "status": start}, tenant=TENANT)
+    assert apply_events(ctx.store, [json.dumps(body)], now=START, source="test").applied == 1
+    checked = {"id": "s2", "name": "Geprüft", "kind": "none", "description": "Unterlagen liegen vor", "position": 2,
+               "colour": "#4A90E2"}
+    later(ctx, "booking.status_changed", {"status": checked}, revision=2, at=START + timedelta(minutes=5),
+          booking_id="w1")
+    state = client.get(f"/api/tenants/{TENANT}/bookings/w1").json()
+    assert state["workflow_status"] == checked
+    assert [(s["status"], s["description"], s["position"], s["colour"]) for s in state["status_history"]] == [
+        ("Geprüft", "Unterlagen liegen vor", 2, "#4A90E2"), ("Anfrage", "Online angefragt", 1, "#F5A623")]
+    wrong = event("booking.status_changed", {"booking_id": "w1", "status": dict(checked, colour="blue")},
+                  tenant=TENANT, revision=3)
+    report = apply_events(ctx.store, [json.dumps(wrong)], now=START, source="test")
+    assert report.dead == 1 and "data.status.colour" in report.dead_reasons[0]
+
+
 def test_the_booking_lists_withdrawn_and_planned_messages_with_their_states(api):
     ctx, client = api
     book(ctx)

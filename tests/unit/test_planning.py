@@ -320,6 +320,26 @@ def test_R23_R34_rejection_and_workflow_cancellation_tell_the_customer():
     assert [m.kind for m in plan(after_accept, now=at(2026, 12, 2, 11))] == [Kind.CANCELLATION]
 
 
+def test_R23_the_staff_cancelling_a_pending_request_rejects_it_with_the_reason():
+    """A request the staff cancel is a rejection: the customer waits for an answer, whatever
+    `inform_customer_on_staff_cancel` says of cancelled visits (R19)."""
+    from notifier.domain import events as ev
+    from notifier.domain import transitions as tr
+
+    both = replace(CUSTOMER, consents=frozenset({Channel.SMS, Channel.EMAIL}))
+    pending = booking(VISIT, BOOKED, source="online", needs_approval=True)
+    body = {"schema_version": 1, "event_id": "e2", "type": "booking.cancelled", "occurred_at": "2026-12-02T11:00:00Z",
+            "tenant_id": "t", "revision": 2, "data": {"booking_id": "b", "by": "staff", "reason": "Kein Termin frei"}}
+    rejected, _ = tr.apply_to_booking(pending, ev.parse_event(json.dumps(body)))
+    planned = plan(rejected, customer=both, now=at(2026, 12, 2, 11))
+    assert sorted((m.kind, m.channel) for m in planned) == [(Kind.REQUEST_REJECTED, Channel.EMAIL),
+                                                           (Kind.REQUEST_REJECTED, Channel.SMS)]
+    assert rejected.cancel_reason == "Kein Termin frei"
+    accepted = replace(pending, approved_at=at(2026, 12, 1, 12))  # an accepted one is a cancelled visit (R19)
+    assert not plan(tr.apply_to_booking(accepted, ev.parse_event(json.dumps(body)))[0], customer=both,
+                    now=at(2026, 12, 2, 11))
+
+
 def test_R35_status_history_is_listed_newest_first():
     entries = [StatusEntry(at=at(2026, 12, 1, 9), status="Anfrage", kind="start"),
                StatusEntry(at=at(2026, 12, 1, 11), status="Bestätigt", kind="confirmation"),

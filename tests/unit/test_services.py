@@ -449,3 +449,20 @@ def test_N3_a_dead_letter_can_be_replayed_once_its_cause_is_fixed(ctx):
     with ctx.store.engine.connect() as conn:
         assert conn.execute(select(t.dead_letters.c.replayed_at).where(t.dead_letters.c.id == dead_id)) \
             .scalar_one() == START
+
+
+def test_R15_R22_the_booking_made_without_card_and_reminders_gets_neither(ctx, email):
+    """The salon seed's booking form asks, per booking, whether to send the appointment card and
+    whether reminders are on; the contract had no field for either."""
+    body = created(starts_at=START + timedelta(days=2, hours=6))
+    body["data"].update(send_card=False, reminders=False)
+    apply(ctx, body, created("b2", starts_at=START + timedelta(days=2, hours=6)))
+    assert sorted((r.booking_id, r.kind) for r in messages(ctx)) == [
+        ("b1", "info"), ("b2", "info"), ("b2", "reminder")]
+    assert run_due(ctx)["sent"] == 2
+    cards = {mail.metadata["booking_id"]: [a.filename for a in mail.attachments] for mail in email.sent}
+    assert cards == {"b1": [], "b2": ["termin.ics"]}
+    with ctx.store.transaction() as tx:
+        [left_out] = tx.booking("salon-berlin", "b1").not_planned
+    assert (left_out.kind, left_out.reason) == ("reminder", "switched_off_for_booking")
+
