@@ -6,6 +6,7 @@ Nothing here runs at import time; processes call `build()` once when they start
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from notifier.receipts import Receipts
 from notifier.rendering.environment import Renderer
 from notifier.settings import Settings, load_settings
 from notifier.store.sql import Store, make_engine
+
+log = logging.getLogger("notifier")
 
 
 @dataclass
@@ -59,6 +62,32 @@ class Context:
             if self._receipts is None:
                 self._receipts = Receipts(self.store)
             return self._receipts
+
+    @property
+    def unavailable(self) -> dict[str, list[str]]:
+        """The platform's channels as planning takes them (`services.settings_for`): each with the
+        regions it is not offered in (R6), and the customer channels this process has no provider
+        for (no Twilio or Meta settings): never chosen, whatever the tenant switched on."""
+        from notifier.domain.model import CUSTOMER_CHANNELS
+        from notifier.services import WITHOUT_PROVIDER
+
+        missing = [c.value for c in CUSTOMER_CHANNELS if c not in self.channels]
+        return {**self.settings.unavailable, WITHOUT_PROVIDER: missing} if missing else self.settings.unavailable
+
+    def warn_of_missing_providers(self) -> None:
+        """At start: the channels tenants switched on that have no provider here, naming those tenants."""
+        from notifier.services import tenants_without_provider
+
+        needs = {Channel.SMS: "NOTIFIER_TWILIO_ACCOUNT_SID and NOTIFIER_TWILIO_AUTH_TOKEN",
+                 Channel.WHATSAPP: f"the {self.settings.whatsapp_provider} WhatsApp settings"}
+        try:
+            found = tenants_without_provider(self.store, (c for c in needs if c not in self.channels))
+        except Exception as exc:  # noqa: BLE001 - a database not set up yet: the command says so itself
+            log.debug("providers not checked: %s", exc)
+            return
+        for channel, tenant_ids in found.items():
+            log.warning("%s has no provider configured (%s): not chosen for any customer of the tenants that "
+                        "switched it on: %s", channel.value, needs[channel], ", ".join(tenant_ids))
 
     def renderer_for(self, tenant_id: str, version: str | None) -> Renderer:
         """The tenant's active bundle (R40), compiled once per version; the shipped one otherwise."""

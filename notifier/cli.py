@@ -158,6 +158,7 @@ def init() -> None:
         _migrate(ctx)
         folder = ctx.settings.tenants_dir
         loaded = _load_tenants(ctx, folder)
+        ctx.warn_of_missing_providers()
     finally:
         ctx.close()
     click.echo(f"tenants from {folder}: {', '.join(loaded) or 'none (no *.yaml there)'}")
@@ -198,6 +199,7 @@ def ingest(idle_exit: float | None, metrics_port: int | None, metrics_host: str)
     from notifier.observability.logs import mask_text
 
     ctx = _ctx()
+    ctx.warn_of_missing_providers()
     source = ingester.open_source(ctx.settings)
     on_batch = None
     if metrics_port is not None:
@@ -383,7 +385,7 @@ def sweep() -> None:
 
     ctx = _ctx()
     s = ctx.settings
-    sweep_states(ctx.store, now=ctx.clock.now(), regions=s.unavailable)
+    sweep_states(ctx.store, now=ctx.clock.now(), regions=ctx.unavailable)
     total = vars(DispatchReport())
     for _channel, ids in sweep_due(ctx.store, now=ctx.clock.now(), lease_s=s.lease_s, limit=s.sweep_batch,
                                    batch=s.dispatch_batch, max_claims=max_claims(s)):
@@ -440,7 +442,7 @@ def booking_show(tenant_id: str, booking_id: str, as_json: bool) -> None:
     from notifier.views import booking_view
 
     ctx = _ctx()
-    found = booking_view(ctx.store, tenant_id, booking_id, now=ctx.clock.now(), regions=ctx.settings.unavailable)
+    found = booking_view(ctx.store, tenant_id, booking_id, now=ctx.clock.now(), regions=ctx.unavailable)
     if found is None:
         raise click.ClickException(f"no booking {booking_id!r} for tenant {tenant_id!r}")
     if as_json:

@@ -214,10 +214,10 @@ def dispatch_batch(ctx: Any, message_ids: list[int]) -> DispatchReport:
     leases.hold(claimed, now + timedelta(seconds=ctx.settings.lease_s))  # from here on, kept alive
     # outcomes are recorded on a thread of their own while this one renders the rest: an answer
     # never waits for the batch's rendering (on a starved machine, seconds) to be committed
-    recorder = _Recorder(store, leases, ctx.settings.unavailable)
+    recorder = _Recorder(store, leases, ctx.unavailable)
     submitted = 0
     try:
-        loads, unreadable = _load_contained(store, claimed, ctx.settings.unavailable, ctx.links, now)
+        loads, unreadable = _load_contained(store, claimed, ctx.unavailable, ctx.links, now)
         pool = ctx.sender_pool()
         for message in claimed:  # each message leaves as soon as it is rendered
             try:
@@ -362,6 +362,8 @@ def why_not_send(message: MessageRow, booking: Booking, customer: Customer, tena
             return f"{message.channel.value} switched off for the tenant"
         if message.channel in settings.unavailable:
             return f"{message.channel.value} not offered in {tenant.home_region}"
+        if message.channel in settings.without_provider:
+            return f"no provider configured for {message.channel.value}"
     if message.key in planned or message.manual:  # an operator's resend goes as they asked, with consent (R3)
         return None
     if booking.status is BookingStatus.CANCELLED:
@@ -468,7 +470,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     resource = s.resources.get((message.tenant_id, booking.resource_id)) if booking else None
     if tenant is None or booking is None or customer is None or resource is None:
         return _failed(message, now, "booking data missing")
-    plan_settings = loaded.settings_for(tenant, resource, settings.unavailable)
+    plan_settings = loaded.settings_for(tenant, resource, ctx.unavailable)
     planned = _planned_keys(loaded, booking, customer, resource, tenant, plan_settings, now)
     reason = why_not_send(message, booking, customer, tenant, plan_settings, planned, now)
     if reason:

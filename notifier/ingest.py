@@ -359,6 +359,7 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
         on_batch: Callable[[IngestReport], None] | None = None) -> IngestReport:
     """Consume until `stop()` says so (or nothing arrived for `idle_exit_s`)."""
     s = ctx.settings
+    regions = ctx.unavailable  # channels not offered in a region (R6) or without a provider: never planned
     total = IngestReport()
     idle_since = time.monotonic()
     backoff_s = 0.5
@@ -370,7 +371,8 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
         if time.monotonic() >= next_hold_check:
             next_hold_check = time.monotonic() + 5.0
             try:
-                total.merge(release_expired_holds(ctx.store, now=ctx.clock.now(), hold_s=s.hold_s))
+                total.merge(release_expired_holds(ctx.store, now=ctx.clock.now(), hold_s=s.hold_s,
+                                                 regions=regions))
             except DBAPIError as exc:
                 log.warning("could not release held events: %s", exc.__class__.__name__)
         try:
@@ -396,7 +398,7 @@ def run(ctx, source: Source, *, stop: Callable[[], bool] = lambda: False, idle_e
         while True:
             try:
                 report = apply_events(ctx.store, batch.bodies, now=ctx.clock.now(), source=source.name,
-                                      wait_for_locks=wait_for_locks, bound=batch.bound)
+                                      regions=regions, wait_for_locks=wait_for_locks, bound=batch.bound)
                 break
             except DBAPIError as exc:  # database down: keep the batch, back off, try again
                 log.warning("database unavailable, retrying batch of %d in %.1fs: %s", len(batch.bodies),

@@ -681,16 +681,25 @@ def _customer(tenant: Tenant, data: ev.CustomerData, revision: int,
     return tr.customer_from(data, tenant.id, revision, phone, ev.utc(snapshot_at), phone_type=phone_type), error
 
 
+# the entry of the platform's channel mapping (`regions` below, `Context.unavailable`) that lists the
+# customer channels this installation has no provider for: unavailable to every tenant
+WITHOUT_PROVIDER = "without_provider"
+
+
 def unavailable_channels(tenant: Tenant, regions: Mapping[str, Iterable[str]]) -> frozenset[Channel]:
     """R6: channels the platform does not offer in the tenant's region (config `[notifier.unavailable]`)."""
     return frozenset(Channel(channel) for channel, where in regions.items()
-                     if tenant.home_region.upper() in {r.upper() for r in where})
+                     if channel != WITHOUT_PROVIDER and tenant.home_region.upper() in {r.upper() for r in where})
 
 
 def settings_for(tenant: Tenant, resource: Resource,
                  regions: Mapping[str, Iterable[str]] | None = None) -> NotificationSettings:
+    """The resource's settings over the tenant's. `regions`: the platform's channels, each with the
+    regions it is not offered in (R6), and under `WITHOUT_PROVIDER` those it has no provider for."""
+    regions = regions or {}
     return _settings(json.dumps(tenant.settings, sort_keys=True), json.dumps(resource.settings, sort_keys=True),
-                     unavailable_channels(tenant, regions or {}))
+                     unavailable_channels(tenant, regions),
+                     frozenset(Channel(c) for c in regions.get(WITHOUT_PROVIDER, ())))
 
 
 def _settings_in(s: BatchSession, tenant: Tenant, resource: Resource) -> NotificationSettings:
@@ -704,10 +713,22 @@ def _settings_in(s: BatchSession, tenant: Tenant, resource: Resource) -> Notific
 
 
 @lru_cache(maxsize=4096)
-def _settings(tenant_settings: str, resource_settings: str, unavailable: frozenset[Channel]) -> NotificationSettings:
+def _settings(tenant_settings: str, resource_settings: str, unavailable: frozenset[Channel],
+              without_provider: frozenset[Channel] = frozenset()) -> NotificationSettings:
     """Merged settings, computed once per distinct (tenant, resource) settings pair."""
     return NotificationSettings.from_layers(json.loads(tenant_settings), json.loads(resource_settings),
-                                            unavailable=unavailable)
+                                            unavailable=unavailable, without_provider=without_provider)
+
+
+def tenants_without_provider(store: Store, channels: Iterable[Channel]) -> dict[Channel, list[str]]:
+    """Each channel without a provider that tenants switched on, and those tenants (for the warning
+    every process gives at start: their customers will not get messages on it)."""
+    missing = [c for c in channels if c.to_customer]
+    if not missing:
+        return {}
+    with store.transaction() as tx:
+        switched_on = tx.conn.execute(select(t.tenants.c.id, t.tenants.c.channels)).all()
+    return {c: ids for c in missing if (ids := sorted(tid for tid, on in switched_on if c.value in (on or ())))}
 
 
 def _replan(s: BatchSession, tenant: Tenant, booking: Booking, now: datetime) -> Booking:

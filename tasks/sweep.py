@@ -49,7 +49,7 @@ def sweep_states_task() -> int:
     """Markers that change with time: the red counter, the late marker and counter, auto-release (R12, R16, R18)."""
     ctx = context()
     changed = sweep_states(ctx.store, now=ctx.clock.now(), limit=ctx.settings.sweep_batch,
-                           regions=ctx.settings.unavailable)
+                           regions=ctx.unavailable)
     publish_all_outbox(ctx.store, OutboundPublisher(ctx.settings), now=ctx.clock.now())
     return changed
 
@@ -60,5 +60,5 @@ def housekeeping_task() -> dict[str, int]:
     ctx = context()
     s = ctx.settings
     report = housekeeping(ctx.store, now=ctx.clock.now(), hold_s=s.hold_s, retention_s=retention_from(s),
-                          batch=s.housekeeping_batch, regions=s.unavailable)
+                          batch=s.housekeeping_batch, regions=ctx.unavailable)
     return vars(report)

@@ -442,7 +442,7 @@ def create_app(ctx: Any) -> FastAPI:
     # --- the customer's page (R11, R14, R22, R23, N4) -------------------------------------------
 
     def look_up(token: str) -> LinkOutcome:
-        return look_up_link(ctx.store, token, now=ctx.clock.now(), regions=settings.unavailable,
+        return look_up_link(ctx.store, token, now=ctx.clock.now(), regions=ctx.unavailable,
                             valid_after_visit_s=settings.link_valid_after_visit_s)
 
     def page(request: Request, token: str, outcome: LinkOutcome, *, notice: str = "", status_code: int = 200
@@ -485,7 +485,7 @@ def create_app(ctx: Any) -> FastAPI:
         form = await request.form()
         outcome = use_link(ctx.store, token, action, shown_starts_at=str(form.get("visit") or ""),
                            reason=str(form.get("reason") or ""), now=ctx.clock.now(),
-                           regions=settings.unavailable, valid_after_visit_s=settings.link_valid_after_visit_s)
+                           regions=ctx.unavailable, valid_after_visit_s=settings.link_valid_after_visit_s)
         if outcome.status in ("confirmed", "cancelled", "already"):
             return Response(status_code=303, headers={"Location": f"/l/{token}?done={outcome.status}",
                                                       "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
@@ -526,7 +526,7 @@ def create_app(ctx: Any) -> FastAPI:
         exact at the moment of asking. `/markers` lists the bookings behind them."""
         try:
             out = counters(ctx.store, tenant_id, local_day(tenant_id, day), now=ctx.clock.now(),
-                           regions=settings.unavailable)
+                           regions=ctx.unavailable)
         except LookupError:
             raise HTTPException(status_code=404, detail="no such tenant") from None
         return {r: c for r, c in out.items() if resource is None or r == resource}
@@ -538,7 +538,7 @@ def create_app(ctx: Any) -> FastAPI:
         gives, so a marker shows before the next sweep has seen it."""
         try:
             found = views.lit_markers(ctx.store, tenant_id, local_day(tenant_id, day), now=ctx.clock.now(),
-                                      regions=settings.unavailable, resource_id=resource)
+                                      regions=ctx.unavailable, resource_id=resource)
         except LookupError:
             raise HTTPException(status_code=404, detail="no such tenant") from None
         return [Marker(**m) for m in found]
@@ -560,7 +560,7 @@ def create_app(ctx: Any) -> FastAPI:
         message kinds planning leaves out, with the reason (docs/events.md). `notifier booking
         show` prints the same for a person."""
         found = views.booking_view(ctx.store, tenant_id, booking_id, now=ctx.clock.now(),
-                                   regions=settings.unavailable)
+                                   regions=ctx.unavailable)
         if found is None:
             raise HTTPException(status_code=404, detail="no such booking")
         return BookingState(**found)

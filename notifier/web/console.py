@@ -207,7 +207,7 @@ def console_router(ctx: Any) -> APIRouter:
 
     @router.get("/tenants/{tenant_id}/bookings/{booking_id}", response_class=HTMLResponse)
     def booking(request: Request, tenant_id: str, booking_id: str, who: Session = Depends(session)) -> HTMLResponse:
-        view = booking_view(ctx.store, tenant_id, booking_id, now=ctx.clock.now(), regions=settings.unavailable) \
+        view = booking_view(ctx.store, tenant_id, booking_id, now=ctx.clock.now(), regions=ctx.unavailable) \
             if who.actor.may(tenant_id) else None
         if view is None:
             return render("missing.html", request, who, what=f"No booking {booking_id} of {tenant_id}.",

@@ -51,7 +51,10 @@ def initialised(tmp_path_factory) -> tuple[dict[str, str], subprocess.CompletedP
 
 def test_init_says_what_it_migrated_and_loaded(initialised):
     _, first, second = initialised
-    assert first.returncode == 0 and not first.stderr.strip(), first.stderr
+    # the one warning: two test tenants switched SMS on and these settings give no Twilio account (R27)
+    [warning] = [json.loads(line)["event"] for line in first.stderr.splitlines() if line.strip()]
+    assert first.returncode == 0 and warning.startswith("sms has no provider configured"), first.stderr
+    assert warning.endswith("switched it on: clinic-full, studio-roma")
     lines = first.stdout.splitlines()
     assert "applied" in lines[0] and "from an empty database" in lines[0]
     assert lines[1].strip().startswith("0001 ") and len([x for x in lines if x.startswith("  0")]) >= 8

@@ -466,3 +466,25 @@ def test_R15_R22_the_booking_made_without_card_and_reminders_gets_neither(ctx, e
         [left_out] = tx.booking("salon-berlin", "b1").not_planned
     assert (left_out.kind, left_out.reason) == ("reminder", "switched_off_for_booking")
 
+
+def test_R27_a_channel_without_a_provider_is_not_chosen_and_the_tenants_that_switched_it_on_are_named(
+        ctx, email, caplog):
+    """No Twilio settings: SMS was still chosen for a customer who consented to SMS and email, and
+    every message failed for good ("no adapter for sms"), without a word at start."""
+    roma = customer(phone="+39 347 1234567", consents={"sms": True, "email": True})
+    body = created(starts_at=START + timedelta(days=2), cust=roma, tenant="studio-roma")
+    report = apply_events(ctx.store, [json.dumps(body)], now=START, source="test", regions=ctx.unavailable)
+    assert report.applied == 1
+    assert {r.channel for r in messages(ctx) if r.recipient == "customer"} == {"email"}
+    with ctx.store.transaction() as tx:
+        left_out = tx.booking("studio-roma", "b1").not_planned
+    assert {(n.reason, n.channels) for n in left_out} == {("no_provider", ("sms",))}  # said for each kind
+    assert {"info", "confirmation"} <= {n.kind for n in left_out}
+    ctx.clock.set(START + timedelta(hours=1))  # 08:00 in Rome, the end of the quiet hours
+    done = run_due(ctx)
+    assert done["sent"] == 1 and email.sent[0].to == "kunde@example.org", (done, messages(ctx))
+    caplog.set_level("WARNING", logger="notifier")
+    ctx.warn_of_missing_providers()
+    warned = [r.getMessage() for r in caplog.records if "no provider" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("sms has no provider configured")
+    assert warned[0].endswith("switched it on: clinic-full, studio-roma")
