@@ -500,9 +500,15 @@ def _stale(s: BatchSession, event: ev.Event) -> str:
 
 
 def _hold(s: BatchSession, event: ev.Event, aggregate: str, body: str, reason: str, now: datetime) -> str:
-    """Keep an event that arrived before what it follows; it is applied when the gap closes."""
+    """Keep an event that arrived before what it follows; it is applied when the gap closes. The
+    booking's timeline shows it held, with what it waits for (`hold_s` later it is applied anyway)."""
     s.set_outcome(event.event_id, "held")
     s.hold(event.event_id, event.tenant_id, aggregate, event.revision, body, reason, now)
+    kind, _, booking_id = aggregate.partition(":")
+    if kind == "booking":
+        s.add_timeline(event.tenant_id, booking_id, now, "event.held",
+                       {"event_id": event.event_id, "type": event.type, "revision": event.revision,
+                        "waiting_for": reason.removeprefix("waiting for ")})
     return "held"
 
 

@@ -95,6 +95,18 @@ def test_an_event_ahead_of_its_predecessor_is_held_until_the_gap_closes(ctx):
     assert (row.revision, row.status, row.starts_at) == (3, "cancelled", START + timedelta(days=3))
 
 
+def test_a_held_event_shows_on_the_timeline_as_held_with_what_it_waits_for(ctx):
+    """An event waiting for its predecessor showed nothing until `hold_s` passed."""
+    apply(ctx, moved(3, revision=2))  # before the booking itself
+    apply(ctx, created())
+    apply(ctx, event("booking.cancelled", {"booking_id": "b1", "by": "staff"}, revision=4))
+    held = [e["detail"] for e in timeline_of(ctx.store, "salon-berlin", "b1") if e["kind"] == "event.held"]
+    assert [(d["type"], d["revision"], d["waiting_for"]) for d in held] == [
+        ("booking.rescheduled", 2, "booking.created"), ("booking.cancelled", 4, "revision 3")]
+    assert kinds(ctx).index("event.held") < kinds(ctx).index("booking.created") < kinds(ctx).index(
+        "booking.rescheduled")
+
+
 def test_an_event_before_its_booking_is_held_and_applied_when_the_booking_arrives(ctx):
     assert apply(ctx, moved(3, revision=2)).held == 1
     apply(ctx, created())
