@@ -70,7 +70,7 @@ from notifier.domain.model import (
     Tenant,
 )
 from notifier.domain.outbound import MESSAGE_EVENTS, message_event
-from notifier.domain.planning import card_sent_in, failed_keys, plan_booking, sent_keys, zone_of
+from notifier.domain.planning import card_sent_in, failed_keys, plan_booking, sent_keys, staff_email, zone_of
 from notifier.domain.replies import opted_out_by_error
 from notifier.domain.retry import compute_backoff_s
 from notifier.failover import AccountFailure, accounts_of, send_through
@@ -377,12 +377,19 @@ def why_not_send(message: MessageRow, booking: Booking, customer: Customer, tena
     return "no longer applies"
 
 
-def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: Any) -> str | None:
+def _address(message: MessageRow, customer: Customer, tenant: Tenant, settings: Any,
+             plan_settings: NotificationSettings) -> str | None:
+    """Where the message goes. A staff message never goes to the customer: by email to the
+    resource's, tenant's or company's address (`staff_email`), else to the operator's webhook."""
+    if message.recipient == "staff":
+        if message.channel is Channel.EMAIL:
+            return _one_address(staff_email(tenant, plan_settings) or "") or None
+        return tenant.webhook_url or settings.staff_webhook_url or None  # staff, activity: the operator's URLs
     if message.channel is Channel.EMAIL:
         return customer.email
     if message.channel in (Channel.SMS, Channel.WHATSAPP):
         return customer.phone
-    return tenant.webhook_url or settings.staff_webhook_url or None  # staff, activity: the operator's URLs
+    return None
 
 
 def sender_identity(tenant: Tenant, channel: Channel, settings: Any) -> dict[str, str]:
@@ -475,9 +482,10 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     reason = why_not_send(message, booking, customer, tenant, plan_settings, planned, now)
     if reason:
         return Done(message, MessageState.WITHDRAWN, now, error=reason)
-    address = _address(message, customer, tenant, settings)
+    address = _address(message, customer, tenant, settings, plan_settings)
     if not address:
-        what = "webhook URL configured" if message.recipient == "staff" else f"{message.channel.value} address"
+        what = f"{message.channel.value} address" if message.recipient == "customer" else \
+            "staff email address" if message.channel is Channel.EMAIL else "webhook URL configured"
         return _failed(message, now, f"no {what}")
     if message.channel not in ctx.channels:
         return _failed(message, now, f"no adapter for {message.channel.value}")
@@ -512,8 +520,9 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
                         buttons=rendered.buttons,
                         status_callback=f"{settings.public_url.rstrip('/')}/callbacks/twilio"
                         if message.channel in (Channel.SMS, Channel.WHATSAPP) else None,
-                        **(sender_identity(tenant, message.channel, settings) if message.recipient == "customer"
-                           else {}), metadata={
+                        **(sender_identity(tenant, message.channel, settings)
+                           if message.recipient == "customer" or message.channel is Channel.EMAIL else {}),
+                        metadata={
                             "tenant_id": message.tenant_id, "booking_id": message.booking_id, "kind": message.kind,
                             "resource_id": booking.resource_id, "starts_at": booking.starts_at.isoformat(),
                             **({"type": "customer.replied", "reply": reply} if reply is not None else {})})

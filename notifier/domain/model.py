@@ -372,12 +372,30 @@ class FeedbackSettings(_Section):
     delay_s: Seconds = 7_200
 
 
+def _staff_email(value: Any) -> Any:
+    """One email address, as mail systems read it (syntax only, never DNS)."""
+    from email_validator import EmailNotValidError, validate_email
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 254:
+        raise ValueError("expected one email address")
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not one email address: {exc}") from None
+
+
 class StaffSettings(_Section):
-    """Notices and activities for the staff (R1): on or off per kind."""
+    """Notices for the staff (R1, R23, R33): on or off per kind, and where they go. `staff` is the
+    booking system's webhook; `email` goes to the booked resource's `email` (its own settings),
+    else the tenant's (a branch's address), else the company's `email` detail; never to a
+    customer. With no address anywhere, no staff email is planned."""
 
     enabled: Flag = True
-    channels: Annotated[tuple[Channel, ...], Field(min_length=1, max_length=1), _only(Channel.STAFF)] = (
-        Channel.STAFF,)
+    channels: Annotated[tuple[Channel, ...], Field(min_length=1, max_length=2),
+                        _only(Channel.STAFF, Channel.EMAIL)] = (Channel.STAFF, Channel.EMAIL)
+    email: Annotated[str | None, BeforeValidator(_staff_email)] = None
     new_request: Flag = True
     confirmed: Flag = True
     cancelled: Flag = True

@@ -215,6 +215,12 @@ def channel_refusal(channel: Channel, tenant: Tenant, customer: Customer, settin
     return None if customer.phone_receives_messages else NUMBER_CANNOT_RECEIVE
 
 
+def staff_email(tenant: Tenant, settings: NotificationSettings) -> str | None:
+    """Where staff notices by email go (R1, R23, R33): the booked resource's address (its settings'
+    `staff.email`), else the tenant's, else the company's `email` detail. Never a customer's."""
+    return settings.staff.email or str(tenant.company.get("email") or "").strip() or None
+
+
 def reachable_channels(tenant: Tenant, customer: Customer, settings: NotificationSettings) -> frozenset[Channel]:
     """Customer channels we may use: those `channel_refusal` has nothing against (the same
     rules, spelled out for speed: this runs for every plan)."""
@@ -347,6 +353,8 @@ class _Plan:
         if not staff.enabled:
             return
         for channel in (Channel.ACTIVITY,) if kind.startswith("activity_") else staff.channels:
+            if channel is Channel.EMAIL and not staff_email(self.tenant, self.settings):
+                continue  # no staff address anywhere: the webhook alone
             key = kind + "/" + channel + ("/" + anchor if anchor else "")
             self.messages.append(PlannedMessage(key, kind, channel, due_at, "staff"))
 

@@ -66,8 +66,10 @@ class SmsSize(NamedTuple):
 def channels_of(kind: Kind) -> tuple[str, ...]:
     if kind.value.startswith("activity_"):
         return (Channel.ACTIVITY.value,)
-    if kind.to_staff:
+    if kind is Kind.STAFF_REPLY:  # a customer's message, forwarded to the booking system only
         return (Channel.STAFF.value,)
+    if kind.to_staff:  # the booking system's webhook, and the staff's email (R1, R33)
+        return (Channel.STAFF.value, Channel.EMAIL.value)
     return (Channel.EMAIL.value, Channel.SMS.value)
 
 

@@ -500,3 +500,46 @@ def test_R27_a_channel_without_a_provider_is_not_chosen_and_the_tenants_that_swi
     warned = [r.getMessage() for r in caplog.records if "no provider" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("sms has no provider configured")
     assert warned[0].endswith("switched it on: clinic-full, studio-roma")
+
+
+def test_R1_R23_R33_staff_email_goes_to_the_resource_branch_or_company_never_to_the_customer(ctx, email, tmp_path):
+    """Staff got webhooks only; `staff.channels: [email]` addressed the staff notice to the customer's
+    email (dispatch._address). Now: the booked resource's address, else the tenant's (a branch), else
+    the company's, for the new online request and the confirmation notice."""
+    from notifier.services import load_tenants
+
+    folder = tmp_path / "tenants"
+    folder.mkdir()
+    (folder / "t.yaml").write_text(
+        "id: salon-mitte\nname: Salon Mitte\nlanguage: de\ncompany: {name: Salon Mitte, email: info@salon.example}\n"
+        "settings: {staff: {channels: [email]}}\n"
+        "resources:\n  - {id: anna, name: Anna Weber, settings: {staff: {email: anna@salon.example}}}\n"
+        "  - {id: jonas, name: Jonas Brandt}\n")
+    load_tenants(ctx.store, folder, now=START)
+    visit = START + timedelta(days=2)
+
+    def request(booking_id, resource):
+        return event("booking.created", {
+            "booking_id": booking_id, "customer": customer(), "resource": {"id": resource, "name": resource},
+            "starts_at": visit.isoformat(), "ends_at": (visit + timedelta(hours=1)).isoformat(), "source": "online",
+            "needs_approval": True, "service": "Färben"}, tenant="salon-mitte")
+
+    apply(ctx, request("b1", "anna"), request("b2", "jonas"))
+    run_due(ctx)
+    accepted = event("booking.status_changed", {"booking_id": "b1", "status": {
+        "id": "ok", "name": "Angenommen", "kind": "confirmation"}}, tenant="salon-mitte", revision=2)
+    apply(ctx, accepted)
+    run_due(ctx)
+    staff = sorted((m.metadata["booking_id"], m.metadata["kind"], m.to) for m in email.sent
+                   if m.metadata["kind"].startswith("staff_"))
+    assert staff == [("b1", "staff_confirmed", "anna@salon.example"), ("b1", "staff_new_request", "anna@salon.example"),
+                     ("b2", "staff_new_request", "info@salon.example")]
+    [notice] = [m for m in email.sent if m.metadata["kind"] == "staff_new_request" and m.to == "info@salon.example"]
+    assert notice.subject.startswith("Neue Terminanfrage: Erika Mustermann") and "Leistung: Färben." in notice.text
+    assert "kunde@example.org" not in {m.to for m in email.sent if m.metadata["kind"].startswith("staff_")}
+    (folder / "t.yaml").write_text(  # no address anywhere: no staff email at all, never the customer's
+        "id: salon-mitte\nname: Salon Mitte\nlanguage: de\ncompany: {name: Salon Mitte}\n"
+        "settings: {staff: {channels: [email]}}\nresources: []\n")
+    load_tenants(ctx.store, folder, now=START)
+    apply(ctx, request("b3", "jonas"))
+    assert not [r for r in messages(ctx) if r.booking_id == "b3" and r.recipient == "staff"]

@@ -28,7 +28,8 @@ BAD_SETTINGS = [  # (settings, key path, words of the reason)
     ({"reminder": {"morning_at": "25:99"}}, "reminder.morning_at", "HH:MM"),
     ({"info": {"enabled": "yes"}}, "info.enabled", "valid boolean"),
     ({"info": {"channels": ["pigeon"]}}, "info.channels.0", "email"),
-    ({"staff": {"channels": ["email"]}}, "staff.channels", "not allowed"),
+    ({"staff": {"channels": ["sms"]}}, "staff.channels", "not allowed"),
+    ({"staff": {"email": "a@b.example, c@d.example"}}, "staff.email", "not one email address"),
     ({"fallback": {"whatsapp": "activity"}}, "fallback", "customer channels only"),
     ({"channel_policy": "some"}, "channel_policy", "first"),
     ({"unavailable": ["sms"]}, "unavailable", "unknown key"),  # the platform's, never a tenant's (R6)
