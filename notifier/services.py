@@ -1062,7 +1062,9 @@ def park_booking(conn: Any, key: tuple[str, str], exc: BaseException, *, now: da
 def counters(store: Store, tenant_id: str, day: date, *, now: datetime,
              regions: Mapping[str, Iterable[str]] | None = None) -> dict[str, dict[str, int]]:
     """R12, R16: unconfirmed, red counter, late marker and late counter per resource for a local day, exact at `now`
-    (computed from the bookings, not from what the last sweep saw)."""
+    (computed from the bookings, not from what the last sweep saw). A resource whose stored rows
+    cannot be judged (settings stored before they were checked) is left out, logged with the
+    reason; the other resources are counted (N3)."""
     b = t.bookings.c
     with store.transaction() as tx:
         tenant = tx.tenant(tenant_id)
@@ -1075,10 +1077,19 @@ def counters(store: Store, tenant_id: str, day: date, *, now: datetime,
             b.starts_at >= start, b.starts_at < start + timedelta(days=1))).all()
         resources = {r: tx.resource(tenant_id, r) for r in {row.resource_id for row in rows}}
     out: dict[str, dict[str, int]] = {}
+    unreadable: set[str] = set()
     for row in rows:
-        booking = booking_from(row)
-        resource = resources[booking.resource_id]
-        flags = booking_flags(booking, settings_for(tenant, resource, regions), now)
+        if row.resource_id in unreadable:
+            continue
+        try:
+            booking = booking_from(row)
+            flags = booking_flags(booking, settings_for(tenant, resources[booking.resource_id], regions), now)
+        except Exception as exc:  # noqa: BLE001 - one resource's rows, not the tenant's board
+            log.warning("counters of %s/%s left out: %s", tenant_id, row.resource_id,
+                        _refusal(exc).removeprefix("internal error: "))
+            unreadable.add(row.resource_id)
+            out.pop(row.resource_id, None)
+            continue
         counts = out.setdefault(booking.resource_id, {"unconfirmed": 0, "red": 0, "late": 0, "late_counter": 0})
         if flags.release_due:
             continue  # released (or about to be, at the next sweep): off the board

@@ -102,6 +102,21 @@ def test_N3_R16_R18_a_booking_the_state_sweep_cannot_handle_is_parked_and_the_ot
     assert sweep_states(ctx.store, now=later + timedelta(minutes=1)) == 0  # parked: not tried again and again
 
 
+def test_N3_R12_R16_a_resource_with_unchecked_settings_leaves_the_tenants_other_counters_standing(ctx):
+    """The issue's 1e30 made the tenant's counters answer 500: now that resource is left out."""
+    from notifier.services import counters
+
+    visit = START + timedelta(hours=1)
+    _apply(ctx, [json.dumps(created(b, starts_at=visit, resource={"id": r, "name": r}, tenant="clinic-full",
+                                    cust=customer(f"c-{b}")))
+                 for b, r in (("b-ok", "dr-weiss"), ("b-bad", "broken"))])
+    with ctx.store.engine.begin() as conn:
+        conn.execute(update(t.resources).where(t.resources.c.id == "broken")
+                     .values(settings={"late": {"delay_s": 10**30}}))
+    board = counters(ctx.store, "clinic-full", visit.date(), now=visit + timedelta(minutes=20))
+    assert board == {"dr-weiss": {"unconfirmed": 0, "red": 0, "late": 1, "late_counter": 1}}  # 20 min late
+
+
 def test_N3_a_bad_address_or_header_fails_at_once_with_its_reason():
     smtp = SMTPChannel(host="127.0.0.1", port=9, mail_from="notifier@example.org")  # never reached
     with pytest.raises(PermanentFailure, match="not one email address") as two:
