@@ -373,7 +373,10 @@ def fuzz_loops(folder: Path, store_url: str, label: str) -> list[Tally]:
             body["data"]["customer"]["id"] = customer
             body["data"]["resource"]["id"] = resource
             bodies.append(json.dumps(body))
-        apply_events(ctx.store, bodies, now=base, source="loops")
+        applied = apply_events(ctx.store, bodies, now=base, source="loops")
+        if applied.applied != len(bodies):  # the setting up, not the loops: said as it is
+            tally.add(f"{BUG}: the bookings were not applied ({applied.dead_reasons or applied.deferred})", what)
+            continue
         with ctx.store.engine.begin() as conn:
             change(conn, ids["victim"], settings)
         raised = []
@@ -399,8 +402,9 @@ def fuzz_loops(folder: Path, store_url: str, label: str) -> list[Tally]:
         others = [v for k, v in ids.items() if k != "victim"]
         if raised:
             tally.add(raised[0], what)
-        elif any(infos[v[1]].state != "sent" for v in others):
-            tally.add(f"{BUG}: another booking's message was not sent", what)
+        elif any(v[1] not in infos or infos[v[1]].state != "sent" for v in others):
+            tally.add(f"{BUG}: another booking's message was not sent", (what, {
+                v[1]: (infos[v[1]].state, infos[v[1]].error) if v[1] in infos else None for v in others}))
         elif any(released[v[1]] is None for v in others):
             tally.add(f"{BUG}: another booking was not released", what)
         else:
