@@ -175,30 +175,27 @@ def _act(s: BatchSession, inbound: Inbound, intent: Intent | None, row_id: int, 
 
 
 def customers_writing(s: BatchSession, inbound: Inbound) -> list[tuple[str, str]]:
-    """(tenant id, customer id) of the customers the message may come from: their number, and a
-    tenant the number written to serves."""
+    """(tenant id, customer id) of the customers the message may come from: their number, of the
+    tenants the number written to serves. An SMS to a tenant's own number (or messaging service)
+    is that tenant's; one to any other number is the platform's shared sender's, which serves the
+    tenants without one of their own. WhatsApp numbers are the platform's."""
     c = t.customers.c
     rows = s.conn.execute(select(c.tenant_id, c.id).where(c.phone == e164(inbound.sender))
                           .order_by(c.tenant_id, c.id).limit(CANDIDATES_MAX)).all()
-    found = []
-    for tenant_id, customer_id in rows:
-        tenant = s.tenant(tenant_id)
-        if tenant is not None and _serves(tenant.sender, inbound):
-            found.append((tenant_id, customer_id))
-    return found
-
-
-def _serves(sender: Any, inbound: Inbound) -> bool:
-    """The number the customer wrote to is the tenant's: its own SMS number or messaging
-    service, or (a tenant without one) the platform's shared sender."""
+    found = [(row.tenant_id, row.id, tenant) for row in rows if (tenant := s.tenant(row.tenant_id)) is not None]
     if inbound.channel is not Channel.SMS:
-        return True
-    own_number, own_service = sender.get("sms_from", ""), sender.get("sms_messaging_service", "")
-    if own_service:
-        return own_service == inbound.messaging_service
-    if own_number:
-        return own_number == inbound.to
-    return True
+        return [(tid, cid) for tid, cid, _ in found]
+    owners = [(tid, cid) for tid, cid, tenant in found if _owns(tenant.sender, inbound)]
+    if owners:
+        return owners
+    return [(tid, cid) for tid, cid, tenant in found
+            if not (tenant.sender.get("sms_from") or tenant.sender.get("sms_messaging_service"))]
+
+
+def _owns(sender: Any, inbound: Inbound) -> bool:
+    """The SMS was written to the tenant's own number or messaging service."""
+    number, service = sender.get("sms_from", ""), sender.get("sms_messaging_service", "")
+    return bool(service and service == inbound.messaging_service or number and number == inbound.to)
 
 
 def likely_booking(s: BatchSession, keys: list[tuple[str, str]], inbound: Inbound, intent: Intent | None,

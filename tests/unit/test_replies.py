@@ -57,3 +57,52 @@ def test_N5_inbound_webhooks_refuse_unsigned_and_oversized_bodies(ctx):
     big = b"Body=" + b"x" * ctx.settings.max_body_bytes
     assert client.post("/inbound/twilio", content=big, headers={
         "Content-Type": "application/x-www-form-urlencoded"}).status_code == 413
+
+
+# --- who a reply comes from (SQLite; the end-to-end tests are tests/integration/test_replies.py) ----
+
+PHONE = "+393471234567"
+
+
+def _book(ctx, tenant: str, booking_id: str) -> None:
+    import json
+
+    from notifier.services import apply_events
+    from tests.conftest import START, created, customer
+
+    booking = created(booking_id, tenant=tenant, cust=customer(f"c-{booking_id}", phone=PHONE,
+                                                                consents={"sms": True, "email": True}))
+    assert apply_events(ctx.store, [json.dumps(booking)], now=START, source="test").applied == 1
+
+
+def _opted_out(ctx, tenant: str, customer_id: str) -> frozenset:
+    with ctx.store.transaction() as tx:
+        return tx.customer(tenant, customer_id).opted_out
+
+
+def _sms(ctx, text: str, to: str, sid: str) -> str:
+    from notifier.domain.model import Channel
+    from notifier.inbound import Inbound, receive_reply
+
+    return receive_reply(ctx.store, Inbound("twilio", Channel.SMS, sid, sender=PHONE, to=to, text=text),
+                         now=ctx.clock.now(), valid_after_visit_s=3600).status
+
+
+def test_R3_a_stop_to_a_tenants_own_number_is_that_tenants_and_the_shared_number_the_others(ctx):
+    from dataclasses import replace
+
+    from notifier.domain.model import Channel
+
+    _book(ctx, "studio-roma", "r1")
+    _book(ctx, "salon-berlin", "s1")
+    with ctx.store.transaction() as tx:
+        tx.save_tenant(replace(tx.tenant("studio-roma"), sender={"sms_from": "+390600000001"}), ctx.clock.now())
+    assert _sms(ctx, "STOP", "+390600000001", "SM1") == "opted_out"
+    assert _opted_out(ctx, "studio-roma", "c-r1") == {Channel.SMS}
+    assert _opted_out(ctx, "salon-berlin", "c-s1") == frozenset()
+    assert _sms(ctx, "STOP", "+390600000001", "SM1") == "duplicate"  # the same webhook again
+    assert _sms(ctx, "Stopp", "+4930123456", "SM2") == "opted_out"  # the shared number: Berlin has none of its own
+    assert _opted_out(ctx, "salon-berlin", "c-s1") == {Channel.SMS}
+    # Twilio takes YES as an opt-in too: so does notifier, besides reading it as an answer
+    _sms(ctx, "Yes", "+390600000001", "SM3")
+    assert _opted_out(ctx, "studio-roma", "c-r1") == frozenset()
