@@ -90,8 +90,9 @@ def predicted(ctx, events: list[dict]) -> set[tuple]:
     out = set()
     for b in bookings.values():
         resource = resources[b.resource_id]
-        for m in plan_booking(b, customers[b.customer_id], resource, tenant, settings_for(tenant, resource),
-                              now=START).messages:
+        # as the ingester plans: these settings configure no SMS provider, so SMS is never chosen (R27)
+        for m in plan_booking(b, customers[b.customer_id], resource, tenant,
+                              settings_for(tenant, resource, ctx.unavailable), now=START).messages:
             out.add((b.id, m.key, m.kind.value, m.channel.value, m.due_at))
     return out
 
