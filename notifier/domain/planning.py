@@ -422,9 +422,10 @@ def _plan_cancellation(plan: _Plan, booking: Booking, s: NotificationSettings, c
     if by == "customer":
         if s.cancellation.inform_staff_on_customer_cancel and s.staff.cancelled:  # R14, R19
             plan.staff(Kind.STAFF_CANCELLED, at)
-        if s.cancellation.enabled and Channel.EMAIL in plan.reachable and card_sent:
+        if s.cancellation.enabled and Channel.EMAIL in plan.reachable and card_sent and booking.send_card is not False:
             # R22: the customer saw the page say it; the email's card (METHOD:CANCEL) takes the
-            # visit out of the calendar an earlier card put it in (no card goes by SMS)
+            # visit out of the calendar an earlier card put it in (no card goes by SMS, nor to a
+            # booking made without the card)
             plan.customer_message(Kind.CANCELLATION, (Channel.EMAIL,), at, policy="all")
         return
     if booking.needs_approval and booking.approved_at is None:

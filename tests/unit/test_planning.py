@@ -157,6 +157,10 @@ def test_R14_R22_customer_cancels_the_staff_is_told_at_once_and_the_card_is_with
         (Kind.STAFF_CANCELLED, Channel.STAFF, at(2026, 12, 2, 11), "staff")]
     assert [m.kind for m in planned(False)] == [Kind.STAFF_CANCELLED]
     assert [m.kind for m in planned(True, conf(cancellation={"enabled": False}))] == [Kind.STAFF_CANCELLED]
+    # a booking made without the card (R15, R22) had its emails go without one: nothing to take back
+    no_card = replace(cancelled("customer"), send_card=False)
+    assert [m.kind for m in plan_booking(no_card, CUSTOMER, RESOURCE, TENANT, NotificationSettings(),
+                                         now=at(2026, 12, 2, 11), card_sent=True).messages] == [Kind.STAFF_CANCELLED]
     # what says a card went out: an email of a kind that carries one, handed to the provider
     info = ExistingMessage("info/customer", MessageState.SENT, at(2026, 12, 1, 9), Channel.EMAIL)
     assert card_sent_in([info]) and not card_sent_in([replace(info, channel=Channel.SMS)])
