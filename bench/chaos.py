@@ -12,6 +12,9 @@ callbacks) while the run, at random moments:
 - makes the providers and sinks flap: 5xx / 451 refusals, 429 with Retry-After, slow answers, no
   answers (timeouts, nothing accepted) and lost answers (accepted, then a timeout), at a low rate
   all along and in storms;
+- takes the loopback Twilio/Meta API down (connections refused) for `OUTAGE_S`: SMS has a second
+  account (a second loopback Twilio API, `NOTIFIER_SMS_ACCOUNTS`), which carries it meanwhile
+  (issue 23: provider failover); WhatsApp, with one account, waits;
 - publishes every event once more at a later moment (duplicates) and shuffles each wave (reordered
   events, later revisions before earlier ones);
 - posts Twilio and Meta status callbacks, signed, out of order and duplicated.
@@ -60,6 +63,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bench.common import (
     ROOT,
@@ -107,6 +111,9 @@ OFF = {k: 0.0 for k in CALM}
 RECEIPT_AFTER_KILL_S = 1.5  # a copy answered slowly (slow_s) reaches its sink after its sender died
 RECORD_WITHIN_S = 3.0  # a received copy's outcome is committed within this (the commit under way, then its own)
 LEASE_S = 30  # NOTIFIER_LEASE_S of the run
+OUTAGE_S = 20.0  # provider one refuses connections this long; SMS fails over to the second account
+COOLDOWN_S = 10  # NOTIFIER_FAILOVER_COOLDOWN_S of the run (production: 60)
+SECOND = {"account_sid": "ACsecond", "auth_token": "second-token"}  # the second SMS account
 # --starve: the pipeline, its PostgreSQL and Redis, and the CPU hogs run this much nicer than what
 # stands for the world outside (the loopback providers, the sinks, the callback poster: other
 # machines in production), so the starvation falls on the pipeline's host, not on its providers;
@@ -555,11 +562,11 @@ class Callbacks:
     in random order, some twice, at random moments; a refused post (the web app's database down)
     is posted again later, as Meta does (Twilio does not retry: see docs/reliability.md)."""
 
-    def __init__(self, web_url: str, providers: Any, *, auth_token: str, app_secret: str, seed: int) -> None:
+    def __init__(self, web_url: str, providers: Any, *, tokens: dict[str, str], app_secret: str, seed: int) -> None:
         import requests
 
         self.web_url, self.providers = web_url, providers
-        self.auth_token, self.app_secret = auth_token, app_secret
+        self.tokens, self.app_secret = tokens, app_secret  # each Twilio account signs its own reports
         self.rng = random.Random(seed)
         self._local = threading.local()
         self._requests = requests
@@ -591,9 +598,10 @@ class Callbacks:
             # what the provider reports with: Twilio posts to the message's StatusCallback URL (which
             # names our message), Meta returns the message's biz_opaque_callback_data
             reference = m.get("status_callback") if provider == "twilio" else m.get("biz_opaque_callback_data")
+            sender = f"{provider}:{m['account_sid']}" if provider == "twilio" else provider
             with self._lock:
                 for status in posts:
-                    self.queue.append((now + self.rng.uniform(1, 20), provider, pid, status, reference))
+                    self.queue.append((now + self.rng.uniform(1, 20), sender, pid, status, reference))
 
     def post_due(self, *, everything: bool = False) -> int:
         now = time.time()
@@ -616,10 +624,11 @@ class Callbacks:
             self._local.session = self._requests.Session()
         session = self._local.session
         try:
-            if provider == "twilio":
-                form = {"AccountSid": "ACtest", "MessageSid": pid, "MessageStatus": status}
+            if provider.startswith("twilio:"):
+                account = provider.split(":", 1)[1]
+                form = {"AccountSid": account, "MessageSid": pid, "MessageStatus": status}
                 url = reference or f"{self.web_url}/callbacks/twilio"
-                signature = twilio_signature(self.auth_token, url, form)
+                signature = twilio_signature(self.tokens[account], url, form)
                 answer = session.post(url, data=form, timeout=10, headers={"X-Twilio-Signature": signature})
             else:
                 report = {"id": pid, "status": status, "timestamp": str(int(time.time()))}
@@ -725,9 +734,11 @@ def run(config: Config) -> tuple[dict[str, Any], str | None]:
     try:
         nice = STARVED_NICE if config.starve else 0
         with PrivatePostgres(database="chaos", nice=nice) as pg, PrivateRedis(nice=nice) as redis_server, \
-                flapping_provider_process(latency_s=0.02, seed=config.seed) as providers, \
+                flapping_provider_process(latency_s=0.02, seed=config.seed) as one, \
+                flapping_provider_process(latency_s=0.02, seed=config.seed + 4, **SECOND) as two, \
                 FlappingMailSink(config.seed + 1) as mail, FlappingHookSink(config.seed + 2) as hooks, \
                 CpuHogs(config.hogs), load:
+            providers = TwoAccounts(one, two)
             try:
                 figures, anomalies = _run(config, rng, folder, faults, pg, redis_server, providers, mail, hooks,
                                           running)
@@ -801,6 +812,7 @@ class LoadSampler(Ticker):
 
 def _env(folder: Path, pg: PrivatePostgres, redis_url: str, providers: Any, mail: FlappingMailSink,
          web_port: int) -> dict[str, str]:
+    second = urlsplit(providers.two.url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     env.update({
         "PYTHONPATH": str(ROOT), "NOTIFIER_DATABASE_URL": pg.url, "NOTIFIER_BROKER_URL": redis_url,
@@ -822,12 +834,15 @@ def _env(folder: Path, pg: PrivatePostgres, redis_url: str, providers: Any, mail
         "NOTIFIER_SWEEP_INTERVAL_S": "1", "NOTIFIER_SWEEP_BATCH": "2000", "NOTIFIER_DISPATCH_BATCH": str(DISPATCH_BATCH),
         "NOTIFIER_DISPATCH_CONCURRENCY": str(DISPATCH_CONCURRENCY), "NOTIFIER_LEASE_S": str(LEASE_S), "NOTIFIER_MAX_ATTEMPTS": "10",
         "NOTIFIER_RETRY_BASE_S": "2", "NOTIFIER_RETRY_MAX_S": "20", "NOTIFIER_HOUSEKEEPING_INTERVAL_S": "60",
+        # SMS has a second account on the second loopback Twilio API: it carries SMS while the first is down
+        "NOTIFIER_SMS_ACCOUNTS": f"http://{SECOND['account_sid']}:{SECOND['auth_token']}@{second.netloc}?name=second",
+        "NOTIFIER_FAILOVER_COOLDOWN_S": str(COOLDOWN_S),
     })
     return env
 
 
 def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg: PrivatePostgres,
-         redis_server: PrivateRedis, providers: Any, mail: FlappingMailSink, hooks: FlappingHookSink,
+         redis_server: PrivateRedis, providers: TwoAccounts, mail: FlappingMailSink, hooks: FlappingHookSink,
          running: list[Processes]) -> tuple[dict[str, Any], bool]:
     import redis as redis_lib
     import requests
@@ -868,7 +883,7 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
     active_s = config.spread_s + LAST_DUE_S
     t0 = base.timestamp()
     stop = threading.Event()
-    callbacks = Callbacks(web_url, providers, auth_token=providers.auth_token, app_secret="chaos-app-secret",
+    callbacks = Callbacks(web_url, providers, tokens=providers.tokens, app_secret="chaos-app-secret",
                           seed=config.seed + 3)
     published: list[float] = []
 
@@ -894,6 +909,7 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
         plan.append((active_s * rng.uniform(0.3, 0.6), "pg", lambda: _pg_outage(pg, faults, 10.0)))
         plan.append((active_s * rng.uniform(0.15, 0.3), "redis", lambda: _redis_restart(redis_server, faults, False)))
         plan.append((active_s * rng.uniform(0.65, 0.85), "redis", lambda: _redis_restart(redis_server, faults, True)))
+        plan.append((active_s * rng.uniform(0.2, 0.7), "outage", lambda: _provider_outage(providers, faults, OUTAGE_S)))
         for s in range(config.storms):
             at = active_s * (s + rng.random()) / max(config.storms, 1)
             plan.append((at, "storm", lambda: _storm(providers, mail, hooks, faults, 8.0)))
@@ -910,7 +926,7 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
             _sleep_until(t0 + at, stop)
             if stop.is_set():
                 return
-            if what in ("pg", "redis", "storm", "pause"):
+            if what in ("pg", "redis", "storm", "pause", "outage"):
                 outages.append(threading.Thread(target=action, daemon=True))
                 outages[-1].start()
             else:
@@ -984,7 +1000,8 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
     injected["callback_duplicated"] = callbacks.counts["duplicated"]
     injected["callback_reordered"] = callbacks.counts["reordered"]
 
-    verdict = verify(store, work, folder, providers.received(), mail.snapshot(), hooks.snapshot(), faults, callbacks)
+    provider_log = providers.received()
+    verdict = verify(store, work, folder, provider_log, mail.snapshot(), hooks.snapshot(), faults, callbacks)
     store.engine.dispose()
     figures = {
         "expected": verdict["expected"], "delivered_once": verdict["delivered_once"], "lost": verdict["lost"],
@@ -998,6 +1015,10 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
         "duplicates_unavoidable_bound_per_kill": unavoidable_bound_per_kill(),
         "expected_by_channel": verdict["expected_by_channel"], "failed_recorded": verdict["failed"],
         "sms_found_at_provider_not_resent": verdict["reconciled"],
+        # which account carried the SMS (provider one was down for OUTAGE_S): failover, issue 23
+        "sms_by_account": dict(Counter("twilio" if r["account_sid"] == providers.account_sid else "second"
+                                       for r in provider_log if r["provider"] == "twilio")),
+        "sms_by_account_during_outage": _during_outage(provider_log, faults, providers.account_sid),
         "unexpected_received": verdict["unexpected"], "store_mismatches": verdict["store_mismatches"],
         "status_callbacks": {"posted": callbacks.counts["posted"], "refused_then_retried": callbacks.counts["refused"],
                              "final_state_wrong": verdict["callback_state_wrong"]},
@@ -1086,6 +1107,61 @@ def _redis_restart(server: PrivateRedis, faults: FaultLog, crash: bool) -> None:
     time.sleep(1.0)
     server.start()
     faults.note("redis.up")
+
+
+def _provider_outage(providers: TwoAccounts, faults: FaultLog, seconds: float) -> None:
+    """Provider one (Twilio's SMS account and Meta's API) refuses connections for `seconds`."""
+    import requests
+
+    faults.note("provider_outage.down", account="twilio", mode="refuse")
+    faults.counts["provider_outage_refused_20s"] += 1
+    providers.one.outage("refuse", for_s=seconds)  # it comes back by itself: refused, it cannot be told to
+    time.sleep(seconds)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"{providers.one.url}/_fake/faults", timeout=2)
+            break
+        except requests.RequestException:
+            time.sleep(0.2)
+    providers.one.flap(**providers.rates)  # what it missed while it was down (a storm's end)
+    faults.note("provider_outage.up")
+
+
+def _during_outage(provider_log: list[dict[str, Any]], faults: FaultLog, first_sid: str) -> dict[str, int]:
+    """The SMS each account took while provider one was down (refusing connections)."""
+    windows = faults.window("provider_outage")
+    return dict(Counter("twilio" if r["account_sid"] == first_sid else "second" for r in provider_log
+                        if r["provider"] == "twilio" and any(a <= r["received_at"] <= b for a, b in windows)))
+
+
+class TwoAccounts:
+    """The run's two provider processes as one: `one` is Twilio (SMS) and Meta (WhatsApp), `two`
+    a second SMS account on Twilio's API. Flapping, receipts and faults are both's."""
+
+    def __init__(self, one: Any, two: Any) -> None:
+        self.one, self.two = one, two
+        self.url, self.account_sid, self.auth_token, self.meta_token = one.url, one.account_sid, one.auth_token, \
+            one.meta_token
+        self.tokens = {one.account_sid: one.auth_token, two.account_sid: two.auth_token}
+        self.rates: dict[str, float] = {}  # the flapping both were last told
+
+    def received(self) -> list[dict[str, Any]]:
+        return self.one.received() + self.two.received()
+
+    def flap(self, **rates: float) -> None:
+        """Both flap alike; provider one, down (refusing connections), is told once it is back."""
+        import requests
+
+        self.rates = {**self.rates, **rates}
+        self.two.flap(**rates)
+        try:
+            self.one.flap(**rates)
+        except requests.ConnectionError:
+            pass  # _provider_outage applies `rates` when it is back
+
+    def faults(self) -> dict[str, int]:
+        return dict(Counter(self.one.faults()) + Counter(self.two.faults()))
 
 
 def _storm(providers: Any, mail: Flappy, hooks: Flappy, faults: FaultLog, seconds: float) -> None:

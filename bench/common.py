@@ -646,12 +646,15 @@ class PrivateRedis:
 
 
 @contextmanager
-def flapping_provider_process(*, latency_s: float, seed: int | None = None) -> Iterator[Any]:
+def flapping_provider_process(*, latency_s: float, seed: int | None = None, account_sid: str = "ACtest",
+                              auth_token: str = "secret-token") -> Iterator[Any]:
     """`provider_process` whose provider can be made to flap: `.flap(error_rate=0.2, ...)`
-    (fields of notifier.fake_providers.Flapping) and `.faults()` (what it injected, by kind)."""
+    (fields of notifier.fake_providers.Flapping), `.faults()` (what it injected, by kind), and
+    go down: `.outage("refuse", for_s=20)` (its port closed until then) or `.outage("5xx", ...)`."""
     import requests
 
-    argv = [sys.executable, "-m", "notifier.fake_providers", "--latency-s", str(latency_s)]
+    argv = [sys.executable, "-m", "notifier.fake_providers", "--latency-s", str(latency_s),
+            "--account-sid", account_sid, "--auth-token", auth_token]
     if seed is not None:
         argv += ["--seed", str(seed)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -670,8 +673,11 @@ def flapping_provider_process(*, latency_s: float, seed: int | None = None) -> I
         def faults() -> dict[str, int]:
             return session.get(f"{url}/_fake/faults", timeout=10).json()["injected"]
 
-        yield SimpleNamespace(url=url, account_sid="ACtest", auth_token="secret-token", meta_token="meta-token",
-                              received=received, flap=flap, faults=faults)
+        def outage(mode: str | None, *, for_s: float) -> None:
+            session.post(f"{url}/_fake/outage", json={"mode": mode, "for_s": for_s}, timeout=10).raise_for_status()
+
+        yield SimpleNamespace(url=url, account_sid=account_sid, auth_token=auth_token, meta_token="meta-token",
+                              received=received, flap=flap, faults=faults, outage=outage)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -374,7 +374,8 @@ class FakeProviders:
             return 400, {}, {"code": 21655, "message": "The ContentSid is Invalid.", "status": 400}
         sid = "SM" + uuid.uuid4().hex
         moment = self.clock()
-        self._record({"provider": "twilio", "sid": sid, "to": to, "day": moment.date().isoformat(),
+        self._record({"provider": "twilio", "account_sid": self.account_sid, "sid": sid, "to": to,
+                      "day": moment.date().isoformat(),
                       "date_created": format_datetime(moment, usegmt=True), "from": form.get("From") or
                       form.get("MessagingServiceSid"), "body": form.get("Body"), "content_sid": form.get("ContentSid"),
                       "variables": json.loads(form.get("ContentVariables", "{}")),
