@@ -122,3 +122,38 @@ def test_N1_N2_workers_share_an_accounts_health_through_redis_and_its_key_ends_t
         assert time.monotonic() < deadline, "the cool-down never ended"
         time.sleep(0.1)
     assert second.down("sms", ["one", "two"]) == set()
+
+
+def test_N5_a_second_accounts_reports_are_checked_with_its_own_token(tmp_path, pg_url, clock):
+    """The message went out through the second account (the first refusing connections): that
+    account signs its status reports with its own token, which is accepted; a token of no account
+    of ours is refused, and changes nothing."""
+    from notifier.bootstrap import build_channels
+    from notifier.web.app import twilio_signature
+    from tests.conftest import api_client, make_settings
+    from tests.integration.test_callbacks import PUBLIC, state_and_timeline
+    from tests.integration.test_providers import book, info_row, run_due
+
+    with FakeProviders() as one, FakeProviders(account_sid="ACsecond", auth_token="second-token") as two:
+        one.outage("refuse")
+        settings = make_settings(tmp_path, database_url=pg_url, twilio_account_sid=one.account_sid,
+                                 twilio_auth_token=one.auth_token, twilio_from="+4930123456", twilio_api_url=one.url,
+                                 public_url=PUBLIC, sms_accounts=f"http://ACsecond:second-token@"
+                                                                 f"{two.url.removeprefix('http://')}?name=second")
+        ctx = make_context(settings, channels=build_channels(settings))
+        book(ctx, "+39 347 123 4567")
+        clock.set(info_row(ctx).due_at)
+        assert run_due(ctx)["sent"] == 1
+        row = info_row(ctx)
+        [sms] = two.received
+        assert row.provider_message_id == sms["sid"] and one.received == []
+        client = api_client(ctx)
+        form = {"AccountSid": "ACsecond", "MessageSid": row.provider_message_id, "MessageStatus": "delivered"}
+        url = PUBLIC + "/callbacks/twilio"
+        forged = client.post("/callbacks/twilio", data=form,
+                             headers={"X-Twilio-Signature": twilio_signature("no-account-of-ours", url, form)})
+        assert forged.status_code == 403 and state_and_timeline(ctx, row.id)[0] == "sent"
+        signed = client.post("/callbacks/twilio", data=form,
+                             headers={"X-Twilio-Signature": twilio_signature("second-token", url, form)})
+        assert signed.status_code == 204 and state_and_timeline(ctx, row.id)[0] == "delivered"
+        ctx.close()
