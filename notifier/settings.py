@@ -195,6 +195,15 @@ class Settings:
         return tuple(t for t in (self.twilio_auth_token, *(a.password for a in self.sms_account_list)) if t)
 
     @property
+    def twilio_accounts(self) -> dict[str, str]:
+        """Each Twilio-API account of ours, its Account SID -> its auth token (the first account's,
+        then `sms_accounts`'): what Twilio's requests name in `AccountSid` and sign with."""
+        accounts = {a.user: a.password for a in reversed(self.sms_account_list) if a.user and a.password}
+        if self.twilio_account_sid and self.twilio_auth_token:
+            accounts[self.twilio_account_sid] = self.twilio_auth_token
+        return accounts
+
+    @property
     def twilio_content(self) -> dict[str, dict[str, str]]:
         """Twilio's WhatsApp templates (`[notifier.twilio_content]`): the approved template's name
         -> its language code -> its Content SID; a tenant's `sender.whatsapp_content` wins."""

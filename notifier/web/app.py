@@ -356,8 +356,13 @@ def create_app(ctx: Any) -> FastAPI:
         url = settings.public_url.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query
                                                                     else "")
         given = request.headers.get("X-Twilio-Signature", "")
-        # signed with the token of the account that sent the message (a channel may have several)
-        if not any(same(given, twilio_signature(token, url, form)) for token in settings.twilio_auth_tokens):
+        # signed with the token of the account that sent the message (a channel may have several):
+        # the account the form names, when it names one of ours; one of ours it must be
+        named = form.get("AccountSid")
+        if named and named not in settings.twilio_accounts:
+            raise HTTPException(status_code=403, detail="another account's message")
+        tokens = (settings.twilio_accounts[named],) if named else settings.twilio_auth_tokens
+        if not any(same(given, twilio_signature(token, url, form)) for token in tokens):
             raise HTTPException(status_code=403, detail="invalid signature")
         return form
 
@@ -386,8 +391,6 @@ def create_app(ctx: Any) -> FastAPI:
         """A customer's SMS or WhatsApp message to one of our Twilio numbers (R3, R11, R14): the number's
         "a message comes in" webhook. Signed like the status callbacks."""
         form = await twilio_form(request)
-        if form.get("AccountSid") and not same(form["AccountSid"], settings.twilio_account_sid):
-            raise HTTPException(status_code=403, detail="another account's message")
         sid, sender = form.get("MessageSid") or form.get("SmsSid"), form.get("From", "")
         if not sid or not sender:
             raise HTTPException(status_code=400, detail="not an inbound message: MessageSid and From are needed")

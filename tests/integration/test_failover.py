@@ -127,8 +127,8 @@ def test_N1_N2_workers_share_an_accounts_health_through_redis_and_its_key_ends_t
 
 def test_N5_a_second_accounts_reports_are_checked_with_its_own_token(tmp_path, pg_url, clock):
     """The message went out through the second account (the first refusing connections): that
-    account signs its status reports with its own token, which is accepted; a token of no account
-    of ours is refused, and changes nothing."""
+    account signs its status reports and its customers' answers with its own token, which is
+    accepted; a token of no account of ours is refused, and changes nothing."""
     from notifier.bootstrap import build_channels
     from notifier.web.app import twilio_signature
     from tests.conftest import api_client, make_settings
@@ -157,4 +157,16 @@ def test_N5_a_second_accounts_reports_are_checked_with_its_own_token(tmp_path, p
         signed = client.post("/callbacks/twilio", data=form,
                              headers={"X-Twilio-Signature": twilio_signature("second-token", url, form)})
         assert signed.status_code == 204 and state_and_timeline(ctx, row.id)[0] == "delivered"
+        # the customer's answer to the second account's number: signed with that account's token, taken;
+        # naming it but signed with the first account's token, or naming no account of ours, refused
+        inbound = {"AccountSid": "ACsecond", "MessageSid": "SMreply-1", "From": "+393471234567",
+                   "To": "+4930123456", "Body": "Grazie"}
+        url = PUBLIC + "/inbound/twilio"
+        for token, answer in ((one.auth_token, 403), ("second-token", 200)):
+            response = client.post("/inbound/twilio", data=inbound,
+                                   headers={"X-Twilio-Signature": twilio_signature(token, url, inbound)})
+            assert response.status_code == answer, (token, response.text)
+        stranger = {**inbound, "AccountSid": "ACstranger"}
+        assert client.post("/inbound/twilio", data=stranger, headers={
+            "X-Twilio-Signature": twilio_signature("second-token", url, stranger)}).status_code == 403
         ctx.close()
