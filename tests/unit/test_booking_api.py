@@ -20,7 +20,7 @@ from notifier.access import create_key
 from notifier.channels.fake import FakeChannel
 from notifier.cli import main
 from notifier.domain.model import Channel
-from notifier.services import apply_events, load_tenants, replan_booking, sweep_states, timeline_of
+from notifier.services import WITHOUT_PROVIDER, apply_events, load_tenants, replan_booking, sweep_states, timeline_of
 from notifier.web.app import create_app
 from tests.conftest import START, customer, event, settings_env
 from tests.unit.test_services import run_due
@@ -105,8 +105,13 @@ SCENARIOS = {
     "no_reachable_channel": ("R1", lambda ctx: book(ctx, email=None, phone="030 1234567",
                                                     consents={"sms": True, "email": True}),
                              {"info", "confirmation", "reminder"}),  # feedback goes by email only: no_address
+    "no_provider": ("R27", lambda ctx: book(ctx, phone=MOBILE, consents={"sms": True, "email": True},
+                                            regions=NO_SMS_PROVIDER),
+                    {"info", "confirmation", "reminder"}),
 }
 WHATSAPP_NOT_IN_DE = {"whatsapp": ["DE"]}
+NO_SMS_PROVIDER = {WITHOUT_PROVIDER: ["sms"]}  # what a deployment without Twilio settings plans with
+REPLAN_REGIONS = {"channel_unavailable_in_region": WHATSAPP_NOT_IN_DE, "no_provider": NO_SMS_PROVIDER}
 
 
 def counted(reason: str, kind: str) -> float:
@@ -141,7 +146,7 @@ def test_N1_N3_each_not_planned_reason_is_said_once_on_the_timeline_in_the_booki
 
     # the same state planned again, at the time of the last event
     last = max(e["at"] for e in timeline)
-    regions = WHATSAPP_NOT_IN_DE if reason == "channel_unavailable_in_region" else None
+    regions = REPLAN_REGIONS.get(reason)
     replan_booking(ctx.store, TENANT, "b1", now=last, regions=regions)
     sweep_states(ctx.store, now=last, regions=regions)
     _, said_again, on_timeline_again = entries()
