@@ -177,15 +177,21 @@ class AcceptingProvider(ReportingProvider):
         return SendResult(provider_message_id=f"wamid.{len(self.accepted)}")
 
 
+def _two_emails_claimed_by_a_worker_that_stops(tmp_path, provider):
+    """Two bookings' info emails handed out and claimed for sending, at START, by a worker that
+    then stops (dies or stalls) before it records anything: the context and the two claims."""
+    ctx = make_context(make_settings(tmp_path), channels={Channel.EMAIL: provider})
+    apply_events(ctx.store, [json.dumps(created(f"b{i}")) for i in range(2)], now=START, source="test")
+    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=ctx.settings.lease_s, limit=10, batch=10)
+    return ctx, ctx.store.claim_batch_for_send(ids, START, lease_s=ctx.settings.lease_s)
+
+
 def test_N2_a_dead_workers_message_waits_for_the_providers_reports_once_before_it_is_sent_again(tmp_path, clock):
     """A worker died (or stalled past its lease) after its provider call and before its commit;
     the provider cannot be asked, but reports on what it took, later. The message's next claim
     waits for those reports once: one that comes is the copy, recorded; none, and it is sent."""
     provider = AcceptingProvider()
-    ctx = make_context(make_settings(tmp_path), channels={Channel.EMAIL: provider})
-    apply_events(ctx.store, [json.dumps(created(f"b{i}")) for i in range(2)], now=START, source="test")
-    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=ctx.settings.lease_s, limit=10, batch=10)
-    reported, silent = ctx.store.claim_batch_for_send(ids, START, lease_s=ctx.settings.lease_s)  # then it died
+    ctx, (reported, silent) = _two_emails_claimed_by_a_worker_that_stops(tmp_path, provider)  # it died
 
     clock.set(START + timedelta(seconds=ctx.settings.lease_s + 1))  # its claims lapse
     report = _due_now(ctx)
@@ -263,10 +269,7 @@ def test_N2_a_stalled_workers_email_waits_once_for_its_receipt_before_it_is_sent
     again. The next claim waits `report_wait_s` once for such a receipt before it sends a copy
     the provider cannot be asked about: one whose receipt came is recorded, the other sent once."""
     smtp = UnaskableProvider()
-    ctx = make_context(make_settings(tmp_path), channels={Channel.EMAIL: smtp})
-    apply_events(ctx.store, [json.dumps(created(f"b{i}")) for i in range(2)], now=START, source="test")
-    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=ctx.settings.lease_s, limit=10, batch=10)
-    taken, silent = ctx.store.claim_batch_for_send(ids, START, lease_s=ctx.settings.lease_s)  # then it stalled
+    ctx, (taken, silent) = _two_emails_claimed_by_a_worker_that_stops(tmp_path, smtp)  # it stalled
 
     clock.set(START + timedelta(seconds=ctx.settings.lease_s + 1))  # its claims lapse
     assert (_due_now(ctx).retried, smtp.accepted) == (2, [])  # nothing sent: waiting once
