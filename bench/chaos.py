@@ -39,6 +39,12 @@ or sink: received once (`delivered_once`), never (`lost`), or more than once (`d
 `duplicates_unavoidable` where the provider accepted a message, the outcome could not be
 recorded (the worker was killed, or the provider's answer was lost) and the provider cannot be
 asked (SMTP, Meta, webhooks); each is listed with its evidence in the run's report file).
+
+Email goes to a relay that drops a repeated message by its idempotency key, as Resend's SMTP
+does by `Resend-Idempotency-Key` (`NOTIFIER_SMTP_IDEMPOTENCY_HEADER`): a copy sent again after a
+lost answer or a killed worker reaches the relay and no further, and is counted in
+`repeats_dropped_by_the_receiver`. `--plain-smtp` runs the same against a relay that cannot
+(Postfix, most SMTP services): such copies are delivered twice, and counted as unavoidable.
 """
 
 from __future__ import annotations
@@ -91,12 +97,15 @@ CHILDREN = 2  # prefork children per worker pool
 DISPATCH_CONCURRENCY = 16  # sends in flight per child
 DISPATCH_BATCH = 50  # messages a dispatch task claims at once
 ASKABLE = {"sms"}  # channels whose provider says whether it has a message (Twilio's Messages list)
+MAIL_IDEMPOTENCY_HEADER = "Resend-Idempotency-Key"  # the relay drops a repeat of a key it took (not --plain-smtp)
 REPORTS_NAME_THE_MESSAGE = {"sms", "whatsapp"}  # Twilio's and Meta's status callbacks say which message they are about
 # per channel, what can still reach someone twice after every way to find the first copy was tried
 # (docs/reliability.md, "Where a message can still reach someone twice")
 WHY_UNAVOIDABLE = {
-    "email": "SMTP cannot be asked and does not report: a copy whose answer was lost, or whose worker died "
-             "before writing the answer down, is sent again (with the same Message-ID)",
+    "email": "none: the relay drops a repeated idempotency key (NOTIFIER_SMTP_IDEMPOTENCY_HEADER)",
+    "email (plain SMTP)": "a relay that cannot drop repeats can be neither asked nor heard from: a copy whose "
+                          "answer was lost, or whose worker died before writing the answer down, is sent again "
+                          "(with the same Message-ID)",
     "whatsapp": "Meta cannot be asked: a copy whose answer was lost or whose worker died before writing it "
                 "down is found only by its status reports, and was sent again when none had come in time",
     "sms": "none: Twilio is asked (its Messages list) and reports naming the message",
@@ -265,6 +274,7 @@ class Flappy:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.received: list[dict[str, Any]] = []
+        self._keys: set[str] = set()
 
     def flap(self, **rates: float) -> None:
         with self._lock:
@@ -283,10 +293,13 @@ class Flappy:
         with self._lock:
             self.received.append(entry)
 
-    def seen(self, key: str) -> bool:
-        """Whether a delivery with this key came before (a receiver's idempotency check)."""
+    def repeat(self, key: str) -> bool:
+        """Whether a delivery with this key came before (a receiver's idempotency check); this one
+        is noted, in the same step, so two copies at once are told apart."""
         with self._lock:
-            return any(r.get("key") == key for r in self.received)
+            seen = key in self._keys
+            self._keys.add(key)
+            return seen
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -294,12 +307,15 @@ class Flappy:
 
 
 class FlappingMailSink(Flappy):
-    """An SMTP server on loopback (aiosmtpd) keeping each message's Message-ID and recipient.
+    """An SMTP relay on loopback (aiosmtpd) keeping each message's Message-ID and recipient.
     Errors are 451 (try again later); a lost answer is a message taken in whose connection then
-    dies before the 250 (a late 250 is no loss: clients wait minutes for it, RFC 5321 4.5.3.2)."""
+    dies before the 250 (a late 250 is no loss: clients wait minutes for it, RFC 5321 4.5.3.2).
+    With `idempotency_header` it drops a message whose key it took before, as Resend does: answered
+    250 and marked `repeat` (counted, never delivered twice)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, idempotency_header: str = "") -> None:
         super().__init__(seed)
+        self.idempotency_header = idempotency_header
         import asyncio
         from email.parser import BytesHeaderParser
 
@@ -319,7 +335,9 @@ class FlappingMailSink(Flappy):
                     return "451 4.3.0 timed out"
                 headers = BytesHeaderParser().parsebytes(envelope.content)
                 message_id = " ".join(str(headers["Message-ID"]).split())  # a long one comes folded
-                sink.keep({"message_id": message_id, "to": envelope.rcpt_tos[0], "fault": fault})
+                key = headers[idempotency_header] if idempotency_header else None
+                sink.keep({"message_id": message_id, "to": envelope.rcpt_tos[0], "fault": fault,
+                           "repeat": key is not None and sink.repeat(str(key))})
                 if fault == "lost_answer":
                     server.transport.abort()  # taken on; the 250 never reaches the client
                 return "250 OK"
@@ -364,7 +382,7 @@ class FlappingHookSink(Flappy):
                 else:
                     payload = json.loads(body)
                     sink.keep({"key": payload["idempotency_key"], "channel": payload["type"].split(".")[-1],
-                               "fault": fault, "repeat": sink.seen(payload["idempotency_key"])})
+                               "fault": fault, "repeat": sink.repeat(payload["idempotency_key"])})
                     if fault == "lost_answer":
                         time.sleep(sink.flapping.hang_s)
                 try:
@@ -668,6 +686,7 @@ class Config:
     starve: bool = False
     hogs: int = 0  # CPU-bound processes beside the pipeline (--starve)
     pauses: int = 0  # SIGSTOPs of worker processes longer than the lease (--starve)
+    plain_smtp: bool = False  # email through a relay that cannot drop repeats
 
 
 def _estimate_per_booking() -> float:
@@ -693,15 +712,17 @@ def main(argv: list[str]) -> int:
                         help="with --starve: CPU-bound processes beside the pipeline (default two per core)")
     parser.add_argument("--pauses", type=int, default=6,
                         help="with --starve: SIGSTOPs of worker processes, each longer than the lease")
+    parser.add_argument("--plain-smtp", action="store_true",
+                        help="email through a relay that cannot drop a repeated message (no idempotency header)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     config = Config(messages=args.messages, seed=seed, kills=args.kills, waves=args.waves, spread_s=args.spread_s,
                     drain_s=args.drain_s, keep=args.keep, storms=args.storms, starve=args.starve,
                     hogs=(args.hogs if args.hogs is not None else 2 * (os.cpu_count() or 1)) if args.starve else 0,
-                    pauses=args.pauses if args.starve else 0)
+                    pauses=args.pauses if args.starve else 0, plain_smtp=args.plain_smtp)
     figures, keep_dir = run(config)
     command = ("python -m bench chaos " + " ".join(argv)).strip()
-    record("chaos_starve" if config.starve else "chaos", command, figures, notes=NOTES, summary=(
+    record("chaos" + ("_starve" if config.starve else "") + ("_plain_smtp" if config.plain_smtp else ""), command, figures, notes=NOTES, summary=(
         f"{figures['expected']} messages under {sum(figures['faults_injected'].values())} faults"
         f"{' on a starved machine' if config.starve else ''} (load {figures['load_average']['max']:.1f} at most): "
         f"lost {figures['lost']}, duplicates {figures['duplicates']} "
@@ -736,7 +757,7 @@ def run(config: Config) -> tuple[dict[str, Any], str | None]:
         with PrivatePostgres(database="chaos", nice=nice) as pg, PrivateRedis(nice=nice) as redis_server, \
                 flapping_provider_process(latency_s=0.02, seed=config.seed) as one, \
                 flapping_provider_process(latency_s=0.02, seed=config.seed + 4, **SECOND) as two, \
-                FlappingMailSink(config.seed + 1) as mail, FlappingHookSink(config.seed + 2) as hooks, \
+                FlappingMailSink(config.seed + 1, "" if config.plain_smtp else MAIL_IDEMPOTENCY_HEADER) as mail, FlappingHookSink(config.seed + 2) as hooks, \
                 CpuHogs(config.hogs), load:
             providers = TwoAccounts(one, two)
             try:
@@ -748,6 +769,11 @@ def run(config: Config) -> tuple[dict[str, Any], str | None]:
         figures["seconds"] = round(time.time() - started, 1)
         figures["started_utc"] = datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%d %H:%M UTC")
         figures["load_average"] = load.summary()
+        figures["email_relay"] = ("plain SMTP: cannot drop a repeated message" if config.plain_smtp else
+                                  f"drops a repeated message by its {MAIL_IDEMPOTENCY_HEADER}")
+        figures["what_can_reach_someone_twice_by_channel"] = {
+            channel: WHY_UNAVOIDABLE["email (plain SMTP)" if channel == "email" and config.plain_smtp else channel]
+            for channel in ("email", "sms", "whatsapp", "staff", "activity")}
         figures["starved"] = {"cpu_hogs": config.hogs, "cores": os.cpu_count(), "pauses": config.pauses,
                               "pause_s": [round(LEASE_S + 3, 1), round(LEASE_S + 10, 1)],
                               "nice": {"harness": harness_nice, "pipeline_and_hogs": harness_nice + STARVED_NICE}
@@ -837,6 +863,7 @@ def _env(folder: Path, pg: PrivatePostgres, redis_url: str, providers: Any, mail
         # SMS has a second account on the second loopback Twilio API: it carries SMS while the first is down
         "NOTIFIER_SMS_ACCOUNTS": f"http://{SECOND['account_sid']}:{SECOND['auth_token']}@{second.netloc}?name=second",
         "NOTIFIER_FAILOVER_COOLDOWN_S": str(COOLDOWN_S),
+        "NOTIFIER_SMTP_IDEMPOTENCY_HEADER": mail.idempotency_header,
     })
     return env
 
@@ -1001,7 +1028,8 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
     injected["callback_reordered"] = callbacks.counts["reordered"]
 
     provider_log = providers.received()
-    verdict = verify(store, work, folder, provider_log, mail.snapshot(), hooks.snapshot(), faults, callbacks)
+    verdict = verify(store, work, folder, provider_log, mail.snapshot(), hooks.snapshot(), faults, callbacks,
+                     mail_drops_repeats=bool(mail.idempotency_header))
     store.engine.dispose()
     figures = {
         "expected": verdict["expected"], "delivered_once": verdict["delivered_once"], "lost": verdict["lost"],
@@ -1010,7 +1038,7 @@ def _run(config: Config, rng: random.Random, folder: Path, faults: FaultLog, pg:
         "duplicates_by_cause": verdict["avoidable_by_cause"],
         "duplicates_by_channel": verdict["duplicates_by_channel"],
         "duplicates_unavoidable_by_channel": verdict["unavoidable_by_channel"],
-        "webhook_repeats_dropped_by_the_receiver": verdict["receiver_dropped"],
+        "repeats_dropped_by_the_receiver": verdict["receiver_dropped"],  # webhooks; email at its relay
         "duplicates_unavoidable_per_kill_max": verdict["unavoidable_per_kill_max"],
         "duplicates_unavoidable_bound_per_kill": unavoidable_bound_per_kill(),
         "expected_by_channel": verdict["expected_by_channel"], "failed_recorded": verdict["failed"],
@@ -1220,7 +1248,7 @@ def reference_plan(work: Workload, folder: Path) -> dict[str, dict[str, Any]]:
 
 def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str, Any]],
            mail_log: list[dict[str, Any]], hook_log: list[dict[str, Any]], faults: FaultLog,
-           callbacks: Callbacks) -> dict[str, Any]:
+           callbacks: Callbacks, *, mail_drops_repeats: bool = False) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from notifier.domain.delivery import PROVIDER_STATUS
@@ -1263,11 +1291,14 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
     for key, receipts in groups.items():
         for receipt in receipts:
             by_pid[receipt["pid"]] = key
+    receiver_dropped: Counter[str] = Counter()  # repeats the receiver recognised by their key and dropped
     mail_by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in mail_log:
-        mail_by_id[r["message_id"]].append({**r, "pid": r["message_id"]})
+        if r.get("repeat"):
+            receiver_dropped["email"] += 1
+        else:
+            mail_by_id[r["message_id"]].append({**r, "pid": r["message_id"]})
     hooks_by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    receiver_dropped: Counter[str] = Counter()  # repeats the receiver recognised by their key and dropped
     for r in hook_log:
         if r.get("repeat"):
             receiver_dropped[r["channel"]] += 1
@@ -1368,6 +1399,9 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
         if evidence["cause"] == "worker_killed" and any(at < second["at"] - 1.0 for at in written):
             # the killed worker had written the first copy's answer down: its next claim could have found it
             evidence.update(unavoidable=False, cause="worker_killed, receipt written before the resend")
+        if evidence["unavoidable"] and exp["channel"] == "email" and mail_drops_repeats:
+            # the relay drops a repeated key: a second delivery means the key was not sent, or changed
+            evidence.update(unavoidable=False, cause=f"{evidence['cause']}, the relay did not drop the repeat")
         if evidence["unavoidable"]:
             counts["duplicates_unavoidable"] += 1
             unavoidable_causes[evidence["cause"]] += 1
@@ -1409,7 +1443,8 @@ def verify(store: Any, work: Workload, folder: Path, provider_log: list[dict[str
         "duplicates": counts["duplicates"], "duplicates_unavoidable": counts["duplicates_unavoidable"],
         "avoidable_by_cause": dict(avoidable_causes), "unavoidable_by_cause": dict(unavoidable_causes),
         "duplicates_by_channel": {k: dict(v) for k, v in duplicates_by_channel.items()},
-        "unavoidable_by_channel": {channel: {"by_cause": dict(causes), "why": WHY_UNAVOIDABLE[channel]}
+        "unavoidable_by_channel": {channel: {"by_cause": dict(causes), "why": WHY_UNAVOIDABLE[
+            channel if channel != "email" or mail_drops_repeats else "email (plain SMTP)"]}
                                    for channel, causes in sorted(unavoidable_by_channel.items())},
         "receiver_dropped": dict(receiver_dropped),
         "expected_by_channel": dict(by_channel), "failed": failed, "unexpected": len(unexpected),

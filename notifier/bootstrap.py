@@ -147,13 +147,15 @@ def build_channels(settings: Settings) -> dict[Channel, ChannelAdapter]:
         host=settings.smtp_host, port=settings.smtp_port, mail_from=settings.mail_from,
         user=settings.smtp_user, password=settings.smtp_password, starttls=settings.smtp_starttls,
         use_ssl=settings.smtp_ssl, timeout_s=settings.smtp_timeout_s,
-        transaction_timeout_s=settings.smtp_transaction_timeout_s)))
+        transaction_timeout_s=settings.smtp_transaction_timeout_s,
+        idempotency_header=settings.smtp_idempotency_header)))
     for relay in settings.smtp_relay_list:
         accounts[Channel.EMAIL].append(Account(relay.name, SMTPChannel(
             host=relay.host, port=relay.port or (465 if relay.scheme == "smtps" else 25), mail_from=settings.mail_from,
             user=relay.user, password=relay.password, starttls=relay.options.get("starttls", "") in ("1", "true", "yes"),
             use_ssl=relay.scheme == "smtps", timeout_s=settings.smtp_timeout_s,
-            transaction_timeout_s=settings.smtp_transaction_timeout_s)))
+            transaction_timeout_s=settings.smtp_transaction_timeout_s,
+            idempotency_header=relay.options.get("idempotency_header", ""))))
     channels: dict[Channel, ChannelAdapter] = {
         **providers,
         Channel.STAFF: WebhookChannel("staff", secret=secret, **hooks),

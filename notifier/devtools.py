@@ -18,10 +18,12 @@ from typing import Any
 
 class MailSink:
     """An SMTP server that keeps what it receives (aiosmtpd): the demo's and the tests' mail server,
-    and `notifier dev smtp`. `on_message` sees each mail as it arrives."""
+    and `notifier dev smtp`. `on_message` sees each mail as it arrives. With `idempotency_header` it
+    is a relay that drops a repeated message (as Resend does by `Resend-Idempotency-Key`): a mail
+    whose key it has taken before is answered 250 and counted in `dropped`, not kept again."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 on_message: Callable[[Any], None] | None = None) -> None:
+                 on_message: Callable[[Any], None] | None = None, idempotency_header: str = "") -> None:
         import asyncio
 
         from aiosmtpd.controller import Controller
@@ -30,6 +32,10 @@ class MailSink:
         self.refuse: set[str] = set()  # recipients answered "550 no such user"
         self.temporary_failures = 0  # this many messages answered "451" first
         self.answer_after_s = 0.0  # each message is answered this long after its data (a slow server)
+        self.lose_answers = 0  # this many messages taken, then their connection cut before the 250 (lost answers)
+        self.idempotency_header = idempotency_header
+        self.dropped = 0  # repeats of a key taken before (with `idempotency_header`)
+        self._keys: set[str] = set()
         self._lock = threading.Lock()
         sink = self
 
@@ -48,9 +54,20 @@ class MailSink:
                         sink.temporary_failures -= 1
                         return "451 4.3.0 try again later"
                     message = message_from_bytes(envelope.content, policy=policy.default)
-                    sink.messages.append(message)
-                if on_message is not None:
+                    key = message.get(sink.idempotency_header) if sink.idempotency_header else None
+                    repeat = key is not None and key in sink._keys
+                    if repeat:
+                        sink.dropped += 1
+                    else:
+                        sink.messages.append(message)
+                        if key is not None:
+                            sink._keys.add(key)
+                    lose = sink.lose_answers > 0
+                    sink.lose_answers -= lose
+                if on_message is not None and not repeat:
                     on_message(message)
+                if lose:
+                    server.transport.abort()  # taken on; the 250 never reaches the client
                 return "250 OK"
 
         if port == 0:

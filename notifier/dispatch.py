@@ -665,6 +665,7 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
     leases = ctx.leases()
     started = time.monotonic()
     try:
+        dropping, first = _drops_repeats(adapter, item.doubt_at) if item.in_doubt else (False, ())
         if item.in_doubt:  # the provider may have it: its answer written down, its reports, or asked
             reports_back = getattr(adapter, "reports_back", False)
             receipt = receipted_copy(ctx.store, message)
@@ -679,7 +680,7 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
                             provider_message_id=found.provider_message_id,
                             provider=receipt.provider if receipt else adapter.provider,
                             template=item.template, account=account)
-            if not asked and item.awaits_reports:
+            if not asked and item.awaits_reports and not dropping:
                 # the earlier claim's copy, if the provider took it, is reported in a while (Twilio,
                 # Meta), and a worker that was only stalled past its lease (a paused VM) writes down the
                 # answers it got once it runs again: wait for either once rather than send a copy now
@@ -688,7 +689,7 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
                             error="an earlier attempt may have reached the provider: waiting for its reports "
                             "or receipt",
                             duration_ms=_ms(started), retry_at=now + timedelta(seconds=ctx.settings.report_wait_s))
-        carried = send_through(adapter, item.outgoing, usable=lambda: leases.usable(message))
+        carried = send_through(adapter, item.outgoing, usable=lambda: leases.usable(message), first=first)
     except AccountFailure as failure:
         return _failure(ctx, item, adapter, failure.failure, started, failure.account, tuple(failure.passed))
     except Exception as exc:  # noqa: BLE001 - a lookup's own trouble (the store) is this message's, not the batch's
@@ -703,6 +704,16 @@ def transmit(ctx: Any, item: Ready) -> Done | Lost:
     return Done(message, MessageState.SENT, now, outcome="sent", code=result.provider_code,
                 duration_ms=_ms(started), provider_message_id=result.provider_message_id, provider=adapter.provider,
                 template=item.template, account=via.account, passed=tuple(via.passed))
+
+
+def _drops_repeats(adapter: Any, doubt_at: frozenset[str] | None) -> tuple[bool, tuple[str, ...]]:
+    """Of the accounts that may hold an in-doubt message's copy, those that drop a repeated
+    message (an SMTP relay with an idempotency header: `dedupes`), and whether that is every one
+    of them: then a copy sent again reaches the relay only, and the message need not wait for a
+    stalled worker's receipt. The resend goes to those accounts first."""
+    candidates = [a for a in accounts_of(adapter) if doubt_at is None or a.name in doubt_at]
+    dropping = tuple(a.name for a in candidates if getattr(a.adapter, "dedupes", False))
+    return bool(candidates) and len(dropping) == len(candidates), dropping
 
 
 def _ask_accounts(ctx: Any, item: Ready, adapter: Any) -> tuple[SendResult | None, str | None, bool]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,15 +176,18 @@ class Failover:
         down = self.health.down(self.name, [a.name for a in self.accounts])
         return [a for a in self.accounts if a.name not in down] + [a for a in self.accounts if a.name in down]
 
-    def carry(self, message: Outgoing, *, usable: Callable[[], bool] = lambda: True
+    def carry(self, message: Outgoing, *, usable: Callable[[], bool] = lambda: True, first: Sequence[str] = ()
               ) -> tuple[SendResult, Carried] | None:
-        """Send through the first account that takes the message. None when `usable()` said no
-        right before a call (the claim has gone to another worker); `AccountFailure` when the
-        send ended in a failure."""
+        """Send through the first account that takes the message; the accounts named in `first`
+        are tried before the others, cooling down or not (an in-doubt message goes back to the
+        relay that may hold it and drops a repeat). None when `usable()` said no right before a
+        call (the claim has gone to another worker); `AccountFailure` when the send ended in a
+        failure."""
         from notifier.ratelimit import take_turn
 
         passed: list[str] = []
-        candidates = self.order()
+        candidates = [a for a in self.accounts if a.name in first]
+        candidates += [a for a in self.order() if a not in candidates]
         for i, account in enumerate(candidates):
             sender = take_turn(account.adapter)  # the account's own rate limit
             if not usable():
@@ -220,12 +223,12 @@ class Failover:
             account.adapter.close()
 
 
-def send_through(adapter: Any, message: Outgoing, *, usable: Callable[[], bool]
+def send_through(adapter: Any, message: Outgoing, *, usable: Callable[[], bool], first: Sequence[str] = ()
                  ) -> tuple[SendResult, Carried] | None:
     """One message through a channel's adapter, a `Failover` or a single account: what `carry`
     returns, with a single account's failure wrapped in `AccountFailure` the same way."""
     if isinstance(adapter, Failover):
-        return adapter.carry(message, usable=usable)
+        return adapter.carry(message, usable=usable, first=first)
     from notifier.ratelimit import take_turn
 
     [account] = accounts_of(adapter)

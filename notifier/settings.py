@@ -14,10 +14,12 @@ In development those are warnings, and missing secrets are generated per data fo
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import logging
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -92,10 +94,15 @@ class Settings:
     smtp_ssl: bool = False
     smtp_timeout_s: float = 10.0  # connecting and the greeting; the replies of a mail transaction wait up to
     smtp_transaction_timeout_s: float = 600.0  # (RFC 5321 4.5.3.2: the one after the message, ten minutes)
+    # the header under which the relay drops a repeated message (Resend: Resend-Idempotency-Key; EmailEngine:
+    # X-EE-Idempotency-Key): each mail carries its idempotency key there, so a copy sent again after a lost
+    # answer or a killed worker reaches the relay only; empty: a relay that cannot (docs/reliability.md)
+    smtp_idempotency_header: str = ""
     mail_from: str = "notifier@localhost"  # a tenant's `sender.mail_from` wins; else this address, the company's name
     reply_to: str = ""  # a tenant's `sender.reply_to` wins, then its company's `email` detail; empty: no Reply-To
     # further SMTP relays, tried in this order when the one above is down (notifier/failover.py),
-    # comma-separated: smtp://user:password@host:587?starttls=1&name=backup (smtps://: TLS from the start)
+    # comma-separated: smtp://user:password@host:587?starttls=1&name=backup (smtps://: TLS from the start;
+    # &idempotency_header=NAME: as smtp_idempotency_header, for that relay)
     smtp_relays: str = ""
     # SMS and WhatsApp providers; tokens only from the environment
     twilio_account_sid: str = ""
@@ -297,6 +304,7 @@ _SCHEMES = {
     "outbound_url": (("", "embedded", "redis://", "rediss://", "amqp://", "amqps://", "pyamqp://"), _BROKER_FORM),
     "clock": (("system", "file:"), "system or file:PATH"),
 }
+HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,75}")  # a mail header's name, as relays name theirs
 _CHOICES = {"whatsapp_provider": ("meta", "twilio"),
             "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 _PORTS = ("smtp_port",)
@@ -426,6 +434,12 @@ def _check(settings: Settings, env: Mapping[str, str], known: set[str]) -> None:
             read()
         except ValueError as exc:
             problems.append(f"{_variable(name)}: {exc}")
+    headers = [(_variable("smtp_idempotency_header"), settings.smtp_idempotency_header)]
+    with contextlib.suppress(ValueError):  # an unreadable relay list is said above
+        headers += [(f"{_variable('smtp_relays')} ({a.name})", a.options.get("idempotency_header", ""))
+                    for a in settings.smtp_relay_list]
+    problems += [f"{where}: {header!r} is not a header name (letters, digits and dashes: Resend-Idempotency-Key)"
+                 for where, header in headers if header and not HEADER_NAME.fullmatch(header)]
     try:
         if not parse_producers(settings.producers) and not settings.events_shared:
             problems.append("NOTIFIER_EVENTS_SHARED is off and no producers are bound: no event could be accepted")

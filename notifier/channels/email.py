@@ -1,7 +1,15 @@
-"""Email over SMTP: plain text, HTML alternative, calendar attachments; connection reuse."""
+"""Email over SMTP: plain text, HTML alternative, calendar attachments; connection reuse.
+
+A relay that drops a repeated message by a header of its own (Resend's `Resend-Idempotency-Key`,
+EmailEngine's `X-EE-Idempotency-Key`; `idempotency_header`) gets each message's idempotency key
+there: a copy sent again because its answer was lost, or because its worker died before writing
+the answer down, then reaches the relay and not the customer (`dedupes`). SMTP itself has no
+such thing: without the header such a copy is delivered twice (docs/reliability.md).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import smtplib
 import ssl
 import threading
@@ -19,7 +27,7 @@ class SMTPChannel:
 
     def __init__(self, *, host: str, port: int, mail_from: str, user: str = "", password: str = "",
                  starttls: bool = False, use_ssl: bool = False, timeout_s: float = 10.0,
-                 transaction_timeout_s: float = 600.0) -> None:
+                 transaction_timeout_s: float = 600.0, idempotency_header: str = "") -> None:
         self.host, self.port, self.mail_from = host, port, mail_from
         self.user, self.password = user, password
         self.starttls, self.use_ssl, self.timeout_s = starttls, use_ssl, timeout_s
@@ -28,6 +36,8 @@ class SMTPChannel:
         # on that reply early is how a mail gets sent twice (RFC 1047). Connecting, the greeting and
         # the NOOP that checks a kept connection wait `timeout_s`.
         self.transaction_timeout_s = max(transaction_timeout_s, timeout_s)
+        self.idempotency_header = idempotency_header
+        self.dedupes = bool(idempotency_header)  # a copy sent again is dropped by the relay (dispatch: no wait)
         self._local = threading.local()  # one connection per sending thread, reused
 
     def _connection(self) -> smtplib.SMTP:
@@ -74,6 +84,8 @@ class SMTPChannel:
         domain = sender.rsplit("@", 1)[-1].strip(">") or "localhost"
         # a stable Message-ID: a receiving system can drop a resend of the same message
         mail["Message-ID"] = f"<{message.idempotency_key.replace('/', '.')}@{domain}>"
+        if self.idempotency_header:
+            mail[self.idempotency_header] = relay_key(message.idempotency_key)
         for name, value in message.headers.items():
             mail[name] = value
         mail.set_content(message.text)
@@ -137,3 +149,9 @@ def _answered(exc: smtplib.SMTPResponseException) -> PermanentFailure | Temporar
     """A server's refusal by its reply code: 5xx for good, 4xx for now."""
     failure = PermanentFailure if 500 <= exc.smtp_code < 600 else TemporaryFailure
     return failure(f"SMTP {exc.smtp_code} {exc.smtp_error!r}", code=str(exc.smtp_code))
+
+
+def relay_key(key: str) -> str:
+    """A message's idempotency key as a relay takes it: at most 256 characters (Resend's limit), a
+    longer one as its SHA-256, so every attempt of the message carries the same."""
+    return key if len(key) <= 256 else "sha256-" + hashlib.sha256(key.encode()).hexdigest()

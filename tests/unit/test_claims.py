@@ -285,3 +285,18 @@ def test_N2_a_stalled_workers_email_waits_once_for_its_receipt_before_it_is_sent
     assert (report.reconciled, report.sent) == (1, 1)
     assert [m.message_id for m in smtp.accepted] == [silent.id]  # the other sent once, after the wait
     ctx.close()
+
+
+def test_N2_a_dead_workers_email_to_a_relay_that_drops_repeats_is_sent_again_at_once(tmp_path, clock):
+    """The relay drops a repeated message by its idempotency key (`smtp_idempotency_header`): a
+    copy sent again reaches the relay only, so a message whose worker died or stalled unrecorded
+    does not wait `report_wait_s` for a receipt that may never come; it is sent again at once."""
+    smtp = UnaskableProvider()
+    smtp.dedupes = True
+    ctx, claimed = _two_emails_claimed_by_a_worker_that_stops(tmp_path, smtp)
+
+    clock.set(START + timedelta(seconds=ctx.settings.lease_s + 1))  # its claims lapse
+    report = _due_now(ctx)
+    assert (report.sent, report.retried) == (2, 0)
+    assert sorted(m.message_id for m in smtp.accepted) == sorted(m.id for m in claimed)
+    ctx.close()

@@ -215,3 +215,29 @@ def test_N1_one_account_is_the_channel_as_before(tmp_path):
     channels = build_channels(make_settings(tmp_path))
     assert not isinstance(channels[Channel.EMAIL], Failover)
     assert channels[Channel.EMAIL].account == "smtp"
+
+
+def test_N2_a_relay_that_drops_repeats_is_named_by_its_header_and_a_bad_header_is_refused(tmp_path):
+    from notifier.bootstrap import build_channels
+    from notifier.channels.base import Outgoing
+    from notifier.channels.email import relay_key
+    from notifier.failover import accounts_of
+
+    settings = make_settings(tmp_path, smtp_idempotency_header="Resend-Idempotency-Key",
+                             smtp_relays="smtp://relay.example.com:2525?name=backup&idempotency_header=X-EE-Idempotency-Key,"
+                                         "smtp://plain.example.com?name=plain")
+    relays = {a.name: a.adapter for a in accounts_of(build_channels(settings)[Channel.EMAIL])}
+    assert {name: (a.dedupes, a.idempotency_header) for name, a in relays.items()} == {
+        "smtp": (True, "Resend-Idempotency-Key"), "backup": (True, "X-EE-Idempotency-Key"), "plain": (False, "")}
+    mail = relays["backup"].build(Outgoing(message_id=1, idempotency_key="t1/b1/info", to="a@example.org", text="hi"))
+    assert mail["X-EE-Idempotency-Key"] == "t1/b1/info"
+    assert "Resend-Idempotency-Key" not in relays["plain"].build(
+        Outgoing(message_id=1, idempotency_key="t1/b1/info", to="a@example.org", text="hi"))
+    long = "t" * 200 + "/" + "b" * 200 + "/info"  # over the relays' 256 characters: the same digest every time
+    assert relay_key(long) == relay_key(long) != long and len(relay_key(long)) <= 256
+    with pytest.raises(SettingsError) as refused:
+        make_settings(tmp_path, smtp_idempotency_header="Resend-Idempotency-Key: x",
+                      smtp_relays="smtp://relay.example.com?name=backup&idempotency_header=Bad%0AHeader")
+    text = str(refused.value)
+    assert "NOTIFIER_SMTP_IDEMPOTENCY_HEADER: 'Resend-Idempotency-Key: x' is not a header name" in text
+    assert "NOTIFIER_SMTP_RELAYS (backup): 'Bad\\nHeader' is not a header name" in text
