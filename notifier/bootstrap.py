@@ -90,7 +90,9 @@ class Context:
                         "switched it on: %s", channel.value, needs[channel], ", ".join(tenant_ids))
 
     def renderer_for(self, tenant_id: str, version: str | None) -> Renderer:
-        """The tenant's active bundle (R40), compiled once per version; the shipped one otherwise."""
+        """The tenant's active bundle (R40), compiled once per version; the shipped one otherwise. A
+        kind the bundle has no template of at all (added after it was written) renders from the
+        shipped one."""
         if version is None:
             return self.renderer
         key = (tenant_id, version)
@@ -99,7 +101,8 @@ class Context:
                 row = tx.bundle(tenant_id, version)
             if row is None:
                 return self.renderer
-            self._bundles[key] = Renderer(files=row["files"], manifest=row["manifest"], version=version)
+            self._bundles[key] = Renderer(files=row["files"], manifest=row["manifest"], version=version,
+                                          fallback=self.renderer)
         return self._bundles[key]
 
     def close(self) -> None:

@@ -507,11 +507,13 @@ def templates() -> None:
               default=None, help="Check company details against these tenants (default: the configured ones).")
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> None:
-    """Check a bundle: syntax, variables, parts, coverage, company details, SMS length."""
+    """Check a bundle: syntax, variables, parts, coverage, company details, SMS length. A kind the
+    bundle has no template of at all (one added after it was written) uses the shipped default:
+    a note, not an error."""
     import yaml
 
     from notifier.domain.model import Channel, Tenant
-    from notifier.rendering.bundles import MAX_SMS_SEGMENTS, SmsSize, validate_bundle
+    from notifier.rendering.bundles import MAX_SMS_SEGMENTS, SmsSize, shipped_defaults, validate_bundle
     from notifier.rendering.bundles import as_json as problems_json
 
     folder = tenants_dir or load_settings().tenants_dir
@@ -521,11 +523,15 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
         tenants.append(Tenant(id=doc["id"], name=doc.get("name", doc["id"]), company=doc.get("company", {}),
                               channels=frozenset(Channel(c) for c in doc.get("channels", ["email"]))))
     sms_sizes: dict[str, SmsSize] = {}
-    problems = validate_bundle(path, tenants=tenants, public_url=load_settings().public_url, sms_sizes=sms_sizes)
+    settings = load_settings()
+    problems = validate_bundle(path, tenants=tenants, public_url=settings.public_url, sms_sizes=sms_sizes,
+                               shipped=settings.templates_dir)
     errors = [p for p in problems if p.severity == "error"]
+    defaults = shipped_defaults(problems)
     if as_json:
         click.echo(json.dumps({"ok": not errors, "problems": problems_json(problems),
-                               "sms": {name: size._asdict() for name, size in sorted(sms_sizes.items())}}, indent=2))
+                               "sms": {name: size._asdict() for name, size in sorted(sms_sizes.items())},
+                               "shipped_defaults": defaults}, indent=2))
     else:
         for problem in problems:
             click.echo(str(problem), err=True)
@@ -535,7 +541,9 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
             click.echo(f"SMS: {within} of {len(sms_sizes)} templates within {MAX_SMS_SEGMENTS} segments with the "
                        f"sample booking and its link; the longest {name} ({size.characters} characters, "
                        f"{size.encoding}, {size.segments} segments)")
-        click.echo(f"{path}: {len(errors)} errors, {len(problems) - len(errors)} warnings")
+        warnings = sum(p.severity == "warning" for p in problems)
+        click.echo(f"{path}: {len(errors)} errors, {warnings} warnings"
+                   + (f"; from the shipped defaults: {', '.join(defaults)}" if defaults else ""))
     if errors:
         raise SystemExit(1)
 
@@ -544,16 +552,18 @@ def templates_validate(path: Path, tenants_dir: Path | None, as_json: bool) -> N
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--tenant", "tenant_id", required=True)
 def templates_load(path: Path, tenant_id: str) -> None:
-    """Validate a bundle against the tenant and make it the tenant's active bundle (R40)."""
-    from notifier.rendering.bundles import read_bundle, validate_bundle
+    """Validate a bundle against the tenant and make it the tenant's active bundle (R40). A kind
+    the bundle has no template of at all uses the shipped default (said as a note)."""
+    from notifier.rendering.bundles import read_bundle, shipped_defaults, validate_bundle
 
     ctx = _ctx()
     with ctx.store.transaction() as tx:
         tenant = tx.tenant(tenant_id)
     if tenant is None:
         raise click.ClickException(f"unknown tenant {tenant_id!r}")
-    problems = [p for p in validate_bundle(path, tenants=[tenant], public_url=ctx.settings.public_url)
-                if p.severity == "error"]
+    found = validate_bundle(path, tenants=[tenant], public_url=ctx.settings.public_url,
+                            shipped=ctx.settings.templates_dir)
+    problems = [p for p in found if p.severity == "error"]
     if problems:
         for problem in problems:
             click.echo(str(problem), err=True)
@@ -561,7 +571,11 @@ def templates_load(path: Path, tenant_id: str) -> None:
     bundle = read_bundle(path)
     with ctx.store.transaction() as tx:
         tx.save_bundle(tenant_id, bundle, ctx.clock.now())
-    click.echo(f"{tenant_id}: bundle {bundle.name} version {bundle.version} is active")
+    for note in (p for p in found if p.severity == "note"):
+        click.echo(str(note), err=True)
+    defaults = shipped_defaults(found)
+    click.echo(f"{tenant_id}: bundle {bundle.name} version {bundle.version} is active"
+               + (f"; from the shipped defaults: {', '.join(defaults)}" if defaults else ""))
 
 
 @templates.command("samples")

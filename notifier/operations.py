@@ -294,6 +294,8 @@ def preview_template(ctx: Any, request: PreviewRequest, *, actor: Actor) -> Prev
         raise Refused(f"template error: {exc.__class__.__name__}: {exc}") from None
     notes = [] if out.template.split("/", 2)[1:2] == [language] or out.template.startswith("whatsapp:") \
         else [f"no {language} template: {out.template} is used"]
+    if renderer.falls_back(kind.value, channel.value):
+        notes.append(f"the active bundle has no {kind.value} {channel.value} template: the shipped default is used")
     sms = (*sms_segments(out.text), len(out.text)) if channel is Channel.SMS else None
     whatsapp = (out.provider_template or "", out.provider_language or "", out.params) \
         if channel is Channel.WHATSAPP else None

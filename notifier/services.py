@@ -464,17 +464,17 @@ _COMPANY_NEEDS: dict[tuple[str, str | None], frozenset[str]] = {}
 
 def _company_needs(s: BatchSession, tenant_id: str) -> frozenset[str]:
     """The company details the tenant's active bundle (else the shipped templates) reads (R42),
-    once per bundle version."""
-    from notifier.rendering.bundles import company_fields_used
+    once per bundle version; a bundle's with the shipped templates of the kinds it has none of."""
+    from notifier.rendering.bundles import company_fields_used, with_shipped_defaults
     from notifier.settings import shipped_path
 
     version = s.tx.active_bundle_version(tenant_id)
     key = (tenant_id if version else "", version)
     if key not in _COMPANY_NEEDS:
+        root = shipped_path("templates")
         if version:
-            files = (s.tx.bundle(tenant_id, version) or {}).get("files") or {}
+            files = with_shipped_defaults((s.tx.bundle(tenant_id, version) or {}).get("files") or {}, root)
         else:
-            root = shipped_path("templates")
             files = {str(p.relative_to(root)): p.read_text(encoding="utf-8") for p in root.rglob("*.j2")}
         _COMPANY_NEEDS[key] = company_fields_used(files)
     return _COMPANY_NEEDS[key]

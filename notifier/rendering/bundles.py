@@ -6,13 +6,20 @@ define, kinds, channels and languages the settings need but the bundle lacks, co
 details a template uses that a tenant has not filled in (R42), and SMS texts longer than
 two segments (GSM-7 or UCS-2, whichever the text needs), the customer's link counted at its
 real length.
+
+Coverage: every kind needs a template per channel, language and resource type. A kind (or a
+kind's channel) the bundle has no file of at all, such as one added after the bundle was
+written, is rendered from the shipped default: a note, not an error, and the shipped
+templates' company details are checked against the tenants like the bundle's own. A kind with
+no shipped default, or one the bundle has for some languages or resource types only, is
+missing: an error.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +31,7 @@ from notifier.domain.model import Channel, Kind, Tenant
 from notifier.domain.replies import BUTTON_PAYLOADS
 from notifier.links import TOKEN_CHARS
 from notifier.rendering.checks import sandbox_problems
-from notifier.rendering.environment import Renderer
+from notifier.rendering.environment import Renderer, TemplateMissing, kind_channels
 
 LANGUAGES = ("de", "it", "ru", "en")
 RESOURCE_TYPES = ("specialist", "equipment")
@@ -49,7 +56,7 @@ class Problem:
     file: str
     line: int | None  # None: the file as a whole (missing, too long, a block it lacks)
     message: str
-    severity: str = "error"  # or "warning"
+    severity: str = "error"  # or "warning", or "note" (what the bundle takes from the shipped defaults)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -148,11 +155,14 @@ def _manifest(root: Path) -> dict[str, Any]:
 
 def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languages: Iterable[str] = LANGUAGES,
                     kinds: Iterable[Kind] = tuple(Kind), public_url: str = SAMPLE_PUBLIC_URL,
-                    sms_sizes: dict[str, SmsSize] | None = None) -> list[Problem]:
+                    sms_sizes: dict[str, SmsSize] | None = None, shipped: Path | str | None = None
+                    ) -> list[Problem]:
     """Every problem of the bundle at `root`, each with file and line. Never raises on a broken
     bundle: whatever is wrong with it is a problem in the list (N3). SMS lengths count the
     customer's link at `public_url` (or the sample's address, when that is longer); each SMS
-    template's size as rendered is put in `sms_sizes` when one is given."""
+    template's size as rendered is put in `sms_sizes` when one is given. `shipped` is the
+    templates a kind the bundle has no file of falls back to (the settings' `templates_path`;
+    default: the shipped `templates/`): each such kind is a note (`shipped_defaults`)."""
     root = Path(root)
     renderer = Renderer(root, manifest=_manifest(root))
     env = renderer.env
@@ -204,7 +214,8 @@ def validate_bundle(root: Path | str, *, tenants: Iterable[Tenant] = (), languag
         if not [p for p in problems if p.file == name]:
             problems.extend(_check_renders(renderer, name, path, channel, sample_link(public_url), sms_sizes))
     languages = tuple(languages)
-    problems.extend(_check_coverage(root, renderer, languages, kinds))
+    problems.extend(_check_coverage(root, languages, kinds, _shipped_renderer(root, shipped), company_needs,
+                                    sample_link(public_url)))
     problems.extend(_check_manifest(root, renderer, languages, company_needs))
     problems.extend(_check_company(company_needs, tenants))
     return problems
@@ -400,20 +411,89 @@ def _template_line(exc: BaseException, path: Path) -> int | None:
     return line
 
 
-def _check_coverage(root: Path, renderer: Renderer, languages: Iterable[str], kinds: Iterable[Kind]
-                    ) -> list[Problem]:
+def _shipped_renderer(root: Path, shipped: Path | str | None) -> Renderer | None:
+    """The templates a loaded bundle falls back to, or None when `root` is they (or there are none)."""
+    from notifier.settings import shipped_path
+
+    folder = Path(shipped) if shipped is not None else shipped_path("templates")
+    if not folder.is_dir() or folder.resolve() == root.resolve():
+        return None
+    return Renderer(folder, manifest={})
+
+
+def _check_coverage(root: Path, languages: Iterable[str], kinds: Iterable[Kind], shipped: Renderer | None,
+                    company_needs: dict[str, set[tuple[str, int]]], link: str) -> list[Problem]:
+    """A template per kind, channel, language and resource type, in the bundle or (for a kind the
+    bundle has no file of at all) in the shipped templates: one note per kind and channel taken
+    from them, which are checked as the bundle's own are where it matters for this deployment
+    (company details, R42; rendered with the sample and its link, an SMS measured); an error per
+    one in neither."""
     problems = []
+    own = kind_channels(str(p.relative_to(root)) for p in root.rglob("*.j2"))
     for kind in kinds:
         for channel in channels_of(kind):
+            taken: set[str] = set()
             for language in languages:
                 for resource_type in RESOURCE_TYPES:
-                    own = root / resource_type / language / f"{kind.value}.{channel}.j2"
-                    shared = root / "default" / language / f"{kind.value}.{channel}.j2"
-                    if not own.is_file() and not shared.is_file():
-                        problems.append(Problem(f"{resource_type}/{language}/{kind.value}.{channel}.j2", None,
-                                                f"missing: no {kind.value} {channel} template in '{language}' for "
-                                                f"{resource_type} (nor in default/{language}/)"))
+                    name = f"{kind.value}.{channel}.j2"
+                    if (root / resource_type / language / name).is_file() or \
+                            (root / "default" / language / name).is_file():
+                        continue
+                    default = None
+                    if shipped is not None and f"{kind.value}.{channel}" not in own:
+                        try:
+                            default = shipped.path_for(kind.value, channel, resource_type, (language,))
+                        except TemplateMissing:
+                            pass
+                    if default is not None:
+                        taken.add(default)
+                        continue
+                    problems.append(Problem(
+                        f"{resource_type}/{language}/{name}", None,
+                        f"missing: no {kind.value} {channel} template in '{language}' for {resource_type} (nor in "
+                        f"default/{language}/)" + ("" if f"{kind.value}.{channel}" in own else
+                                                   ", and no shipped default to fall back on")))
+            if taken and shipped is not None:
+                problems.append(_shipped_default_note(kind, channel, taken, shipped))
+                _shipped_company_needs(shipped, taken, company_needs)
+                for name in sorted(taken):
+                    problems += [replace(p, file=f"shipped:{p.file}")
+                                 for p in _check_renders(shipped, name, shipped.root / name, channel, link, None)]
     return problems
+
+
+def _shipped_default_note(kind: Kind, channel: str, used: set[str], shipped: Renderer) -> Problem:
+    name = f"{kind.value}.{channel}.j2"
+    where = " and ".join(f"{folder}/<language>/{name}" for folder in sorted({n.split("/")[0] for n in used}))
+    return Problem(name, None, f"not in this bundle: {kind.value} {channel} messages use the shipped default "
+                               f"({where} of {shipped.root}); add {name} to word them yourself", severity="note")
+
+
+def _shipped_company_needs(shipped: Renderer, names: set[str],
+                           company_needs: dict[str, set[tuple[str, int]]]) -> None:
+    """The company details (R42) the shipped templates `names` read, under `shipped:<name>`."""
+    for name in sorted(names):
+        try:
+            tree = shipped.env.parse((shipped.root / name).read_text(encoding="utf-8"), name=name)
+        except (OSError, UnicodeDecodeError, TemplateSyntaxError):
+            continue  # the shipped templates are checked by their own tests
+        uses = {(attr, line) for var, attr, line in _attribute_uses(tree) if var == "company" and attr}
+        if uses:
+            company_needs.setdefault(f"shipped:{name}", set()).update(uses)
+
+
+def shipped_defaults(problems: Iterable[Problem]) -> list[str]:
+    """The `<kind>.<channel>` a validated bundle takes from the shipped defaults (its notes)."""
+    return sorted(p.file.removesuffix(".j2") for p in problems if p.severity == "note")
+
+
+def with_shipped_defaults(files: Mapping[str, str], shipped: Path) -> dict[str, str]:
+    """A loaded bundle's files and the shipped templates (`shipped`, a folder) of every kind and
+    channel it has no file of: what its messages are rendered from (`Renderer(fallback=...)`)."""
+    own = kind_channels(files)
+    extra = {str(p.relative_to(shipped)): p for p in sorted(shipped.rglob("*.j2"))}
+    return {**files, **{f"shipped:{name}": path.read_text(encoding="utf-8") for name, path in extra.items()
+                        if path.name.removesuffix(".j2") not in own}}
 
 
 def _check_company(needs: dict[str, set[tuple[str, int]]], tenants: Iterable[Tenant]) -> list[Problem]:

@@ -6,12 +6,15 @@ holds every part of a message as blocks: `subject`, `text` and `html` for email,
 `text` for SMS and staff notices. Dates and times are formatted with babel in the
 customer's language and the tenant's zone: `{{ booking.starts_at|date }}`,
 `{{ booking.starts_at|time }}`, `{{ booking.starts_at|datetime('full') }}`.
+
+A loaded bundle that has no template at all for a kind and channel (a kind, or a kind's channel,
+added after the bundle was written) renders that kind from the shipped templates, its fallback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +57,11 @@ def _moment(ctx: Any, value: datetime) -> tuple[datetime, str]:
 
 # Formatting is pure in (moment, format, zone, locale), and a day's messages share their dates
 # and times: each distinct one is formatted once (babel parses its locale data on every call).
+def kind_channels(names: Iterable[str]) -> frozenset[str]:
+    """Each `<kind>.<channel>` that template files of these names are for, in any folder or language."""
+    return frozenset(name.rsplit("/", 1)[-1].removesuffix(".j2") for name in names if name.endswith(".j2"))
+
+
 @lru_cache(maxsize=8192)
 def _format_date(day: date, fmt: str, locale: str) -> str:
     return _plain(format_date(day, format=fmt, locale=locale))
@@ -95,10 +103,17 @@ class Renderer:
     pre-approved provider template and its parameters (R44), declared in the bundle's
     manifest (`bundle.yaml`), found in the same order (`whatsapp_entry`). Compiled templates
     are cached by the Jinja environment.
+
+    `fallback` (the shipped templates, for a loaded bundle) renders every kind and channel this
+    bundle has no file of at all: one added after the bundle was written. Its `template` then
+    names the fallback's version too (`shipped:default/de/staff_reply.staff.j2`). A kind the
+    bundle has in some languages or resource types only is the bundle's own (validation refuses
+    such a bundle), and WhatsApp entries never fall back: an approved template is the tenant's.
     """
 
     def __init__(self, root: Path | str | None = None, *, files: Mapping[str, str] | None = None,
-                 manifest: Mapping[str, Any] | None = None, version: str = "shipped") -> None:
+                 manifest: Mapping[str, Any] | None = None, version: str = "shipped",
+                 fallback: Renderer | None = None) -> None:
         if files is None:
             self.root = Path(root or ".")
             loader: Any = FileSystemLoader(str(self.root))
@@ -113,6 +128,8 @@ class Renderer:
             loader = DictLoader(dict(files))
             self._names = set(files)
         self.manifest: Mapping[str, Any] = manifest or {}
+        self.fallback = fallback
+        self._kind_channels = kind_channels(self._names)
         self._params: dict[str, Any] = {}
         self.version = version
         self.env = ImmutableSandboxedEnvironment(
@@ -140,6 +157,10 @@ class Renderer:
     def render(self, kind: str, channel: str, resource_type: str, languages: tuple[str, ...],
                context: Mapping[str, Any], *, timezone: str, locale: str, resource_id: str | None = None
                ) -> Rendered:
+        if self.fallback is not None and self.falls_back(kind, channel):
+            out = self.fallback.render(kind, channel, resource_type, languages, context, timezone=timezone,
+                                       locale=locale, resource_id=resource_id)
+            return replace(out, template=f"{self.fallback.version}:{out.template}")
         values = dict(context, _tz=timezone, _locale=locale)
         if channel == "whatsapp":
             return self._whatsapp(kind, languages, values, resource_type, resource_id)
@@ -156,6 +177,11 @@ class Renderer:
         if not parts["text"]:
             raise TemplateMissing(f"{name} has no 'text' block")
         return Rendered(subject=parts["subject"], text=parts["text"], html=parts["html"], template=name)
+
+    def falls_back(self, kind: str, channel: str) -> bool:
+        """Whether `kind` on `channel` renders from the fallback: this bundle has no file for it at all."""
+        return (self.fallback is not None and channel != "whatsapp"
+                and f"{kind}.{channel}" not in self._kind_channels)
 
     def whatsapp_entry(self, kind: str, resource_type: str, resource_id: str | None = None) -> Mapping[str, Any]:
         """The approved template a kind is sent with (R41, R44), looked up as the files are: the
