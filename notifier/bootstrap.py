@@ -51,6 +51,8 @@ class Context:
 
     def leases(self) -> Leases:
         """The claims this process holds and their heartbeat (notifier/leases.py), one per process."""
+        if self._leases is not None:  # every provider call asks: no lock once it is there
+            return self._leases
         with self._senders_lock:
             if self._leases is None:
                 self._leases = Leases(self.store, self.clock, self.settings.lease_s)
@@ -58,6 +60,8 @@ class Context:
 
     def receipts(self) -> Receipts:
         """Where sender threads write down each provider answer at once (notifier/receipts.py), one per process."""
+        if self._receipts is not None:  # every provider answer asks: no lock once it is there
+            return self._receipts
         with self._senders_lock:
             if self._receipts is None:
                 self._receipts = Receipts(self.store)

@@ -477,7 +477,7 @@ def prepare(ctx: Any, loaded: _Loaded, message: MessageRow, now: datetime) -> Re
     resource = s.resources.get((message.tenant_id, booking.resource_id)) if booking else None
     if tenant is None or booking is None or customer is None or resource is None:
         return _failed(message, now, "booking data missing")
-    plan_settings = loaded.settings_for(tenant, resource, ctx.unavailable)
+    plan_settings = loaded.settings_for(tenant, resource, loaded.session.regions)  # the batch's, read once
     planned = _planned_keys(loaded, booking, customer, resource, tenant, plan_settings, now)
     reason = why_not_send(message, booking, customer, tenant, plan_settings, planned, now)
     if reason:
@@ -850,45 +850,50 @@ def record_outcomes(store: Store, outcomes: list[Done], *, regions: Any = None) 
     hold up the others': the chunk is recorded again one message per savepoint, and a message
     whose record still fails is recorded without the provider's details, the reason in their
     place (N3, issue 15)."""
+    try:  # the whole chunk at once, with no savepoint to pay for (two round trips) while nothing fails
+        with store.transaction() as tx:
+            _commit_without_flush(tx)
+            return _record_in(tx.conn, outcomes, regions)
+    except Exception as exc:  # noqa: BLE001 - sorted out below (the chunk's transaction rolled back): an outage propagates
+        if is_outage(exc):
+            raise
+        log.warning("recording %d outcomes one by one: %s", len(outcomes), exc.__class__.__name__)
     with store.transaction() as tx:
-        if tx.dialect == "postgresql":
-            # the commit returns without waiting for the disk flush (PostgreSQL makes it within
-            # wal_writer_delay, 200 ms): a worker killed after its provider's answer loses the
-            # outcome for a tenth of the time it did while waiting for the flush. Only a database
-            # crash in that instant can drop such a record, and then the message is in doubt and
-            # its copy looked for, as after a kill; nothing else is weakened (docs/reliability.md)
-            tx.conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-        try:
-            with tx.conn.begin_nested():
-                return _record_in(tx.conn, outcomes, regions)
-        except Exception as exc:  # noqa: BLE001 - sorted out below: an outage propagates
-            if is_outage(exc):
-                raise
-            log.warning("recording %d outcomes one by one: %s", len(outcomes), exc.__class__.__name__)
-            applied: set[int] = set()
-            for done in outcomes:
+        _commit_without_flush(tx)
+        applied: set[int] = set()
+        for done in outcomes:
+            try:
+                with tx.conn.begin_nested():
+                    applied |= _record_in(tx.conn, [done], regions)
+            except Exception as own:  # noqa: BLE001 - this message's own trouble
+                if is_outage(own):
+                    raise
+                from notifier.observability.metrics import metrics
+
+                metrics().parked.labels("dispatch").inc()
                 try:
                     with tx.conn.begin_nested():
-                        applied |= _record_in(tx.conn, [done], regions)
-                except Exception as own:  # noqa: BLE001 - this message's own trouble
-                    if is_outage(own):
+                        applied |= _record_in(tx.conn, [replace(
+                            done, provider_message_id=None, template=None, code=None, fallback=False,
+                            error=f"recorded without the provider's details: {own.__class__.__name__}")], regions)
+                    log.exception("message %s recorded without the provider's details", done.message.id)
+                except Exception as bare:  # noqa: BLE001 - not even that: left to its lease, the rest recorded
+                    if is_outage(bare):
                         raise
-                    from notifier.observability.metrics import metrics
+                    log.exception("message %s could not be recorded; its claim is left to lapse (the due sweep "
+                                  "hands it out again, in doubt, and sets it aside after max_claims)",
+                                  done.message.id)
+        return applied
 
-                    metrics().parked.labels("dispatch").inc()
-                    try:
-                        with tx.conn.begin_nested():
-                            applied |= _record_in(tx.conn, [replace(
-                                done, provider_message_id=None, template=None, code=None, fallback=False,
-                                error=f"recorded without the provider's details: {own.__class__.__name__}")], regions)
-                        log.exception("message %s recorded without the provider's details", done.message.id)
-                    except Exception as bare:  # noqa: BLE001 - not even that: left to its lease, the rest recorded
-                        if is_outage(bare):
-                            raise
-                        log.exception("message %s could not be recorded; its claim is left to lapse (the due sweep "
-                                      "hands it out again, in doubt, and sets it aside after max_claims)",
-                                      done.message.id)
-            return applied
+
+def _commit_without_flush(tx: Tx) -> None:
+    """The commit returns without waiting for the disk flush (PostgreSQL makes it within
+    wal_writer_delay, 200 ms): a worker killed after its provider's answer loses the outcome
+    for a tenth of the time it did while waiting for the flush. Only a database crash in that
+    instant can drop such a record, and then the message is in doubt and its copy looked for,
+    as after a kill; nothing else is weakened (docs/reliability.md)."""
+    if tx.dialect == "postgresql":
+        tx.conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
 
 def _record_in(conn: Any, outcomes: list[Done], regions: Any) -> set[int]:

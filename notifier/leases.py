@@ -115,8 +115,7 @@ class Leases:
             delay_s = min(delay_s * 2, 2.0)
 
     def _comfortable(self, claim: Claimed) -> bool:
-        with self._lock:
-            token, until = self._held.get(claim.id, (None, None))
+        token, until = self._held.get(claim.id, (None, None))  # one dict read: atomic, no lock to queue on
         return token == claim.claim_token and until is not None and self.clock.now() + self.margin <= until
 
     # --- the heartbeat ---------------------------------------------------------------------------

@@ -79,15 +79,22 @@ def metrics() -> Metrics:
     """The process's collectors, in prometheus_client's default registry. Sender threads ask
     at once: the first builds them while the others wait (a second build would register the
     same series twice)."""
+    built = _built
+    if built is not None:  # every provider call asks: no lock to queue on once they are there
+        return built
     with _building:
         return _metrics()
 
 
+_built: Metrics | None = None
+
+
 @cache
 def _metrics() -> Metrics:
+    global _built
     from prometheus_client import Counter, Gauge, Histogram
 
-    return Metrics(
+    _built = Metrics(
         ingest_events=Counter("notifier_ingest_events", "Events taken from the broker, by outcome.", ["outcome"]),
         ingest_batch_seconds=Histogram("notifier_ingest_batch_seconds",
                                        "Time to apply and commit one batch of events.", buckets=BATCH_BUCKETS_S),
@@ -116,6 +123,7 @@ def _metrics() -> Metrics:
         provider_cooldowns=Counter("notifier_provider_cooldowns", "Provider accounts found down and skipped for "
                                    "their cool-down, by channel and account.", ["channel", "account"]),
     )
+    return _built
 
 
 def count_not_planned(counts: dict[tuple[str, str], int]) -> None:
@@ -217,11 +225,23 @@ class MeteredChannel:
         self._channel, self._adapter = channel, adapter
         self.name = getattr(adapter, "name", channel)
         self.account = account or getattr(adapter, "provider", "") or channel  # who carried it
+        self._series: dict[str, tuple[Any, Any, Any]] = {}  # outcome -> its three series
+
+    def _count(self, outcome: str, seconds: float) -> None:
+        """One call in the series, each looked up once (prometheus_client takes a lock per lookup)."""
+        series = self._series.get(outcome)
+        if series is None:
+            m = metrics()
+            series = self._series[outcome] = (m.sends.labels(self._channel, outcome),
+                                              m.provider_sends.labels(self._channel, self.account, outcome),
+                                              m.send_seconds.labels(self._channel))
+        series[0].inc()
+        series[1].inc()
+        series[2].observe(seconds)
 
     def send(self, message: Any) -> Any:
         from notifier.channels.base import PermanentFailure, TemporaryFailure
 
-        m = metrics()
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -235,9 +255,7 @@ class MeteredChannel:
             outcome = "permanent"
             raise
         finally:
-            m.sends.labels(self._channel, outcome).inc()
-            m.provider_sends.labels(self._channel, self.account, outcome).inc()
-            m.send_seconds.labels(self._channel).observe(time.perf_counter() - started)
+            self._count(outcome, time.perf_counter() - started)
 
     def close(self) -> None:
         self._adapter.close()
