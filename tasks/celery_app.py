@@ -54,6 +54,8 @@ def celery_config() -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # Celery's consumer, whose Redis channels outlive a broker crash (finding K1)
+        "worker_consumer": "tasks.consumer:Consumer",
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             "sweep-due": {"task": "notifier.sweep_due", "schedule": settings.sweep_interval_s,
