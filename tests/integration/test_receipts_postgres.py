@@ -13,7 +13,6 @@ import json
 import time
 from datetime import timedelta
 
-import pytest
 from sqlalchemy import select
 
 from notifier.channels.base import SendResult
@@ -22,7 +21,7 @@ from notifier.domain.model import Channel
 from notifier.services import apply_events, sweep_due
 from notifier.store import schema as t
 from tests.conftest import START, created, make_context, make_settings
-from tests.unit.test_claims import UnaskableProvider
+from tests.unit.test_claims import UnaskableProvider, dispatch_killed_after_the_receipt
 
 
 def _info(ctx):
@@ -32,8 +31,6 @@ def _info(ctx):
 
 def test_N1_N2_on_postgresql_a_killed_workers_copy_is_found_by_its_receipt_and_its_link_answers(
         tmp_path, clock, pg_url, monkeypatch):
-    import notifier.dispatch as dispatch
-
     smtp = UnaskableProvider()
     ctx = make_context(make_settings(tmp_path, database_url=pg_url), channels={Channel.EMAIL: smtp})
     assert ctx.store.dialect == "postgresql"
@@ -45,17 +42,7 @@ def test_N1_N2_on_postgresql_a_killed_workers_copy_is_found_by_its_receipt_and_i
             return conn.execute(select(r.message_id, r.claim_token, r.provider, r.provider_message_id,
                                        r.provider_code, r.received_at)).all()
 
-    def killed(store, outcomes, **kw):  # the worker dies after the answer, before the record's commit
-        deadline = time.monotonic() + 10
-        while not receipts() and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling the database for the condition, with a deadline
-        raise SystemExit("killed")
-
-    monkeypatch.setattr(dispatch, "record", killed)
-    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=ctx.settings.lease_s, limit=10, batch=10)
-    with pytest.raises(SystemExit):
-        dispatch_batch(ctx, ids)
-    monkeypatch.undo()
+    dispatch_killed_after_the_receipt(ctx, monkeypatch)
     first = _info(ctx)
     assert len(smtp.accepted) == 1 and first.state == "sending"
     assert receipts() == [(first.id, first.claim_token, "smtp", f"<m{first.id}@example.org>", "250", START)]

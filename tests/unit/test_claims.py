@@ -226,33 +226,36 @@ class UnaskableProvider:
         pass
 
 
+def dispatch_killed_after_the_receipt(ctx, monkeypatch) -> None:
+    """The due message dispatched by a worker that dies after the provider's answer was written
+    down (its receipt) and before the outcome's record was committed."""
+    import notifier.dispatch as dispatch
+
+    def killed(store, outcomes, **kw):
+        deadline = time.monotonic() + 10
+        with ctx.store.engine.connect() as conn:
+            while not conn.execute(select(t.receipts.c.id)).first() and time.monotonic() < deadline:
+                conn.rollback()
+                time.sleep(0.02)  # polling the database for the condition, with a deadline
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(dispatch, "record", killed)
+    [(_, ids)] = sweep_due(ctx.store, now=ctx.clock.now(), lease_s=ctx.settings.lease_s, limit=10, batch=10)
+    with pytest.raises(SystemExit):
+        dispatch_batch(ctx, ids)
+    monkeypatch.undo()
+
+
 def test_N1_N2_a_copy_taken_just_before_its_worker_died_is_found_by_its_receipt_not_sent_again(
         tmp_path, clock, monkeypatch):
     """Chaos from a fresh clone, 2026-12-06 01:23 UTC (load 20 to 30): a worker killed 0.2 to
     1.9 s after the SMTP server took 30 emails, before their record was committed; each went out
     again. The answer is written down the instant it comes (one INSERT of a thread of its own),
     and the message's next claim finds the copy by it."""
-    import notifier.dispatch as dispatch
-
     smtp = UnaskableProvider()
     ctx = make_context(make_settings(tmp_path), channels={Channel.EMAIL: smtp})
     apply_events(ctx.store, [json.dumps(created())], now=START, source="test")
-
-    def receipts() -> int:
-        with ctx.store.engine.connect() as conn:
-            return len(conn.execute(select(t.receipts.c.id)).all())
-
-    def killed(store, outcomes, **kw):  # the worker dies after the answer, before the record's commit
-        deadline = time.monotonic() + 10
-        while receipts() == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling the database for the condition, with a deadline
-        raise SystemExit("killed")
-
-    monkeypatch.setattr(dispatch, "record", killed)
-    [(_, ids)] = sweep_due(ctx.store, now=START, lease_s=ctx.settings.lease_s, limit=10, batch=10)
-    with pytest.raises(SystemExit):
-        dispatch_batch(ctx, ids)
-    monkeypatch.undo()
+    dispatch_killed_after_the_receipt(ctx, monkeypatch)
     assert len(smtp.accepted) == 1 and _info(ctx).state == "sending"
 
     clock.set(START + timedelta(seconds=ctx.settings.lease_s + 1))  # its claim lapses; the sweep hands it out
