@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -79,22 +78,23 @@ def metrics() -> Metrics:
     """The process's collectors, in prometheus_client's default registry. Sender threads ask
     at once: the first builds them while the others wait (a second build would register the
     same series twice)."""
+    global _built
     built = _built
     if built is not None:  # every provider call asks: no lock to queue on once they are there
         return built
     with _building:
-        return _metrics()
+        if _built is None:
+            _built = _metrics()
+        return _built
 
 
 _built: Metrics | None = None
 
 
-@cache
 def _metrics() -> Metrics:
-    global _built
     from prometheus_client import Counter, Gauge, Histogram
 
-    _built = Metrics(
+    return Metrics(
         ingest_events=Counter("notifier_ingest_events", "Events taken from the broker, by outcome.", ["outcome"]),
         ingest_batch_seconds=Histogram("notifier_ingest_batch_seconds",
                                        "Time to apply and commit one batch of events.", buckets=BATCH_BUCKETS_S),
@@ -123,7 +123,6 @@ def _metrics() -> Metrics:
         provider_cooldowns=Counter("notifier_provider_cooldowns", "Provider accounts found down and skipped for "
                                    "their cool-down, by channel and account.", ["channel", "account"]),
     )
-    return _built
 
 
 def count_not_planned(counts: dict[tuple[str, str], int]) -> None:
