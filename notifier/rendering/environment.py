@@ -55,13 +55,13 @@ def _moment(ctx: Any, value: datetime) -> tuple[datetime, str]:
     return value.astimezone(zone), ctx["_locale"]
 
 
-# Formatting is pure in (moment, format, zone, locale), and a day's messages share their dates
-# and times: each distinct one is formatted once (babel parses its locale data on every call).
 def kind_channels(names: Iterable[str]) -> frozenset[str]:
     """Each `<kind>.<channel>` that template files of these names are for, in any folder or language."""
     return frozenset(name.rsplit("/", 1)[-1].removesuffix(".j2") for name in names if name.endswith(".j2"))
 
 
+# Formatting is pure in (moment, format, zone, locale), and a day's messages share their dates
+# and times: each distinct one is formatted once (babel parses its locale data on every call).
 @lru_cache(maxsize=8192)
 def _format_date(day: date, fmt: str, locale: str) -> str:
     return _plain(format_date(day, format=fmt, locale=locale))
