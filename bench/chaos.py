@@ -722,7 +722,8 @@ def main(argv: list[str]) -> int:
                     pauses=args.pauses if args.starve else 0, plain_smtp=args.plain_smtp)
     figures, keep_dir = run(config)
     command = ("python -m bench chaos " + " ".join(argv)).strip()
-    record("chaos" + ("_starve" if config.starve else "") + ("_plain_smtp" if config.plain_smtp else ""), command, figures, notes=NOTES, summary=(
+    name = "chaos" + ("_starve" if config.starve else "") + ("_plain_smtp" if config.plain_smtp else "")
+    record(name, command, figures, notes=NOTES, summary=(
         f"{figures['expected']} messages under {sum(figures['faults_injected'].values())} faults"
         f"{' on a starved machine' if config.starve else ''} (load {figures['load_average']['max']:.1f} at most): "
         f"lost {figures['lost']}, duplicates {figures['duplicates']} "
@@ -757,7 +758,8 @@ def run(config: Config) -> tuple[dict[str, Any], str | None]:
         with PrivatePostgres(database="chaos", nice=nice) as pg, PrivateRedis(nice=nice) as redis_server, \
                 flapping_provider_process(latency_s=0.02, seed=config.seed) as one, \
                 flapping_provider_process(latency_s=0.02, seed=config.seed + 4, **SECOND) as two, \
-                FlappingMailSink(config.seed + 1, "" if config.plain_smtp else MAIL_IDEMPOTENCY_HEADER) as mail, FlappingHookSink(config.seed + 2) as hooks, \
+                FlappingMailSink(config.seed + 1, "" if config.plain_smtp else MAIL_IDEMPOTENCY_HEADER) as mail, \
+                FlappingHookSink(config.seed + 2) as hooks, \
                 CpuHogs(config.hogs), load:
             providers = TwoAccounts(one, two)
             try:
